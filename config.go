@@ -1,0 +1,188 @@
+package cachedpq
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/lib/pq"
+	"github.com/redis/go-redis/v9"
+)
+
+// Defaults for the zero values of Options.
+const (
+	defaultPrefix    = "cachedpq"
+	defaultTimeout   = 50 * time.Millisecond
+	defaultMaxMemory = 64 << 20
+)
+
+// envRedisURL names the environment variable consulted when neither
+// Options.Redis nor the DSN's cache_redis names a Redis server.
+const envRedisURL = "CACHEDPQ_REDIS_URL"
+
+// Options configures a Connector. The zero value works: it caches in an
+// in-process store under the prefix "cachedpq", with the default registry.
+// A Connector copies its Options; changing them afterwards has no effect.
+type Options struct {
+	// Redis is the shared cache. Nil means: the DSN's cache_redis, else the
+	// CACHEDPQ_REDIS_URL environment variable, else the embedded in-process
+	// store. Any redis.UniversalClient works: single node, Sentinel or
+	// Cluster. The Connector never closes a client it was given.
+	Redis redis.UniversalClient
+
+	// Prefix namespaces every key the Connector writes. Empty means
+	// "cachedpq". Processes that share a prefix share entries.
+	Prefix string
+
+	// Timeout bounds one cache operation. Zero means 50ms. Past it the call
+	// goes to Postgres as if the cache had missed.
+	Timeout time.Duration
+
+	// MaxMemory bounds the embedded in-process store, in bytes. Zero means
+	// 64 MiB. It is ignored when Redis is used.
+	MaxMemory int64
+
+	// Identity names the database and role in cache keys for a Connector
+	// made by Wrap, whose inner connector cannot be inspected. Connectors
+	// wrapping different databases or roles must use different values.
+	// NewConnector ignores it: it derives the identity from the DSN.
+	Identity string
+
+	// Registry holds the registered queries. Nil means the default registry
+	// that Register fills.
+	Registry *Registry
+
+	// Logger receives cache failures and other events. Nil means nothing is
+	// logged. Argument values and passwords are never logged.
+	Logger *slog.Logger
+
+	// OnError, if set, is called with every cache failure. The SQL caller
+	// never sees these errors. It must be safe for concurrent use.
+	OnError func(error)
+}
+
+// withDefaults returns a copy of o with its zero fields filled in.
+func (o Options) withDefaults() Options {
+	if o.Prefix == "" {
+		o.Prefix = defaultPrefix
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = defaultTimeout
+	}
+	if o.MaxMemory <= 0 {
+		o.MaxMemory = defaultMaxMemory
+	}
+	if o.Registry == nil {
+		o.Registry = defaultRegistry
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return o
+}
+
+// dsnSettings are the cache_* parameters of a DSN.
+type dsnSettings struct {
+	redisURL  string
+	prefix    string
+	timeout   time.Duration
+	maxMemory int64
+}
+
+// parseDSN splits a lib/pq DSN (URL or key=value form) into the lib/pq
+// configuration and the cache settings, which lib/pq never sees.
+func parseDSN(dsn string) (pq.Config, dsnSettings, error) {
+	cfg, err := pq.NewConfig(dsn)
+	if err != nil {
+		return pq.Config{}, dsnSettings{}, err
+	}
+	var s dsnSettings
+	for k, v := range cfg.Runtime {
+		if !strings.HasPrefix(k, "cache_") {
+			continue
+		}
+		delete(cfg.Runtime, k)
+		if err := s.set(k, v); err != nil {
+			return pq.Config{}, dsnSettings{}, fmt.Errorf("cachedpq: DSN parameter %s: %w", k, err)
+		}
+	}
+	return cfg, s, nil
+}
+
+// set applies one cache_* parameter.
+func (s *dsnSettings) set(key, val string) error {
+	switch key {
+	case "cache_redis":
+		if _, err := redis.ParseURL(val); err != nil {
+			return err
+		}
+		s.redisURL = val
+	case "cache_prefix":
+		if val == "" || strings.ContainsAny(val, " \t\r\n") {
+			return fmt.Errorf("invalid prefix %q: must be non-empty without spaces", val)
+		}
+		s.prefix = val
+	case "cache_timeout":
+		d, err := time.ParseDuration(val)
+		if err != nil || d <= 0 {
+			return fmt.Errorf("invalid duration %q: want a positive Go duration such as 50ms", val)
+		}
+		s.timeout = d
+	case "cache_max_memory":
+		n, err := parseBytes(val)
+		if err != nil {
+			return err
+		}
+		s.maxMemory = n
+	default:
+		return fmt.Errorf("unknown cache parameter (known: cache_redis, cache_prefix, cache_timeout, cache_max_memory)")
+	}
+	return nil
+}
+
+// apply fills the fields of o that the application left zero from the DSN
+// settings and the environment: explicit Options win over the DSN.
+func (s dsnSettings) apply(o Options) (Options, string, error) {
+	if o.Prefix == "" {
+		o.Prefix = s.prefix
+	}
+	if o.Timeout == 0 {
+		o.Timeout = s.timeout
+	}
+	if o.MaxMemory == 0 {
+		o.MaxMemory = s.maxMemory
+	}
+	url := s.redisURL
+	if url == "" {
+		url = os.Getenv(envRedisURL)
+		if url != "" {
+			if _, err := redis.ParseURL(url); err != nil {
+				return o, "", fmt.Errorf("cachedpq: %s: %w", envRedisURL, err)
+			}
+		}
+	}
+	return o, url, nil
+}
+
+// parseBytes reads a size such as 1048576, 512KiB, 64MiB or 1GiB.
+func parseBytes(val string) (int64, error) {
+	units := []struct {
+		suffix string
+		scale  int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}}
+	num, scale := val, int64(1)
+	for _, u := range units {
+		if strings.HasSuffix(val, u.suffix) {
+			num, scale = strings.TrimSuffix(val, u.suffix), u.scale
+			break
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n <= 0 || n > (1<<62)/scale {
+		return 0, fmt.Errorf("invalid size %q: want a positive number of bytes such as 64MiB", val)
+	}
+	return n * scale, nil
+}

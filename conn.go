@@ -1,0 +1,198 @@
+package cachedpq
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+)
+
+// conn implements exactly the optional interfaces of lib/pq's connection.
+var (
+	_ driver.Conn               = (*conn)(nil)
+	_ driver.Pinger             = (*conn)(nil)
+	_ driver.Execer             = (*conn)(nil) //nolint:staticcheck // lib/pq has it
+	_ driver.ExecerContext      = (*conn)(nil)
+	_ driver.Queryer            = (*conn)(nil) //nolint:staticcheck // lib/pq has it
+	_ driver.QueryerContext     = (*conn)(nil)
+	_ driver.ConnPrepareContext = (*conn)(nil)
+	_ driver.ConnBeginTx        = (*conn)(nil)
+	_ driver.NamedValueChecker  = (*conn)(nil)
+	_ driver.SessionResetter    = (*conn)(nil)
+	_ driver.Validator          = (*conn)(nil)
+)
+
+// conn wraps one inner connection. database/sql uses a driver.Conn from one
+// goroutine at a time, so its fields need no lock.
+type conn struct {
+	inner driver.Conn
+	c     *Connector
+	tx    *tx  // the open transaction, nil outside one
+	dirty bool // session state changed (SET, RESET, SET ROLE...): never use the cache again
+}
+
+func newConn(c *Connector, inner driver.Conn) *conn {
+	return &conn{inner: inner, c: c}
+}
+
+// Close closes the inner connection.
+func (c *conn) Close() error { return c.inner.Close() }
+
+// Prepare prepares a statement without a context.
+func (c *conn) Prepare(query string) (driver.Stmt, error) {
+	return c.PrepareContext(context.Background(), query)
+}
+
+// PrepareContext prepares query on the inner connection.
+func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
+	var (
+		s   driver.Stmt
+		err error
+	)
+	if p, ok := c.inner.(driver.ConnPrepareContext); ok {
+		s, err = p.PrepareContext(ctx, query)
+	} else {
+		s, err = prepareNoContext(ctx, c.inner, query)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return newStmt(c, s, query), nil
+}
+
+// prepareNoContext is database/sql's fallback for drivers without
+// ConnPrepareContext: check the context, prepare, and close the statement
+// again if the context ended meanwhile.
+func prepareNoContext(ctx context.Context, ci driver.Conn, query string) (driver.Stmt, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s, err := ci.Prepare(query)
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Begin starts a transaction without a context.
+func (c *conn) Begin() (driver.Tx, error) { //nolint:staticcheck // driver.Conn requires it
+	return c.BeginTx(context.Background(), driver.TxOptions{})
+}
+
+// BeginTx starts a transaction. Reads inside it never touch the cache, and
+// the tables it writes are invalidated only once it commits.
+func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
+	var (
+		inner driver.Tx
+		err   error
+	)
+	if b, ok := c.inner.(driver.ConnBeginTx); ok {
+		inner, err = b.BeginTx(ctx, opts)
+	} else {
+		inner, err = beginNoContext(ctx, c.inner, opts)
+	}
+	if err != nil {
+		return nil, err
+	}
+	c.tx = newTx(c, inner, ctx)
+	return c.tx, nil
+}
+
+// errTxOptions mirrors database/sql's refusal of options that a driver
+// without ConnBeginTx cannot honour.
+var errTxOptions = errors.New("cachedpq: driver does not support non-default isolation level or read-only transactions")
+
+func beginNoContext(ctx context.Context, ci driver.Conn, opts driver.TxOptions) (driver.Tx, error) {
+	if opts.Isolation != 0 || opts.ReadOnly {
+		return nil, errTxOptions
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return ci.Begin() //nolint:staticcheck // the documented fallback
+}
+
+// Ping checks the inner connection; without driver.Pinger it succeeds,
+// as database/sql assumes.
+func (c *conn) Ping(ctx context.Context) error {
+	if p, ok := c.inner.(driver.Pinger); ok {
+		return p.Ping(ctx)
+	}
+	return nil
+}
+
+// Exec runs a statement without a context.
+func (c *conn) Exec(query string, args []driver.Value) (driver.Result, error) {
+	return c.ExecContext(context.Background(), query, valuesToNamed(args))
+}
+
+// ExecContext runs a statement and invalidates what it wrote.
+func (c *conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
+	e, ok := c.inner.(driver.ExecerContext)
+	if !ok {
+		return nil, driver.ErrSkip
+	}
+	return c.c.eng.exec(ctx, c, query, func() (driver.Result, error) {
+		return e.ExecContext(ctx, query, args)
+	})
+}
+
+// Query runs a query without a context.
+func (c *conn) Query(query string, args []driver.Value) (driver.Rows, error) {
+	return c.QueryContext(context.Background(), query, valuesToNamed(args))
+}
+
+// QueryContext runs a query, from the cache when it is registered and the
+// connection may use the cache.
+func (c *conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
+	q, ok := c.inner.(driver.QueryerContext)
+	if !ok {
+		return nil, driver.ErrSkip
+	}
+	return c.c.eng.query(ctx, c, query, args, func(ctx context.Context) (driver.Rows, error) {
+		return q.QueryContext(ctx, query, args)
+	})
+}
+
+// CheckNamedValue converts arguments the inner driver's way (lib/pq turns
+// slices into arrays); without a checker database/sql's default applies.
+func (c *conn) CheckNamedValue(nv *driver.NamedValue) error {
+	if ch, ok := c.inner.(driver.NamedValueChecker); ok {
+		return ch.CheckNamedValue(nv)
+	}
+	return driver.ErrSkip
+}
+
+// ResetSession is called before a pooled connection is reused.
+func (c *conn) ResetSession(ctx context.Context) error {
+	if r, ok := c.inner.(driver.SessionResetter); ok {
+		return r.ResetSession(ctx)
+	}
+	return nil
+}
+
+// IsValid reports whether the connection may return to the pool.
+func (c *conn) IsValid() bool {
+	if v, ok := c.inner.(driver.Validator); ok {
+		return v.IsValid()
+	}
+	return true
+}
+
+// cacheable reports whether reads on this connection may use the cache:
+// not inside a transaction, not after the session state changed.
+func (c *conn) cacheable() bool { return c.tx == nil && !c.dirty }
+
+func valuesToNamed(args []driver.Value) []driver.NamedValue {
+	if len(args) == 0 {
+		return nil
+	}
+	nv := make([]driver.NamedValue, len(args))
+	for i, v := range args {
+		nv[i] = driver.NamedValue{Ordinal: i + 1, Value: v}
+	}
+	return nv
+}

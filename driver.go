@@ -1,0 +1,176 @@
+package cachedpq
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"io"
+	"sync"
+
+	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
+	"github.com/redis/go-redis/v9"
+)
+
+// DriverName is the name under which the driver registers with database/sql.
+const DriverName = "cachedpq"
+
+var (
+	_ driver.Driver        = (*Driver)(nil)
+	_ driver.DriverContext = (*Driver)(nil)
+	_ driver.Connector     = (*Connector)(nil)
+	_ io.Closer            = (*Connector)(nil)
+)
+
+func init() {
+	sql.Register(DriverName, registered)
+	sqlx.BindDriver(DriverName, sqlx.DOLLAR)
+}
+
+// Driver is the database/sql driver registered as "cachedpq". Its DSN is
+// anything lib/pq accepts plus the cache_* parameters described in the
+// package documentation. Driver is safe for concurrent use.
+type Driver struct {
+	mu         sync.Mutex            // guards connectors
+	connectors map[string]*Connector // by DSN, for the legacy Open path
+}
+
+// OpenConnector parses dsn and returns a Connector using the default
+// registry. database/sql calls it from sql.Open, so a bad DSN or cache
+// parameter is an error from sql.Open itself.
+func (d *Driver) OpenConnector(dsn string) (driver.Connector, error) {
+	return NewConnector(dsn, Options{})
+}
+
+// Open opens a connection for callers that use the driver without
+// database/sql's connector support. Connectors are shared per DSN, so
+// repeated calls do not open new cache clients.
+func (d *Driver) Open(dsn string) (driver.Conn, error) {
+	c, err := d.connector(dsn)
+	if err != nil {
+		return nil, err
+	}
+	return c.Connect(context.Background())
+}
+
+func (d *Driver) connector(dsn string) (*Connector, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if c, ok := d.connectors[dsn]; ok {
+		return c, nil
+	}
+	c, err := NewConnector(dsn, Options{})
+	if err != nil {
+		return nil, err
+	}
+	if d.connectors == nil {
+		d.connectors = make(map[string]*Connector)
+	}
+	d.connectors[dsn] = c
+	return c, nil
+}
+
+// Connector opens cached connections to Postgres. It is safe for concurrent
+// use. Close it (sql.DB.Close does) to release the cache clients it owns.
+type Connector struct {
+	inner driver.Connector
+	opts  Options
+	id    identity
+	owned redis.UniversalClient // created from a URL; closed by Close
+	eng   *engine
+}
+
+// NewConnector returns a Connector for a lib/pq DSN with cache_* parameters.
+// Fields set in opts win over the DSN's cache parameters.
+func NewConnector(dsn string, opts Options) (*Connector, error) {
+	cfg, settings, err := parseDSN(dsn)
+	if err != nil {
+		return nil, err
+	}
+	opts, redisURL, err := settings.apply(opts)
+	if err != nil {
+		return nil, err
+	}
+	inner, err := pq.NewConnectorConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	var owned redis.UniversalClient
+	if opts.Redis == nil && redisURL != "" {
+		ropts, err := redis.ParseURL(redisURL)
+		if err != nil {
+			return nil, err
+		}
+		owned = redis.NewClient(ropts)
+		opts.Redis = owned
+	}
+	c := newConnector(inner, opts, newIdentity(cfg))
+	c.owned = owned
+	return c, nil
+}
+
+// Wrap returns a Connector that caches over any other driver.Connector,
+// such as one built with pq.NewConnectorConfig or a test double. The cache
+// keys name the database through opts.Identity.
+func Wrap(inner driver.Connector, opts Options) *Connector {
+	return newConnector(inner, opts, newIdentity(pq.Config{Database: opts.Identity}))
+}
+
+func newConnector(inner driver.Connector, opts Options, id identity) *Connector {
+	opts = opts.withDefaults()
+	c := &Connector{inner: inner, opts: opts, id: id}
+	c.eng = newEngine(c)
+	return c
+}
+
+// OpenDB opens a *sql.DB over a new Connector for dsn with opts. It is the
+// programmatic form of sql.Open("cachedpq", dsn).
+func OpenDB(dsn string, opts Options) (*sql.DB, error) {
+	c, err := NewConnector(dsn, opts)
+	if err != nil {
+		return nil, err
+	}
+	return sql.OpenDB(c), nil
+}
+
+// Connect opens a connection through the inner connector and wraps it.
+func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
+	inner, err := c.inner.Connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return newConn(c, inner), nil
+}
+
+// Driver returns the cachedpq driver.
+func (c *Connector) Driver() driver.Driver { return registered }
+
+// Close releases the cache clients the Connector created and closes the
+// inner connector if it can be closed. A client passed in Options is left
+// open: its owner closes it.
+func (c *Connector) Close() error {
+	var errs []error
+	c.eng.close()
+	if c.owned != nil {
+		errs = append(errs, c.owned.Close())
+	}
+	if cl, ok := c.inner.(io.Closer); ok {
+		errs = append(errs, cl.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// registered is the Driver value that Connector.Driver reports.
+var registered = &Driver{}
+
+// Unwrap returns the inner driver connection of a connection opened by
+// cachedpq, for use inside sql.Conn.Raw with functions that need lib/pq's
+// own connection (pq.SetNoticeHandler, for example). Other values are
+// returned unchanged.
+func Unwrap(driverConn any) any {
+	if c, ok := driverConn.(*conn); ok {
+		return c.inner
+	}
+	return driverConn
+}

@@ -1,0 +1,222 @@
+package cachedpq
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Policy says how a registered query is cached. Only TTL is required; every
+// other field's zero value is a sensible default.
+type Policy struct {
+	// Name labels the query in cache keys and metrics. Empty means the first
+	// table the query reads. It may hold letters, digits and _ . -.
+	Name string
+
+	// TTL is how long an entry may be served. It is required.
+	TTL time.Duration
+
+	// Jitter spreads expiries: each entry lives TTL plus a random extra of up
+	// to Jitter×TTL, so entries filled together do not expire together.
+	// Zero means 0.1 (10%); a negative value disables jitter. At most 1.
+	Jitter float64
+
+	// NegativeTTL is how long an empty result may be served. Zero means
+	// TTL/10, capped at one minute; a negative value means empty results
+	// are not cached.
+	NegativeTTL time.Duration
+
+	// MaxRows and MaxBytes bound what is cached: a larger result is served
+	// but not stored. Zero means 10,000 rows and 1 MiB (encoded).
+	MaxRows  int
+	MaxBytes int
+
+	// Tags adds tables whose writes invalidate the query, for dependencies
+	// the SQL text cannot show (a view's base tables, a function's tables).
+	// They are folded like table names in SQL: "public.Users", "users" and
+	// `"users"` are one tag.
+	Tags []string
+
+	// AllowNondeterministic registers a query that calls non-deterministic
+	// or session-dependent functions such as now() or random(), accepting
+	// that a hit returns the value of the call that filled the entry.
+	AllowNondeterministic bool
+}
+
+// Policy defaults.
+const (
+	defaultJitter      = 0.1
+	defaultMaxRows     = 10_000
+	defaultMaxBytes    = 1 << 20
+	maxNegativeDefault = time.Minute
+)
+
+// withDefaults validates p and fills in its zero fields.
+func (p Policy) withDefaults() (Policy, error) {
+	if p.TTL <= 0 {
+		return p, errors.New("TTL must be positive")
+	}
+	switch {
+	case p.Jitter == 0:
+		p.Jitter = defaultJitter
+	case p.Jitter < 0:
+		p.Jitter = 0
+	case p.Jitter > 1:
+		return p, fmt.Errorf("Jitter %v is over 1", p.Jitter)
+	}
+	if p.NegativeTTL == 0 {
+		p.NegativeTTL = min(p.TTL/10, maxNegativeDefault)
+	}
+	if p.MaxRows < 0 || p.MaxBytes < 0 {
+		return p, errors.New("MaxRows and MaxBytes must not be negative")
+	}
+	if p.MaxRows == 0 {
+		p.MaxRows = defaultMaxRows
+	}
+	if p.MaxBytes == 0 {
+		p.MaxBytes = defaultMaxBytes
+	}
+	if !validName(p.Name) {
+		return p, fmt.Errorf("Name %q may hold only letters, digits and _ . -", p.Name)
+	}
+	tags, err := foldTags(p.Tags)
+	if err != nil {
+		return p, err
+	}
+	p.Tags = tags
+	return p, nil
+}
+
+func validName(s string) bool {
+	for _, r := range s {
+		ok := r == '_' || r == '.' || r == '-' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z'
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// foldTags folds each tag like a table name in SQL, sorted and without
+// duplicates.
+func foldTags(tags []string) ([]string, error) {
+	out := make([]string, 0, len(tags))
+	for _, t := range tags {
+		f, ok := foldTag(t)
+		if !ok {
+			return nil, fmt.Errorf("tag %q is not a table name", t)
+		}
+		out = append(out, f)
+	}
+	slices.Sort(out)
+	return slices.Compact(out), nil
+}
+
+// registration is a registered query: its analysis and its policy, with
+// the tags its entries depend on.
+type registration struct {
+	a      *analysis
+	policy Policy
+	name   string   // Policy.Name or the first read table
+	tags   []string // read tables and policy tags, sorted, unique
+}
+
+// Registry holds registered queries, matched by fingerprint so that the
+// application's text may differ from the registered text in whitespace,
+// comments and case. It is safe for concurrent use.
+type Registry struct {
+	mu   sync.Mutex                                 // serializes writers of byFP
+	byFP atomic.Pointer[map[[16]byte]*registration] // copy on write: readers take no lock
+}
+
+// NewRegistry returns an empty registry, for a Connector that should not
+// share the default registry.
+func NewRegistry() *Registry { return &Registry{} }
+
+// defaultRegistry is the registry Register fills and the "cachedpq" driver uses.
+var defaultRegistry = NewRegistry()
+
+// Register registers a read query in the default registry used by the
+// "cachedpq" driver and by Connectors without their own Registry. It is
+// safe for concurrent use.
+func Register(query string, p Policy) error { return defaultRegistry.Register(query, p) }
+
+// Register registers a read query with its policy. The query must be a
+// single read-only statement that can be cached; otherwise, or when the
+// policy is invalid, or when the query is already registered with another
+// policy, Register returns an error saying why. Registering the same query
+// again with the same policy is not an error.
+func (r *Registry) Register(query string, p Policy) error {
+	reg, err := newRegistration(query, p)
+	if err != nil {
+		return fmt.Errorf("cachedpq: register %q: %w", query, err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	old := r.snapshot()
+	if prev, ok := old[reg.a.fingerprint]; ok {
+		if samePolicy(prev.policy, reg.policy) {
+			return nil
+		}
+		return fmt.Errorf("cachedpq: register %q: already registered with another policy", query)
+	}
+	next := maps.Clone(old)
+	if next == nil {
+		next = make(map[[16]byte]*registration)
+	}
+	next[reg.a.fingerprint] = reg
+	r.byFP.Store(&next)
+	return nil
+}
+
+func newRegistration(query string, p Policy) (*registration, error) {
+	p, err := p.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	a := analyze(query)
+	if a.notCacheable != "" && !(p.AllowNondeterministic && a.nondeterministic) {
+		return nil, errors.New(a.notCacheable)
+	}
+	tags := slices.Concat(a.reads, p.Tags)
+	slices.Sort(tags)
+	tags = slices.Compact(tags)
+	name := p.Name
+	switch {
+	case name != "":
+	case len(a.reads) > 0:
+		name = a.reads[0]
+	case len(tags) > 0:
+		name = tags[0]
+	default:
+		name = "q"
+	}
+	return &registration{a: a, policy: p, name: name, tags: tags}, nil
+}
+
+func samePolicy(a, b Policy) bool {
+	return a.Name == b.Name && a.TTL == b.TTL && a.Jitter == b.Jitter &&
+		a.NegativeTTL == b.NegativeTTL && a.MaxRows == b.MaxRows &&
+		a.MaxBytes == b.MaxBytes && slices.Equal(a.Tags, b.Tags) &&
+		a.AllowNondeterministic == b.AllowNondeterministic
+}
+
+func (r *Registry) snapshot() map[[16]byte]*registration {
+	if m := r.byFP.Load(); m != nil {
+		return *m
+	}
+	return nil
+}
+
+// lookup returns the registration matching a's fingerprint, or nil.
+func (r *Registry) lookup(a *analysis) *registration {
+	m := r.byFP.Load()
+	if m == nil {
+		return nil
+	}
+	return (*m)[a.fingerprint]
+}

@@ -1,0 +1,38 @@
+package cachedpq
+
+import (
+	"context"
+	"database/sql/driver"
+)
+
+var _ driver.Tx = (*tx)(nil)
+
+// tx wraps a transaction. It collects the tables the transaction writes and
+// invalidates them only after Commit succeeds; Rollback forgets them.
+type tx struct {
+	inner  driver.Tx
+	conn   *conn
+	ctx    context.Context // kept because Commit has no context; only its values are used
+	writes writeSet
+}
+
+func newTx(c *conn, inner driver.Tx, ctx context.Context) *tx {
+	return &tx{inner: inner, conn: c, ctx: ctx}
+}
+
+// Commit commits the inner transaction, then invalidates what it wrote.
+// A commit that succeeded in Postgres never fails because of the cache.
+func (t *tx) Commit() error {
+	t.conn.tx = nil
+	if err := t.inner.Commit(); err != nil {
+		return err
+	}
+	t.conn.c.eng.invalidate(context.WithoutCancel(t.ctx), &t.writes)
+	return nil
+}
+
+// Rollback rolls the inner transaction back; nothing is invalidated.
+func (t *tx) Rollback() error {
+	t.conn.tx = nil
+	return t.inner.Rollback()
+}
