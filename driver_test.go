@@ -1,0 +1,453 @@
+package cachedpq
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"io"
+	"os"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/DATA-DOG/go-sqlmock"
+	"github.com/lib/pq"
+)
+
+func TestParseDSN(t *testing.T) {
+	tests := []struct {
+		name, dsn string
+		want      dsnSettings
+		runtime   map[string]string
+	}{
+		{"plain", "host=127.0.0.1 dbname=test sslmode=disable", dsnSettings{}, map[string]string{}},
+		{"keyvalue", "host=h dbname=d search_path=s cache_prefix=app cache_timeout=20ms cache_redis='redis://:pw@127.0.0.1:6380/2'",
+			dsnSettings{prefix: "app", timeout: 20 * time.Millisecond, redisURL: "redis://:pw@127.0.0.1:6380/2"},
+			map[string]string{"search_path": "s"}},
+		{"url escaped", "postgres://u@h/d?sslmode=disable&cache_redis=redis%3A%2F%2F127.0.0.1%3A6379%2F1&cache_max_memory=8MiB&TimeZone=UTC",
+			dsnSettings{redisURL: "redis://127.0.0.1:6379/1", maxMemory: 8 << 20},
+			map[string]string{"TimeZone": "UTC"}},
+		{"rediss", "dbname=d cache_redis=rediss://user:pass@127.0.0.1:6379/0",
+			dsnSettings{redisURL: "rediss://user:pass@127.0.0.1:6379/0"}, map[string]string{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, got, err := parseDSN(tt.dsn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tt.want {
+				t.Errorf("settings = %+v, want %+v", got, tt.want)
+			}
+			for k := range cfg.Runtime {
+				if strings.HasPrefix(k, "cache_") {
+					t.Errorf("lib/pq would see %s", k)
+				}
+			}
+			if !reflect.DeepEqual(cfg.Runtime, tt.runtime) && !(len(cfg.Runtime) == 0 && len(tt.runtime) == 0) {
+				t.Errorf("runtime = %v, want %v", cfg.Runtime, tt.runtime)
+			}
+		})
+	}
+}
+
+func TestBadDSNFailsAtOpen(t *testing.T) {
+	tests := []struct{ dsn, mention string }{
+		{"dbname=d cache_bogus=1", "cache_bogus"},
+		{"dbname=d cache_timeout=soon", "cache_timeout"},
+		{"dbname=d cache_timeout=-5ms", "cache_timeout"},
+		{"dbname=d cache_redis=http://x", "cache_redis"},
+		{"dbname=d cache_max_memory=lots", "cache_max_memory"},
+		{"dbname=d cache_prefix=''", "cache_prefix"},
+		{"postgres://h/d?cache_tiemout=1s", "cache_tiemout"},
+		{"dbname=d sslmode=bogus", "sslmode"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.mention, func(t *testing.T) {
+			db, err := sql.Open(DriverName, tt.dsn)
+			if err == nil {
+				db.Close()
+				t.Fatalf("sql.Open(%q) succeeded", tt.dsn)
+			}
+			if !strings.Contains(err.Error(), tt.mention) {
+				t.Errorf("error %q does not name %s", err, tt.mention)
+			}
+		})
+	}
+}
+
+func TestRedisURLFromEnvironment(t *testing.T) {
+	t.Setenv(envRedisURL, "redis://127.0.0.1:1/0")
+	c, err := NewConnector("dbname=d", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if c.owned == nil {
+		t.Fatal("CACHEDPQ_REDIS_URL did not give a Redis client")
+	}
+	t.Setenv(envRedisURL, "ftp://nope")
+	if _, err := NewConnector("dbname=d", Options{}); err == nil || !strings.Contains(err.Error(), envRedisURL) {
+		t.Fatalf("bad %s: %v", envRedisURL, err)
+	}
+}
+
+func TestOptionsCopiedAndDefaulted(t *testing.T) {
+	opts := Options{Prefix: "p"}
+	c := Wrap(&fakeConnector{}, opts)
+	opts.Prefix = "changed"
+	if c.opts.Prefix != "p" || c.opts.Timeout != defaultTimeout || c.opts.Registry != defaultRegistry {
+		t.Fatalf("options = %+v", c.opts)
+	}
+}
+
+// mockDB returns a DB over cachedpq wrapping go-sqlmock, so a test sees
+// exactly which statements reach the database.
+func mockDB(t *testing.T) (*sql.DB, sqlmock.Sqlmock) {
+	t.Helper()
+	dsn := "cachedpq-" + t.Name()
+	raw, mock, err := sqlmock.NewWithDSN(dsn, sqlmock.QueryMatcherOption(sqlmock.QueryMatcherEqual))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inner := &driverConnector{drv: raw.Driver(), dsn: dsn}
+	db := sql.OpenDB(Wrap(inner, Options{Registry: NewRegistry()}))
+	db.SetMaxOpenConns(1)
+	t.Cleanup(func() {
+		db.Close()
+		raw.Close()
+		if err := mock.ExpectationsWereMet(); err != nil {
+			t.Error(err)
+		}
+	})
+	return db, mock
+}
+
+type driverConnector struct {
+	drv driver.Driver
+	dsn string
+}
+
+func (c *driverConnector) Connect(context.Context) (driver.Conn, error) { return c.drv.Open(c.dsn) }
+func (c *driverConnector) Driver() driver.Driver                         { return c.drv }
+
+func TestStatementsReachTheDatabaseUnchanged(t *testing.T) {
+	db, mock := mockDB(t)
+	mock.ExpectQuery(`select name from users where id = $1`).WithArgs(int64(7)).
+		WillReturnRows(sqlmock.NewRows([]string{"name"}).AddRow("ann"))
+	mock.ExpectExec(`update users set name = $1 where id = $2`).WithArgs("bob", int64(7)).
+		WillReturnResult(sqlmock.NewResult(0, 1))
+	mock.ExpectBegin()
+	mock.ExpectExec(`delete from users`).WillReturnResult(sqlmock.NewResult(0, 3))
+	mock.ExpectRollback()
+	mock.ExpectPrepare(`select 1`).ExpectQuery().WillReturnRows(sqlmock.NewRows([]string{"x"}).AddRow(1))
+
+	var name string
+	if err := db.QueryRow(`select name from users where id = $1`, 7).Scan(&name); err != nil || name != "ann" {
+		t.Fatalf("query: %q %v", name, err)
+	}
+	res, err := db.Exec(`update users set name = $1 where id = $2`, "bob", 7)
+	if n, _ := res.RowsAffected(); err != nil || n != 1 {
+		t.Fatalf("exec: %d %v", n, err)
+	}
+	tx, err := db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(`delete from users`); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := db.Prepare(`select 1`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	var one int
+	if err := st.QueryRow().Scan(&one); err != nil || one != 1 {
+		t.Fatalf("prepared: %d %v", one, err)
+	}
+}
+
+func TestErrorsPassThroughByIdentity(t *testing.T) {
+	db, mock := mockDB(t)
+	pqErr := &pq.Error{Code: "23505", Message: "duplicate key"}
+	mock.ExpectExec(`insert into t values (1)`).WillReturnError(pqErr)
+	mock.ExpectQuery(`select * from t`).WillReturnError(pqErr)
+	mock.ExpectQuery(`select 2`).WillReturnRows(sqlmock.NewRows([]string{"x"}).AddRow(1).RowError(0, pqErr))
+
+	_, err := db.Exec(`insert into t values (1)`)
+	var got *pq.Error
+	if !errors.As(err, &got) || got != pqErr {
+		t.Fatalf("exec error %v is not the driver's *pq.Error", err)
+	}
+	_, err = db.Query(`select * from t`)
+	if !errors.As(err, &got) || got != pqErr {
+		t.Fatalf("query error %v is not the driver's *pq.Error", err)
+	}
+	rows, err := db.Query(`select 2`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+	}
+	if !errors.Is(rows.Err(), pqErr) {
+		t.Fatalf("row error %v is not the driver's", rows.Err())
+	}
+	rows.Close()
+}
+
+// The fakes below implement either every optional interface lib/pq has, or
+// none, and record which methods database/sql reached.
+
+type fakeConnector struct{ bare bool }
+
+func (c *fakeConnector) Connect(context.Context) (driver.Conn, error) {
+	if c.bare {
+		return &bareConn{log: &callLog{}}, nil
+	}
+	return &fullConn{bareConn{log: &callLog{}}}, nil
+}
+func (c *fakeConnector) Driver() driver.Driver { return nil }
+
+type callLog struct {
+	mu    sync.Mutex // guards calls
+	calls []string
+}
+
+func (l *callLog) add(s string) { l.mu.Lock(); l.calls = append(l.calls, s); l.mu.Unlock() }
+
+// bareConn implements only driver.Conn.
+type bareConn struct{ log *callLog }
+
+func (c *bareConn) Prepare(q string) (driver.Stmt, error) {
+	c.log.add("prepare " + q)
+	return &fakeStmt{log: c.log}, nil
+}
+func (c *bareConn) Close() error              { return nil }
+func (c *bareConn) Begin() (driver.Tx, error) { c.log.add("begin"); return fakeTx{c.log}, nil }
+
+// fullConn adds lib/pq's optional interfaces.
+type fullConn struct{ bareConn }
+
+func (c *fullConn) QueryContext(_ context.Context, q string, _ []driver.NamedValue) (driver.Rows, error) {
+	c.log.add("query " + q)
+	return &fakeRows{}, nil
+}
+func (c *fullConn) ExecContext(_ context.Context, q string, _ []driver.NamedValue) (driver.Result, error) {
+	c.log.add("exec " + q)
+	return driver.RowsAffected(1), nil
+}
+func (c *fullConn) Query(q string, _ []driver.Value) (driver.Rows, error) { return &fakeRows{}, nil }
+func (c *fullConn) Exec(q string, _ []driver.Value) (driver.Result, error) {
+	return driver.RowsAffected(1), nil
+}
+func (c *fullConn) PrepareContext(_ context.Context, q string) (driver.Stmt, error) {
+	return c.Prepare(q)
+}
+func (c *fullConn) BeginTx(context.Context, driver.TxOptions) (driver.Tx, error) { return c.Begin() }
+func (c *fullConn) Ping(context.Context) error                                   { c.log.add("ping"); return nil }
+func (c *fullConn) CheckNamedValue(nv *driver.NamedValue) error {
+	if s, ok := nv.Value.([]int64); ok {
+		nv.Value = "ints:" + strings.Repeat("i", len(s))
+		return nil
+	}
+	return driver.ErrSkip
+}
+func (c *fullConn) ResetSession(context.Context) error { c.log.add("reset"); return nil }
+func (c *fullConn) IsValid() bool                      { return true }
+
+type fakeStmt struct {
+	log  *callLog
+	args []driver.Value
+}
+
+func (s *fakeStmt) Close() error  { return nil }
+func (s *fakeStmt) NumInput() int { return -1 }
+func (s *fakeStmt) Exec(args []driver.Value) (driver.Result, error) {
+	s.log.add("stmt exec")
+	s.args = args
+	return driver.RowsAffected(2), nil
+}
+func (s *fakeStmt) Query(args []driver.Value) (driver.Rows, error) {
+	s.log.add("stmt query")
+	s.args = args
+	return &fakeRows{}, nil
+}
+
+type fakeTx struct{ log *callLog }
+
+func (t fakeTx) Commit() error   { t.log.add("commit"); return nil }
+func (t fakeTx) Rollback() error { t.log.add("rollback"); return nil }
+
+type fakeRows struct{ n int }
+
+func (r *fakeRows) Columns() []string { return []string{"x"} }
+func (r *fakeRows) Close() error      { return nil }
+func (r *fakeRows) Next(dest []driver.Value) error {
+	if r.n > 0 {
+		return io.EOF
+	}
+	r.n++
+	dest[0] = int64(1)
+	return nil
+}
+
+func TestFallbacksForABareDriver(t *testing.T) {
+	c := Wrap(&fakeConnector{bare: true}, Options{Registry: NewRegistry()})
+	db := sql.OpenDB(c)
+	defer db.Close()
+	var x int
+	// No QueryerContext: the conn answers ErrSkip and database/sql prepares;
+	// the statement has no StmtQueryContext, so ours falls back to Query.
+	if err := db.QueryRow(`select x`).Scan(&x); err != nil || x != 1 {
+		t.Fatalf("query: %d %v", x, err)
+	}
+	if _, err := db.Exec(`update t`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.BeginTx(context.Background(), &sql.TxOptions{ReadOnly: true}); !errors.Is(err, errTxOptions) {
+		t.Fatalf("read-only tx on a bare driver: %v", err)
+	}
+	tx, err := db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx.Commit()
+	if err := db.Ping(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Query(`select x`, sql.Named("a", 1)); err == nil {
+		t.Fatal("named argument accepted by a driver that cannot take it")
+	}
+}
+
+func TestStatementCheckerFallsBackToTheConnection(t *testing.T) {
+	c := Wrap(&fakeConnector{}, Options{Registry: NewRegistry()})
+	db := sql.OpenDB(c)
+	defer db.Close()
+	db.SetMaxOpenConns(1)
+	st, err := db.Prepare(`insert into t values ($1)`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	// database/sql asks the statement's checker first: without the fallback
+	// to the connection's, []int64 would be rejected by the default.
+	if _, err := st.Exec([]int64{1, 2, 3}); err != nil {
+		t.Fatalf("[]int64 through a prepared statement: %v", err)
+	}
+	conn, _ := db.Conn(context.Background())
+	defer conn.Close()
+	conn.Raw(func(dc any) error {
+		if _, ok := Unwrap(dc).(*fullConn); !ok {
+			t.Errorf("Unwrap gave %T", Unwrap(dc))
+		}
+		return nil
+	})
+}
+
+// optional lists the optional interfaces a conn, stmt or rows may have.
+var (
+	connInterfaces = []reflect.Type{
+		reflect.TypeFor[driver.Pinger](), reflect.TypeFor[driver.Execer](), reflect.TypeFor[driver.ExecerContext](),
+		reflect.TypeFor[driver.Queryer](), reflect.TypeFor[driver.QueryerContext](), reflect.TypeFor[driver.ConnPrepareContext](),
+		reflect.TypeFor[driver.ConnBeginTx](), reflect.TypeFor[driver.NamedValueChecker](),
+		reflect.TypeFor[driver.SessionResetter](), reflect.TypeFor[driver.Validator](),
+	}
+	stmtInterfaces = []reflect.Type{
+		reflect.TypeFor[driver.StmtExecContext](), reflect.TypeFor[driver.StmtQueryContext](),
+		reflect.TypeFor[driver.ColumnConverter](),
+	}
+	rowsInterfaces = []reflect.Type{
+		reflect.TypeFor[driver.RowsNextResultSet](), reflect.TypeFor[driver.RowsColumnTypeScanType](),
+		reflect.TypeFor[driver.RowsColumnTypeDatabaseTypeName](), reflect.TypeFor[driver.RowsColumnTypeLength](),
+		reflect.TypeFor[driver.RowsColumnTypeNullable](), reflect.TypeFor[driver.RowsColumnTypePrecisionScale](),
+	}
+)
+
+func implemented(v any, ifaces []reflect.Type) []string {
+	var names []string
+	for _, it := range ifaces {
+		if reflect.TypeOf(v).Implements(it) {
+			names = append(names, it.String())
+		}
+	}
+	return names
+}
+
+// pqDSN is the Postgres the in-package tests use; they skip without it,
+// except under CI=true, where they fail.
+func pqDSN(t testing.TB) string {
+	t.Helper()
+	dsn := os.Getenv("CACHEDPQ_TEST_DSN")
+	if dsn == "" {
+		dsn = "host=127.0.0.1 port=5432 user=postgres dbname=test sslmode=disable"
+	}
+	db, err := sql.Open("postgres", dsn)
+	if err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err = db.PingContext(ctx)
+		cancel()
+		db.Close()
+	}
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("PostgreSQL unreachable under CI=true: %v", err)
+		}
+		t.Skipf("PostgreSQL unreachable: %v", err)
+	}
+	return dsn
+}
+
+// TestInterfaceParityWithLibPQ proves the wrappers expose the optional
+// interfaces lib/pq's own values do. The one deliberate difference is the
+// statement's NamedValueChecker, which defers to the connection's exactly
+// as database/sql would without it.
+func TestInterfaceParityWithLibPQ(t *testing.T) {
+	dsn := pqDSN(t)
+	inner, err := pq.NewConnector(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	raw, err := inner.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	c := Wrap(inner, Options{Registry: NewRegistry()})
+	wrapped, err := c.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wrapped.Close()
+	compare := func(what string, a, b any, ifaces []reflect.Type) {
+		t.Helper()
+		if x, y := implemented(a, ifaces), implemented(b, ifaces); !reflect.DeepEqual(x, y) {
+			t.Errorf("%s: lib/pq has %v, cachedpq has %v", what, x, y)
+		}
+	}
+	compare("conn", raw, wrapped, connInterfaces)
+
+	rs, _ := raw.(driver.ConnPrepareContext).PrepareContext(ctx, "select 1::int8 a, 'x'::text b")
+	ws, _ := wrapped.(driver.ConnPrepareContext).PrepareContext(ctx, "select 1::int8 a, 'x'::text b")
+	compare("stmt", rs, ws, stmtInterfaces)
+	if _, ok := ws.(driver.NamedValueChecker); !ok {
+		t.Error("stmt lacks the NamedValueChecker that defers to the connection")
+	}
+
+	rr, err := rs.(driver.StmtQueryContext).QueryContext(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rr.Close()
+	compare("live rows", rr, newRows(rr, nil), rowsInterfaces)
+	ws.Close()
+	rs.Close()
+}
