@@ -372,7 +372,9 @@ func decodeEntry(b []byte, maxBytes int) (*entry, error) {
 	if maxBytes <= 0 {
 		maxBytes = codecMaxDefault
 	}
-	body, err := unframe(b, maxBytes)
+	scratch := scratchPool.Get().(*[]byte)
+	defer putScratch(scratch)
+	body, err := unframe(b, maxBytes, scratch)
 	if err != nil {
 		return nil, err
 	}
@@ -384,8 +386,9 @@ func decodeEntry(b []byte, maxBytes int) (*entry, error) {
 	return e, nil
 }
 
-// unframe checks header and checksum and returns the raw body.
-func unframe(b []byte, maxBytes int) ([]byte, error) {
+// unframe checks header and checksum and returns the raw body: part of b,
+// or decompressed into *scratch (grown if too small).
+func unframe(b []byte, maxBytes int, scratch *[]byte) ([]byte, error) {
 	if len(b) < codecHeadLen+1+codecSumLen {
 		return nil, corrupt("%d bytes is too short", len(b))
 	}
@@ -409,21 +412,24 @@ func unframe(b []byte, maxBytes int) ([]byte, error) {
 	if rawLen > uint64(maxBytes) {
 		return nil, corrupt("body of %d bytes over the limit of %d", rawLen, maxBytes)
 	}
-	return decompress(b[codecHeadLen+n:sumAt], b[3]&compressMask, int(rawLen))
+	return decompress(b[codecHeadLen+n:sumAt], b[3]&compressMask, int(rawLen), scratch)
 }
 
-// decompress returns payload decompressed with kind, which must yield
-// exactly rawLen bytes; rawLen was checked against the limit.
-func decompress(payload []byte, kind byte, rawLen int) ([]byte, error) {
+// decompress returns payload decompressed with kind into scratch, which
+// must yield exactly rawLen bytes; rawLen was checked against the limit.
+func decompress(payload []byte, kind byte, rawLen int, scratch *[]byte) ([]byte, error) {
 	var body []byte
 	var err error
+	if kind != compressNone {
+		*scratch = growBytes((*scratch)[:0], rawLen) // keeps a grown buffer for next time
+	}
 	switch kind {
 	case compressNone:
 		body = payload
 	case compressS2:
-		body, err = s2Decode(payload, rawLen)
+		body, err = s2Decode(payload, rawLen, *scratch)
 	case compressZstd:
-		body, err = zstdDecoder().DecodeAll(payload, make([]byte, 0, rawLen))
+		body, err = zstdDecoder().DecodeAll(payload, *scratch)
 	default:
 		return nil, corrupt("unknown compression %d", kind)
 	}
@@ -436,8 +442,9 @@ func decompress(payload []byte, kind byte, rawLen int) ([]byte, error) {
 	return body, nil
 }
 
-// s2Decode checks the declared length before allocating for it.
-func s2Decode(payload []byte, rawLen int) ([]byte, error) {
+// s2Decode checks the block's declared length against the header's, which
+// scratch was sized for.
+func s2Decode(payload []byte, rawLen int, scratch []byte) ([]byte, error) {
 	n, err := s2.DecodedLen(payload)
 	if err != nil {
 		return nil, err
@@ -445,7 +452,21 @@ func s2Decode(payload []byte, rawLen int) ([]byte, error) {
 	if n != rawLen {
 		return nil, fmt.Errorf("s2 block says %d bytes, header %d", n, rawLen)
 	}
-	return s2.Decode(make([]byte, n), payload)
+	return s2.Decode(scratch[:n], payload)
+}
+
+// scratchPool holds buffers that compressed bodies are decompressed into:
+// a warm buffer decompresses much faster than fresh zeroed memory, and
+// only the heaps are copied out of it.
+var scratchPool = sync.Pool{New: func() any { return new([]byte) }}
+
+// scratchMax is the largest buffer kept in scratchPool.
+const scratchMax = 4 << 20
+
+func putScratch(p *[]byte) {
+	if cap(*p) <= scratchMax {
+		scratchPool.Put(p)
+	}
 }
 
 // reader reads a body front to back; the first short or malformed read
@@ -469,6 +490,10 @@ func (r *reader) byte() byte {
 }
 
 func (r *reader) uvarint() uint64 {
+	if r.off < len(r.b) && r.b[r.off] < 0x80 { // most lengths fit one byte
+		r.off++
+		return uint64(r.b[r.off-1])
+	}
 	v, n := binary.Uvarint(r.b[r.off:])
 	if n <= 0 {
 		r.bad = true
@@ -533,7 +558,7 @@ type decoder struct {
 	maxRows int
 }
 
-// decodeBody parses a raw body.
+// decodeBody parses a raw body, which it neither keeps nor writes.
 func decodeBody(body []byte, maxBytes int) (*entry, error) {
 	d := decoder{r: reader{b: body}, maxRows: maxBytes / 24}
 	e := &entry{}
@@ -589,11 +614,21 @@ func (d *decoder) shape() (ncols, nrows int, err error) {
 		return 0, 0, corrupt("truncated or malformed body")
 	}
 	heapAt := len(r.b) - strLen - binLen
-	d.strs = string(r.b[heapAt : heapAt+strLen])
-	d.bins = bytes.Clone(r.b[heapAt+strLen:])
+	d.heaps(r.b[heapAt:], strLen)
 	r.b = r.b[:heapAt]
 	d.slabs = newSlabs(d.counts)
 	return ncols, nrows, nil
+}
+
+// heaps copies both heaps into one fresh buffer that no one else holds
+// and nobody writes again, which is what makes a string view of it sound.
+// bytes.Clone does not zero the memory it is about to fill.
+func (d *decoder) heaps(b []byte, strLen int) {
+	b = bytes.Clone(b)
+	if strLen > 0 {
+		d.strs = unsafe.String(&b[0], strLen)
+	}
+	d.bins = b[strLen:]
 }
 
 // str takes the next n bytes of the string heap without allocating.
