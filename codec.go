@@ -269,7 +269,7 @@ func appendUvarints(b []byte, ns ...int) []byte {
 }
 
 // appendColumn writes a column's flags, scan kind, string lengths (the
-// strings are in the heap) and whichever numbers the driver reported.
+// strings are in the heap), length, precision and scale.
 func appendColumn(b []byte, c *column) []byte {
 	flags := columnFlags(c)
 	b = append(b, flags, byte(c.scan))
@@ -277,13 +277,10 @@ func appendColumn(b []byte, c *column) []byte {
 	if c.hasDBType {
 		b = binary.AppendUvarint(b, uint64(len(c.dbType)))
 	}
-	if c.hasLength {
-		b = binary.AppendVarint(b, c.length)
-	}
-	if c.hasDecimal {
-		b = binary.AppendVarint(binary.AppendVarint(b, c.precision), c.scale)
-	}
-	return b
+	// The numbers are kept even when the driver said "not applicable":
+	// database/sql hands them to callers regardless.
+	b = binary.AppendVarint(b, c.length)
+	return binary.AppendVarint(binary.AppendVarint(b, c.precision), c.scale)
 }
 
 func columnFlags(c *column) byte {
@@ -292,7 +289,7 @@ func columnFlags(c *column) byte {
 		on   bool
 		flag byte
 	}{{c.hasDBType, colHasDBType}, {c.hasLength, colHasLength}, {c.hasDecimal, colHasDecimal},
-		{c.hasNullable, colHasNullable}, {c.hasNullable && c.nullable, colNullable}} {
+		{c.hasNullable, colHasNullable}, {c.nullable, colNullable}} {
 		if bit.on {
 			f |= bit.flag
 		}
@@ -601,7 +598,7 @@ func (d *decoder) snapshot(s *snapshot) error {
 // the bytes that remain, and splits the heaps off the body's tail.
 func (d *decoder) shape() (ncols, nrows int, err error) {
 	r := &d.r
-	ncols = r.count(r.rest() / 2) // a column takes at least 2 bytes
+	ncols = r.count(r.rest() / 6) // a column takes at least 6 bytes
 	nrows = r.count(math.MaxInt32)
 	nvals := nrows * ncols
 	if ncols == 0 && nrows > d.maxRows || ncols > 0 && nrows > r.rest()/ncols {
@@ -665,7 +662,7 @@ func (d *decoder) columns(ncols int) []column {
 
 func (d *decoder) column(c *column) {
 	flags, scan := d.r.byte(), d.r.byte()
-	if flags&^colFlagsAll != 0 || scan > byte(scanBytes) || flags&colNullable != 0 && flags&colHasNullable == 0 {
+	if flags&^colFlagsAll != 0 || scan > byte(scanBytes) {
 		d.r.bad = true
 		return
 	}
@@ -676,13 +673,8 @@ func (d *decoder) column(c *column) {
 		c.dbType = d.str(d.r.count(len(d.strs)))
 	}
 	c.hasLength = flags&colHasLength != 0
-	if c.hasLength {
-		c.length = d.r.varint()
-	}
 	c.hasDecimal = flags&colHasDecimal != 0
-	if c.hasDecimal {
-		c.precision, c.scale = d.r.varint(), d.r.varint()
-	}
+	c.length, c.precision, c.scale = d.r.varint(), d.r.varint(), d.r.varint()
 	c.hasNullable, c.nullable = flags&colHasNullable != 0, flags&colNullable != 0
 }
 
