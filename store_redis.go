@@ -1,0 +1,343 @@
+package cachedpq
+
+// The Redis store: entries, tag stamps, tag indexes and fill leases.
+//
+// Key layout (prefix is the engine's namespace, such as "cachedpq"):
+//
+//	<entry key>              the encoded entry; the key is built and prefixed by the engine
+//	<prefix>:stamp:<tag>     the tag's stamp, a decimal uint64 > 0, without a TTL
+//	<prefix>:idx:<tag>       sorted set: member = entry key, score = the entry's expiry (unix ms)
+//	<entry key>:lease        a fill lease: a decimal token, with a short PX TTL
+//
+// Stamps are decimal so that redis-cli shows them and so that a foreign or
+// corrupt value is detected: anything that is not a decimal uint64 > 0 (or a
+// value of another type) reads as 0, "missing", and readStamps replaces it.
+//
+// No key carries a {hash tag}: on Redis Cluster entries, stamps and indexes
+// spread over all masters (one stamp key per table would otherwise pin every
+// lookup to one node). Every command therefore names a single key, and
+// batches go through pipelines, which go-redis splits per node.
+//
+// The tag index is a sorted set scored by expiry rather than a plain set, so
+// that every fill can trim the members whose entries have expired: an index
+// then holds about as many members as there are live entries, even for a
+// table that is read for weeks and never written (a plain set, refreshed by
+// every fill, would only grow).
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// redisClient is every Redis command the store uses. redis.UniversalClient
+// satisfies it: *redis.Client, *redis.ClusterClient and the Sentinel
+// failover client alike.
+type redisClient interface {
+	redis.Scripter
+	Pipeline() redis.Pipeliner
+	Ping(ctx context.Context) *redis.StatusCmd
+	SetArgs(ctx context.Context, key string, value any, a redis.SetArgs) *redis.StatusCmd
+	ZCard(ctx context.Context, key string) *redis.IntCmd
+	ZPopMin(ctx context.Context, key string, count ...int64) *redis.ZSliceCmd
+}
+
+var _ redisClient = redis.UniversalClient(nil)
+
+const (
+	// purgeBatch is how many index members one purge step pops and unlinks:
+	// large enough to amortise round trips, small enough not to stall Redis.
+	purgeBatch = 256
+	// indexSlack is added to an index's TTL and subtracted from the trim
+	// horizon, so that clock skew between processes neither expires an
+	// index before its entries nor trims members of live entries.
+	indexSlack = time.Minute
+)
+
+// errBadTTL reports a fill or lease asked for with a TTL that is not positive.
+var errBadTTL = errors.New("cachedpq: cache TTL must be positive")
+
+// releaseScript deletes a lease only if it still holds the caller's token,
+// so a holder whose lease expired cannot delete its successor's.
+var releaseScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+	return redis.call('DEL', KEYS[1])
+end
+return 0`)
+
+// redisStore keeps entries and stamps in Redis. It is safe for concurrent
+// use; all state lives in Redis.
+type redisStore struct {
+	c      redisClient
+	prefix string
+}
+
+// newRedisStore returns a store over c whose stamp and index keys start
+// with prefix.
+func newRedisStore(c redis.UniversalClient, prefix string) *redisStore {
+	return &redisStore{c: c, prefix: prefix}
+}
+
+// stampKey is the key of tag's stamp.
+func (s *redisStore) stampKey(tag string) string { return s.prefix + ":stamp:" + tag }
+
+// indexKey is the key of tag's index of entry keys.
+func (s *redisStore) indexKey(tag string) string { return s.prefix + ":idx:" + tag }
+
+// leaseKey is the key of the fill lease on an entry key.
+func leaseKey(key string) string { return key + ":lease" }
+
+// newStamp returns a fresh random stamp; 0 is reserved for "missing".
+func newStamp() uint64 {
+	for {
+		if v := rand.Uint64(); v != 0 {
+			return v
+		}
+	}
+}
+
+// parseStamp decodes a stored stamp; anything but a decimal uint64 > 0 is 0.
+func parseStamp(s string) uint64 {
+	v, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0
+	}
+	return v
+}
+
+// isWrongType reports a command that met a key of another type: a foreign
+// value under one of our keys, which the store treats as absent.
+func isWrongType(err error) bool {
+	return redis.HasErrorPrefix(err, "WRONGTYPE")
+}
+
+// lookup returns the bytes under key (nil if absent) and the current stamps
+// of tags (0 where missing or unreadable), appended to buf[:0], in one
+// round trip.
+func (s *redisStore) lookup(ctx context.Context, key string, tags []string, buf []uint64) ([]byte, []uint64, error) {
+	pipe := s.c.Pipeline()
+	get := pipe.Get(ctx, key)
+	for _, tag := range tags {
+		pipe.Get(ctx, s.stampKey(tag))
+	}
+	cmds, _ := pipe.Exec(ctx) // errors are read per command below
+	val, err := entryBytes(get)
+	if err != nil {
+		return nil, nil, err
+	}
+	buf = buf[:0]
+	for _, cmd := range cmds[1:] {
+		v, err := stampOf(cmd.(*redis.StringCmd))
+		if err != nil {
+			return nil, nil, err
+		}
+		buf = append(buf, v)
+	}
+	return val, buf, nil
+}
+
+// entryBytes reads an entry GET: absent and foreign-typed keys are nil.
+func entryBytes(cmd *redis.StringCmd) ([]byte, error) {
+	val, err := cmd.Bytes()
+	switch {
+	case err == redis.Nil || isWrongType(err):
+		return nil, nil
+	case err != nil:
+		return nil, err
+	}
+	return val, nil
+}
+
+// stampOf reads a stamp GET: absent, foreign or corrupt stamps are 0.
+func stampOf(cmd *redis.StringCmd) (uint64, error) {
+	err := cmd.Err()
+	switch {
+	case err == redis.Nil || isWrongType(err):
+		return 0, nil
+	case err != nil:
+		return 0, err
+	}
+	return parseStamp(cmd.Val()), nil
+}
+
+// readStamps returns the current stamps of tags, creating the missing ones
+// with fresh values (SET NX GET, Redis >= 7) in one round trip. A corrupt or
+// foreign stamp costs a second round trip that overwrites it with a fresh
+// value; overwriting with a fresh value is always safe, it only voids
+// entries.
+func (s *redisStore) readStamps(ctx context.Context, tags []string) ([]uint64, error) {
+	out := make([]uint64, len(tags))
+	cmds := make([]*redis.StatusCmd, len(tags))
+	pipe := s.c.Pipeline()
+	for i, tag := range tags {
+		out[i] = newStamp()
+		cmds[i] = pipe.SetArgs(ctx, s.stampKey(tag), formatStamp(out[i]), redis.SetArgs{Mode: "NX", Get: true})
+	}
+	_, _ = pipe.Exec(ctx)
+	var bad []int
+	for i, cmd := range cmds {
+		switch err := cmd.Err(); {
+		case err == redis.Nil: // created: out[i] is now the stamp
+		case err != nil && !isWrongType(err):
+			return nil, err
+		case err == nil && parseStamp(cmd.Val()) != 0:
+			out[i] = parseStamp(cmd.Val())
+		default:
+			bad = append(bad, i)
+		}
+	}
+	return out, s.overwriteStamps(ctx, tags, out, bad)
+}
+
+// overwriteStamps sets the stamps of tags[i] for i in idx to out[i].
+func (s *redisStore) overwriteStamps(ctx context.Context, tags []string, out []uint64, idx []int) error {
+	if len(idx) == 0 {
+		return nil
+	}
+	pipe := s.c.Pipeline()
+	for _, i := range idx {
+		pipe.Set(ctx, s.stampKey(tags[i]), formatStamp(out[i]), 0)
+	}
+	_, err := pipe.Exec(ctx)
+	return err
+}
+
+// formatStamp encodes a stamp as stored.
+func formatStamp(v uint64) string { return strconv.FormatUint(v, 10) }
+
+// bump replaces the stamps of tags with fresh random values in one round
+// trip: every entry that recorded an old stamp is void from then on.
+func (s *redisStore) bump(ctx context.Context, tags []string) error {
+	if len(tags) == 0 {
+		return nil
+	}
+	pipe := s.c.Pipeline()
+	for _, tag := range tags {
+		pipe.Set(ctx, s.stampKey(tag), formatStamp(newStamp()), 0)
+	}
+	_, err := pipe.Exec(ctx)
+	return err
+}
+
+// fill stores val under key for ttl and indexes key under each tag, in one
+// round trip. Each index's TTL is raised (never lowered) to outlive the
+// entry, and members whose entries have expired are trimmed.
+func (s *redisStore) fill(ctx context.Context, key string, val []byte, ttl time.Duration, tags []string) error {
+	if ttl <= 0 {
+		return errBadTTL
+	}
+	now := time.Now()
+	expiry := float64(now.Add(ttl).UnixMilli())
+	horizon := strconv.FormatInt(now.Add(-indexSlack).UnixMilli(), 10)
+	idxTTL := ttl.Truncate(time.Second) + time.Second + indexSlack
+	pipe := s.c.Pipeline()
+	pipe.Set(ctx, key, val, ttl)
+	for _, tag := range tags {
+		idx := s.indexKey(tag)
+		pipe.ZAdd(ctx, idx, redis.Z{Score: expiry, Member: key})
+		pipe.ZRemRangeByScore(ctx, idx, "-inf", "("+horizon)
+		pipe.ExpireNX(ctx, idx, idxTTL) // a new index has no TTL yet
+		pipe.ExpireGT(ctx, idx, idxTTL) // an old one may expire too soon
+	}
+	return execIgnoring(ctx, pipe)
+}
+
+// execIgnoring runs pipe and returns its first error, except the "not
+// applied" answers of conditional commands, which are not errors.
+func execIgnoring(ctx context.Context, pipe redis.Pipeliner) error {
+	cmds, _ := pipe.Exec(ctx)
+	for _, cmd := range cmds {
+		if err := cmd.Err(); err != nil && err != redis.Nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// purge deletes the entries indexed under tags, and so the indexes, in
+// batches of purgeBatch. It pops at most as many members as an index held
+// when purge reached it, so fills that keep indexing new entries cannot keep
+// it running; an entry filled meanwhile and popped is merely deleted early.
+func (s *redisStore) purge(ctx context.Context, tags []string) error {
+	for _, tag := range tags {
+		if err := s.purgeTag(ctx, s.indexKey(tag)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// purgeTag empties one index, unlinking the entries it names.
+func (s *redisStore) purgeTag(ctx context.Context, idx string) error {
+	left, err := s.c.ZCard(ctx, idx).Result()
+	if err != nil {
+		return err
+	}
+	for left > 0 {
+		members, err := s.c.ZPopMin(ctx, idx, min(left, purgeBatch)).Result()
+		if err != nil || len(members) == 0 {
+			return err
+		}
+		left -= int64(len(members))
+		if err := s.unlinkMembers(ctx, members); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// unlinkMembers unlinks the entry keys named by index members.
+func (s *redisStore) unlinkMembers(ctx context.Context, members []redis.Z) error {
+	keys := make([]string, 0, len(members))
+	for _, m := range members {
+		if k, ok := m.Member.(string); ok {
+			keys = append(keys, k)
+		}
+	}
+	return s.remove(ctx, keys...)
+}
+
+// remove unlinks keys, one command per key in one pipeline, since the keys
+// of a multi-key UNLINK must share a slot on Redis Cluster.
+func (s *redisStore) remove(ctx context.Context, keys ...string) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	pipe := s.c.Pipeline()
+	for _, k := range keys {
+		pipe.Unlink(ctx, k)
+	}
+	_, err := pipe.Exec(ctx)
+	return err
+}
+
+// acquireLease tries to take the exclusive right to fill key for ttl. ok is
+// false if another holder has it; the token releases it.
+func (s *redisStore) acquireLease(ctx context.Context, key string, ttl time.Duration) (uint64, bool, error) {
+	if ttl <= 0 {
+		return 0, false, errBadTTL
+	}
+	token := newStamp()
+	err := s.c.SetArgs(ctx, leaseKey(key), formatStamp(token), redis.SetArgs{Mode: "NX", TTL: ttl}).Err()
+	switch {
+	case err == redis.Nil:
+		return 0, false, nil
+	case err != nil:
+		return 0, false, err
+	}
+	return token, true, nil
+}
+
+// releaseLease gives the lease on key back if token still holds it.
+func (s *redisStore) releaseLease(ctx context.Context, key string, token uint64) error {
+	return releaseScript.Run(ctx, s.c, []string{leaseKey(key)}, formatStamp(token)).Err()
+}
+
+// ping checks that Redis answers.
+func (s *redisStore) ping(ctx context.Context) error {
+	return s.c.Ping(ctx).Err()
+}

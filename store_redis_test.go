@@ -1,0 +1,321 @@
+package cachedpq
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cachedpq/cachedpq/internal/redistest"
+	"github.com/redis/go-redis/v9"
+)
+
+// testRedis returns a client of the shared test Redis (CACHEDPQ_TEST_REDIS,
+// default 127.0.0.1:6379), skipping the test when it is down, or failing it
+// when CI=true.
+func testRedis(t testing.TB) *redis.Client {
+	t.Helper()
+	addr := os.Getenv("CACHEDPQ_TEST_REDIS")
+	if addr == "" {
+		addr = "127.0.0.1:6379"
+	}
+	c := redis.NewClient(&redis.Options{Addr: addr})
+	t.Cleanup(func() { c.Close() })
+	if err := c.Ping(testCtx(t)).Err(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("redis at %s: %v", addr, err)
+		}
+		t.Skipf("redis at %s: %v", addr, err)
+	}
+	return c
+}
+
+// testPrefix returns a key prefix no other test uses and, on a shared
+// server, deletes its keys at cleanup (SCAN MATCH is fine in a test).
+func testPrefix(t testing.TB, c redis.UniversalClient) string {
+	t.Helper()
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	prefix := "cachedpqtest:" + hex.EncodeToString(b[:])
+	t.Cleanup(func() { deletePrefix(c, prefix) })
+	return prefix
+}
+
+// deletePrefix unlinks every key under prefix.
+func deletePrefix(c redis.UniversalClient, prefix string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	iter := c.Scan(ctx, 0, prefix+":*", 1000).Iterator()
+	for iter.Next(ctx) {
+		c.Unlink(ctx, iter.Val())
+	}
+}
+
+// redisUnderTest adapts redisStore to the suite.
+type redisUnderTest struct{ *redisStore }
+
+func (r redisUnderTest) lookup(ctx context.Context, key string, tags []string) ([]byte, []uint64, error) {
+	return r.redisStore.lookup(ctx, key, tags, nil)
+}
+
+func (r redisUnderTest) dropStamp(ctx context.Context, tag string) error {
+	return r.c.(redis.UniversalClient).Del(ctx, r.stampKey(tag)).Err()
+}
+
+// redisFactory returns a suite factory for stores over c, each under its
+// own prefix.
+func redisFactory(c redis.UniversalClient) storeFactory {
+	return func(t *testing.T) (storeUnderTest, func(string) string) {
+		prefix := testPrefix(t, c)
+		return redisUnderTest{newRedisStore(c, prefix)}, func(name string) string { return prefix + ":e:" + name }
+	}
+}
+
+func TestRedisStoreSuite(t *testing.T) {
+	runStoreSuite(t, redisFactory(testRedis(t)))
+}
+
+func TestRedisStoreClusterSuite(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a Redis Cluster")
+	}
+	cluster := redistest.StartCluster(t, 3)
+	runStoreSuite(t, redisFactory(cluster.Client()))
+}
+
+// TestRedisStoreForeignStamp plants values that are not stamps under a
+// stamp key: each reads as 0 and readStamps replaces it with a fresh one.
+func TestRedisStoreForeignStamp(t *testing.T) {
+	c := testRedis(t)
+	tests := []struct {
+		name  string
+		plant func(ctx context.Context, key string) error
+	}{
+		{"text", setString(c, "garbage")},
+		{"empty", setString(c, "")},
+		{"zero", setString(c, "0")},
+		{"negative", setString(c, "-1")},
+		{"overflow", setString(c, "18446744073709551616")},
+		{"spaces", setString(c, " 42")},
+		{"raw bytes", setString(c, "\x00\x01\x02\x03\x04\x05\x06\x07")},
+		{"a list", func(ctx context.Context, key string) error { return c.RPush(ctx, key, "1").Err() }},
+		{"a hash", func(ctx context.Context, key string) error { return c.HSet(ctx, key, "f", "1").Err() }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := testCtx(t)
+			s := newRedisStore(c, testPrefix(t, c))
+			must(t, tt.plant(ctx, s.stampKey("t")))
+			_, seen, err := s.lookup(ctx, "absent", []string{"t"}, nil)
+			must(t, err)
+			if seen[0] != 0 {
+				t.Fatalf("foreign stamp reads %d, want 0", seen[0])
+			}
+			fresh, err := s.readStamps(ctx, []string{"t"})
+			must(t, err)
+			stored, err := c.Get(ctx, s.stampKey("t")).Result()
+			must(t, err)
+			if fresh[0] == 0 || stored != strconv.FormatUint(fresh[0], 10) {
+				t.Fatalf("readStamps = %d, stored %q", fresh[0], stored)
+			}
+		})
+	}
+}
+
+// setString plants a string value.
+func setString(c *redis.Client, v string) func(ctx context.Context, key string) error {
+	return func(ctx context.Context, key string) error { return c.Set(ctx, key, v, 0).Err() }
+}
+
+func TestRedisStoreForeignEntryIsAMiss(t *testing.T) {
+	c := testRedis(t)
+	ctx := testCtx(t)
+	s := newRedisStore(c, testPrefix(t, c))
+	key := s.prefix + ":e:k"
+	must(t, c.RPush(ctx, key, "not an entry").Err())
+	val, _, err := s.lookup(ctx, key, nil, nil)
+	if err != nil || val != nil {
+		t.Fatalf("lookup of a list = %q, %v; want a miss", val, err)
+	}
+	must(t, s.fill(ctx, key, []byte("v"), time.Minute, nil))
+	if val, _, _ := s.lookup(ctx, key, nil, nil); string(val) != "v" {
+		t.Fatalf("fill over a foreign value: lookup = %q", val)
+	}
+}
+
+// roundTrips counts the commands and pipelines a client sends.
+type roundTrips struct{ n atomic.Int64 }
+
+func (h *roundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *roundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if !isSetUp(cmd) {
+			h.n.Add(1)
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (h *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if !isSetUp(cmds[0]) {
+			h.n.Add(1)
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// isSetUp reports the commands go-redis sends on a new connection.
+func isSetUp(cmd redis.Cmder) bool {
+	return cmd.Name() == "hello" || cmd.Name() == "client"
+}
+
+// TestRedisStoreRoundTrips checks the one-round-trip promise of each
+// operation on the hot and write paths.
+func TestRedisStoreRoundTrips(t *testing.T) {
+	base := testRedis(t)
+	c := redis.NewClient(base.Options())
+	t.Cleanup(func() { c.Close() })
+	must(t, c.Ping(testCtx(t)).Err()) // connect before counting
+	hook := &roundTrips{}
+	c.AddHook(hook)
+	s := newRedisStore(c, testPrefix(t, c))
+	tags := []string{"a", "b", "c"}
+	key := s.prefix + ":e:k"
+	tests := []struct {
+		name string
+		op   func(ctx context.Context) error
+	}{
+		{"readStamps", func(ctx context.Context) error { _, err := s.readStamps(ctx, tags); return err }},
+		{"fill", func(ctx context.Context) error { return s.fill(ctx, key, []byte("v"), time.Minute, tags) }},
+		{"lookup", func(ctx context.Context) error { _, _, err := s.lookup(ctx, key, tags, nil); return err }},
+		{"bump", func(ctx context.Context) error { return s.bump(ctx, tags) }},
+		{"remove", func(ctx context.Context) error { return s.remove(ctx, key, key+"2") }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := hook.n.Load()
+			must(t, tt.op(testCtx(t)))
+			if n := hook.n.Load() - before; n != 1 {
+				t.Fatalf("%s took %d round trips, want 1", tt.name, n)
+			}
+		})
+	}
+}
+
+// TestRedisStoreIndex checks the tag index: its TTL outlives its entries,
+// fills trim members of long-expired entries, and purge works in batches.
+func TestRedisStoreIndex(t *testing.T) {
+	c := testRedis(t)
+	t.Run("ttl never below the entry's", func(t *testing.T) {
+		ctx := testCtx(t)
+		s := newRedisStore(c, testPrefix(t, c))
+		idx := s.indexKey("t")
+		for _, ttl := range []time.Duration{time.Hour, time.Minute, 2 * time.Hour} {
+			must(t, s.fill(ctx, s.prefix+":e:"+ttl.String(), []byte("v"), ttl, []string{"t"}))
+		}
+		got, err := c.PTTL(ctx, idx).Result()
+		must(t, err)
+		if got < 2*time.Hour || got > 2*time.Hour+2*indexSlack {
+			t.Fatalf("index ttl %v, want just over 2h", got)
+		}
+	})
+	t.Run("fill trims long-expired members", func(t *testing.T) {
+		ctx := testCtx(t)
+		s := newRedisStore(c, testPrefix(t, c))
+		idx := s.indexKey("t")
+		dead := float64(time.Now().Add(-2 * indexSlack).UnixMilli())
+		must(t, c.ZAdd(ctx, idx, redis.Z{Score: dead, Member: "gone"}).Err())
+		must(t, s.fill(ctx, s.prefix+":e:k", []byte("v"), time.Minute, []string{"t"}))
+		members, err := c.ZRange(ctx, idx, 0, -1).Result()
+		must(t, err)
+		if len(members) != 1 || members[0] != s.prefix+":e:k" {
+			t.Fatalf("index members %v, want only the live entry", members)
+		}
+	})
+	t.Run("purge in batches", func(t *testing.T) {
+		ctx := testCtx(t)
+		s := newRedisStore(c, testPrefix(t, c))
+		n := 2*purgeBatch + 17
+		pipe := c.Pipeline()
+		for i := range n {
+			key := s.prefix + ":e:" + strconv.Itoa(i)
+			pipe.Set(ctx, key, "v", time.Minute)
+			pipe.ZAdd(ctx, s.indexKey("t"), redis.Z{Score: 1e15, Member: key})
+		}
+		_, err := pipe.Exec(ctx)
+		must(t, err)
+		must(t, s.fill(ctx, s.prefix+":e:other", []byte("v"), time.Minute, []string{"u"}))
+		must(t, s.purge(ctx, []string{"t"}))
+		left, err := c.Exists(ctx, s.indexKey("t"), s.prefix+":e:0", s.prefix+":e:"+strconv.Itoa(n-1)).Result()
+		must(t, err)
+		if left != 0 {
+			t.Fatalf("%d of the index and its entries survived the purge", left)
+		}
+		if v, _, _ := s.lookup(ctx, s.prefix+":e:other", nil, nil); v == nil {
+			t.Fatal("purge removed an entry of another tag")
+		}
+	})
+}
+
+// TestRedisStoreDown checks that every operation reports an error, and
+// neither hangs nor panics, when Redis is gone.
+func TestRedisStoreDown(t *testing.T) {
+	srv := redistest.Start(t)
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1, DialerRetries: 1, DialTimeout: 200 * time.Millisecond})
+	t.Cleanup(func() { c.Close() })
+	s := newRedisStore(c, "down")
+	must(t, s.ping(testCtx(t)))
+	srv.Kill()
+	tags := []string{"t"}
+	ops := map[string]func(ctx context.Context) error{
+		"ping":       s.ping,
+		"lookup":     func(ctx context.Context) error { _, _, err := s.lookup(ctx, "k", tags, nil); return err },
+		"readStamps": func(ctx context.Context) error { _, err := s.readStamps(ctx, tags); return err },
+		"fill":       func(ctx context.Context) error { return s.fill(ctx, "k", []byte("v"), time.Minute, tags) },
+		"bump":       func(ctx context.Context) error { return s.bump(ctx, tags) },
+		"purge":      func(ctx context.Context) error { return s.purge(ctx, tags) },
+		"remove":     func(ctx context.Context) error { return s.remove(ctx, "k") },
+		"lease":      func(ctx context.Context) error { _, _, err := s.acquireLease(ctx, "k", time.Second); return err },
+		"release":    func(ctx context.Context) error { return s.releaseLease(ctx, "k", 1) },
+	}
+	for name, op := range ops {
+		t.Run(name, func(t *testing.T) {
+			if err := op(testCtx(t)); err == nil {
+				t.Fatalf("%s succeeded with Redis down", name)
+			}
+		})
+	}
+}
+
+func TestParseStamp(t *testing.T) {
+	tests := map[string]uint64{
+		"1": 1, "18446744073709551615": 1<<64 - 1, "0": 0, "": 0, "-1": 0, "+1": 0,
+		"1.5": 0, "0x10": 0, "18446744073709551616": 0, " 1": 0, "abc": 0,
+	}
+	for in, want := range tests {
+		if got := parseStamp(in); got != want {
+			t.Errorf("parseStamp(%q) = %d, want %d", in, got, want)
+		}
+	}
+}
+
+// FuzzParseStamp checks that whatever is stored under a stamp key, a
+// non-zero reading round-trips exactly, so no foreign value can pass for
+// another stamp.
+func FuzzParseStamp(f *testing.F) {
+	for _, s := range []string{"1", "0", "garbage", "18446744073709551615", "-0", "007"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		v := parseStamp(s)
+		if v != 0 && parseStamp(formatStamp(v)) != v {
+			t.Fatalf("%q -> %d does not round-trip", s, v)
+		}
+	})
+}
