@@ -59,6 +59,7 @@ func (k stmtKind) String() string {
 type analysis struct {
 	normalized       string   // tokens joined by single spaces, identifiers and keywords folded, comments and trailing semicolons removed, literals exact
 	fingerprint      [16]byte // xxh3-128 of normalized
+	check            [16]byte // xxh3-128 of normalized with checkSeed, for entry checks
 	kind             stmtKind // of the first statement
 	multi            bool     // more than one statement in the string
 	reads            []string // tags of tables read, first-seen order, no duplicates
@@ -142,6 +143,7 @@ func analyzeUncached(query string) *analysis {
 	a := p.a
 	a.normalized = p.normalize()
 	a.fingerprint = fingerprintOf(a.normalized)
+	a.check = xxh3.HashString128Seed(a.normalized, checkSeed).Bytes()
 	p.statements()
 	a.notCacheable, a.nondeterministic = p.cacheability()
 	return a
