@@ -451,8 +451,8 @@ func (p *parser) statement(s, e int) stmtKind {
 		p.queryRefs(s, e)
 		return kindValues
 	case p.isAny(main, "insert", "update", "delete", "merge"):
+		p.queryRefs(s, e) // first, so that writes come in text order
 		p.dml(main, e)
-		p.queryRefs(s, e)
 		return dmlKind(p, main)
 	}
 	return p.utility(s, e)
