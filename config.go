@@ -51,6 +51,13 @@ type Options struct {
 	// NewConnector ignores it: it derives the identity from the DSN.
 	Identity string
 
+	// NoCatalog stops cachedpq from reading pg_catalog, for an inner
+	// connector that is not PostgreSQL. Writes then invalidate only the
+	// tables their text names: foreign-key cascades, writes through views,
+	// views read by registered queries and volatile functions go unseen,
+	// so Policy.Tags and the Invalidate methods must cover them.
+	NoCatalog bool
+
 	// Registry holds the registered queries. Nil means the default registry
 	// that Register fills.
 	Registry *Registry

@@ -28,6 +28,11 @@ type conn struct {
 	c     *Connector
 	tx    *tx  // the open transaction, nil outside one
 	dirty bool // session state changed (SET, RESET, SET ROLE...): never use the cache again
+
+	// rawTx and rawWrites track a transaction opened with a BEGIN statement
+	// rather than BeginTx: its writes are invalidated at its COMMIT.
+	rawTx     bool
+	rawWrites writeSet
 }
 
 func newConn(c *Connector, inner driver.Conn) *conn {
@@ -181,10 +186,6 @@ func (c *conn) IsValid() bool {
 	}
 	return true
 }
-
-// cacheable reports whether reads on this connection may use the cache:
-// not inside a transaction, not after the session state changed.
-func (c *conn) cacheable() bool { return c.tx == nil && !c.dirty }
 
 func valuesToNamed(args []driver.Value) []driver.NamedValue {
 	if len(args) == 0 {

@@ -371,7 +371,7 @@ var (
 	}
 )
 
-func implemented(v any, ifaces []reflect.Type) []string {
+func implementedBy(v any, ifaces []reflect.Type) []string {
 	var names []string
 	for _, it := range ifaces {
 		if reflect.TypeOf(v).Implements(it) {
@@ -429,7 +429,7 @@ func TestInterfaceParityWithLibPQ(t *testing.T) {
 	defer wrapped.Close()
 	compare := func(what string, a, b any, ifaces []reflect.Type) {
 		t.Helper()
-		if x, y := implemented(a, ifaces), implemented(b, ifaces); !reflect.DeepEqual(x, y) {
+		if x, y := implementedBy(a, ifaces), implementedBy(b, ifaces); !reflect.DeepEqual(x, y) {
 			t.Errorf("%s: lib/pq has %v, cachedpq has %v", what, x, y)
 		}
 	}

@@ -3,29 +3,473 @@ package cachedpq
 import (
 	"context"
 	"database/sql/driver"
+	"encoding/binary"
+	"errors"
+	"math"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sony/gobreaker/v2"
 )
 
-// engine applies the cache-aside pattern for one Connector.
+// epochTag is the tag every entry depends on: bumping it invalidates the
+// whole namespace. A table really named "*" would share it, which only
+// invalidates more.
+const epochTag = "*"
+
+// Load coordination across processes sharing Redis.
+const (
+	leaseTTL      = 5 * time.Second        // how long one process may hold a fill lease
+	leaseWait     = time.Second            // how long others wait for its entry
+	leasePoll     = 10 * time.Millisecond  // how often they look
+	retryMin      = 50 * time.Millisecond  // first retry of a failed invalidation
+	retryMax      = time.Second            // longest wait between retries
+	fillTimeout   = 2 * time.Second        // bound for a background fill
+	purgeTimeout  = 10 * time.Second       // bound for a background purge
+	maxDecodeSize = 64 << 20               // the largest entry a lookup decodes
+	stampBufCap   = 8                      // tags a lookup can read without allocating
+)
+
+// engine applies the cache-aside pattern for one Connector. It is safe for
+// concurrent use.
 type engine struct {
-	c *Connector
+	opts   Options
+	reg    *Registry
+	id     *identity
+	store  backend
+	breakr *guarded // nil for the in-process store, which cannot fail
+	shared bool     // the store is shared with other processes
+
+	flights    flightGroup
+	refreshers sync.Map // key -> struct{}: the one reader reloading an entry early or while serving it stale
+	leases     sync.Map // key -> uint64 token of a fill lease this process holds
+	resolved   sync.Map // *registration -> *regTags
+	stats      stats
+	cat     catalogCache
+
+	pendingMu sync.Mutex          // guards pending and retrying
+	pending   map[string]struct{} // tags whose invalidation is not yet confirmed
+	retrying  bool
+	unsure    atomic.Bool // some invalidation is unconfirmed: serve no hit
+
+	bg      sync.WaitGroup // background fills, purges and retries
+	closing chan struct{}
+	closeMu sync.Once
+
+	// beforeFill, if set by a test, runs between the Postgres read and the
+	// cache fill of a miss.
+	beforeFill func(key string)
 }
 
-func newEngine(c *Connector) *engine { return &engine{c: c} }
-
-func (e *engine) close() {}
-
-// writeSet collects the tags a transaction wrote.
-type writeSet struct {
-	tags    []string
-	unknown bool
+func newEngine(c *Connector) *engine {
+	e := &engine{
+		opts:    c.opts,
+		reg:     c.opts.Registry,
+		id:      &c.id,
+		closing: make(chan struct{}),
+		pending: make(map[string]struct{}),
+	}
+	if c.opts.Redis != nil {
+		rb := &redisBackend{redisStore: newRedisStore(c.opts.Redis, c.opts.Prefix), maxBytes: maxDecodeSize}
+		e.breakr = newGuarded(rb, e.breakerChanged)
+		e.store, e.shared = e.breakr, true
+	} else {
+		e.store = newMemStore(c.opts.MaxMemory)
+	}
+	return e
 }
 
-func (e *engine) exec(ctx context.Context, c *conn, query string, run func() (driver.Result, error)) (driver.Result, error) {
-	return run()
+// close stops background work and waits for it.
+func (e *engine) close() {
+	e.closeMu.Do(func() { close(e.closing) })
+	e.bg.Wait()
 }
 
+func (e *engine) breakerChanged(from, to gobreaker.State) {
+	e.opts.Logger.Warn("cachedpq: cache circuit breaker", "from", from.String(), "to", to.String())
+}
+
+// fail records a cache failure: counted, logged, handed to the hook. The
+// SQL caller never sees it.
+func (e *engine) fail(op string, err error) {
+	if errors.Is(err, errBreakerOpen) {
+		return
+	}
+	e.stats.cacheErrors.Add(1)
+	e.opts.Logger.Debug("cachedpq: cache operation failed", "op", op, "err", err)
+	if e.opts.OnError != nil {
+		e.opts.OnError(err)
+	}
+}
+
+// cacheCtx bounds one cache operation by the configured timeout.
+func (e *engine) cacheCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, e.opts.Timeout)
+}
+
+// query runs a read through the cache when it is registered and the
+// connection may use the cache; otherwise it runs on Postgres, and a write
+// made through Query invalidates before its rows' Close returns.
 func (e *engine) query(ctx context.Context, c *conn, query string, args []driver.NamedValue, run func(context.Context) (driver.Rows, error)) (driver.Rows, error) {
+	a := analyze(query)
+	if reg := e.reg.lookup(a); reg != nil {
+		if r, ok := c.refuses(); ok {
+			e.stats.bypassed(r)
+			return run(ctx)
+		}
+		return e.cached(ctx, c, reg, args, run)
+	}
+	if !mayWrite(a) {
+		return run(ctx)
+	}
+	rows, err := run(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return newRows(rows, func() { e.afterWrite(ctx, c, a) }), nil
+}
+
+// exec runs a statement and, once it succeeded, invalidates what it wrote:
+// now outside a transaction, at commit inside one.
+func (e *engine) exec(ctx context.Context, c *conn, query string, run func() (driver.Result, error)) (driver.Result, error) {
+	res, err := run()
+	if err != nil {
+		return res, err
+	}
+	if a := analyze(query); mayWrite(a) {
+		e.afterWrite(ctx, c, a)
+	}
+	return res, nil
+}
+
+// refuses reports why reads on c must not use the cache, if they must not.
+func (c *conn) refuses() (bypassReason, bool) {
+	switch {
+	case c.tx != nil || c.rawTx:
+		return bypassTransaction, true
+	case c.dirty:
+		return bypassSession, true
+	}
+	return 0, false
+}
+
+// cached serves a registered read: a hit replays the entry, a miss loads it.
+func (e *engine) cached(ctx context.Context, c *conn, reg *registration, args []driver.NamedValue, run func(context.Context) (driver.Rows, error)) (driver.Rows, error) {
+	if e.unsure.Load() {
+		e.stats.bypassed(bypassPending)
+		return run(ctx)
+	}
+	if e.breakr != nil && e.breakr.open() {
+		e.stats.bypassed(bypassBreakerOpen)
+		return run(ctx)
+	}
+	tags, ok := e.tagsFor(ctx, c, reg)
+	if !ok {
+		e.stats.bypassed(bypassVolatile)
+		return run(ctx)
+	}
+	var kb [128]byte
+	kbytes, check, ok := appendKey(kb[:0], e.opts.Prefix, reg.name, e.id, reg.a, args)
+	if !ok {
+		e.stats.bypassed(bypassArguments)
+		return run(ctx)
+	}
+	key := string(kbytes)
+	var sb [stampBufCap]uint64
+	lctx, cancel := e.cacheCtx(ctx)
+	ent, stamps, err := e.store.lookup(lctx, key, tags, sb[:0])
+	cancel()
+	if err != nil {
+		return e.lookupFailed(ctx, reg, key, check, tags, stamps, err, run)
+	}
+	if rows, ok := e.serve(ctx, reg, key, check, tags, ent, stamps, run); ok {
+		return rows, nil
+	}
+	return e.miss(ctx, reg, key, check, tags, stamps, args, run)
+}
+
+// lookupFailed handles a lookup error: a foreign or corrupt value is a miss
+// (and is removed); any other failure sends the read to Postgres.
+func (e *engine) lookupFailed(ctx context.Context, reg *registration, key string, check [16]byte, tags []string, stamps []uint64, err error, run func(context.Context) (driver.Rows, error)) (driver.Rows, error) {
+	var corrupt errCorruptEntry
+	if errors.As(err, &corrupt) && len(stamps) == len(tags) {
+		e.stats.foreign.Add(1)
+		e.opts.Logger.Warn("cachedpq: undecodable cache entry treated as a miss", "key", key, "err", err)
+		return e.miss(ctx, reg, key, check, tags, stamps, nil, run)
+	}
+	e.fail("lookup", err)
+	e.stats.bypassed(bypassCacheError)
 	return run(ctx)
 }
 
-func (e *engine) invalidate(ctx context.Context, w *writeSet) {}
+// serve answers from ent if it is valid: it answers this query, its stamps
+// are current and it has not expired. Near expiry one reader refreshes it
+// early (XFetch) while the others keep hitting.
+func (e *engine) serve(ctx context.Context, reg *registration, key string, check [16]byte, tags []string, ent *entry, stamps []uint64, run func(context.Context) (driver.Rows, error)) (driver.Rows, bool) {
+	switch {
+	case ent == nil:
+		return nil, false
+	case ent.check != check:
+		e.stats.foreign.Add(1)
+		return nil, false
+	case !sameStamps(ent.stamps, stamps):
+		e.stats.stale.Add(1)
+		return nil, false
+	}
+	now := time.Now().UnixNano()
+	if now >= ent.expires {
+		if now < ent.expires+int64(reg.policy.StaleFor) && !e.claimRefresh(key) {
+			e.stats.staleServed.Add(1)
+			return newReplayRows(&ent.snap), true
+		}
+		e.stats.expired.Add(1)
+		return nil, false
+	}
+	if e.refreshEarly(reg, ent, now) && e.claimRefresh(key) {
+		e.stats.earlyRefreshes.Add(1)
+		return nil, false
+	}
+	e.stats.hits.Add(1)
+	if len(ent.snap.rows) == 0 {
+		e.stats.negativeHits.Add(1)
+	}
+	return newReplayRows(&ent.snap), true
+}
+
+// refreshEarly decides, with XFetch's probability, whether this reader
+// reloads an entry before it expires; at most one reader per key does.
+func (e *engine) refreshEarly(reg *registration, ent *entry, now int64) bool {
+	beta := reg.policy.Beta
+	if beta <= 0 || ent.delta <= 0 {
+		return false
+	}
+	gap := -float64(ent.delta) * beta * math.Log(1-rand.Float64())
+	return float64(now)+gap >= float64(ent.expires)
+}
+
+// claimRefresh makes the caller the one reader reloading key, unless
+// another reader already is. The claim ends when that load ends.
+func (e *engine) claimRefresh(key string) bool {
+	_, taken := e.refreshers.LoadOrStore(key, struct{}{})
+	return !taken
+}
+
+func sameStamps(a, b []uint64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] || a[i] == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// flightID names the load of key by readers who saw stamps.
+func flightID(key string, stamps []uint64) string {
+	b := make([]byte, 0, len(key)+8*len(stamps))
+	b = append(b, key...)
+	for _, s := range stamps {
+		b = binary.LittleEndian.AppendUint64(b, s)
+	}
+	return string(b)
+}
+
+// miss loads a registered read. Concurrent readers of one key that saw the
+// same stamps share one Postgres query: the first leads and streams its
+// rows, the others wait and replay the recorded result.
+func (e *engine) miss(ctx context.Context, reg *registration, key string, check [16]byte, tags []string, seen []uint64, args []driver.NamedValue, run func(context.Context) (driver.Rows, error)) (driver.Rows, error) {
+	id := flightID(key, seen)
+	f, leader := e.flights.join(id, ctx)
+	if !leader {
+		e.stats.coalesced.Add(1)
+		ent, err := f.wait(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if ent != nil {
+			return newReplayRows(&ent.snap), nil
+		}
+		return run(ctx) // the leader could not record: load for ourselves
+	}
+	return e.lead(ctx, f, id, reg, key, check, tags, run)
+}
+
+// lead runs the query of a miss for every reader waiting on f.
+func (e *engine) lead(ctx context.Context, f *flight, id string, reg *registration, key string, check [16]byte, tags []string, run func(context.Context) (driver.Rows, error)) (driver.Rows, error) {
+	abandon := func() { e.flights.forget(id, f); e.refreshers.Delete(key); f.finish(nil) }
+	stamps, err := e.readStamps(ctx, tags)
+	if err != nil {
+		abandon()
+		e.stats.bypassed(bypassCacheError)
+		return run(ctx)
+	}
+	if ent := e.awaitLease(ctx, key, check, tags, stamps); ent != nil {
+		e.flights.forget(id, f)
+		e.refreshers.Delete(key)
+		f.finish(ent)
+		e.stats.hits.Add(1)
+		return newReplayRows(&ent.snap), nil
+	}
+	stop := context.AfterFunc(ctx, f.leave)
+	start := time.Now()
+	rows, err := run(f.ctx)
+	if err != nil {
+		stop()
+		abandon()
+		e.releaseLease(key)
+		return nil, err
+	}
+	e.stats.misses.Add(1)
+	lim := recordLimits{maxRows: reg.policy.MaxRows, maxBytes: reg.policy.MaxBytes}
+	return newRecordingRows(rows, lim, func(s *snapshot, complete bool) {
+		stop()
+		e.flights.forget(id, f)
+		e.refreshers.Delete(key)
+		if !complete {
+			e.stats.bypassed(bypassTooLarge)
+			f.finish(nil)
+			e.releaseLease(key)
+			return
+		}
+		ent := e.newEntry(reg, check, stamps, start, s)
+		f.finish(ent)
+		e.store1(key, ent, reg, tags)
+	}), nil
+}
+
+// readStamps reads (creating missing) the stamps of tags before a load.
+func (e *engine) readStamps(ctx context.Context, tags []string) ([]uint64, error) {
+	sctx, cancel := e.cacheCtx(ctx)
+	defer cancel()
+	stamps, err := e.store.readStamps(sctx, tags)
+	if err != nil {
+		e.fail("read stamps", err)
+	}
+	return stamps, err
+}
+
+// newEntry stamps a recorded result with what it answers and how long it
+// may be served.
+func (e *engine) newEntry(reg *registration, check [16]byte, stamps []uint64, start time.Time, s *snapshot) *entry {
+	now := time.Now()
+	ttl := reg.ttl(len(s.rows) == 0)
+	return &entry{
+		check:   check,
+		stamps:  stamps,
+		created: start.UnixNano(),
+		expires: start.Add(ttl).UnixNano(),
+		delta:   int64(now.Sub(start)),
+		snap:    *s,
+	}
+}
+
+// ttl is how long an entry may be served: the policy's TTL with jitter, or
+// the negative TTL for an empty result (0: not stored).
+func (r *registration) ttl(empty bool) time.Duration {
+	p := &r.policy
+	if empty {
+		return max(p.NegativeTTL, 0)
+	}
+	ttl := p.TTL
+	if p.Jitter > 0 {
+		ttl += time.Duration(rand.Int64N(int64(float64(p.TTL)*p.Jitter) + 1))
+	}
+	return ttl
+}
+
+// store1 writes a recorded entry off the caller's path: inline for the
+// in-process store (a map write), in the background for Redis.
+func (e *engine) store1(key string, ent *entry, reg *registration, tags []string) {
+	ttl := time.Duration(ent.expires-ent.created) + reg.policy.StaleFor
+	if ent.expires <= ent.created {
+		e.releaseLease(key)
+		return
+	}
+	if !e.shared {
+		if e.beforeFill != nil {
+			e.beforeFill(key)
+		}
+		ent.size = ent.snap.approxSize()
+		e.fillNow(context.Background(), key, ent, ttl, tags[:len(tags)-1])
+		return
+	}
+	e.bg.Go(func() {
+		if e.beforeFill != nil {
+			e.beforeFill(key)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), fillTimeout)
+		defer cancel()
+		e.fillNow(ctx, key, ent, ttl, tags[:len(tags)-1]) // not indexed under the epoch
+		e.releaseLease(key)
+	})
+}
+
+func (e *engine) fillNow(ctx context.Context, key string, ent *entry, ttl time.Duration, tags []string) {
+	if err := e.store.fill(ctx, key, ent, ttl, tags); err != nil {
+		e.stats.fillErrors.Add(1)
+		if !errors.Is(err, errUncacheable) && !errors.Is(err, errTooLarge) {
+			e.fail("fill", err)
+		}
+		return
+	}
+	e.stats.fills.Add(1)
+}
+
+// awaitLease takes the fill lease for key in a shared cache. If another
+// process holds it, it waits a bounded time for that process's entry and
+// returns it; nil means: load it yourself. A write to the entry's tables
+// voids the wait, as it voids the entry.
+func (e *engine) awaitLease(ctx context.Context, key string, check [16]byte, tags []string, stamps []uint64) *entry {
+	if !e.shared {
+		return nil
+	}
+	lctx, cancel := e.cacheCtx(ctx)
+	token, ok, err := e.store.acquireLease(lctx, key, leaseTTL)
+	cancel()
+	if err != nil {
+		e.fail("lease", err)
+		return nil
+	}
+	if ok {
+		e.leases.Store(key, token)
+		return nil
+	}
+	deadline := time.Now().Add(leaseWait)
+	t := time.NewTicker(leasePoll)
+	defer t.Stop()
+	for time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		lctx, cancel := e.cacheCtx(ctx)
+		ent, now, err := e.store.lookup(lctx, key, tags, nil)
+		cancel()
+		switch {
+		case err != nil, !sameStamps(stamps, now):
+			return nil // the cache failed, or a write voided the lease
+		case ent != nil && ent.check == check && sameStamps(ent.stamps, now) && time.Now().UnixNano() < ent.expires:
+			return ent
+		}
+	}
+	return nil
+}
+
+// releaseLease gives up a lease this process holds on key, if any.
+func (e *engine) releaseLease(key string) {
+	v, ok := e.leases.LoadAndDelete(key)
+	if !ok {
+		return
+	}
+	ctx, cancel := e.cacheCtx(context.Background())
+	defer cancel()
+	if err := e.store.releaseLease(ctx, key, v.(uint64)); err != nil {
+		e.fail("release lease", err)
+	}
+}
+

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -41,6 +42,19 @@ type Policy struct {
 	// `"users"` are one tag.
 	Tags []string
 
+	// Beta tunes probabilistic early refresh (XFetch, Vattani et al., VLDB
+	// 2015): a hit near expiry reloads the entry with a probability that
+	// grows as expiry nears and with how long the query took, so a hot key
+	// never expires under load. 1 is the paper's choice; larger refreshes
+	// earlier. Zero disables early refresh.
+	Beta float64
+
+	// StaleFor lets an expired entry be served for up to this long while one
+	// reader reloads it (stale-while-revalidate), for queries that prefer a
+	// slightly old answer to a wait. Entries invalidated by a write are never
+	// served. Zero disables it.
+	StaleFor time.Duration
+
 	// AllowNondeterministic registers a query that calls non-deterministic
 	// or session-dependent functions such as now() or random(), accepting
 	// that a hit returns the value of the call that filled the entry.
@@ -73,6 +87,12 @@ func (p Policy) withDefaults() (Policy, error) {
 	}
 	if p.MaxRows < 0 || p.MaxBytes < 0 {
 		return p, errors.New("MaxRows and MaxBytes must not be negative")
+	}
+	if p.Beta < 0 || math.IsNaN(p.Beta) || math.IsInf(p.Beta, 0) || p.StaleFor < 0 {
+		return p, errors.New("Beta and StaleFor must not be negative")
+	}
+	if p.MaxBytes > maxDecodeSize {
+		return p, fmt.Errorf("MaxBytes is over %d", maxDecodeSize)
 	}
 	if p.MaxRows == 0 {
 		p.MaxRows = defaultMaxRows
@@ -121,8 +141,9 @@ func foldTags(tags []string) ([]string, error) {
 type registration struct {
 	a      *analysis
 	policy Policy
-	name   string   // Policy.Name or the first read table
-	tags   []string // read tables and policy tags, sorted, unique
+	name      string   // Policy.Name or the first read table
+	tags      []string // read tables and policy tags, sorted, unique
+	epochTags []string // tags and then the epoch
 }
 
 // Registry holds registered queries, matched by fingerprint so that the
@@ -195,14 +216,16 @@ func newRegistration(query string, p Policy) (*registration, error) {
 	default:
 		name = "q"
 	}
-	return &registration{a: a, policy: p, name: name, tags: tags}, nil
+	epochTags := append(slices.Clone(tags), epochTag)
+	return &registration{a: a, policy: p, name: name, tags: tags, epochTags: epochTags}, nil
 }
 
 func samePolicy(a, b Policy) bool {
 	return a.Name == b.Name && a.TTL == b.TTL && a.Jitter == b.Jitter &&
 		a.NegativeTTL == b.NegativeTTL && a.MaxRows == b.MaxRows &&
 		a.MaxBytes == b.MaxBytes && slices.Equal(a.Tags, b.Tags) &&
-		a.AllowNondeterministic == b.AllowNondeterministic
+		a.AllowNondeterministic == b.AllowNondeterministic &&
+		a.Beta == b.Beta && a.StaleFor == b.StaleFor
 }
 
 func (r *Registry) snapshot() map[[16]byte]*registration {
@@ -219,4 +242,23 @@ func (r *Registry) lookup(a *analysis) *registration {
 		return nil
 	}
 	return (*m)[a.fingerprint]
+}
+
+// foldTag folds a table name the way the SQL analysis folds names in
+// statements: the schema is dropped, unquoted names fold to lower case and
+// quoted names stay exact. It reports false for anything but a name.
+func foldTag(name string) (string, bool) {
+	p := newParser(name)
+	last := len(p.toks) - 1
+	for i, t := range p.toks {
+		isName := t.kind == tokIdent || t.kind == tokQIdent
+		if i%2 == 0 && !isName || i%2 == 1 && !p.isPunct(i, '.') {
+			return "", false
+		}
+	}
+	if last < 0 || last%2 == 1 {
+		return "", false
+	}
+	tag := p.tagOf(last)
+	return tag, tag != ""
 }

@@ -1,0 +1,1152 @@
+package cachedpq
+
+// This file analyzes SQL text without a server: its normalized form and
+// fingerprint, its kind, the tables it reads and writes, and whether its
+// result may be cached. The analysis errs on the side of invalidating too
+// much: a missed write table serves stale rows, an extra one costs a miss.
+//
+// Tags are bare relation names as the server would spell them: unquoted
+// names fold to lower case, quoted ones stay exact, and the schema is
+// dropped. public.Users, users and "users" are one tag; "Users" is another.
+// Dropping the schema means an unqualified write and a qualified read of
+// the same table always meet; the price is that a write to a.t also
+// invalidates reads of b.t.
+
+import (
+	"hash/maphash"
+	"strings"
+	"sync"
+
+	"github.com/zeebo/xxh3"
+)
+
+// stmtKind is what a statement does, as far as the cache cares.
+type stmtKind uint8
+
+const (
+	kindEmpty    stmtKind = iota // nothing but whitespace, comments and semicolons
+	kindSelect                   // SELECT, TABLE t, WITH ... SELECT, (SELECT ...)
+	kindValues                   // VALUES ...
+	kindInsert                   // INSERT (with or without WITH)
+	kindUpdate                   // UPDATE
+	kindDelete                   // DELETE
+	kindMerge                    // MERGE
+	kindTruncate                 // TRUNCATE
+	kindCopyFrom                 // COPY t FROM ...
+	kindCopyTo                   // COPY t TO ..., COPY (query) TO ...
+	kindDDL                      // CREATE, ALTER, DROP, GRANT, COMMENT, REFRESH, SELECT INTO ...
+	kindSession                  // SET, RESET, SET ROLE, SET SESSION AUTHORIZATION, DISCARD
+	kindTx                       // BEGIN, COMMIT, ROLLBACK, SAVEPOINT, SET TRANSACTION ...
+	kindCall                     // CALL
+	kindDo                       // DO
+	kindLock                     // LOCK
+	kindOther                    // SHOW, EXPLAIN, LISTEN, VACUUM, FETCH, PREPARE, ...
+)
+
+var kindNames = [...]string{"empty", "select", "values", "insert", "update", "delete", "merge",
+	"truncate", "copy from", "copy to", "ddl", "session", "tx", "call", "do", "lock", "other"}
+
+// String names the kind for Explain and logs.
+func (k stmtKind) String() string {
+	if int(k) < len(kindNames) {
+		return kindNames[k]
+	}
+	return "unknown"
+}
+
+// analysis is everything the engine needs to know about one SQL string.
+// It is built once per distinct string and then shared read-only.
+type analysis struct {
+	normalized       string   // tokens joined by single spaces, identifiers and keywords folded, comments and trailing semicolons removed, literals exact
+	fingerprint      [16]byte // xxh3-128 of normalized
+	check            [16]byte // xxh3-128 of normalized with checkSeed, for entry checks
+	kind             stmtKind // of the first statement
+	multi            bool     // more than one statement in the string
+	reads            []string // tags of tables read, first-seen order, no duplicates
+	writes           []string // tags of tables written by any statement, first-seen order
+	unknownWrite     bool     // CALL, DO, EXECUTE, DROP ... CASCADE, TRUNCATE ... CASCADE, unrecognized statements
+	sessionChange    bool     // SET (also SET LOCAL), RESET, DISCARD, SET ROLE, set_config()
+	txControl        bool     // BEGIN, COMMIT, ROLLBACK, SAVEPOINT, SET TRANSACTION, ...
+	ddl              bool     // the catalog may have changed
+	cascade          bool     // TRUNCATE ... CASCADE
+	locking          bool     // FOR UPDATE/SHARE/NO KEY UPDATE/KEY SHARE, or LOCK
+	functions        []string // user functions called, lower-cased as written, built-ins left out
+	notCacheable     string   // "" when a cached read may be registered, else why not
+	nondeterministic bool     // notCacheable only because of now(), random(), current_user, ...
+}
+
+// memoMaxQuery is the longest SQL string the memo keeps; longer strings
+// (bulk inserts with inlined values) are analyzed each time rather than
+// pinned in memory.
+const memoMaxQuery = 8 << 10
+
+// memoShardCap bounds each shard; with memoShards shards the memo holds at
+// most 64K analyses.
+const (
+	memoShards   = 64
+	memoShardCap = 1024
+)
+
+// memoShard is one lock's worth of the memo.
+type memoShard struct {
+	mu sync.RWMutex // guards m
+	m  map[string]*analysis
+}
+
+// memo caches analyses by raw SQL text. A full shard drops one arbitrary
+// entry per insert: statements an application repeats come back at once.
+var memo struct {
+	seed   maphash.Seed
+	shards [memoShards]memoShard
+}
+
+func init() { memo.seed = maphash.MakeSeed() }
+
+// analyze returns the analysis of query, from the memo when it has been
+// seen before. The result is shared: callers must not modify it. It is
+// safe for concurrent use.
+func analyze(query string) *analysis {
+	if len(query) > memoMaxQuery {
+		return analyzeUncached(query)
+	}
+	sh := &memo.shards[maphash.String(memo.seed, query)%memoShards]
+	sh.mu.RLock()
+	a, ok := sh.m[query]
+	sh.mu.RUnlock()
+	if ok {
+		return a
+	}
+	a = analyzeUncached(query)
+	sh.store(strings.Clone(query), a)
+	return a
+}
+
+// store adds a to the shard, evicting one entry if the shard is full.
+func (sh *memoShard) store(query string, a *analysis) {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if sh.m == nil {
+		sh.m = make(map[string]*analysis)
+	}
+	if len(sh.m) >= memoShardCap {
+		for k := range sh.m {
+			delete(sh.m, k)
+			break
+		}
+	}
+	sh.m[query] = a
+}
+
+// analyzeUncached analyzes query from scratch.
+func analyzeUncached(query string) *analysis {
+	p := newParser(query)
+	a := p.a
+	a.normalized = p.normalize()
+	a.fingerprint = fingerprintOf(a.normalized)
+	a.check = xxh3.HashString128Seed(a.normalized, checkSeed).Bytes()
+	p.statements()
+	a.notCacheable, a.nondeterministic = p.cacheability()
+	return a
+}
+
+// fingerprintOf hashes a normalized statement.
+func fingerprintOf(normalized string) [16]byte {
+	return xxh3.HashString128(normalized).Bytes()
+}
+
+// cte is a WITH name and the token range in which it hides a table.
+type cte struct {
+	tag        string
+	start, end int
+}
+
+// parser holds the tokens of one SQL string and the analysis being built.
+type parser struct {
+	src     string
+	toks    []token
+	a       *analysis
+	ctes    []cte
+	nondet  string // the first non-deterministic built-in seen
+	temp    bool   // a pg_temp table is referenced
+	catalog bool   // a system catalog is read
+	selInto bool   // SELECT ... INTO creates a table
+}
+
+// newParser lexes query into tokens.
+func newParser(query string) *parser {
+	p := &parser{src: query, a: &analysis{}}
+	l := newLexer(query)
+	p.toks = make([]token, 0, len(query)/5+4)
+	for t := l.next(); t.kind != tokEOF; t = l.next() {
+		p.toks = append(p.toks, t)
+	}
+	return p
+}
+
+// normalize joins the tokens with single spaces, folding unquoted
+// identifiers and keywords, and drops trailing semicolons.
+func (p *parser) normalize() string {
+	n := len(p.toks)
+	for n > 0 && p.isPunct(n-1, ';') {
+		n--
+	}
+	var b strings.Builder
+	b.Grow(len(p.src))
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		t := p.toks[i]
+		if t.kind != tokIdent {
+			b.WriteString(p.src[t.start:t.end])
+			continue
+		}
+		for j := t.start; j < t.end; j++ {
+			b.WriteByte(lower(p.src[j]))
+		}
+	}
+	return b.String()
+}
+
+// text returns the raw text of token i.
+func (p *parser) text(i int) string {
+	t := p.toks[i]
+	return p.src[t.start:t.end]
+}
+
+// is reports whether token i is the unquoted keyword kw (given in lower
+// case). Out-of-range indexes are never a keyword.
+func (p *parser) is(i int, kw string) bool {
+	if i < 0 || i >= len(p.toks) || p.toks[i].kind != tokIdent {
+		return false
+	}
+	t := p.toks[i]
+	if t.end-t.start != len(kw) {
+		return false
+	}
+	for j := 0; j < len(kw); j++ {
+		if lower(p.src[t.start+j]) != kw[j] {
+			return false
+		}
+	}
+	return true
+}
+
+// isAny reports whether token i is one of the keywords.
+func (p *parser) isAny(i int, kws ...string) bool {
+	for _, kw := range kws {
+		if p.is(i, kw) {
+			return true
+		}
+	}
+	return false
+}
+
+// isPunct reports whether token i is the one-byte punctuation or operator c.
+func (p *parser) isPunct(i int, c byte) bool {
+	if i < 0 || i >= len(p.toks) {
+		return false
+	}
+	t := p.toks[i]
+	return t.end-t.start == 1 && p.src[t.start] == c && (t.kind == tokPunct || t.kind == tokOp)
+}
+
+// isName reports whether token i can be (part of) a relation name.
+func (p *parser) isName(i int) bool {
+	return i >= 0 && i < len(p.toks) && (p.toks[i].kind == tokIdent || p.toks[i].kind == tokQIdent)
+}
+
+// closing returns the index of the ) that closes the ( at i, or end when
+// the text stops first.
+func (p *parser) closing(i, end int) int {
+	depth := 0
+	for j := i; j < end; j++ {
+		switch {
+		case p.isPunct(j, '(') || p.isPunct(j, '['):
+			depth++
+		case p.isPunct(j, ')') || p.isPunct(j, ']'):
+			depth--
+			if depth == 0 {
+				return j
+			}
+		}
+	}
+	return end
+}
+
+// statements splits the tokens on top-level semicolons and analyzes each.
+func (p *parser) statements() {
+	start, depth, count := 0, 0, 0
+	for i := 0; i <= len(p.toks); i++ {
+		switch {
+		case i < len(p.toks) && (p.isPunct(i, '(') || p.isPunct(i, '[')):
+			depth++
+		case i < len(p.toks) && (p.isPunct(i, ')') || p.isPunct(i, ']')):
+			depth--
+		case i == len(p.toks) || (depth <= 0 && p.isPunct(i, ';')):
+			if i > start {
+				k := p.statement(start, i)
+				if count == 0 {
+					p.a.kind = k
+				}
+				count++
+			}
+			start, depth = i+1, 0
+		}
+	}
+	p.a.multi = count > 1
+}
+
+// tagOf returns the tag of the name token i: unquoted names fold to lower
+// case, quoted names lose their quotes and doubled quotes, U&"" names have
+// their escapes decoded.
+func (p *parser) tagOf(i int) string {
+	s := p.text(i)
+	if p.toks[i].kind == tokIdent {
+		return asciiLower(s)
+	}
+	uni := false
+	if len(s) > 2 && (s[0] == 'u' || s[0] == 'U') {
+		s, uni = s[2:], true
+	}
+	s = strings.TrimPrefix(s, `"`)
+	s = strings.TrimSuffix(s, `"`)
+	s = strings.ReplaceAll(s, `""`, `"`)
+	if uni {
+		s = decodeUnicodeEscapes(s)
+	}
+	return s
+}
+
+// asciiLower folds ASCII letters, leaving other bytes (UTF-8) alone as the
+// server does.
+func asciiLower(s string) string {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 'A' && s[i] <= 'Z' {
+			b := []byte(s)
+			for j := i; j < len(b); j++ {
+				b[j] = lower(b[j])
+			}
+			return string(b)
+		}
+	}
+	return s
+}
+
+// decodeUnicodeEscapes decodes \XXXX, \+XXXXXX and \\ in a U&"" name with
+// the default escape byte. (A UESCAPE clause is not honoured; such names
+// keep their raw text, which can only over-distinguish.)
+func decodeUnicodeEscapes(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] != '\\' {
+			b.WriteByte(s[i])
+			continue
+		}
+		n := 4
+		if i+1 < len(s) && s[i+1] == '+' {
+			n = 7
+		}
+		if r, ok := parseHexRune(s, i+1, n); ok {
+			b.WriteRune(r)
+			i += n
+		} else if i+1 < len(s) && s[i+1] == '\\' {
+			b.WriteByte('\\')
+			i++
+		} else {
+			return s
+		}
+	}
+	return b.String()
+}
+
+// parseHexRune reads n bytes at s[i:] as hex ('+' first when n is 7).
+func parseHexRune(s string, i, n int) (rune, bool) {
+	if i+n > len(s) {
+		return 0, false
+	}
+	var r rune
+	for j := i; j < i+n; j++ {
+		c := lower(s[j])
+		switch {
+		case j == i && n == 7 && c == '+':
+		case isDigit(c):
+			r = r<<4 | rune(c-'0')
+		case c >= 'a' && c <= 'f':
+			r = r<<4 | rune(c-'a'+10)
+		default:
+			return 0, false
+		}
+	}
+	return r, true
+}
+
+// qualifiedName reads name(.name)* at i and returns the index of its last
+// part, the index after it, and whether the name had a schema.
+func (p *parser) qualifiedName(i, end int) (last, next int, qualified bool) {
+	last = i
+	for last+2 < end && p.isPunct(last+1, '.') && p.isName(last+2) {
+		last += 2
+	}
+	return last, last + 1, last > i
+}
+
+// addUnique appends s to list unless present.
+func addUnique(list []string, s string) []string {
+	for _, x := range list {
+		if x == s {
+			return list
+		}
+	}
+	return append(list, s)
+}
+
+// addWrite records a written relation named at i (possibly qualified).
+func (p *parser) addWrite(i, end int) (next int) {
+	if !p.isName(i) {
+		return i + 1
+	}
+	last, next, _ := p.qualifiedName(i, end)
+	p.a.writes = addUnique(p.a.writes, p.tagOf(last))
+	return next
+}
+
+// addRead records a read relation named at i unless a CTE of the same name
+// is in scope, and notes temporary and catalog tables.
+func (p *parser) addRead(i, last int, qualified bool) {
+	tag := p.tagOf(last)
+	if qualified {
+		schema := p.tagOf(i)
+		p.temp = p.temp || strings.HasPrefix(schema, "pg_temp")
+		p.catalog = p.catalog || schema == "pg_catalog" || schema == "information_schema"
+	} else {
+		if p.inCTE(tag, i) {
+			return
+		}
+		p.catalog = p.catalog || strings.HasPrefix(tag, "pg_")
+	}
+	p.a.reads = addUnique(p.a.reads, tag)
+}
+
+// inCTE reports whether a WITH name tag is visible at token i.
+func (p *parser) inCTE(tag string, i int) bool {
+	for _, c := range p.ctes {
+		if c.tag == tag && i >= c.start && i < c.end {
+			return true
+		}
+	}
+	return false
+}
+
+// statement analyzes tokens [s, e) as one statement and returns its kind.
+func (p *parser) statement(s, e int) stmtKind {
+	main := p.skipWith(s, e)
+	switch {
+	case main >= e:
+		return kindSelect
+	case p.isPunct(main, '(') || p.isAny(main, "select", "table"):
+		p.queryRefs(s, e)
+		return p.selectInto(main, e)
+	case p.is(main, "values"):
+		p.queryRefs(s, e)
+		return kindValues
+	case p.isAny(main, "insert", "update", "delete", "merge"):
+		p.queryRefs(s, e) // first, so that writes come in text order
+		p.dml(main, e)
+		return dmlKind(p, main)
+	}
+	return p.utility(s, e)
+}
+
+// dmlKind maps a DML keyword to its kind.
+func dmlKind(p *parser, i int) stmtKind {
+	switch {
+	case p.is(i, "insert"):
+		return kindInsert
+	case p.is(i, "update"):
+		return kindUpdate
+	case p.is(i, "delete"):
+		return kindDelete
+	}
+	return kindMerge
+}
+
+// skipWith returns the index of the main statement after a WITH clause,
+// or s when there is none. The CTE bodies are analyzed by queryRefs.
+func (p *parser) skipWith(s, e int) int {
+	if !p.is(s, "with") {
+		return s
+	}
+	for i := s + 1; i < e; i++ {
+		switch {
+		case p.isPunct(i, '('):
+			afterAS := p.is(i-1, "as") || p.is(i-1, "materialized")
+			if !afterAS && p.isPunct(i-1, ')') {
+				return i // WITH x AS (...) (SELECT ...)
+			}
+			i = p.closing(i, e)
+		case p.isAny(i, "select", "insert", "update", "delete", "merge", "values", "table"):
+			return i
+		}
+	}
+	return e
+}
+
+// selectInto handles SELECT ... INTO t, which creates a table: a DDL
+// statement that writes t. Otherwise it is a plain SELECT.
+func (p *parser) selectInto(main, e int) stmtKind {
+	for i := main; i < e; i++ {
+		switch {
+		case p.isPunct(i, '('):
+			i = p.closing(i, e)
+		case p.isAny(i, "from", "union", "intersect", "except"):
+			return kindSelect
+		case p.is(i, "into"):
+			j := i + 1
+			for p.isAny(j, "temp", "temporary", "unlogged", "table", "local", "global") {
+				j++
+			}
+			p.addWrite(j, e)
+			p.selInto, p.a.ddl = true, true
+			return kindDDL
+		}
+	}
+	return kindSelect
+}
+
+// dml records the target of INSERT/UPDATE/DELETE/MERGE starting at i, and
+// the USING sources of DELETE and MERGE.
+func (p *parser) dml(i, e int) {
+	j := i + 1
+	if p.isAny(i, "insert", "merge") || p.is(i, "delete") {
+		j++ // INTO / FROM
+	}
+	if p.is(j, "only") {
+		j++
+	}
+	next := p.addWrite(j, e)
+	if !p.isAny(i, "delete", "merge") {
+		return
+	}
+	for k := next; k < e; k++ {
+		switch {
+		case p.isPunct(k, '('):
+			k = p.closing(k, e)
+		case p.is(k, "using") && p.is(i, "delete"):
+			p.fromList(k+1, e)
+			return
+		case p.is(k, "using"):
+			p.tableRef(k+1, e)
+			return
+		case p.isAny(k, "where", "returning", "on"):
+			return
+		}
+	}
+}
+
+// queryRefs scans the tokens of a query for table references, WITH names,
+// data-modifying CTEs, locking clauses and function calls.
+func (p *parser) queryRefs(s, e int) {
+	var groups []int // indexes of the open parentheses around i
+	for i := s; i < e; i++ {
+		switch {
+		case p.isPunct(i, '('):
+			groups = append(groups, i)
+			if p.isAny(i+1, "insert", "update", "delete", "merge") {
+				p.dml(i+1, p.closing(i, e))
+			}
+		case p.isPunct(i, ')'):
+			if len(groups) > 0 {
+				groups = groups[:len(groups)-1]
+			}
+		case p.is(i, "with"):
+			p.withNames(i, p.scopeEnd(groups, e))
+		case p.is(i, "from") && p.tableFrom(i, groups):
+			p.fromList(i+1, e)
+		case p.isAny(i, "join", "table"):
+			p.tableRef(i+1, e)
+		case p.is(i, "for"):
+			p.lockingClause(i)
+		case p.isName(i):
+			p.call(i, e)
+		}
+	}
+}
+
+// scopeEnd is where the innermost group around a WITH ends.
+func (p *parser) scopeEnd(groups []int, e int) int {
+	if len(groups) == 0 {
+		return e
+	}
+	return p.closing(groups[len(groups)-1], e)
+}
+
+// tableFrom tells a FROM that starts a table list from the FROM of
+// IS DISTINCT FROM, DELETE FROM, ROWS FROM and of function arguments
+// such as extract(year FROM x) or substring(s FROM 2).
+func (p *parser) tableFrom(i int, groups []int) bool {
+	if p.isAny(i-1, "distinct", "delete", "rows") {
+		return false
+	}
+	if len(groups) == 0 {
+		return true
+	}
+	first := groups[len(groups)-1] + 1
+	return p.isPunct(first, '(') ||
+		p.isAny(first, "select", "with", "values", "table", "insert", "update", "delete", "merge")
+}
+
+// withNames records the names a WITH clause at i defines. A name hides a
+// table of the same name from the end of its own body (from the name on,
+// if RECURSIVE) to the end of the enclosing query, as in the server.
+func (p *parser) withNames(i, scope int) {
+	j := i + 1
+	recursive := p.is(j, "recursive")
+	if recursive {
+		j++
+	}
+	for p.isName(j) {
+		tag, nameAt := p.tagOf(j), j
+		j++
+		if p.isPunct(j, '(') {
+			j = p.closing(j, scope) + 1
+		}
+		if !p.is(j, "as") {
+			return
+		}
+		for j++; p.isAny(j, "not", "materialized"); j++ {
+		}
+		if !p.isPunct(j, '(') {
+			return
+		}
+		j = p.closing(j, scope) + 1
+		start := j
+		if recursive {
+			start = nameAt
+		}
+		p.ctes = append(p.ctes, cte{tag: tag, start: start, end: scope})
+		if j = p.nextCTE(j, scope); j < 0 {
+			return
+		}
+	}
+}
+
+// nextCTE skips a SEARCH or CYCLE clause and returns the index after the
+// comma that starts the next CTE, or -1 when the list has ended.
+func (p *parser) nextCTE(j, scope int) int {
+	for ; j < scope; j++ {
+		switch {
+		case p.isPunct(j, ','):
+			return j + 1
+		case !p.isAny(j, "search", "cycle", "depth", "breadth", "first", "by", "set", "to", "default", "using") &&
+			!p.isName(j) && !p.isPunct(j, '.'):
+			return -1
+		case p.isAny(j, "select", "insert", "update", "delete", "merge", "values", "table"):
+			return -1
+		}
+	}
+	return -1
+}
+
+// fromEnd lists the keywords that end a FROM list.
+var fromEnd = []string{"where", "group", "having", "window", "order", "limit", "offset", "fetch",
+	"for", "union", "intersect", "except", "returning", "set", "do", "when", "into", "then"}
+
+// fromList reads a comma-separated list of table references at i.
+func (p *parser) fromList(i, e int) {
+	for i >= 0 && i < e {
+		i = p.tableRef(i, e)
+		i = p.afterComma(i, e)
+	}
+}
+
+// afterComma skips the rest of one FROM item (aliases, joins and their
+// conditions; joined tables are found by queryRefs) and returns the index
+// after the comma that starts the next item, or -1 at the end of the list.
+func (p *parser) afterComma(i, e int) int {
+	for j := i; j < e; j++ {
+		switch {
+		case p.isPunct(j, '(') || p.isPunct(j, '['):
+			j = p.closing(j, e)
+		case p.isPunct(j, ')') || p.isPunct(j, ';'):
+			return -1
+		case p.isPunct(j, ','):
+			return j + 1
+		case p.is(j, "on") && p.is(j+1, "conflict"):
+			return -1
+		case p.isAny(j, fromEnd...):
+			return -1
+		}
+	}
+	return -1
+}
+
+// tableRef reads one table reference at i and returns the index after
+// its name. Subqueries and functions in FROM are not tables; queryRefs
+// finds the tables inside subqueries and records the functions.
+func (p *parser) tableRef(i, e int) int {
+	for p.isAny(i, "lateral", "only") {
+		i++
+	}
+	if p.isPunct(i, '(') {
+		if !p.isAny(i+1, "select", "with", "values", "table") {
+			p.tableRef(i+1, e) // a parenthesized join
+		}
+		return i
+	}
+	if !p.isName(i) || p.is(i, "rows") && p.is(i+1, "from") {
+		return i
+	}
+	last, next, qualified := p.qualifiedName(i, e)
+	if p.isPunct(next, '(') {
+		return next
+	}
+	p.addRead(i, last, qualified)
+	return next
+}
+
+// lockingClause notes FOR UPDATE, FOR SHARE, FOR NO KEY UPDATE and
+// FOR KEY SHARE at i.
+func (p *parser) lockingClause(i int) {
+	if p.isAny(i+1, "update", "share") || p.is(i+1, "no") && p.is(i+2, "key") ||
+		p.is(i+1, "key") && p.is(i+2, "share") {
+		p.a.locking = true
+	}
+}
+
+// nondetBuiltins are built-ins whose result changes between calls or
+// depends on the session; a query that uses one is not cached unless its
+// policy allows it. Written without parentheses, the keyword forms
+// (current_user, current_timestamp, ...) are functions too.
+var nondetBuiltins = map[string]bool{
+	"now": true, "random": true, "random_normal": true, "setseed": true,
+	"clock_timestamp": true, "statement_timestamp": true, "transaction_timestamp": true,
+	"timeofday": true, "current_timestamp": true, "current_time": true, "current_date": true,
+	"localtime": true, "localtimestamp": true, "nextval": true, "currval": true, "setval": true,
+	"lastval": true, "txid_current": true, "txid_current_if_assigned": true,
+	"txid_current_snapshot": true, "pg_current_xact_id": true, "pg_current_xact_id_if_assigned": true,
+	"pg_current_snapshot": true, "pg_sleep": true, "pg_sleep_for": true, "pg_sleep_until": true,
+	"gen_random_uuid": true, "uuidv4": true, "uuidv7": true, "current_user": true,
+	"session_user": true, "user": true, "current_role": true, "current_schema": true,
+	"current_schemas": true, "current_setting": true, "inet_client_addr": true,
+	"inet_client_port": true, "inet_server_addr": true, "inet_server_port": true,
+	"pg_backend_pid": true, "pg_postmaster_start_time": true, "pg_conf_load_time": true,
+	"pg_my_temp_schema": true, "pg_trigger_depth": true, "pg_stat_get_activity": true,
+}
+
+// nondetKeywords may appear without parentheses; as keywords they are
+// reserved, so an unquoted one is always the function.
+var nondetKeywords = map[string]bool{
+	"current_timestamp": true, "current_time": true, "current_date": true, "localtime": true,
+	"localtimestamp": true, "current_user": true, "session_user": true, "user": true,
+	"current_role": true, "current_schema": true,
+}
+
+// builtinFuncs are deterministic built-ins (and type names that take a
+// modifier) left out of analysis.functions, so the engine looks up only
+// what may be a user function.
+var builtinFuncs = map[string]bool{
+	"count": true, "sum": true, "avg": true, "min": true, "max": true, "coalesce": true,
+	"nullif": true, "greatest": true, "least": true, "lower": true, "upper": true,
+	"length": true, "char_length": true, "octet_length": true, "substring": true, "substr": true,
+	"trim": true, "btrim": true, "ltrim": true, "rtrim": true, "concat": true, "concat_ws": true,
+	"replace": true, "position": true, "strpos": true, "split_part": true, "left": true,
+	"right": true, "lpad": true, "rpad": true, "abs": true, "round": true, "ceil": true,
+	"ceiling": true, "floor": true, "trunc": true, "mod": true, "power": true, "sqrt": true,
+	"extract": true, "date_part": true, "date_trunc": true, "to_char": true, "to_date": true,
+	"to_number": true, "to_timestamp": true, "array_agg": true, "string_agg": true,
+	"json_agg": true, "jsonb_agg": true, "json_build_object": true, "jsonb_build_object": true,
+	"json_build_array": true, "jsonb_build_array": true, "json_object_agg": true,
+	"jsonb_object_agg": true, "row_to_json": true, "to_json": true, "to_jsonb": true,
+	"jsonb_set": true, "array_length": true, "unnest": true, "generate_series": true,
+	"cardinality": true, "format": true, "md5": true, "encode": true, "decode": true,
+	"row_number": true, "rank": true, "dense_rank": true, "lag": true, "lead": true,
+	"first_value": true, "last_value": true, "ntile": true, "bool_and": true, "bool_or": true,
+	"every": true, "array_to_string": true, "string_to_array": true, "regexp_replace": true,
+	"regexp_matches": true, "regexp_split_to_array": true, "jsonb_array_elements": true,
+	"json_array_elements": true, "jsonb_each": true, "json_each": true, "jsonb_object_keys": true,
+	"array_position": true, "array_remove": true, "array_append": true, "exp": true, "ln": true,
+	"log": true, "sign": true, "initcap": true, "reverse": true, "repeat": true, "starts_with": true,
+	"numeric": true, "decimal": true, "varchar": true, "char": true, "character": true,
+	"timestamp": true, "timestamptz": true, "time": true, "interval": true, "bit": true,
+	"varbit": true, "float": true, "grouping": true, "percentile_cont": true,
+	"percentile_disc": true, "mode": true, "stddev": true, "variance": true, "int4range": true,
+	"int8range": true, "numrange": true, "tstzrange": true, "daterange": true,
+}
+
+// notCalls are keywords that may be followed by a parenthesis without
+// being a function call.
+var notCalls = map[string]bool{
+	"in": true, "exists": true, "any": true, "all": true, "some": true, "values": true,
+	"array": true, "row": true, "cast": true, "as": true, "over": true, "filter": true,
+	"within": true, "using": true, "on": true, "and": true, "or": true, "not": true,
+	"select": true, "where": true, "when": true, "then": true, "else": true, "is": true,
+	"between": true, "like": true, "ilike": true, "lateral": true, "from": true, "join": true,
+	"by": true, "set": true, "conflict": true, "do": true, "into": true, "table": true,
+	"rollup": true, "cube": true, "sets": true, "distinct": true, "returning": true,
+	"with": true, "materialized": true, "recursive": true, "only": true, "case": true,
+	"update": true, "insert": true, "delete": true, "merge": true, "union": true,
+	"intersect": true, "except": true, "limit": true, "offset": true, "having": true,
+	"group": true, "order": true, "window": true, "partition": true, "return": true,
+	"xmltable": true, "json_table": true, "treat": true, "overlay": true, "collate": true,
+	"search": true, "cycle": true, "ordinality": true, "nulls": true, "default": true,
+}
+
+// notCallAfter are tokens after which a name followed by ( is a relation,
+// alias or type, not a call.
+var notCallAfter = []string{"::", "as", "into", "table", "only", "references", "."}
+
+// call checks the name at i for a function call or a non-deterministic
+// keyword such as current_user.
+func (p *parser) call(i, e int) {
+	if i > 0 {
+		for _, t := range notCallAfter {
+			if strings.EqualFold(p.text(i-1), t) {
+				return
+			}
+		}
+	}
+	if p.toks[i].kind == tokIdent && nondetKeywords[p.tagOf(i)] {
+		p.noteNondet(p.tagOf(i))
+	}
+	last, next, qualified := p.qualifiedName(i, e)
+	if !p.isPunct(next, '(') || p.toks[i].kind == tokIdent && notCalls[p.tagOf(i)] && !qualified {
+		return
+	}
+	if p.is(p.closing(next, e)+1, "as") && (p.isPunct(p.closing(next, e)+2, '(') ||
+		p.isAny(p.closing(next, e)+2, "not", "materialized")) {
+		return // WITH x(a, b) AS (...): column names, not a call
+	}
+	p.function(i, last, qualified, next, e)
+}
+
+// function records a call of the function named by tokens i..last.
+func (p *parser) function(i, last int, qualified bool, open, e int) {
+	name := p.tagOf(last)
+	catalog := qualified && last == i+2 && p.tagOf(i) == "pg_catalog"
+	if !qualified || catalog {
+		p.builtinCall(name, open, e)
+		if catalog || builtinFuncs[name] || nondetBuiltins[name] {
+			return
+		}
+	}
+	full := name
+	if qualified {
+		full = asciiLower(p.src[p.toks[i].start:p.toks[last].end])
+	}
+	p.a.functions = addUnique(p.a.functions, full)
+}
+
+// builtinCall notes calls of built-ins that make a query uncacheable.
+func (p *parser) builtinCall(name string, open, e int) {
+	switch {
+	case name == "set_config":
+		p.a.sessionChange = true
+	case nondetBuiltins[name] || strings.HasPrefix(name, "uuid_generate_"):
+		p.noteNondet(name)
+	case name == "age" && !p.hasTopComma(open, e):
+		p.noteNondet("age") // age(x) is measured from current_date
+	}
+}
+
+// hasTopComma reports whether the group opened at open has a comma at
+// its own depth.
+func (p *parser) hasTopComma(open, e int) bool {
+	end := p.closing(open, e)
+	for j := open + 1; j < end; j++ {
+		if p.isPunct(j, '(') || p.isPunct(j, '[') {
+			j = p.closing(j, end)
+		} else if p.isPunct(j, ',') {
+			return true
+		}
+	}
+	return false
+}
+
+// noteNondet remembers the first non-deterministic built-in seen.
+func (p *parser) noteNondet(name string) {
+	if p.nondet == "" {
+		p.nondet = name
+	}
+}
+
+// utility analyzes a statement that is not a query or DML.
+func (p *parser) utility(s, e int) stmtKind {
+	switch {
+	case p.is(s, "truncate"):
+		p.truncate(s+1, e)
+		return kindTruncate
+	case p.is(s, "copy"):
+		return p.copyStmt(s+1, e)
+	case p.is(s, "create"):
+		return p.create(s+1, e)
+	case p.is(s, "alter"):
+		return p.alter(s+1, e)
+	case p.is(s, "drop"):
+		return p.drop(s+1, e)
+	case p.is(s, "refresh"):
+		p.refresh(s+1, e)
+		return kindDDL
+	case p.isAny(s, "grant", "revoke", "comment", "security", "import", "reassign"):
+		p.a.ddl = true
+		return kindDDL
+	case p.isAny(s, "set", "reset", "discard"):
+		return p.session(s, e)
+	}
+	return p.control(s, e)
+}
+
+// control analyzes transaction control, CALL, DO, LOCK and the rest.
+func (p *parser) control(s, e int) stmtKind {
+	a := p.a
+	switch {
+	case p.isAny(s, "begin", "start", "commit", "end", "rollback", "abort", "savepoint", "release") ||
+		p.is(s, "prepare") && p.is(s+1, "transaction"):
+		a.txControl = true
+		return kindTx
+	case p.is(s, "call"):
+		a.unknownWrite = true
+		return kindCall
+	case p.is(s, "do"):
+		a.unknownWrite = true
+		return kindDo
+	case p.is(s, "lock"):
+		a.locking = true
+		return kindLock
+	case p.is(s, "explain"):
+		p.explain(s+1, e)
+	case p.is(s, "declare"):
+		p.declare(s+1, e)
+	case p.is(s, "execute"):
+		a.unknownWrite = true // a prepared statement the text does not show
+	case !p.isAny(s, "show", "listen", "notify", "unlisten", "checkpoint", "load", "vacuum",
+		"analyze", "analyse", "cluster", "reindex", "fetch", "move", "close", "prepare", "deallocate"):
+		a.unknownWrite = true // not recognized: assume the worst
+	}
+	return kindOther
+}
+
+// session analyzes SET, RESET and DISCARD. SET TRANSACTION, SET SESSION
+// CHARACTERISTICS and SET CONSTRAINTS only shape the transaction, so they
+// count as transaction control. SET LOCAL does change what later queries
+// in the transaction see (search_path, role), so it counts as a session
+// change like any SET; the engine may end its effect at commit.
+func (p *parser) session(s, e int) stmtKind {
+	j := s + 1
+	if p.is(s, "set") && p.isAny(j, "local", "session") && !p.is(j+1, "characteristics") &&
+		!p.is(j+1, "authorization") {
+		j++
+	}
+	if p.is(s, "set") && (p.isAny(j, "transaction", "constraints") ||
+		p.is(j, "session") && p.is(j+1, "characteristics")) {
+		p.a.txControl = true
+		return kindTx
+	}
+	p.a.sessionChange = true
+	return kindSession
+}
+
+// truncate records TRUNCATE [TABLE] [ONLY] name [*] [, ...] [CASCADE].
+func (p *parser) truncate(i, e int) {
+	if p.is(i, "table") {
+		i++
+	}
+	for i < e {
+		if p.is(i, "only") {
+			i++
+		}
+		i = p.addWrite(i, e)
+		if p.isPunct(i, '*') {
+			i++
+		}
+		if !p.isPunct(i, ',') {
+			break
+		}
+		i++
+	}
+	for ; i < e; i++ {
+		if p.is(i, "cascade") {
+			p.a.cascade, p.a.unknownWrite = true, true // referencing tables are emptied too
+		}
+	}
+}
+
+// copyStmt analyzes COPY t FROM (a write), COPY t TO and COPY (query) TO
+// (reads).
+func (p *parser) copyStmt(i, e int) stmtKind {
+	if p.isPunct(i, '(') {
+		p.queryRefs(i+1, p.closing(i, e))
+		return kindCopyTo
+	}
+	if !p.isName(i) {
+		return kindOther
+	}
+	last, next, qualified := p.qualifiedName(i, e)
+	if p.isPunct(next, '(') {
+		next = p.closing(next, e) + 1
+	}
+	if p.is(next, "from") {
+		p.addWrite(i, e)
+		return kindCopyFrom
+	}
+	p.addRead(i, last, qualified)
+	return kindCopyTo
+}
+
+// relationObject returns the index after TABLE, VIEW, MATERIALIZED VIEW
+// or FOREIGN TABLE at i, or -1 when the object is something else.
+func (p *parser) relationObject(i int) int {
+	switch {
+	case p.isAny(i, "table", "view"):
+		return i + 1
+	case p.is(i, "materialized") && p.is(i+1, "view"), p.is(i, "foreign") && p.is(i+1, "table"):
+		return i + 2
+	}
+	return -1
+}
+
+// create analyzes CREATE. Creating a table or view writes its name: a new
+// relation can shadow another of the same name on the search_path.
+func (p *parser) create(i, e int) stmtKind {
+	p.a.ddl = true
+	for p.isAny(i, "or", "replace", "global", "local", "temp", "temporary", "unlogged", "recursive") {
+		i++
+	}
+	j := p.relationObject(i)
+	if j < 0 {
+		return kindDDL
+	}
+	if p.is(j, "if") {
+		j += 3 // IF NOT EXISTS
+	}
+	p.addWrite(j, e)
+	for k := j; k < e; k++ {
+		if p.isPunct(k, '(') {
+			k = p.closing(k, e)
+		} else if p.is(k, "as") {
+			p.queryRefs(k+1, e)
+			break
+		}
+	}
+	return kindDDL
+}
+
+// alter analyzes ALTER; on a table or view it writes the relation, and
+// RENAME TO writes the new name as well.
+func (p *parser) alter(i, e int) stmtKind {
+	p.a.ddl = true
+	j := p.relationObject(i)
+	if j < 0 {
+		return kindDDL
+	}
+	if p.is(j, "all") {
+		p.a.unknownWrite = true // ALTER TABLE ALL IN TABLESPACE
+		return kindDDL
+	}
+	if p.is(j, "if") {
+		j += 2 // IF EXISTS
+	}
+	if p.is(j, "only") {
+		j++
+	}
+	for k := p.addWrite(j, e); k < e; k++ {
+		if p.is(k, "rename") && p.is(k+1, "to") {
+			p.addWrite(k+2, e)
+		}
+	}
+	return kindDDL
+}
+
+// drop analyzes DROP; dropping tables or views writes each of them, and
+// CASCADE drops what the text cannot show.
+func (p *parser) drop(i, e int) stmtKind {
+	p.a.ddl = true
+	if p.is(i, "owned") || p.is(e-1, "cascade") {
+		p.a.unknownWrite = true
+	}
+	j := p.relationObject(i)
+	if j < 0 {
+		return kindDDL
+	}
+	if p.is(j, "if") {
+		j += 2
+	}
+	for j < e {
+		j = p.addWrite(j, e)
+		if !p.isPunct(j, ',') {
+			break
+		}
+		j++
+	}
+	return kindDDL
+}
+
+// refresh analyzes REFRESH MATERIALIZED VIEW [CONCURRENTLY] name: a data
+// change, not a schema change.
+func (p *parser) refresh(i, e int) {
+	i += 2
+	if p.is(i, "concurrently") {
+		i++
+	}
+	p.addWrite(i, e)
+}
+
+// explain analyzes the statement under EXPLAIN ANALYZE, which runs it.
+func (p *parser) explain(i, e int) {
+	analyzeOpt := false
+	if p.isPunct(i, '(') {
+		end := p.closing(i, e)
+		for k := i + 1; k < end; k++ {
+			if p.isAny(k, "analyze", "analyse") && !p.isAny(k+1, "false", "off", "0") &&
+				!(k+1 < end && p.text(k+1) == "0") {
+				analyzeOpt = true
+			}
+		}
+		i = end + 1
+	}
+	for ; p.isAny(i, "analyze", "analyse", "verbose"); i++ {
+		analyzeOpt = analyzeOpt || !p.is(i, "verbose")
+	}
+	if analyzeOpt && i < e {
+		p.statement(i, e)
+	}
+}
+
+// declare analyzes the query of DECLARE name ... CURSOR FOR query.
+func (p *parser) declare(i, e int) {
+	for ; i < e; i++ {
+		if p.is(i, "for") {
+			p.queryRefs(i+1, e)
+			return
+		}
+	}
+}
+
+// cacheability decides whether the statement may be registered as a
+// cached read, and if not, why not.
+func (p *parser) cacheability() (reason string, nondet bool) {
+	a := p.a
+	switch {
+	case a.kind == kindEmpty:
+		return "empty statement", false
+	case a.multi:
+		return "more than one statement", false
+	case p.selInto:
+		return "SELECT INTO creates a table", false
+	case a.kind != kindSelect && a.kind != kindValues:
+		return "not a read-only query: " + a.kind.String(), false
+	case len(a.writes) > 0:
+		return "writes tables: " + strings.Join(a.writes, ", "), false
+	case a.locking:
+		return "locking clause (FOR UPDATE/SHARE)", false
+	case a.sessionChange:
+		return "changes session state (set_config)", false
+	case p.temp:
+		return "reads a temporary table", false
+	case p.catalog:
+		return "reads a system catalog", false
+	case p.nondet != "":
+		return "calls non-deterministic or session-dependent " + p.nondet, true
+	}
+	return "", false
+}

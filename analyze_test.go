@@ -1,0 +1,286 @@
+package cachedpq
+
+import (
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+)
+
+func TestNormalizeSame(t *testing.T) {
+	tests := []struct{ name, a, b string }{
+		{"whitespace", "select a,b from t where x=$1", "SELECT  a ,\n\tb\nFROM t WHERE x = $1"},
+		{"comments", "select a from t", "/* hi */ select a -- cols\n from /* a /* nested */ */ t"},
+		{"case", "select A from T", "SELECT a FROM t"},
+		{"trailing semicolon", "select 1", "select 1;  ;"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, b := analyzeUncached(tt.a), analyzeUncached(tt.b)
+			if a.normalized != b.normalized || a.fingerprint != b.fingerprint {
+				t.Errorf("%q and %q normalize to %q and %q", tt.a, tt.b, a.normalized, b.normalized)
+			}
+		})
+	}
+}
+
+func TestNormalizeDifferent(t *testing.T) {
+	tests := []struct{ name, a, b string }{
+		{"string literal", "select * from t where a = 'x'", "select * from t where a = 'X'"},
+		{"number literal", "select * from t where a = 1", "select * from t where a = 2"},
+		{"quoted ident", `select * from "Users"`, `select * from "users"`},
+		{"quoted vs unquoted mixed case", `select * from "Users"`, `select * from Users`},
+		{"parameter", "select * from t where a = $1", "select * from t where a = $2"},
+		{"structure", "select a from t", "select a from t order by a"},
+		{"token boundary", "select a from t where b = 'x y'", "select a from t where b = 'x' y"},
+		{"dollar body", "select $$a$$", "select $$b$$"},
+		{"comment-like string", "select '--x'", "select '--y'"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, b := analyzeUncached(tt.a), analyzeUncached(tt.b)
+			if a.fingerprint == b.fingerprint {
+				t.Errorf("%q and %q share fingerprint (normalized %q)", tt.a, tt.b, a.normalized)
+			}
+		})
+	}
+}
+
+func TestTables(t *testing.T) {
+	tests := []struct {
+		q             string
+		reads, writes []string
+	}{
+		{"select * from users", []string{"users"}, nil},
+		{"select * from public.Users", []string{"users"}, nil},
+		{`select * from "users"`, []string{"users"}, nil},
+		{`select * from "Users"`, []string{"Users"}, nil},
+		{`select * from "we""ird"`, []string{`we"ird`}, nil},
+		{`select * from U&"d\0061ta"`, []string{"data"}, nil},
+		{"select * from a join b on true left join c.d on true", []string{"a", "b", "d"}, nil},
+		{"select * from a, b x, (select * from c) y", []string{"a", "b", "c"}, nil},
+		{"select * from a where id in (select id from b where exists (select 1 from c))", []string{"a", "b", "c"}, nil},
+		{"with x as (select * from a) select * from x join b on true", []string{"a", "b"}, nil},
+		{"with users as (select * from users) select * from users", []string{"users"}, nil},
+		{"with recursive r as (select 1 union select * from r) select * from r", nil, nil},
+		{"select * from (with x as (select 1) select * from x) s, x", []string{"x"}, nil},
+		{"select * from generate_series(1, 3) g join t on true", []string{"t"}, nil},
+		{"select * from f() as x(a int), lateral unnest(x.a)", nil, nil},
+		{"select extract(epoch from ts) from t", []string{"t"}, nil},
+		{"select * from ((a join b on true) join c on true)", []string{"a", "b", "c"}, nil},
+		{"table t", []string{"t"}, nil},
+		{"insert into t select * from u", []string{"u"}, []string{"t"}},
+		{"insert into t (a) values (1) on conflict (a) do update set a = 1, b = 2", nil, []string{"t"}},
+		{"update t set a = 1 from u, v where u.id = t.id", []string{"u", "v"}, []string{"t"}},
+		{"delete from t using u, public.V where true", []string{"u", "v"}, []string{"t"}},
+		{"merge into t using u on t.id = u.id when matched then delete", []string{"u"}, []string{"t"}},
+		{"truncate table only a, b * , public.c cascade", nil, []string{"a", "b", "c"}},
+		{"copy t from stdin", nil, []string{"t"}},
+		{"copy t to stdout", []string{"t"}, nil},
+		{"copy (select * from t) to stdout", []string{"t"}, nil},
+		{"alter table t rename to u", nil, []string{"t", "u"}},
+		{"drop table if exists a, b", nil, []string{"a", "b"}},
+		{"create index i on t (a)", nil, nil},
+		{"drop index i", nil, nil},
+		{"create table t as select * from u", []string{"u"}, []string{"t"}},
+		{"create materialized view m as select * from u", []string{"u"}, []string{"m"}},
+		{"refresh materialized view concurrently m", nil, []string{"m"}},
+		{"select * into n from t", []string{"t"}, []string{"n"}},
+		{"with x as (update t set a = 1 returning *) select * from x", nil, []string{"t"}},
+		{"with x as (delete from t returning *) insert into u select * from x", nil, []string{"t", "u"}},
+		{"insert into a values (1); update b set x = 1; delete from c", nil, []string{"a", "b", "c"}},
+		{"explain analyze update t set a = 1", nil, []string{"t"}},
+		{"explain update t set a = 1", nil, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.q, func(t *testing.T) {
+			a := analyzeUncached(tt.q)
+			if !slices.Equal(a.reads, tt.reads) || !slices.Equal(a.writes, tt.writes) {
+				t.Errorf("reads %q writes %q, want %q %q", a.reads, a.writes, tt.reads, tt.writes)
+			}
+		})
+	}
+}
+
+func TestFlags(t *testing.T) {
+	tests := []struct {
+		q     string
+		check func(a *analysis) bool
+	}{
+		{"call p()", func(a *analysis) bool { return a.unknownWrite && a.kind == kindCall }},
+		{"do $$ begin end $$", func(a *analysis) bool { return a.unknownWrite && a.kind == kindDo }},
+		{"execute p(1)", func(a *analysis) bool { return a.unknownWrite }},
+		{"frobnicate t", func(a *analysis) bool { return a.unknownWrite && a.kind == kindOther }},
+		{"drop schema s cascade", func(a *analysis) bool { return a.unknownWrite && a.ddl }},
+		{"truncate t cascade", func(a *analysis) bool { return a.cascade && a.unknownWrite }},
+		{"truncate t", func(a *analysis) bool { return !a.cascade && !a.unknownWrite }},
+		{"set search_path = x", func(a *analysis) bool { return a.sessionChange && a.kind == kindSession }},
+		{"set local role bob", func(a *analysis) bool { return a.sessionChange }},
+		{"set session authorization bob", func(a *analysis) bool { return a.sessionChange }},
+		{"reset all", func(a *analysis) bool { return a.sessionChange }},
+		{"discard all", func(a *analysis) bool { return a.sessionChange }},
+		{"set transaction read only", func(a *analysis) bool { return a.txControl && !a.sessionChange }},
+		{"select set_config('search_path', 'x', false)", func(a *analysis) bool { return a.sessionChange }},
+		{"begin; select 1; commit", func(a *analysis) bool { return a.txControl && a.multi && a.kind == kindTx }},
+		{"savepoint s", func(a *analysis) bool { return a.txControl }},
+		{"alter table t add c int", func(a *analysis) bool { return a.ddl }},
+		{"create index on t(a)", func(a *analysis) bool { return a.ddl && len(a.writes) == 0 }},
+		{"select * from t for no key update", func(a *analysis) bool { return a.locking }},
+		{"lock table t", func(a *analysis) bool { return a.locking && a.kind == kindLock }},
+		{"select my_fn(a), public.other(b), count(*), pg_catalog.lower(c) from t", func(a *analysis) bool {
+			return slices.Equal(a.functions, []string{"my_fn", "public.other"})
+		}},
+		{"  ;; -- nothing\n", func(a *analysis) bool { return a.kind == kindEmpty && !a.multi }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.q, func(t *testing.T) {
+			if a := analyzeUncached(tt.q); !tt.check(a) {
+				t.Errorf("unexpected analysis: %+v", *a)
+			}
+		})
+	}
+}
+
+func TestCacheability(t *testing.T) {
+	tests := []struct {
+		q      string
+		reason string // substring; "" means cacheable
+		nondet bool
+	}{
+		{"select * from t where id = $1", "", false},
+		{"values (1)", "", false},
+		{"with x as (select * from t) select * from x", "", false},
+		{"select * from t where x.user_id = $1", "", false},
+		{"select * from t for update", "locking", false},
+		{"select * from t for share", "locking", false},
+		{"with x as (delete from t returning *) select * from x", "writes", false},
+		{"select 1; select 2", "more than one", false},
+		{"insert into t values (1)", "not a read-only query", false},
+		{"select * into n from t", "SELECT INTO", false},
+		{"select * from pg_temp.x", "temporary", false},
+		{"select * from pg_catalog.pg_class", "catalog", false},
+		{"select * from information_schema.tables", "catalog", false},
+		{"select * from pg_stat_activity", "catalog", false},
+		{"", "empty", false},
+		{"select set_config('a.b', '1', false)", "session", false},
+		{"select now()", "now", true},
+		{"select * from t where ts > CURRENT_TIMESTAMP", "current_timestamp", true},
+		{"select localtimestamp", "localtimestamp", true},
+		{"select random()", "random", true},
+		{"select clock_timestamp()", "clock_timestamp", true},
+		{"select statement_timestamp()", "statement_timestamp", true},
+		{"select timeofday()", "timeofday", true},
+		{"select nextval('s')", "nextval", true},
+		{"select currval('s')", "currval", true},
+		{"select txid_current()", "txid_current", true},
+		{"select pg_current_xact_id()", "pg_current_xact_id", true},
+		{"select pg_sleep(1)", "pg_sleep", true},
+		{"select gen_random_uuid()", "gen_random_uuid", true},
+		{"select uuid_generate_v4()", "uuid_generate_v4", true},
+		{"select current_user", "current_user", true},
+		{"select session_user", "session_user", true},
+		{"select user", "user", true},
+		{"select current_role", "current_role", true},
+		{"select current_setting('x')", "current_setting", true},
+		{"select inet_client_addr()", "inet_client_addr", true},
+		{"select pg_backend_pid()", "pg_backend_pid", true},
+		{"select age(ts) from t", "age", true},
+		{"select age(a, b) from t", "", false},
+		{"select pg_catalog.now()", "now", true},
+		{`select "user" from t`, "", false},
+		{"select t.user from t", "", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.q, func(t *testing.T) {
+			a := analyzeUncached(tt.q)
+			if tt.reason == "" && a.notCacheable != "" || !strings.Contains(a.notCacheable, tt.reason) {
+				t.Errorf("notCacheable %q, want it to contain %q", a.notCacheable, tt.reason)
+			}
+			if a.nondeterministic != tt.nondet {
+				t.Errorf("nondeterministic %v, want %v", a.nondeterministic, tt.nondet)
+			}
+		})
+	}
+}
+
+func TestKinds(t *testing.T) {
+	tests := map[string]stmtKind{
+		"select 1": kindSelect, "(select 1)": kindSelect, "values (1)": kindValues,
+		"with x as (select 1) insert into t select * from x": kindInsert,
+		"update t set a = 1": kindUpdate, "delete from t": kindDelete,
+		"merge into t using u on true when matched then delete": kindMerge,
+		"truncate t": kindTruncate, "copy t from stdin": kindCopyFrom, "copy t to stdout": kindCopyTo,
+		"create table t (a int)": kindDDL, "set x = 1": kindSession, "commit": kindTx,
+		"call p()": kindCall, "do $$ $$": kindDo, "lock t": kindLock, "show all": kindOther,
+		"": kindEmpty,
+	}
+	for q, want := range tests {
+		t.Run(q, func(t *testing.T) {
+			if got := analyzeUncached(q).kind; got != want {
+				t.Errorf("kind %v, want %v", got, want)
+			}
+		})
+	}
+}
+
+func TestAnalyzeMemo(t *testing.T) {
+	q := "select * from memo_test where id = $1"
+	a := analyze(q)
+	if b := analyze(q); a != b {
+		t.Error("second analyze did not come from the memo")
+	}
+	if n := testing.AllocsPerRun(100, func() { analyze(q) }); n != 0 {
+		t.Errorf("memoized analyze allocates %v times", n)
+	}
+}
+
+// TestAnalyzeMemoBounded fills the memo past its cap concurrently.
+func TestAnalyzeMemoBounded(t *testing.T) {
+	var wg sync.WaitGroup
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < memoShards*memoShardCap/2; i++ {
+				analyze("select " + strings.Repeat("x", g) + itoa(i))
+			}
+		}()
+	}
+	wg.Wait()
+	for i := range memo.shards {
+		sh := &memo.shards[i]
+		sh.mu.RLock()
+		n := len(sh.m)
+		sh.mu.RUnlock()
+		if n > memoShardCap {
+			t.Fatalf("shard %d holds %d entries, cap %d", i, n, memoShardCap)
+		}
+	}
+}
+
+func itoa(i int) string {
+	if i == 0 {
+		return "0"
+	}
+	var b []byte
+	for ; i > 0; i /= 10 {
+		b = append([]byte{byte('0' + i%10)}, b...)
+	}
+	return string(b)
+}
+
+func TestExplain(t *testing.T) {
+	e := Explain("SELECT * FROM Users WHERE id = $1")
+	if !e.Cacheable || e.Reason != "" || e.Kind != "select" || !slices.Equal(e.ReadTables, []string{"users"}) ||
+		e.Normalized != "select * from users where id = $1" || len(e.Fingerprint) != 32 {
+		t.Errorf("Explain = %+v", e)
+	}
+	e = Explain("update t set a = 1")
+	if e.Cacheable || e.Reason == "" || !slices.Equal(e.WriteTables, []string{"t"}) {
+		t.Errorf("Explain = %+v", e)
+	}
+	e.WriteTables[0] = "changed"
+	if analyze("update t set a = 1").writes[0] != "t" {
+		t.Error("Explain shares its slices with the memo")
+	}
+}

@@ -1,0 +1,115 @@
+package cachedpq
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/sony/gobreaker/v2"
+)
+
+// Breaker settings: open after this many consecutive failures, probe again
+// after breakerOpenFor.
+const (
+	breakerTrip    = 5
+	breakerOpenFor = time.Second
+)
+
+// errBreakerOpen reports a cache call skipped because the breaker is open.
+var errBreakerOpen = errors.New("cachedpq: cache circuit breaker open")
+
+// guarded runs every call to a shared cache through a circuit breaker, so
+// that while the cache is down callers skip it at no cost instead of each
+// waiting for a timeout.
+type guarded struct {
+	inner backend
+	cb    *gobreaker.TwoStepCircuitBreaker[struct{}]
+}
+
+var _ backend = (*guarded)(nil)
+
+func newGuarded(inner backend, onChange func(from, to gobreaker.State)) *guarded {
+	return &guarded{inner: inner, cb: gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
+		Name:        "cachedpq",
+		MaxRequests: 1,
+		Timeout:     breakerOpenFor,
+		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= breakerTrip },
+		IsSuccessful: func(err error) bool {
+			var corrupt errCorruptEntry
+			return err == nil || errors.As(err, &corrupt) // the cache answered
+		},
+		IsExcluded:    func(err error) bool { return errors.Is(err, context.Canceled) },
+		OnStateChange: func(_ string, from, to gobreaker.State) { onChange(from, to) },
+	})}
+}
+
+// allow asks the breaker; the returned func reports the outcome.
+func (g *guarded) allow() (func(error), error) {
+	done, err := g.cb.Allow()
+	if err != nil {
+		return nil, errBreakerOpen
+	}
+	return done, nil
+}
+
+func (g *guarded) open() bool { return g.cb.State() == gobreaker.StateOpen }
+
+func (g *guarded) lookup(ctx context.Context, key string, tags []string, buf []uint64) (*entry, []uint64, error) {
+	done, err := g.allow()
+	if err != nil {
+		return nil, nil, err
+	}
+	e, s, err := g.inner.lookup(ctx, key, tags, buf)
+	done(err)
+	return e, s, err
+}
+
+func (g *guarded) readStamps(ctx context.Context, tags []string) ([]uint64, error) {
+	done, err := g.allow()
+	if err != nil {
+		return nil, err
+	}
+	s, err := g.inner.readStamps(ctx, tags)
+	done(err)
+	return s, err
+}
+
+func (g *guarded) fill(ctx context.Context, key string, e *entry, ttl time.Duration, tags []string) error {
+	return g.run(func() error { return g.inner.fill(ctx, key, e, ttl, tags) })
+}
+
+func (g *guarded) bump(ctx context.Context, tags []string) error {
+	return g.run(func() error { return g.inner.bump(ctx, tags) })
+}
+
+func (g *guarded) purge(ctx context.Context, tags []string) error {
+	return g.run(func() error { return g.inner.purge(ctx, tags) })
+}
+
+func (g *guarded) remove(ctx context.Context, keys ...string) error {
+	return g.run(func() error { return g.inner.remove(ctx, keys...) })
+}
+
+func (g *guarded) acquireLease(ctx context.Context, key string, ttl time.Duration) (uint64, bool, error) {
+	done, err := g.allow()
+	if err != nil {
+		return 0, false, err
+	}
+	tok, ok, err := g.inner.acquireLease(ctx, key, ttl)
+	done(err)
+	return tok, ok, err
+}
+
+func (g *guarded) releaseLease(ctx context.Context, key string, token uint64) error {
+	return g.run(func() error { return g.inner.releaseLease(ctx, key, token) })
+}
+
+func (g *guarded) run(op func() error) error {
+	done, err := g.allow()
+	if err != nil {
+		return err
+	}
+	err = op()
+	done(err)
+	return err
+}

@@ -1,0 +1,222 @@
+package cachedpq
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"io"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+)
+
+// catalog is what cachedpq reads from pg_catalog once per Connector (and
+// again after DDL): which tables a write reaches beyond those it names, and
+// which user functions are volatile. Tags are bare relation names, folded
+// like the SQL analysis folds them.
+type catalog struct {
+	cascades  map[string][]string // table -> tables whose rows its UPDATE/DELETE changes through ON ... CASCADE/SET NULL/SET DEFAULT
+	referrers map[string][]string // table -> every table with a foreign key to it (TRUNCATE ... CASCADE)
+	bases     map[string][]string // view or materialized view -> the relations it reads
+	volatile  map[string]bool     // user function name, bare and schema-qualified -> any overload is volatile
+}
+
+// catalogCache holds the current catalog of a Connector.
+type catalogCache struct {
+	cur    atomic.Pointer[catalog] // nil until loaded, and after DDL
+	loadMu sync.Mutex              // serializes loads, so that one conn loads
+}
+
+// reset drops the catalog after DDL; the next write or read reloads it.
+func (cc *catalogCache) reset() { cc.cur.Store(nil) }
+
+// catalog returns the current catalog, loading it on c if needed. c is
+// free: the engine calls this between statements.
+func (e *engine) catalog(ctx context.Context, c *conn) (*catalog, error) {
+	if cat := e.cat.cur.Load(); cat != nil {
+		return cat, nil
+	}
+	e.cat.loadMu.Lock()
+	defer e.cat.loadMu.Unlock()
+	if cat := e.cat.cur.Load(); cat != nil {
+		return cat, nil
+	}
+	cat, err := loadCatalog(ctx, c.inner)
+	if err != nil {
+		e.opts.Logger.Warn("cachedpq: cannot read pg_catalog; writes invalidate everything", "err", err)
+		return nil, err
+	}
+	e.cat.cur.Store(cat)
+	return cat, nil
+}
+
+const (
+	fkQuery = `select ch.relname, pa.relname, con.confdeltype, con.confupdtype
+		from pg_catalog.pg_constraint con
+		join pg_catalog.pg_class ch on ch.oid = con.conrelid
+		join pg_catalog.pg_class pa on pa.oid = con.confrelid
+		where con.contype = 'f'`
+	viewQuery = `select distinct v.relname, t.relname
+		from pg_catalog.pg_rewrite r
+		join pg_catalog.pg_class v on v.oid = r.ev_class
+		join pg_catalog.pg_depend d on d.objid = r.oid
+			and d.classid = 'pg_catalog.pg_rewrite'::regclass
+			and d.refclassid = 'pg_catalog.pg_class'::regclass
+		join pg_catalog.pg_class t on t.oid = d.refobjid
+		where v.relkind in ('v', 'm') and t.oid <> v.oid`
+	funcQuery = `select n.nspname, p.proname, bool_or(p.provolatile = 'v')
+		from pg_catalog.pg_proc p
+		join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+		where n.nspname not in ('pg_catalog', 'information_schema')
+		group by 1, 2`
+)
+
+func loadCatalog(ctx context.Context, ci driver.Conn) (*catalog, error) {
+	cat := &catalog{
+		cascades:  map[string][]string{},
+		referrers: map[string][]string{},
+		bases:     map[string][]string{},
+		volatile:  map[string]bool{},
+	}
+	err := catalogRows(ctx, ci, fkQuery, func(r []driver.Value) {
+		child, parent := str(r[0]), str(r[1])
+		cat.referrers[parent] = appendNew(cat.referrers[parent], child)
+		if changesChild(str(r[2])) || changesChild(str(r[3])) {
+			cat.cascades[parent] = appendNew(cat.cascades[parent], child)
+		}
+	})
+	if err == nil {
+		err = catalogRows(ctx, ci, viewQuery, func(r []driver.Value) {
+			cat.bases[str(r[0])] = appendNew(cat.bases[str(r[0])], str(r[1]))
+		})
+	}
+	if err == nil {
+		err = catalogRows(ctx, ci, funcQuery, func(r []driver.Value) {
+			v, _ := r[2].(bool)
+			cat.volatile[str(r[1])] = cat.volatile[str(r[1])] || v
+			cat.volatile[str(r[0])+"."+str(r[1])] = v
+		})
+	}
+	return cat, err
+}
+
+// changesChild reports a referential action that writes the referencing
+// rows: cascade, set null, set default (not no action or restrict).
+func changesChild(action string) bool { return action == "c" || action == "n" || action == "d" }
+
+func str(v driver.Value) string {
+	switch s := v.(type) {
+	case string:
+		return s
+	case []byte:
+		return string(s)
+	}
+	return ""
+}
+
+func appendNew(list []string, s string) []string {
+	if slices.Contains(list, s) {
+		return list
+	}
+	return append(list, s)
+}
+
+var errNoQueryer = errors.New("cachedpq: inner connection cannot run catalog queries")
+
+// catalogRows runs a catalog query on the inner connection.
+func catalogRows(ctx context.Context, ci driver.Conn, query string, each func([]driver.Value)) error {
+	q, ok := ci.(driver.QueryerContext)
+	if !ok {
+		return errNoQueryer
+	}
+	rows, err := q.QueryContext(ctx, query, nil)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	dest := make([]driver.Value, len(rows.Columns()))
+	for {
+		if err := rows.Next(dest); err != nil {
+			if err == io.EOF {
+				return nil
+			}
+			return err
+		}
+		each(dest)
+	}
+}
+
+// reach returns tags with every table a write to them also changes:
+// foreign-key cascades (all referencing tables for TRUNCATE ... CASCADE)
+// and, for writes through a view, its base tables; transitively.
+func (cat *catalog) reach(tags []string, truncateCascade bool) []string {
+	out := slices.Clone(tags)
+	for i := 0; i < len(out); i++ {
+		t := out[i]
+		next := cat.cascades[t]
+		if truncateCascade {
+			next = cat.referrers[t]
+		}
+		for _, n := range slices.Concat(next, cat.bases[t]) {
+			out = appendNew(out, n)
+		}
+	}
+	return out
+}
+
+// readTags returns tags with the base relations of every view among them,
+// transitively: an entry of a view depends on its tables.
+func (cat *catalog) readTags(tags []string) []string {
+	out := slices.Clone(tags)
+	for i := 0; i < len(out); i++ {
+		for _, b := range cat.bases[out[i]] {
+			out = appendNew(out, b)
+		}
+	}
+	return out
+}
+
+// anyVolatile reports whether one of the functions, as the analysis wrote
+// them (lower-cased, schema-qualified if written so), is a volatile user
+// function.
+func (cat *catalog) anyVolatile(fns []string) bool {
+	for _, f := range fns {
+		if cat.volatile[f] {
+			return true
+		}
+		if i := strings.LastIndexByte(f, '.'); i >= 0 && cat.volatile[f[i+1:]] {
+			return true
+		}
+	}
+	return false
+}
+
+// regTags is a registration's tags resolved against one catalog.
+type regTags struct {
+	cat      *catalog
+	tags     []string // read tables, views' bases, policy tags, then the epoch
+	volatile bool     // the query calls a volatile user function
+}
+
+// tagsFor returns the tags an entry of reg depends on, the epoch last, and
+// false if reg must not be cached (it calls a volatile function, or the
+// catalog cannot be read to see what its views read).
+func (e *engine) tagsFor(ctx context.Context, c *conn, reg *registration) ([]string, bool) {
+	if e.opts.NoCatalog {
+		return reg.epochTags, true
+	}
+	if v, ok := e.resolved.Load(reg); ok {
+		if rt := v.(*regTags); rt.cat == e.cat.cur.Load() {
+			return rt.tags, !rt.volatile
+		}
+	}
+	cat, err := e.catalog(ctx, c)
+	if err != nil {
+		return nil, false
+	}
+	tags := append(cat.readTags(reg.tags), epochTag)
+	rt := &regTags{cat: cat, tags: tags, volatile: cat.anyVolatile(reg.a.functions)}
+	e.resolved.Store(reg, rt)
+	return rt.tags, !rt.volatile
+}

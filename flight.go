@@ -1,0 +1,105 @@
+package cachedpq
+
+import (
+	"context"
+	"sync"
+)
+
+// flight is one load of a missing entry that concurrent readers of the same
+// key share. The first reader leads: its query runs under the flight's own
+// context, which ends only once the leader and every waiter have given up,
+// so a leader whose context ends does not fail or cancel the others.
+type flight struct {
+	done chan struct{} // closed by finish
+	ent  *entry        // the loaded entry; nil if the load failed or was not cacheable
+
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu      sync.Mutex // guards parties and ended
+	parties int        // the leader and the waiters still interested
+	ended   bool
+}
+
+// flightGroup holds the flights in progress, by key and the stamps their
+// readers saw: a reader joins only a flight whose leader saw the same stamps,
+// so a load that began before a write this process committed is never
+// handed to a reader that began after it.
+type flightGroup struct {
+	mu      sync.Mutex // guards flights
+	flights map[string]*flight
+}
+
+// join returns the flight for id and whether the caller leads it. A leader
+// must call finish exactly once; a waiter that gives up calls leave.
+func (g *flightGroup) join(id string, leaderCtx context.Context) (*flight, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if f, ok := g.flights[id]; ok && f.addParty() {
+		return f, false
+	}
+	if g.flights == nil {
+		g.flights = make(map[string]*flight)
+	}
+	f := &flight{done: make(chan struct{}), parties: 1}
+	f.ctx, f.cancel = context.WithCancel(context.WithoutCancel(leaderCtx))
+	g.flights[id] = f
+	return f, true
+}
+
+// forget removes f from the group, so that later readers start afresh.
+func (g *flightGroup) forget(id string, f *flight) {
+	g.mu.Lock()
+	if g.flights[id] == f {
+		delete(g.flights, id)
+	}
+	g.mu.Unlock()
+}
+
+// addParty registers a waiter; it fails once the flight has ended.
+func (f *flight) addParty() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.ended {
+		return false
+	}
+	f.parties++
+	return true
+}
+
+// leave drops one party; when none is left the load is cancelled.
+func (f *flight) leave() {
+	f.mu.Lock()
+	f.parties--
+	last := f.parties == 0 && !f.ended
+	f.mu.Unlock()
+	if last {
+		f.cancel()
+	}
+}
+
+// finish publishes the result (nil: waiters must load for themselves) and
+// releases the flight's context.
+func (f *flight) finish(ent *entry) {
+	f.mu.Lock()
+	if f.ended {
+		f.mu.Unlock()
+		return
+	}
+	f.ended = true
+	f.ent = ent
+	f.mu.Unlock()
+	close(f.done)
+	f.cancel()
+}
+
+// wait blocks until the flight ends or ctx does.
+func (f *flight) wait(ctx context.Context) (*entry, error) {
+	select {
+	case <-f.done:
+		return f.ent, nil
+	case <-ctx.Done():
+		f.leave()
+		return nil, ctx.Err()
+	}
+}

@@ -1,0 +1,341 @@
+package cachedpq
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"reflect"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/lib/pq"
+)
+
+// writeSet collects the tags a statement or transaction wrote.
+type writeSet struct {
+	tags []string
+	all  bool // an unknown write: the whole namespace
+}
+
+func (w *writeSet) add(tags ...string) {
+	for _, t := range tags {
+		if !slices.Contains(w.tags, t) {
+			w.tags = append(w.tags, t)
+		}
+	}
+}
+
+func (w *writeSet) merge(o *writeSet) {
+	w.add(o.tags...)
+	w.all = w.all || o.all
+}
+
+func (w *writeSet) empty() bool { return !w.all && len(w.tags) == 0 }
+
+// list is the tags to bump: the written tables, and the epoch for an
+// unknown write.
+func (w *writeSet) list() []string {
+	if w.all {
+		return append(slices.Clone(w.tags), epochTag)
+	}
+	return w.tags
+}
+
+// mayWrite reports whether a statement can change data or the session, so
+// that the engine must look at it after it runs. Plain reads skip all of it.
+func mayWrite(a *analysis) bool {
+	return len(a.writes) > 0 || a.unknownWrite || a.sessionChange || a.txControl ||
+		a.ddl || len(a.functions) > 0
+}
+
+// afterWrite runs once a statement succeeded: it notes session changes and
+// invalidates what the statement wrote — now outside a transaction, at
+// commit inside one.
+func (e *engine) afterWrite(ctx context.Context, c *conn, a *analysis) {
+	if a.sessionChange {
+		c.dirty = true
+	}
+	var w writeSet
+	e.writesOf(ctx, c, a, &w)
+	if a.ddl {
+		e.cat.reset()
+	}
+	if a.txControl {
+		e.txStatement(ctx, c, a, &w)
+		return
+	}
+	switch {
+	case w.empty():
+	case c.tx != nil:
+		c.tx.writes.merge(&w)
+	case c.rawTx:
+		c.rawWrites.merge(&w)
+	default:
+		e.invalidate(ctx, &w)
+	}
+}
+
+// txStatement follows a transaction opened or closed by SQL text (BEGIN,
+// COMMIT, ROLLBACK) instead of BeginTx.
+func (e *engine) txStatement(ctx context.Context, c *conn, a *analysis, w *writeSet) {
+	if a.multi {
+		// Which statement committed what cannot be told apart: invalidate
+		// now, again at any later COMMIT, and stop caching on this conn.
+		c.dirty, c.rawTx = true, true
+		c.rawWrites.merge(w)
+		e.invalidate(ctx, w)
+		return
+	}
+	switch q := a.normalized; {
+	case strings.HasPrefix(q, "begin"), strings.HasPrefix(q, "start transaction"):
+		c.rawTx = true
+	case strings.HasPrefix(q, "commit prepared"):
+		e.invalidate(ctx, &writeSet{all: true}) // its writes were not seen here
+	case strings.HasPrefix(q, "commit"), strings.HasPrefix(q, "end"):
+		c.rawTx = strings.Contains(q, "and chain") && !strings.Contains(q, "and no chain")
+		e.invalidate(ctx, &c.rawWrites)
+		c.rawWrites = writeSet{}
+	case strings.HasPrefix(q, "rollback to"), strings.HasPrefix(q, "savepoint"), strings.HasPrefix(q, "release"):
+	case strings.HasPrefix(q, "rollback"), strings.HasPrefix(q, "abort"), strings.HasPrefix(q, "prepare transaction"):
+		c.rawTx = strings.Contains(q, "and chain") && !strings.Contains(q, "and no chain")
+		c.rawWrites = writeSet{}
+	}
+}
+
+// writesOf adds to w the tags a statement wrote: the tables its text names,
+// the tables foreign keys cascade to, the base tables of written views, and
+// the whole namespace for writes the text cannot show.
+func (e *engine) writesOf(ctx context.Context, c *conn, a *analysis, w *writeSet) {
+	if a.unknownWrite {
+		w.all = true
+		return
+	}
+	if len(a.writes) == 0 && len(a.functions) == 0 {
+		return
+	}
+	if e.opts.NoCatalog {
+		w.add(a.writes...)
+		return
+	}
+	cat, err := e.catalog(ctx, c)
+	if err != nil {
+		w.all = true // cannot see cascades or volatility: assume the worst
+		return
+	}
+	if cat.anyVolatile(a.functions) {
+		w.all = true
+		return
+	}
+	w.add(cat.reach(a.writes, a.cascade)...)
+}
+
+// invalidate replaces the stamps of the written tags, so no entry that
+// depended on them is served again, then reclaims their entries in the
+// background. A failed invalidation is retried until it is confirmed.
+func (e *engine) invalidate(ctx context.Context, w *writeSet) {
+	if w.empty() {
+		return
+	}
+	tags := w.list()
+	bctx, cancel := e.cacheCtx(context.WithoutCancel(ctx))
+	err := e.store.bump(bctx, tags)
+	cancel()
+	if err != nil {
+		e.fail("invalidate", err)
+		e.markPending(tags)
+		return
+	}
+	e.counted(tags)
+	e.purgeLater(tags)
+}
+
+func (e *engine) counted(tags []string) {
+	e.stats.invalidations.Add(uint64(len(tags)))
+	if slices.Contains(tags, epochTag) {
+		e.stats.epochBumps.Add(1)
+	}
+}
+
+// purgeLater deletes the entries indexed under tags off the write path.
+func (e *engine) purgeLater(tags []string) {
+	tags = slices.DeleteFunc(slices.Clone(tags), func(t string) bool { return t == epochTag })
+	if len(tags) == 0 {
+		return
+	}
+	e.bg.Go(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), purgeTimeout)
+		defer cancel()
+		if err := e.store.purge(ctx, tags); err != nil {
+			e.fail("purge", err)
+		}
+	})
+}
+
+// markPending remembers tags whose invalidation failed. Until a retry
+// confirms it, together with an invalidation of the whole namespace, this
+// process serves no hit: an entry it would serve may predate the write.
+func (e *engine) markPending(tags []string) {
+	e.pendingMu.Lock()
+	defer e.pendingMu.Unlock()
+	for _, t := range tags {
+		e.pending[t] = struct{}{}
+	}
+	e.unsure.Store(true)
+	if !e.retrying {
+		e.retrying = true
+		e.bg.Go(e.retryPending)
+	}
+}
+
+// retryPending retries failed invalidations, backing off, until the cache
+// confirms them or the Connector closes.
+func (e *engine) retryPending() {
+	wait := retryMin
+	for {
+		select {
+		case <-e.closing:
+			return
+		case <-time.After(wait):
+		}
+		tags := e.pendingTags()
+		ctx, cancel := context.WithTimeout(context.Background(), max(e.opts.Timeout, retryMin))
+		err := e.store.bump(ctx, tags)
+		cancel()
+		if err == nil && e.confirm(tags) {
+			e.opts.Logger.Info("cachedpq: pending invalidations confirmed", "tags", len(tags))
+			return
+		}
+		wait = min(wait*2, retryMax)
+	}
+}
+
+// pendingTags lists the pending tags and the epoch.
+func (e *engine) pendingTags() []string {
+	e.pendingMu.Lock()
+	defer e.pendingMu.Unlock()
+	tags := make([]string, 0, len(e.pending)+1)
+	for t := range e.pending {
+		if t != epochTag {
+			tags = append(tags, t)
+		}
+	}
+	return append(tags, epochTag)
+}
+
+// confirm drops bumped tags from pending; it reports whether none is left,
+// in which case the retry loop ends and hits are served again.
+func (e *engine) confirm(bumped []string) bool {
+	e.pendingMu.Lock()
+	defer e.pendingMu.Unlock()
+	for _, t := range bumped {
+		delete(e.pending, t)
+	}
+	e.counted(bumped)
+	if len(e.pending) > 0 {
+		return false
+	}
+	e.retrying = false
+	e.unsure.Store(false)
+	return true
+}
+
+// InvalidateTables invalidates every entry that depends on the named
+// tables, for writes the driver cannot see (a script, another
+// application). Names are folded as in SQL. It is safe for concurrent use.
+func (c *Connector) InvalidateTables(ctx context.Context, tables ...string) error {
+	tags, err := foldTags(tables)
+	if err != nil {
+		return fmt.Errorf("cachedpq: invalidate: %w", err)
+	}
+	return c.eng.invalidateNow(ctx, tags)
+}
+
+// InvalidateAll invalidates every entry in the Connector's namespace, in
+// every process that shares it. It is safe for concurrent use.
+func (c *Connector) InvalidateAll(ctx context.Context) error {
+	return c.eng.invalidateNow(ctx, []string{epochTag})
+}
+
+func (e *engine) invalidateNow(ctx context.Context, tags []string) error {
+	if len(tags) == 0 {
+		return nil
+	}
+	bctx, cancel := e.cacheCtx(ctx)
+	err := e.store.bump(bctx, tags)
+	cancel()
+	if err != nil {
+		e.markPending(tags)
+		return fmt.Errorf("cachedpq: invalidate: %w", err)
+	}
+	e.counted(tags)
+	e.purgeLater(tags)
+	return nil
+}
+
+// InvalidateQuery removes the entry of one registered query with its
+// arguments. It is safe for concurrent use.
+func (c *Connector) InvalidateQuery(ctx context.Context, query string, args ...any) error {
+	a := analyze(query)
+	reg := c.eng.reg.lookup(a)
+	if reg == nil {
+		return fmt.Errorf("cachedpq: invalidate: query not registered: %q", query)
+	}
+	named := make([]driver.NamedValue, len(args))
+	for i, v := range args {
+		dv, err := driverValue(v)
+		if err != nil {
+			return fmt.Errorf("cachedpq: invalidate: argument %d: %w", i+1, err)
+		}
+		named[i] = driver.NamedValue{Ordinal: i + 1, Value: dv}
+	}
+	key, _, ok := appendKey(nil, c.eng.opts.Prefix, reg.name, c.eng.id, reg.a, named)
+	if !ok {
+		return errors.New("cachedpq: invalidate: arguments cannot be keyed")
+	}
+	rctx, cancel := c.eng.cacheCtx(ctx)
+	defer cancel()
+	if err := c.eng.store.remove(rctx, string(key)); err != nil {
+		return fmt.Errorf("cachedpq: invalidate: %w", err)
+	}
+	return nil
+}
+
+// driverValue converts an argument the way database/sql and lib/pq do
+// before a query reaches the driver, so the key matches the query's.
+func driverValue(v any) (driver.Value, error) {
+	if vr, ok := v.(driver.Valuer); ok {
+		return vr.Value()
+	}
+	rv := reflect.ValueOf(v)
+	if rv.Kind() == reflect.Slice && rv.Type().Elem().Kind() != reflect.Uint8 {
+		return pq.Array(v).Value()
+	}
+	if u, ok := v.(uint64); ok && u >= 1<<63 {
+		return fmt.Sprint(u), nil
+	}
+	return driver.DefaultParameterConverter.ConvertValue(v)
+}
+
+// ConnectorOf returns the Connector behind a DB opened with the "cachedpq"
+// driver or OpenDB, for its Stats and Invalidate methods.
+func ConnectorOf(db *sql.DB) (*Connector, error) {
+	sc, err := db.Conn(context.Background())
+	if err != nil {
+		return nil, err
+	}
+	defer sc.Close()
+	var c *Connector
+	sc.Raw(func(dc any) error {
+		if cc, ok := dc.(*conn); ok {
+			c = cc.c
+		}
+		return nil
+	})
+	if c == nil {
+		return nil, errors.New("cachedpq: the DB does not use the cachedpq driver")
+	}
+	return c, nil
+}

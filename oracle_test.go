@@ -1,0 +1,297 @@
+//go:build cgo
+
+package cachedpq
+
+// The differential test: the server's own grammar (libpg_query, through
+// pg_query_go, which needs cgo) is the oracle for statement kinds and
+// written tables. The library never imports it.
+
+import (
+	"bufio"
+	"encoding/json"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+
+	pgquery "github.com/pganalyze/pg_query_go/v6"
+)
+
+// TestOracle requires the same statement kind and the same write tags from
+// analyze and from libpg_query, for the corpus and variations of it.
+func TestOracle(t *testing.T) {
+	for _, q := range readCorpus(t) {
+		for name, v := range variations(q) {
+			t.Run(name+"/"+q, func(t *testing.T) { compareWithOracle(t, v) })
+		}
+	}
+}
+
+// compareWithOracle checks one SQL string.
+func compareWithOracle(t *testing.T, q string) {
+	t.Helper()
+	raw, err := pgquery.ParseToJSON(q)
+	if err != nil && !strings.HasPrefix(t.Name(), "TestOracle/plain/") {
+		t.Skipf("oracle cannot parse this respelling of %q: %v", q, err)
+	}
+	if err != nil {
+		t.Fatalf("oracle cannot parse %q: %v", q, err)
+	}
+	var tree struct {
+		Stmts []struct {
+			Stmt map[string]any `json:"stmt"`
+		} `json:"stmts"`
+	}
+	if err := json.Unmarshal([]byte(raw), &tree); err != nil {
+		t.Fatal(err)
+	}
+	wantKind := kindEmpty
+	var wantWrites []string
+	for i, s := range tree.Stmts {
+		if i == 0 {
+			wantKind = oracleKind(s.Stmt)
+		}
+		oracleWrites(s.Stmt, &wantWrites)
+	}
+	a := analyzeUncached(q)
+	if a.kind != wantKind {
+		t.Errorf("%q: kind %v, oracle says %v", q, a.kind, wantKind)
+	}
+	got := slices.Sorted(slices.Values(a.writes))
+	want := slices.Compact(slices.Sorted(slices.Values(wantWrites)))
+	if !slices.Equal(got, want) {
+		t.Errorf("%q: writes %q, oracle says %q", q, got, want)
+	}
+}
+
+// readCorpus reads testdata/oracle_corpus.txt, one statement per line.
+func readCorpus(t *testing.T) []string {
+	t.Helper()
+	f, err := os.Open("testdata/oracle_corpus.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if line := strings.TrimSpace(sc.Text()); line != "" && !strings.HasPrefix(line, "#") {
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
+// variations returns q as written and respelled: keywords and unquoted
+// names in upper case, comments and line breaks between tokens, a leading
+// line comment and a trailing semicolon. The lexer only finds token
+// boundaries here; the oracle judges the result.
+func variations(q string) map[string]string {
+	l := newLexer(q)
+	var upper, spaced strings.Builder
+	for tok := l.next(); tok.kind != tokEOF; tok = l.next() {
+		text := q[tok.start:tok.end]
+		if tok.kind == tokIdent {
+			upper.WriteString(strings.ToUpper(text))
+		} else {
+			upper.WriteString(text)
+		}
+		upper.WriteByte(' ')
+		spaced.WriteString(text)
+		spaced.WriteString(" /* c /* nested */ */\n\t")
+	}
+	return map[string]string{
+		"plain":   q,
+		"upper":   upper.String(),
+		"spaced":  spaced.String(),
+		"comment": "-- leading comment\n" + q + ";",
+	}
+}
+
+// tableish are the object types whose DDL changes a relation's rows or
+// resolution.
+var tableish = map[string]bool{"OBJECT_TABLE": true, "OBJECT_VIEW": true,
+	"OBJECT_MATVIEW": true, "OBJECT_FOREIGN_TABLE": true}
+
+// oracleKind maps a parse tree node to a statement kind.
+func oracleKind(stmt map[string]any) stmtKind {
+	for name, v := range stmt {
+		n, _ := v.(map[string]any)
+		return oracleKindOf(name, n)
+	}
+	return kindEmpty
+}
+
+// oracleKindOf maps one node type (and its fields) to a kind.
+func oracleKindOf(name string, n map[string]any) stmtKind {
+	switch name {
+	case "SelectStmt":
+		switch {
+		case n["intoClause"] != nil:
+			return kindDDL
+		case n["valuesLists"] != nil:
+			return kindValues
+		}
+		return kindSelect
+	case "InsertStmt":
+		return kindInsert
+	case "UpdateStmt":
+		return kindUpdate
+	case "DeleteStmt":
+		return kindDelete
+	case "MergeStmt":
+		return kindMerge
+	case "TruncateStmt":
+		return kindTruncate
+	case "CopyStmt":
+		if n["is_from"] == true {
+			return kindCopyFrom
+		}
+		return kindCopyTo
+	case "VariableSetStmt":
+		if n["name"] == "TRANSACTION" || n["name"] == "SESSION CHARACTERISTICS" {
+			return kindTx
+		}
+		return kindSession
+	}
+	return oracleUtilityKind(name)
+}
+
+// oracleUtilityKind maps the remaining node types.
+func oracleUtilityKind(name string) stmtKind {
+	switch name {
+	case "DiscardStmt":
+		return kindSession
+	case "TransactionStmt", "ConstraintsSetStmt":
+		return kindTx
+	case "CallStmt":
+		return kindCall
+	case "DoStmt":
+		return kindDo
+	case "LockStmt":
+		return kindLock
+	case "RefreshMatViewStmt", "IndexStmt", "ViewStmt", "GrantStmt", "CommentStmt", "RenameStmt",
+		"DefineStmt", "DropOwnedStmt", "ReassignOwnedStmt", "GrantRoleStmt", "SecLabelStmt",
+		"ImportForeignSchemaStmt", "RuleStmt":
+		return kindDDL
+	}
+	for _, p := range []string{"Create", "Alter", "Drop", "Composite"} {
+		if strings.HasPrefix(name, p) {
+			return kindDDL
+		}
+	}
+	return kindOther
+}
+
+// oracleWrites collects the relations a parse tree writes into out.
+func oracleWrites(node any, out *[]string) {
+	switch n := node.(type) {
+	case []any:
+		for _, v := range n {
+			oracleWrites(v, out)
+		}
+	case map[string]any:
+		for name, v := range n {
+			m, _ := v.(map[string]any)
+			if m == nil || !oracleNode(name, m, out) {
+				oracleWrites(v, out)
+			}
+		}
+	}
+}
+
+// oracleNode handles one named node; it reports whether it consumed the
+// subtree (true) or the walk should descend into it (false).
+func oracleNode(name string, n map[string]any, out *[]string) bool {
+	switch name {
+	case "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "RefreshMatViewStmt", "CreateStmt":
+		addRangeVar(n["relation"], out)
+	case "TruncateStmt":
+		for _, r := range asList(n["relations"]) {
+			addRangeVar(r.(map[string]any)["RangeVar"], out)
+		}
+	case "CopyStmt":
+		if n["is_from"] == true {
+			addRangeVar(n["relation"], out)
+		}
+	case "CreateTableAsStmt", "SelectStmt":
+		addRangeVar(field(n, "into", "rel"), out)
+		addRangeVar(field(n, "intoClause", "rel"), out)
+	case "CreateForeignTableStmt":
+		addRangeVar(field(n, "base", "relation"), out)
+	case "ViewStmt":
+		addRangeVar(n["view"], out)
+		return true
+	case "AlterTableStmt", "AlterObjectSchemaStmt":
+		if tableish[str(n["objtype"])] || tableish[str(n["objectType"])] {
+			addRangeVar(n["relation"], out)
+		}
+	case "RenameStmt":
+		oracleRename(n, out)
+	case "DropStmt":
+		oracleDrop(n, out)
+	case "ExplainStmt":
+		return !explainAnalyze(n)
+	case "PrepareStmt", "RuleStmt", "CreateFunctionStmt", "CreateTrigStmt":
+		return true
+	}
+	return false
+}
+
+// oracleRename: renaming a table writes the old and the new name; renaming
+// a column of a table writes the table.
+func oracleRename(n map[string]any, out *[]string) {
+	if tableish[str(n["renameType"])] {
+		addRangeVar(n["relation"], out)
+		*out = append(*out, str(n["newname"]))
+	} else if tableish[str(n["relationType"])] {
+		addRangeVar(n["relation"], out)
+	}
+}
+
+// oracleDrop: dropping relations writes each (the last part of its name).
+func oracleDrop(n map[string]any, out *[]string) {
+	if !tableish[str(n["removeType"])] {
+		return
+	}
+	for _, o := range asList(n["objects"]) {
+		items := asList(field(o.(map[string]any), "List", "items"))
+		last := items[len(items)-1].(map[string]any)
+		*out = append(*out, str(field(last, "String", "sval")))
+	}
+}
+
+// explainAnalyze reports whether EXPLAIN runs its statement.
+func explainAnalyze(n map[string]any) bool {
+	for _, o := range asList(n["options"]) {
+		d, _ := field(o.(map[string]any), "DefElem").(map[string]any)
+		if d["defname"] != "analyze" {
+			continue
+		}
+		arg, _ := json.Marshal(d["arg"])
+		return !strings.Contains(string(arg), "false") && !strings.Contains(string(arg), `"off"`)
+	}
+	return false
+}
+
+// addRangeVar appends the relname of a RangeVar, if v is one.
+func addRangeVar(v any, out *[]string) {
+	if m, ok := v.(map[string]any); ok && m["relname"] != nil {
+		*out = append(*out, str(m["relname"]))
+	}
+}
+
+// field walks nested objects by key.
+func field(v any, keys ...string) any {
+	for _, k := range keys {
+		m, ok := v.(map[string]any)
+		if !ok {
+			return nil
+		}
+		v = m[k]
+	}
+	return v
+}
+
+func asList(v any) []any { l, _ := v.([]any); return l }
+func str(v any) string   { s, _ := v.(string); return s }

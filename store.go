@@ -1,0 +1,74 @@
+package cachedpq
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// backend is what the engine needs of a cache: the stamp protocol over
+// decoded entries. memStore serves it directly; Redis through redisBackend,
+// which encodes and decodes.
+type backend interface {
+	// lookup returns the entry under key (nil if absent) and the current
+	// stamps of tags (0 where missing), appended to buf[:0].
+	lookup(ctx context.Context, key string, tags []string, buf []uint64) (*entry, []uint64, error)
+	// readStamps returns the stamps of tags, creating missing ones.
+	readStamps(ctx context.Context, tags []string) ([]uint64, error)
+	// fill stores e under key for ttl, indexed under tags.
+	fill(ctx context.Context, key string, e *entry, ttl time.Duration, tags []string) error
+	// bump gives tags fresh stamps: the invalidation itself.
+	bump(ctx context.Context, tags []string) error
+	// purge deletes the entries indexed under tags, to reclaim memory.
+	purge(ctx context.Context, tags []string) error
+	remove(ctx context.Context, keys ...string) error
+	acquireLease(ctx context.Context, key string, ttl time.Duration) (uint64, bool, error)
+	releaseLease(ctx context.Context, key string, token uint64) error
+}
+
+var (
+	_ backend = (*memStore)(nil)
+	_ backend = (*redisBackend)(nil)
+)
+
+// errTooLarge reports an encoded entry over the decode limit.
+var errTooLarge = errors.New("cachedpq: entry over MaxBytes")
+
+// errCorruptEntry reports bytes under an entry key that do not decode; the
+// engine treats them as a miss.
+type errCorruptEntry struct{ err error }
+
+func (e errCorruptEntry) Error() string { return e.err.Error() }
+func (e errCorruptEntry) Unwrap() error { return e.err }
+
+// redisBackend encodes entries for Redis and decodes them on lookup.
+type redisBackend struct {
+	*redisStore
+	maxBytes int // decode limit, the largest MaxBytes a policy may have
+}
+
+func (b *redisBackend) lookup(ctx context.Context, key string, tags []string, buf []uint64) (*entry, []uint64, error) {
+	val, stamps, err := b.redisStore.lookup(ctx, key, tags, buf)
+	if err != nil || val == nil {
+		return nil, stamps, err
+	}
+	e, err := decodeEntry(val, b.maxBytes)
+	if err != nil {
+		return nil, stamps, errCorruptEntry{err}
+	}
+	return e, stamps, nil
+}
+
+// fill encodes e; an entry larger than maxBytes is not stored. (Policies
+// bound what is recorded by MaxBytes; this bounds what a lookup decodes.)
+func (b *redisBackend) fill(ctx context.Context, key string, e *entry, ttl time.Duration, tags []string) error {
+	val, err := encodeEntry(nil, e)
+	if err != nil {
+		return err
+	}
+	if len(val) > b.maxBytes {
+		return errTooLarge
+	}
+	e.size = len(val)
+	return b.redisStore.fill(ctx, key, val, ttl, tags)
+}
