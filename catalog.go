@@ -79,23 +79,23 @@ func loadCatalog(ctx context.Context, ci driver.Conn) (*catalog, error) {
 		bases:     map[string][]string{},
 		volatile:  map[string]bool{},
 	}
-	err := catalogRows(ctx, ci, fkQuery, func(r []driver.Value) {
-		child, parent := str(r[0]), str(r[1])
+	err := catalogRows(ctx, ci, fkQuery, 4, func(r []driver.Value) {
+		child, parent := textOf(r[0]), textOf(r[1])
 		cat.referrers[parent] = appendNew(cat.referrers[parent], child)
-		if changesChild(str(r[2])) || changesChild(str(r[3])) {
+		if changesChild(textOf(r[2])) || changesChild(textOf(r[3])) {
 			cat.cascades[parent] = appendNew(cat.cascades[parent], child)
 		}
 	})
 	if err == nil {
-		err = catalogRows(ctx, ci, viewQuery, func(r []driver.Value) {
-			cat.bases[str(r[0])] = appendNew(cat.bases[str(r[0])], str(r[1]))
+		err = catalogRows(ctx, ci, viewQuery, 2, func(r []driver.Value) {
+			cat.bases[textOf(r[0])] = appendNew(cat.bases[textOf(r[0])], textOf(r[1]))
 		})
 	}
 	if err == nil {
-		err = catalogRows(ctx, ci, funcQuery, func(r []driver.Value) {
+		err = catalogRows(ctx, ci, funcQuery, 3, func(r []driver.Value) {
 			v, _ := r[2].(bool)
-			cat.volatile[str(r[1])] = cat.volatile[str(r[1])] || v
-			cat.volatile[str(r[0])+"."+str(r[1])] = v
+			cat.volatile[textOf(r[1])] = cat.volatile[textOf(r[1])] || v
+			cat.volatile[textOf(r[0])+"."+textOf(r[1])] = v
 		})
 	}
 	return cat, err
@@ -105,7 +105,7 @@ func loadCatalog(ctx context.Context, ci driver.Conn) (*catalog, error) {
 // rows: cascade, set null, set default (not no action or restrict).
 func changesChild(action string) bool { return action == "c" || action == "n" || action == "d" }
 
-func str(v driver.Value) string {
+func textOf(v driver.Value) string {
 	switch s := v.(type) {
 	case string:
 		return s
@@ -122,10 +122,13 @@ func appendNew(list []string, s string) []string {
 	return append(list, s)
 }
 
-var errNoQueryer = errors.New("cachedpq: inner connection cannot run catalog queries")
+var (
+	errNoQueryer    = errors.New("cachedpq: inner connection cannot run catalog queries")
+	errCatalogShape = errors.New("cachedpq: catalog query answered with unexpected columns")
+)
 
 // catalogRows runs a catalog query on the inner connection.
-func catalogRows(ctx context.Context, ci driver.Conn, query string, each func([]driver.Value)) error {
+func catalogRows(ctx context.Context, ci driver.Conn, query string, ncols int, each func([]driver.Value)) error {
 	q, ok := ci.(driver.QueryerContext)
 	if !ok {
 		return errNoQueryer
@@ -135,7 +138,10 @@ func catalogRows(ctx context.Context, ci driver.Conn, query string, each func([]
 		return err
 	}
 	defer rows.Close()
-	dest := make([]driver.Value, len(rows.Columns()))
+	if len(rows.Columns()) != ncols {
+		return errCatalogShape
+	}
+	dest := make([]driver.Value, ncols)
 	for {
 		if err := rows.Next(dest); err != nil {
 			if err == io.EOF {

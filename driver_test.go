@@ -114,7 +114,7 @@ func mockDB(t *testing.T) (*sql.DB, sqlmock.Sqlmock) {
 		t.Fatal(err)
 	}
 	inner := &driverConnector{drv: raw.Driver(), dsn: dsn}
-	db := sql.OpenDB(Wrap(inner, Options{Registry: NewRegistry()}))
+	db := sql.OpenDB(Wrap(inner, Options{Registry: NewRegistry(), NoCatalog: true}))
 	db.SetMaxOpenConns(1)
 	t.Cleanup(func() {
 		db.Close()
@@ -132,7 +132,7 @@ type driverConnector struct {
 }
 
 func (c *driverConnector) Connect(context.Context) (driver.Conn, error) { return c.drv.Open(c.dsn) }
-func (c *driverConnector) Driver() driver.Driver                         { return c.drv }
+func (c *driverConnector) Driver() driver.Driver                        { return c.drv }
 
 func TestStatementsReachTheDatabaseUnchanged(t *testing.T) {
 	db, mock := mockDB(t)
@@ -237,13 +237,13 @@ type fullConn struct{ bareConn }
 
 func (c *fullConn) QueryContext(_ context.Context, q string, _ []driver.NamedValue) (driver.Rows, error) {
 	c.log.add("query " + q)
-	return &fakeRows{}, nil
+	return &stubRows{}, nil
 }
 func (c *fullConn) ExecContext(_ context.Context, q string, _ []driver.NamedValue) (driver.Result, error) {
 	c.log.add("exec " + q)
 	return driver.RowsAffected(1), nil
 }
-func (c *fullConn) Query(q string, _ []driver.Value) (driver.Rows, error) { return &fakeRows{}, nil }
+func (c *fullConn) Query(q string, _ []driver.Value) (driver.Rows, error) { return &stubRows{}, nil }
 func (c *fullConn) Exec(q string, _ []driver.Value) (driver.Result, error) {
 	return driver.RowsAffected(1), nil
 }
@@ -277,7 +277,7 @@ func (s *fakeStmt) Exec(args []driver.Value) (driver.Result, error) {
 func (s *fakeStmt) Query(args []driver.Value) (driver.Rows, error) {
 	s.log.add("stmt query")
 	s.args = args
-	return &fakeRows{}, nil
+	return &stubRows{}, nil
 }
 
 type fakeTx struct{ log *callLog }
@@ -285,11 +285,11 @@ type fakeTx struct{ log *callLog }
 func (t fakeTx) Commit() error   { t.log.add("commit"); return nil }
 func (t fakeTx) Rollback() error { t.log.add("rollback"); return nil }
 
-type fakeRows struct{ n int }
+type stubRows struct{ n int }
 
-func (r *fakeRows) Columns() []string { return []string{"x"} }
-func (r *fakeRows) Close() error      { return nil }
-func (r *fakeRows) Next(dest []driver.Value) error {
+func (r *stubRows) Columns() []string { return []string{"x"} }
+func (r *stubRows) Close() error      { return nil }
+func (r *stubRows) Next(dest []driver.Value) error {
 	if r.n > 0 {
 		return io.EOF
 	}
@@ -299,7 +299,7 @@ func (r *fakeRows) Next(dest []driver.Value) error {
 }
 
 func TestFallbacksForABareDriver(t *testing.T) {
-	c := Wrap(&fakeConnector{bare: true}, Options{Registry: NewRegistry()})
+	c := Wrap(&fakeConnector{bare: true}, Options{Registry: NewRegistry(), NoCatalog: true})
 	db := sql.OpenDB(c)
 	defer db.Close()
 	var x int
@@ -328,7 +328,7 @@ func TestFallbacksForABareDriver(t *testing.T) {
 }
 
 func TestStatementCheckerFallsBackToTheConnection(t *testing.T) {
-	c := Wrap(&fakeConnector{}, Options{Registry: NewRegistry()})
+	c := Wrap(&fakeConnector{}, Options{Registry: NewRegistry(), NoCatalog: true})
 	db := sql.OpenDB(c)
 	defer db.Close()
 	db.SetMaxOpenConns(1)
@@ -421,7 +421,7 @@ func TestInterfaceParityWithLibPQ(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer raw.Close()
-	c := Wrap(inner, Options{Registry: NewRegistry()})
+	c := Wrap(inner, Options{Registry: NewRegistry(), NoCatalog: true})
 	wrapped, err := c.Connect(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -21,15 +21,15 @@ const epochTag = "*"
 
 // Load coordination across processes sharing Redis.
 const (
-	leaseTTL      = 5 * time.Second        // how long one process may hold a fill lease
-	leaseWait     = time.Second            // how long others wait for its entry
-	leasePoll     = 10 * time.Millisecond  // how often they look
-	retryMin      = 50 * time.Millisecond  // first retry of a failed invalidation
-	retryMax      = time.Second            // longest wait between retries
-	fillTimeout   = 2 * time.Second        // bound for a background fill
-	purgeTimeout  = 10 * time.Second       // bound for a background purge
-	maxDecodeSize = 64 << 20               // the largest entry a lookup decodes
-	stampBufCap   = 8                      // tags a lookup can read without allocating
+	leaseTTL      = 5 * time.Second       // how long one process may hold a fill lease
+	leaseWait     = time.Second           // how long others wait for its entry
+	leasePoll     = 10 * time.Millisecond // how often they look
+	retryMin      = 50 * time.Millisecond // first retry of a failed invalidation
+	retryMax      = time.Second           // longest wait between retries
+	fillTimeout   = 2 * time.Second       // bound for a background fill
+	purgeTimeout  = 10 * time.Second      // bound for a background purge
+	maxDecodeSize = 64 << 20              // the largest entry a lookup decodes
+	stampBufCap   = 8                     // tags a lookup can read without allocating
 )
 
 // engine applies the cache-aside pattern for one Connector. It is safe for
@@ -47,7 +47,7 @@ type engine struct {
 	leases     sync.Map // key -> uint64 token of a fill lease this process holds
 	resolved   sync.Map // *registration -> *regTags
 	stats      stats
-	cat     catalogCache
+	cat        catalogCache
 
 	pendingMu sync.Mutex          // guards pending and retrying
 	pending   map[string]struct{} // tags whose invalidation is not yet confirmed
@@ -472,4 +472,3 @@ func (e *engine) releaseLease(key string) {
 		e.fail("release lease", err)
 	}
 }
-

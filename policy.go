@@ -139,8 +139,8 @@ func foldTags(tags []string) ([]string, error) {
 // registration is a registered query: its analysis and its policy, with
 // the tags its entries depend on.
 type registration struct {
-	a      *analysis
-	policy Policy
+	a         *analysis
+	policy    Policy
 	name      string   // Policy.Name or the first read table
 	tags      []string // read tables and policy tags, sorted, unique
 	epochTags []string // tags and then the epoch

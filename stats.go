@@ -7,14 +7,14 @@ import "sync/atomic"
 type bypassReason uint8
 
 const (
-	bypassTransaction  bypassReason = iota // read inside a transaction
-	bypassSession                          // the connection's session state changed
-	bypassBreakerOpen                      // the cache is failing; the breaker skips it
-	bypassPending                          // an invalidation is not yet confirmed
-	bypassTooLarge                         // over MaxRows/MaxBytes, or a value the cache cannot store
-	bypassArguments                        // an argument type that cannot be keyed
-	bypassCacheError                       // a cache operation failed or timed out
-	bypassVolatile                         // the query calls a volatile function
+	bypassTransaction bypassReason = iota // read inside a transaction
+	bypassSession                         // the connection's session state changed
+	bypassBreakerOpen                     // the cache is failing; the breaker skips it
+	bypassPending                         // an invalidation is not yet confirmed
+	bypassTooLarge                        // over MaxRows/MaxBytes, or a value the cache cannot store
+	bypassArguments                       // an argument type that cannot be keyed
+	bypassCacheError                      // a cache operation failed or timed out
+	bypassVolatile                        // the query calls a volatile function
 	numBypassReasons
 )
 
@@ -46,10 +46,10 @@ type Stats struct {
 // stats are the live counters; every field is updated atomically.
 type stats struct {
 	hits, negativeHits, misses, stale, expired, foreign atomic.Uint64
-	coalesced, earlyRefreshes, staleServed               atomic.Uint64
-	fills, fillErrors, invalidations, epochBumps         atomic.Uint64
-	cacheErrors                                          atomic.Uint64
-	bypass                                               [numBypassReasons]atomic.Uint64
+	coalesced, earlyRefreshes, staleServed              atomic.Uint64
+	fills, fillErrors, invalidations, epochBumps        atomic.Uint64
+	cacheErrors                                         atomic.Uint64
+	bypass                                              [numBypassReasons]atomic.Uint64
 }
 
 func (s *stats) bypassed(r bypassReason) { s.bypass[r].Add(1) }
