@@ -605,9 +605,8 @@ func (d *decoder) shape() (ncols, nrows int, err error) {
 		return 0, 0, corrupt("%d rows of %d columns cannot fit", nrows, ncols)
 	}
 	d.counts = kindCounts{r.count(nvals), r.count(nvals), r.count(nvals), r.count(nvals), r.count(nvals)}
-	strLen := r.count(r.rest())
-	binLen := r.count(r.rest() - strLen)
-	if r.bad {
+	strLen, binLen := r.count(r.rest()), r.count(r.rest())
+	if r.bad || strLen+binLen > r.rest() {
 		return 0, 0, corrupt("truncated or malformed body")
 	}
 	heapAt := len(r.b) - strLen - binLen
