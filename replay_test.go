@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"reflect"
+	"sync"
 	"testing"
 	"time"
 
@@ -442,3 +443,36 @@ func TestScanKindOf(t *testing.T) {
 type oddScanRows struct{ *fakeRows }
 
 func (o *oddScanRows) ColumnTypeScanType(int) reflect.Type { return reflect.TypeFor[uint8]() }
+
+// TestConcurrentReplayAndCodec shares one decoded snapshot between
+// goroutines that replay it while others encode and decode; run under
+// -race.
+func TestConcurrentReplayAndCodec(t *testing.T) {
+	want := fullEntry(t)
+	shared := roundTrip(t, want)
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			dest := make([]driver.Value, len(shared.snap.columns))
+			for range 20 {
+				r := newReplayRows(&shared.snap)
+				for i := 0; r.Next(dest) == nil; i++ {
+					for j, v := range dest {
+						if !sameValue(v, want.snap.rows[i][j]) {
+							t.Errorf("row %d col %d: %#v", i, j, v) // Errorf: not the test goroutine
+						}
+					}
+				}
+				b, err := encodeEntry(nil, shared)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if _, err := decodeEntry(b, 0); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
