@@ -164,6 +164,7 @@ type cte struct {
 type parser struct {
 	src     string
 	toks    []token
+	match   []int32 // for each ( or [, the index of its closer; -1 when unclosed
 	a       *analysis
 	ctes    []cte
 	nondet  string // the first non-deterministic built-in seen
@@ -180,7 +181,25 @@ func newParser(query string) *parser {
 	for t := l.next(); t.kind != tokEOF; t = l.next() {
 		p.toks = append(p.toks, t)
 	}
+	p.matchGroups()
 	return p
+}
+
+// matchGroups pairs every ( or [ with its closer once, so that skipping a
+// group costs O(1) and nested subqueries cannot make analysis quadratic.
+func (p *parser) matchGroups() {
+	p.match = make([]int32, len(p.toks))
+	var open []int32
+	for i := range p.toks {
+		p.match[i] = -1
+		switch {
+		case p.isPunct(i, '(') || p.isPunct(i, '['):
+			open = append(open, int32(i))
+		case (p.isPunct(i, ')') || p.isPunct(i, ']')) && len(open) > 0:
+			p.match[open[len(open)-1]] = int32(i)
+			open = open[:len(open)-1]
+		}
+	}
 }
 
 // normalize joins the tokens with single spaces, folding unquoted
@@ -257,21 +276,12 @@ func (p *parser) isName(i int) bool {
 }
 
 // closing returns the index of the ) that closes the ( at i, or end when
-// the text stops first.
+// the group is not closed before end.
 func (p *parser) closing(i, end int) int {
-	depth := 0
-	for j := i; j < end; j++ {
-		switch {
-		case p.isPunct(j, '(') || p.isPunct(j, '['):
-			depth++
-		case p.isPunct(j, ')') || p.isPunct(j, ']'):
-			depth--
-			if depth == 0 {
-				return j
-			}
-		}
+	if i < 0 || i >= len(p.match) || p.match[i] < 0 || int(p.match[i]) > end {
+		return end
 	}
-	return end
+	return int(p.match[i])
 }
 
 // statements splits the tokens on top-level semicolons and analyzes each.
