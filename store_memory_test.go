@@ -57,7 +57,9 @@ func bytesEntry(val []byte) *entry {
 
 // newMemUnderTest is the memStore factory of the suite.
 func newMemUnderTest(t *testing.T) (storeUnderTest, func(string) string) {
-	return memUnderTest{newMemStore(0)}, func(name string) string { return "cachedpq:t:" + name }
+	s := newMemStore(0)
+	t.Cleanup(s.close)
+	return memUnderTest{s}, func(name string) string { return "cachedpq:t:" + name }
 }
 
 // testCtx returns a context that ends with the test or after 30 s.
