@@ -112,7 +112,8 @@ func parseStamp(s string) uint64 {
 // isWrongType reports a command that met a key of another type: a foreign
 // value under one of our keys, which the store treats as absent.
 func isWrongType(err error) bool {
-	return redis.HasErrorPrefix(err, "WRONGTYPE")
+	// HasErrorPrefix allocates even for nil: keep it off the hit path.
+	return err != nil && err != redis.Nil && redis.HasErrorPrefix(err, "WRONGTYPE")
 }
 
 // lookup returns the bytes under key (nil if absent) and the current stamps
