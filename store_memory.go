@@ -274,3 +274,9 @@ func (s *memStore) releaseLease(_ context.Context, key string, token uint64) err
 	s.leaseMu.Unlock()
 	return nil
 }
+
+// close stops the cache's background goroutines; the store must not be used
+// afterwards. A store that is dropped without close only leaks them.
+func (s *memStore) close() {
+	s.cache.StopAllGoroutines()
+}

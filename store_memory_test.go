@@ -57,7 +57,9 @@ func bytesEntry(val []byte) *entry {
 
 // newMemUnderTest is the memStore factory of the suite.
 func newMemUnderTest(t *testing.T) (storeUnderTest, func(string) string) {
-	return memUnderTest{newMemStore(0)}, func(name string) string { return "cachedpq:t:" + name }
+	s := newMemStore(0)
+	t.Cleanup(s.close)
+	return memUnderTest{s}, func(name string) string { return "cachedpq:t:" + name }
 }
 
 // testCtx returns a context that ends with the test or after 30 s.
@@ -537,4 +539,32 @@ func TestMemStoreHitAllocatesNothing(t *testing.T) {
 	if allocs != 0 {
 		t.Fatalf("hit lookup allocates %.1f times", allocs)
 	}
+}
+
+// TestMemStoreIndexUnderConcurrency races fills, purges, removals and
+// evictions on a tiny store, then checks that the index settles to exactly
+// the live entries: nothing leaked, nothing live left unindexed.
+func TestMemStoreIndexUnderConcurrency(t *testing.T) {
+	s := newMemStore(32 << 10)
+	t.Cleanup(s.close)
+	ctx := testCtx(t)
+	tags := []string{"a", "b", "c"}
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			for i := range 2000 {
+				key := fmt.Sprint("k", (i*7+g)%300)
+				switch i % 10 {
+				case 0:
+					_ = s.purge(ctx, tags[i%3:i%3+1])
+				case 1:
+					_ = s.remove(ctx, key)
+				default:
+					_ = s.fill(ctx, key, &entry{size: 200}, time.Minute, tags[g%2:g%2+2])
+				}
+			}
+		})
+	}
+	wg.Wait()
+	waitIndexMatchesCache(t, s)
 }

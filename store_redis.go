@@ -112,7 +112,8 @@ func parseStamp(s string) uint64 {
 // isWrongType reports a command that met a key of another type: a foreign
 // value under one of our keys, which the store treats as absent.
 func isWrongType(err error) bool {
-	return redis.HasErrorPrefix(err, "WRONGTYPE")
+	// HasErrorPrefix allocates even for nil: keep it off the hit path.
+	return err != nil && err != redis.Nil && redis.HasErrorPrefix(err, "WRONGTYPE")
 }
 
 // lookup returns the bytes under key (nil if absent) and the current stamps
@@ -180,17 +181,21 @@ func (s *redisStore) readStamps(ctx context.Context, tags []string) ([]uint64, e
 	_, _ = pipe.Exec(ctx)
 	var bad []int
 	for i, cmd := range cmds {
-		switch err := cmd.Err(); {
+		old, err := cmd.Result()
+		switch {
 		case err == redis.Nil: // created: out[i] is now the stamp
 		case err != nil && !isWrongType(err):
 			return nil, err
-		case err == nil && parseStamp(cmd.Val()) != 0:
-			out[i] = parseStamp(cmd.Val())
-		default:
+		case err == nil && parseStamp(old) != 0:
+			out[i] = parseStamp(old) // an existing stamp wins over ours
+		default: // foreign or corrupt: replace it
 			bad = append(bad, i)
 		}
 	}
-	return out, s.overwriteStamps(ctx, tags, out, bad)
+	if err := s.overwriteStamps(ctx, tags, out, bad); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // overwriteStamps sets the stamps of tags[i] for i in idx to out[i].
