@@ -198,6 +198,13 @@ func (cat *catalog) anyVolatile(fns []string) bool {
 	return false
 }
 
+// regState is what an engine keeps per registered query: its counters and
+// its tags as resolved against the current catalog.
+type regState struct {
+	c        counters
+	resolved atomic.Pointer[regTags]
+}
+
 // regTags is a registration's tags resolved against one catalog.
 type regTags struct {
 	cat      *catalog
@@ -205,17 +212,24 @@ type regTags struct {
 	volatile bool     // the query calls a volatile user function
 }
 
+// state returns the engine's state for reg, creating it on first use.
+func (e *engine) state(reg *registration) *regState {
+	if v, ok := e.regs.Load(reg); ok {
+		return v.(*regState)
+	}
+	v, _ := e.regs.LoadOrStore(reg, &regState{})
+	return v.(*regState)
+}
+
 // tagsFor returns the tags an entry of reg depends on, the epoch last, and
 // false if reg must not be cached (it calls a volatile function, or the
 // catalog cannot be read to see what its views read).
-func (e *engine) tagsFor(ctx context.Context, c *conn, reg *registration) ([]string, bool) {
+func (e *engine) tagsFor(ctx context.Context, c *conn, reg *registration, rs *regState) ([]string, bool) {
 	if e.opts.NoCatalog {
 		return reg.epochTags, true
 	}
-	if v, ok := e.resolved.Load(reg); ok {
-		if rt := v.(*regTags); rt.cat == e.cat.cur.Load() {
-			return rt.tags, !rt.volatile
-		}
+	if rt := rs.resolved.Load(); rt != nil && rt.cat == e.cat.cur.Load() {
+		return rt.tags, !rt.volatile
 	}
 	cat, err := e.catalog(ctx, c)
 	if err != nil {
@@ -223,6 +237,6 @@ func (e *engine) tagsFor(ctx context.Context, c *conn, reg *registration) ([]str
 	}
 	tags := append(cat.readTags(reg.tags), epochTag)
 	rt := &regTags{cat: cat, tags: tags, volatile: cat.anyVolatile(reg.a.functions)}
-	e.resolved.Store(reg, rt)
+	rs.resolved.Store(rt)
 	return rt.tags, !rt.volatile
 }

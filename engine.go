@@ -45,7 +45,7 @@ type engine struct {
 	flights    flightGroup
 	refreshers sync.Map // key -> struct{}: the one reader reloading an entry early or while serving it stale
 	leases     sync.Map // key -> uint64 token of a fill lease this process holds
-	resolved   sync.Map // *registration -> *regTags
+	regs       sync.Map // *registration -> *regState
 	stats      stats
 	cat        catalogCache
 
@@ -85,6 +85,9 @@ func newEngine(c *Connector) *engine {
 func (e *engine) close() {
 	e.closeMu.Do(func() { close(e.closing) })
 	e.bg.Wait()
+	if ms, ok := e.store.(*memStore); ok {
+		ms.close()
+	}
 }
 
 func (e *engine) breakerChanged(from, to gobreaker.State) {
@@ -115,11 +118,12 @@ func (e *engine) cacheCtx(ctx context.Context) (context.Context, context.CancelF
 func (e *engine) query(ctx context.Context, c *conn, query string, args []driver.NamedValue, run func(context.Context) (driver.Rows, error)) (driver.Rows, error) {
 	a := analyze(query)
 	if reg := e.reg.lookup(a); reg != nil {
-		if r, ok := c.refuses(); ok {
-			e.stats.bypassed(r)
+		rs := e.state(reg)
+		if why, ok := c.refuses(); ok {
+			e.bypassed(rs, why)
 			return run(ctx)
 		}
-		return e.cached(ctx, c, reg, args, run)
+		return e.cached(ctx, c, &read{reg: reg, rs: rs, run: run}, args)
 	}
 	if !mayWrite(a) {
 		return run(ctx)
@@ -155,92 +159,114 @@ func (c *conn) refuses() (bypassReason, bool) {
 	return 0, false
 }
 
-// cached serves a registered read: a hit replays the entry, a miss loads it.
-func (e *engine) cached(ctx context.Context, c *conn, reg *registration, args []driver.NamedValue, run func(context.Context) (driver.Rows, error)) (driver.Rows, error) {
-	if e.unsure.Load() {
-		e.stats.bypassed(bypassPending)
-		return run(ctx)
-	}
-	if e.breakr != nil && e.breakr.open() {
-		e.stats.bypassed(bypassBreakerOpen)
-		return run(ctx)
-	}
-	tags, ok := e.tagsFor(ctx, c, reg)
-	if !ok {
-		e.stats.bypassed(bypassVolatile)
-		return run(ctx)
-	}
-	var kb [128]byte
-	kbytes, check, ok := appendKey(kb[:0], e.opts.Prefix, reg.name, e.id, reg.a, args)
-	if !ok {
-		e.stats.bypassed(bypassArguments)
-		return run(ctx)
-	}
-	key := string(kbytes)
-	var sb [stampBufCap]uint64
-	lctx, cancel := e.cacheCtx(ctx)
-	ent, stamps, err := e.store.lookup(lctx, key, tags, sb[:0])
-	cancel()
-	if err != nil {
-		return e.lookupFailed(ctx, reg, key, check, tags, stamps, err, run)
-	}
-	if rows, ok := e.serve(ctx, reg, key, check, tags, ent, stamps, run); ok {
-		return rows, nil
-	}
-	return e.miss(ctx, reg, key, check, tags, stamps, args, run)
+// read is one registered read on its way through the cache.
+type read struct {
+	reg   *registration
+	rs    *regState
+	key   string
+	check [16]byte
+	tags  []string // the entry's tags, the epoch last
+	run   func(context.Context) (driver.Rows, error)
 }
 
-// lookupFailed handles a lookup error: a foreign or corrupt value is a miss
-// (and is removed); any other failure sends the read to Postgres.
-func (e *engine) lookupFailed(ctx context.Context, reg *registration, key string, check [16]byte, tags []string, stamps []uint64, err error, run func(context.Context) (driver.Rows, error)) (driver.Rows, error) {
+// cached serves a registered read: a hit replays the entry, a miss loads it.
+func (e *engine) cached(ctx context.Context, c *conn, r *read, args []driver.NamedValue) (driver.Rows, error) {
+	if why, ok := e.skip(ctx, c, r); ok {
+		e.bypassed(r.rs, why)
+		return r.run(ctx)
+	}
+	var kb [128]byte
+	kbytes, check, ok := appendKey(kb[:0], e.opts.Prefix, r.reg.name, e.id, r.reg.a, args)
+	if !ok {
+		e.bypassed(r.rs, bypassArguments)
+		return r.run(ctx)
+	}
+	r.key, r.check = string(kbytes), check
+	var sb [stampBufCap]uint64
+	start := time.Now()
+	lctx, cancel := e.cacheCtx(ctx)
+	ent, stamps, err := e.store.lookup(lctx, r.key, r.tags, sb[:0])
+	cancel()
+	e.stats.cacheLat.observe(time.Since(start))
+	if err != nil {
+		return e.lookupFailed(ctx, r, stamps, err)
+	}
+	if rows, ok := e.serve(r, ent, stamps); ok {
+		return rows, nil
+	}
+	return e.miss(ctx, r, stamps)
+}
+
+// skip reports whether the cache must be skipped for r, and why; otherwise
+// it resolves r's tags.
+func (e *engine) skip(ctx context.Context, c *conn, r *read) (bypassReason, bool) {
+	switch {
+	case e.unsure.Load():
+		return bypassPending, true
+	case e.breakr != nil && e.breakr.open():
+		return bypassBreakerOpen, true
+	}
+	tags, ok := e.tagsFor(ctx, c, r.reg, r.rs)
+	if !ok {
+		return bypassVolatile, true
+	}
+	r.tags = tags
+	return 0, false
+}
+
+// lookupFailed handles a lookup error: a foreign or corrupt value is a
+// miss; any other failure sends the read to Postgres.
+func (e *engine) lookupFailed(ctx context.Context, r *read, stamps []uint64, err error) (driver.Rows, error) {
 	var corrupt errCorruptEntry
-	if errors.As(err, &corrupt) && len(stamps) == len(tags) {
-		e.stats.foreign.Add(1)
-		e.opts.Logger.Warn("cachedpq: undecodable cache entry treated as a miss", "key", key, "err", err)
-		return e.miss(ctx, reg, key, check, tags, stamps, nil, run)
+	if errors.As(err, &corrupt) && len(stamps) == len(r.tags) {
+		e.note(r.rs, foreignF)
+		e.opts.Logger.Warn("cachedpq: undecodable cache entry treated as a miss", "key", r.key, "err", err)
+		return e.miss(ctx, r, stamps)
 	}
 	e.fail("lookup", err)
-	e.stats.bypassed(bypassCacheError)
-	return run(ctx)
+	e.bypassed(r.rs, bypassCacheError)
+	return r.run(ctx)
 }
 
 // serve answers from ent if it is valid: it answers this query, its stamps
 // are current and it has not expired. Near expiry one reader refreshes it
-// early (XFetch) while the others keep hitting.
-func (e *engine) serve(ctx context.Context, reg *registration, key string, check [16]byte, tags []string, ent *entry, stamps []uint64, run func(context.Context) (driver.Rows, error)) (driver.Rows, bool) {
+// early (XFetch) while the others keep hitting; past expiry, within
+// StaleFor, the others are served the old entry while one reloads it.
+func (e *engine) serve(r *read, ent *entry, stamps []uint64) (driver.Rows, bool) {
 	switch {
 	case ent == nil:
 		return nil, false
-	case ent.check != check:
-		e.stats.foreign.Add(1)
+	case ent.check != r.check:
+		e.note(r.rs, foreignF)
 		return nil, false
 	case !sameStamps(ent.stamps, stamps):
-		e.stats.stale.Add(1)
+		e.note(r.rs, staleF)
 		return nil, false
 	}
 	now := time.Now().UnixNano()
 	if now >= ent.expires {
-		if now < ent.expires+int64(reg.policy.StaleFor) && !e.claimRefresh(key) {
-			e.stats.staleServed.Add(1)
+		if now < ent.expires+int64(r.reg.policy.StaleFor) && !e.claimRefresh(r.key) {
+			e.note(r.rs, staleServedF)
 			return newReplayRows(&ent.snap), true
 		}
-		e.stats.expired.Add(1)
+		e.note(r.rs, expiredF)
 		return nil, false
 	}
-	if e.refreshEarly(reg, ent, now) && e.claimRefresh(key) {
-		e.stats.earlyRefreshes.Add(1)
+	if refreshEarly(r.reg, ent, now) && e.claimRefresh(r.key) {
+		e.note(r.rs, earlyRefreshesF)
 		return nil, false
 	}
-	e.stats.hits.Add(1)
+	e.note(r.rs, hitsF)
 	if len(ent.snap.rows) == 0 {
-		e.stats.negativeHits.Add(1)
+		e.note(r.rs, negativeHitsF)
 	}
 	return newReplayRows(&ent.snap), true
 }
 
 // refreshEarly decides, with XFetch's probability, whether this reader
-// reloads an entry before it expires; at most one reader per key does.
-func (e *engine) refreshEarly(reg *registration, ent *entry, now int64) bool {
+// reloads an entry before it expires: when now − δ·β·ln(rand) ≥ expiry,
+// δ being how long the query took.
+func refreshEarly(reg *registration, ent *entry, now int64) bool {
 	beta := reg.policy.Beta
 	if beta <= 0 || ent.delta <= 0 {
 		return false
@@ -281,11 +307,11 @@ func flightID(key string, stamps []uint64) string {
 // miss loads a registered read. Concurrent readers of one key that saw the
 // same stamps share one Postgres query: the first leads and streams its
 // rows, the others wait and replay the recorded result.
-func (e *engine) miss(ctx context.Context, reg *registration, key string, check [16]byte, tags []string, seen []uint64, args []driver.NamedValue, run func(context.Context) (driver.Rows, error)) (driver.Rows, error) {
-	id := flightID(key, seen)
+func (e *engine) miss(ctx context.Context, r *read, seen []uint64) (driver.Rows, error) {
+	id := flightID(r.key, seen)
 	f, leader := e.flights.join(id, ctx)
 	if !leader {
-		e.stats.coalesced.Add(1)
+		e.note(r.rs, coalescedF)
 		ent, err := f.wait(ctx)
 		if err != nil {
 			return nil, err
@@ -293,51 +319,53 @@ func (e *engine) miss(ctx context.Context, reg *registration, key string, check 
 		if ent != nil {
 			return newReplayRows(&ent.snap), nil
 		}
-		return run(ctx) // the leader could not record: load for ourselves
+		return r.run(ctx) // the leader could not record: load for ourselves
 	}
-	return e.lead(ctx, f, id, reg, key, check, tags, run)
+	lr := *r // the recording callback keeps it; r stays on the caller's stack
+	return e.lead(ctx, f, id, &lr)
 }
 
 // lead runs the query of a miss for every reader waiting on f.
-func (e *engine) lead(ctx context.Context, f *flight, id string, reg *registration, key string, check [16]byte, tags []string, run func(context.Context) (driver.Rows, error)) (driver.Rows, error) {
-	abandon := func() { e.flights.forget(id, f); e.refreshers.Delete(key); f.finish(nil) }
-	stamps, err := e.readStamps(ctx, tags)
-	if err != nil {
-		abandon()
-		e.stats.bypassed(bypassCacheError)
-		return run(ctx)
-	}
-	if ent := e.awaitLease(ctx, key, check, tags, stamps); ent != nil {
+func (e *engine) lead(ctx context.Context, f *flight, id string, r *read) (driver.Rows, error) {
+	end := func(ent *entry) {
 		e.flights.forget(id, f)
-		e.refreshers.Delete(key)
+		e.refreshers.Delete(r.key)
 		f.finish(ent)
-		e.stats.hits.Add(1)
+	}
+	stamps, err := e.readStamps(ctx, r.tags)
+	if err != nil {
+		end(nil)
+		e.bypassed(r.rs, bypassCacheError)
+		return r.run(ctx)
+	}
+	if ent := e.awaitLease(ctx, r, stamps); ent != nil {
+		end(ent)
+		e.note(r.rs, hitsF)
 		return newReplayRows(&ent.snap), nil
 	}
 	stop := context.AfterFunc(ctx, f.leave)
 	start := time.Now()
-	rows, err := run(f.ctx)
+	rows, err := r.run(f.ctx)
 	if err != nil {
 		stop()
-		abandon()
-		e.releaseLease(key)
+		end(nil)
+		e.releaseLease(r.key)
 		return nil, err
 	}
-	e.stats.misses.Add(1)
-	lim := recordLimits{maxRows: reg.policy.MaxRows, maxBytes: reg.policy.MaxBytes}
+	e.note(r.rs, missesF)
+	lim := recordLimits{maxRows: r.reg.policy.MaxRows, maxBytes: r.reg.policy.MaxBytes}
 	return newRecordingRows(rows, lim, func(s *snapshot, complete bool) {
 		stop()
-		e.flights.forget(id, f)
-		e.refreshers.Delete(key)
 		if !complete {
-			e.stats.bypassed(bypassTooLarge)
-			f.finish(nil)
-			e.releaseLease(key)
+			end(nil)
+			e.bypassed(r.rs, bypassTooLarge)
+			e.releaseLease(r.key)
 			return
 		}
-		ent := e.newEntry(reg, check, stamps, start, s)
-		f.finish(ent)
-		e.store1(key, ent, reg, tags)
+		ent := e.newEntry(r.reg, r.check, stamps, start, s)
+		e.stats.dbLat.observe(time.Duration(ent.delta))
+		end(ent)
+		e.store1(r, ent)
 	}), nil
 }
 
@@ -383,47 +411,54 @@ func (r *registration) ttl(empty bool) time.Duration {
 
 // store1 writes a recorded entry off the caller's path: inline for the
 // in-process store (a map write), in the background for Redis.
-func (e *engine) store1(key string, ent *entry, reg *registration, tags []string) {
-	ttl := time.Duration(ent.expires-ent.created) + reg.policy.StaleFor
+func (e *engine) store1(r *read, ent *entry) {
+	ttl := time.Duration(ent.expires-ent.created) + r.reg.policy.StaleFor
 	if ent.expires <= ent.created {
-		e.releaseLease(key)
+		e.releaseLease(r.key)
 		return
 	}
+	tags := r.tags[:len(r.tags)-1] // entries are not indexed under the epoch
 	if !e.shared {
 		if e.beforeFill != nil {
-			e.beforeFill(key)
+			e.beforeFill(r.key)
 		}
 		ent.size = ent.snap.approxSize()
-		e.fillNow(context.Background(), key, ent, ttl, tags[:len(tags)-1])
+		e.fillNow(context.Background(), r, ent, ttl, tags)
 		return
 	}
 	e.bg.Go(func() {
 		if e.beforeFill != nil {
-			e.beforeFill(key)
+			e.beforeFill(r.key)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), fillTimeout)
 		defer cancel()
-		e.fillNow(ctx, key, ent, ttl, tags[:len(tags)-1]) // not indexed under the epoch
-		e.releaseLease(key)
+		e.fillNow(ctx, r, ent, ttl, tags)
+		e.releaseLease(r.key)
 	})
 }
 
-func (e *engine) fillNow(ctx context.Context, key string, ent *entry, ttl time.Duration, tags []string) {
-	if err := e.store.fill(ctx, key, ent, ttl, tags); err != nil {
-		e.stats.fillErrors.Add(1)
+func (e *engine) fillNow(ctx context.Context, r *read, ent *entry, ttl time.Duration, tags []string) {
+	if err := e.store.fill(ctx, r.key, ent, ttl, tags); err != nil {
+		e.note(r.rs, fillErrorsF)
 		if !errors.Is(err, errUncacheable) && !errors.Is(err, errTooLarge) {
 			e.fail("fill", err)
 		}
 		return
 	}
-	e.stats.fills.Add(1)
+	e.note(r.rs, fillsF)
+	raw := uint64(ent.snap.approxSize())
+	for _, c := range []*counters{&e.stats.counters, &r.rs.c} {
+		c.fillBytesRaw.Add(raw)
+		c.fillBytes.Add(uint64(ent.size))
+	}
 }
 
 // awaitLease takes the fill lease for key in a shared cache. If another
 // process holds it, it waits a bounded time for that process's entry and
 // returns it; nil means: load it yourself. A write to the entry's tables
 // voids the wait, as it voids the entry.
-func (e *engine) awaitLease(ctx context.Context, key string, check [16]byte, tags []string, stamps []uint64) *entry {
+func (e *engine) awaitLease(ctx context.Context, r *read, stamps []uint64) *entry {
+	key, check, tags := r.key, r.check, r.tags
 	if !e.shared {
 		return nil
 	}

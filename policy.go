@@ -141,7 +141,8 @@ func foldTags(tags []string) ([]string, error) {
 type registration struct {
 	a         *analysis
 	policy    Policy
-	name      string   // Policy.Name or the first read table
+	name      string   // Policy.Name or the first read table, for keys
+	label     string   // Policy.Name, or name and fingerprint, for metrics
 	tags      []string // read tables and policy tags, sorted, unique
 	epochTags []string // tags and then the epoch
 }
@@ -216,8 +217,12 @@ func newRegistration(query string, p Policy) (*registration, error) {
 	default:
 		name = "q"
 	}
+	label := p.Name
+	if label == "" {
+		label = fmt.Sprintf("%s/%x", name, a.fingerprint[:4])
+	}
 	epochTags := append(slices.Clone(tags), epochTag)
-	return &registration{a: a, policy: p, name: name, tags: tags, epochTags: epochTags}, nil
+	return &registration{a: a, policy: p, name: name, label: label, tags: tags, epochTags: epochTags}, nil
 }
 
 func samePolicy(a, b Policy) bool {
