@@ -1,0 +1,275 @@
+package cachedpq
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+var engineSeq atomic.Int64
+
+// engineDB opens a cached DB in a fresh schema holding table kv, on the
+// in-process store (rdb nil) or Redis.
+func engineDB(t testing.TB, rdb redis.UniversalClient) (*sql.DB, *Connector, *sql.DB) {
+	t.Helper()
+	dsn := pqDSN(t)
+	admin, err := sql.Open("postgres", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	schema := fmt.Sprintf("eng_%d_%d", os.Getpid(), engineSeq.Add(1))
+	if _, err := admin.Exec("create schema " + schema + "; create table " + schema +
+		".kv (k int primary key, v text); insert into " + schema + ".kv select g, 'v' || g from generate_series(1, 100) g"); err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewConnector(dsn+" search_path="+schema, Options{
+		Redis: rdb, Prefix: schema, Registry: NewRegistry(), Timeout: time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := sql.OpenDB(c)
+	raw, _ := sql.Open("postgres", dsn+" search_path="+schema)
+	t.Cleanup(func() {
+		db.Close()
+		raw.Close()
+		admin.Exec("drop schema " + schema + " cascade")
+		admin.Close()
+	})
+	return db, c, raw
+}
+
+func getV(t testing.TB, db *sql.DB, k int) string {
+	t.Helper()
+	var v string
+	if err := db.QueryRow(`select v from kv where k = $1`, k).Scan(&v); err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// TestNoStaleSetAfterARacingWrite forces the race the cache-aside pattern
+// is known for: a reader reads old rows, a writer commits and invalidates,
+// then the reader fills the cache with the old rows. The entry must never
+// be served.
+func TestNoStaleSetAfterARacingWrite(t *testing.T) {
+	for _, store := range []string{"memory", "redis"} {
+		t.Run(store, func(t *testing.T) {
+			var rdb redis.UniversalClient
+			if store == "redis" {
+				rdb = testRedis(t)
+			}
+			db, c, _ := engineDB(t, rdb)
+			if err := c.opts.Registry.Register(`select v from kv where k = $1`, Policy{TTL: time.Hour}); err != nil {
+				t.Fatal(err)
+			}
+			reached, proceed := make(chan struct{}), make(chan struct{})
+			var once sync.Once
+			c.eng.beforeFill = func(string) {
+				once.Do(func() {
+					close(reached)
+					<-proceed
+				})
+			}
+			read := make(chan string)
+			go func() { read <- getV(t, db, 1) }()
+			<-reached // the reader has the old rows and is about to fill
+			if _, err := db.Exec(`update kv set v = 'new' where k = 1`); err != nil {
+				t.Fatal(err)
+			}
+			close(proceed)
+			if got := <-read; got != "v1" {
+				t.Fatalf("racing reader got %q", got)
+			}
+			waitFor(t, func() bool { return c.Stats().Fills == 1 })
+			// The raced entry is rejected by its stamps (or already purged by
+			// the write's invalidation): the next read is a miss, not a hit.
+			before := c.Stats()
+			if got := getV(t, db, 1); got != "new" {
+				t.Fatalf("the stale set was served: %q", got)
+			}
+			if after := c.Stats(); after.Hits != before.Hits || after.Misses != before.Misses+1 {
+				t.Fatalf("the read after the race was not a miss: %+v", after.Counters)
+			}
+			for range 3 {
+				if got := getV(t, db, 1); got != "new" {
+					t.Fatalf("the stale set was served: %q", got)
+				}
+			}
+		})
+	}
+}
+
+func waitFor(t testing.TB, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in 5s")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// TestReadThatStartedAfterAWriteNeverJoinsAnOlderLoad checks that flights
+// are keyed by the stamps their readers saw.
+func TestFlightsAreKeyedByStamps(t *testing.T) {
+	if flightID("k", []uint64{1, 2}) == flightID("k", []uint64{1, 3}) {
+		t.Fatal("readers that saw different stamps share a flight")
+	}
+	var g flightGroup
+	f1, lead1 := g.join("a", context.Background())
+	f2, lead2 := g.join("a", context.Background())
+	if !lead1 || lead2 || f1 != f2 {
+		t.Fatal("the second reader did not join the first's flight")
+	}
+	ent := &entry{}
+	go f1.finish(ent)
+	if got, err := f2.wait(context.Background()); err != nil || got != ent {
+		t.Fatalf("waiter got %v %v", got, err)
+	}
+	g.forget("a", f1)
+	if _, lead := g.join("a", context.Background()); !lead {
+		t.Fatal("a finished flight was joined")
+	}
+}
+
+func TestFlightSurvivesItsLeadersContext(t *testing.T) {
+	var g flightGroup
+	lctx, cancel := context.WithCancel(context.Background())
+	f, _ := g.join("k", lctx)
+	stop := context.AfterFunc(lctx, f.leave)
+	defer stop()
+	g.join("k", context.Background()) // a waiter
+	cancel()
+	time.Sleep(10 * time.Millisecond)
+	if f.ctx.Err() != nil {
+		t.Fatal("the leader's cancellation cancelled the shared load while a waiter remained")
+	}
+	f.leave() // the waiter gives up too
+	if f.ctx.Err() == nil {
+		t.Fatal("the load goes on with nobody waiting")
+	}
+}
+
+func TestJitterSpreadsExpiries(t *testing.T) {
+	tests := []struct {
+		jitter   float64
+		min, max time.Duration
+	}{
+		{0, 100 * time.Second, 110 * time.Second}, // the 10% default
+		{0.5, 100 * time.Second, 150 * time.Second},
+		{-1, 100 * time.Second, 100 * time.Second},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprint(tt.jitter), func(t *testing.T) {
+			p, err := Policy{TTL: 100 * time.Second, Jitter: tt.jitter}.withDefaults()
+			if err != nil {
+				t.Fatal(err)
+			}
+			reg := &registration{policy: p}
+			lo, hi := time.Duration(1<<62), time.Duration(0)
+			seen := map[time.Duration]bool{}
+			for range 2000 {
+				d := reg.ttl(false)
+				lo, hi = min(lo, d), max(hi, d)
+				seen[d] = true
+			}
+			if lo < tt.min || hi > tt.max {
+				t.Fatalf("ttl in [%v, %v], want within [%v, %v]", lo, hi, tt.min, tt.max)
+			}
+			if spread := tt.max - tt.min; spread > 0 && (hi-lo < spread*8/10 || len(seen) < 1000) {
+				t.Fatalf("ttl barely spread: [%v, %v], %d distinct", lo, hi, len(seen))
+			}
+			if got := reg.ttl(true); got != p.NegativeTTL {
+				t.Fatalf("empty result ttl = %v, want NegativeTTL %v", got, p.NegativeTTL)
+			}
+		})
+	}
+}
+
+func TestPolicyValidation(t *testing.T) {
+	r := NewRegistry()
+	bad := []struct {
+		query string
+		p     Policy
+	}{
+		{`select v from kv`, Policy{}},                              // no TTL
+		{`select v from kv`, Policy{TTL: time.Second, Jitter: 2}},   // jitter over 1
+		{`select v from kv`, Policy{TTL: time.Second, MaxRows: -1}}, // negative
+		{`select v from kv`, Policy{TTL: time.Second, Name: "a b"}}, // name in keys
+		{`select v from kv`, Policy{TTL: time.Second, Tags: []string{"a b"}}},
+		{`select v from kv`, Policy{TTL: time.Second, Beta: -1}},
+		{`update kv set v = 1`, Policy{TTL: time.Second}},         // a write
+		{`select v from kv for update`, Policy{TTL: time.Second}}, // locking
+		{`select now()`, Policy{TTL: time.Second}},                // non-deterministic
+		{`select v from kv; select 1`, Policy{TTL: time.Second}},  // two statements
+	}
+	for _, b := range bad {
+		if err := r.Register(b.query, b.p); err == nil {
+			t.Errorf("Register(%q, %+v) succeeded", b.query, b.p)
+		}
+	}
+	if err := r.Register(`select now()`, Policy{TTL: time.Second, AllowNondeterministic: true}); err != nil {
+		t.Errorf("AllowNondeterministic: %v", err)
+	}
+	q := `select v from kv where k = $1`
+	if err := r.Register(q, Policy{TTL: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Register("SELECT v FROM kv WHERE k = $1 -- same", Policy{TTL: time.Second}); err != nil {
+		t.Errorf("the same query and policy again: %v", err)
+	}
+	if err := r.Register(q, Policy{TTL: 2 * time.Second}); err == nil {
+		t.Error("the same query with another policy was accepted")
+	}
+}
+
+func TestRegisterIsSafeForConcurrentUse(t *testing.T) {
+	r := NewRegistry()
+	var wg sync.WaitGroup
+	var errs atomic.Int64
+	for i := range 50 {
+		wg.Go(func() {
+			q := fmt.Sprintf(`select v from kv where k = %d`, i%10)
+			if err := r.Register(q, Policy{TTL: time.Second}); err != nil {
+				errs.Add(1)
+			}
+			r.lookup(analyze(q))
+		})
+	}
+	wg.Wait()
+	if errs.Load() != 0 || len(r.snapshot()) != 10 {
+		t.Fatalf("errors %d, registered %d", errs.Load(), len(r.snapshot()))
+	}
+}
+
+func TestFoldTag(t *testing.T) {
+	tests := []struct {
+		in, want string
+		ok       bool
+	}{
+		{"users", "users", true},
+		{"public.Users", "users", true},
+		{`"users"`, "users", true},
+		{`"Users"`, "Users", true},
+		{`app."Order Items"`, "Order Items", true},
+		{"a b", "", false},
+		{"", "", false},
+		{"users.", "", false},
+		{"1x", "", false},
+	}
+	for _, tt := range tests {
+		got, ok := foldTag(tt.in)
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("foldTag(%q) = %q, %v; want %q, %v", tt.in, got, ok, tt.want, tt.ok)
+		}
+	}
+}
