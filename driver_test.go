@@ -381,14 +381,19 @@ func implementedBy(v any, ifaces []reflect.Type) []string {
 	return names
 }
 
+// localTestDSN is the test Postgres: CACHEDPQ_TEST_DSN, or the local default.
+func localTestDSN() string {
+	if dsn := os.Getenv("CACHEDPQ_TEST_DSN"); dsn != "" {
+		return dsn
+	}
+	return "host=127.0.0.1 port=5432 user=postgres dbname=test sslmode=disable"
+}
+
 // pqDSN is the Postgres the in-package tests use; they skip without it,
 // except under CI=true, where they fail.
 func pqDSN(t testing.TB) string {
 	t.Helper()
-	dsn := os.Getenv("CACHEDPQ_TEST_DSN")
-	if dsn == "" {
-		dsn = "host=127.0.0.1 port=5432 user=postgres dbname=test sslmode=disable"
-	}
+	dsn := localTestDSN()
 	db, err := sql.Open("postgres", dsn)
 	if err == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

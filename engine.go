@@ -107,9 +107,24 @@ func (e *engine) fail(op string, err error) {
 	}
 }
 
-// cacheCtx bounds one cache operation by the configured timeout.
+// cacheCtx bounds one cache operation by the configured timeout. The
+// in-process store never waits, so it needs no timer.
 func (e *engine) cacheCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	if !e.shared {
+		return ctx, func() {}
+	}
 	return context.WithTimeout(ctx, e.opts.Timeout)
+}
+
+// lookup reads an entry and the stamps of its tags. The in-process store
+// is called directly so that the stamp buffer stays on the caller's stack.
+func (e *engine) lookup(ctx context.Context, r *read, buf []uint64) (*entry, []uint64, error) {
+	if ms, ok := e.store.(*memStore); ok {
+		return ms.lookup(ctx, r.key, r.tags, buf)
+	}
+	lctx, cancel := context.WithTimeout(ctx, e.opts.Timeout)
+	defer cancel()
+	return e.store.lookup(lctx, r.key, r.tags, nil) // a buf would escape through the interface
 }
 
 // query runs a read through the cache when it is registered and the
@@ -184,9 +199,7 @@ func (e *engine) cached(ctx context.Context, c *conn, r *read, args []driver.Nam
 	r.key, r.check = string(kbytes), check
 	var sb [stampBufCap]uint64
 	start := time.Now()
-	lctx, cancel := e.cacheCtx(ctx)
-	ent, stamps, err := e.store.lookup(lctx, r.key, r.tags, sb[:0])
-	cancel()
+	ent, stamps, err := e.lookup(ctx, r, sb[:0])
 	e.stats.cacheLat.observe(time.Since(start))
 	if err != nil {
 		return e.lookupFailed(ctx, r, stamps, err)

@@ -1,0 +1,254 @@
+package cachedpq
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// The engine benchmarks measure raw lib/pq, raw go-redis and cachedpq in
+// the same run, on a point lookup, a 50-row list and an expensive
+// aggregate. Compare runs with benchstat:
+//
+//	go test -run '^$' -bench Engine -benchmem -count 6 . > new.txt
+//
+// They need the test Postgres and Redis (they skip without them).
+
+const (
+	benchPoint = `select id, name, score, created from bench_items where id = $1`
+	benchList  = `select id, name, score, created from bench_items where category = $1 order by id limit 50`
+	benchAgg   = `select category, count(*), avg(score), max(name), min(created) from bench_items group by category order by category`
+	benchWrite = `update bench_items set score = score + 1 where id = $1`
+	benchMiss  = `select id, name, score, created from bench_items where id = $1 and $2::int8 >= 0`
+	benchRows  = 200_000
+)
+
+var benchSchema struct {
+	once sync.Once
+	dsn  string
+	err  error
+}
+
+// benchDSN creates the benchmark schema once per process and returns a DSN
+// that uses it. The schema is dropped by TestMain-less cleanup: it is named
+// per process and dropped when the last benchmark's DB closes.
+func benchDSN(b *testing.B) string {
+	b.Helper()
+	dsn := pqDSN(b)
+	benchSchema.once.Do(func() {
+		schema := fmt.Sprintf("bench_%d", os.Getpid())
+		admin, err := sql.Open("postgres", dsn)
+		if err != nil {
+			benchSchema.err = err
+			return
+		}
+		defer admin.Close()
+		_, err = admin.Exec(`create schema ` + schema + `;
+			create table ` + schema + `.bench_items (id int8 primary key, category int4, name text, score numeric(10,2), created timestamptz);
+			insert into ` + schema + `.bench_items select g, g % 100, 'item ' || g, g * 0.5, '2024-01-01'::timestamptz + g * interval '1 minute'
+			from generate_series(1, ` + fmt.Sprint(benchRows) + `) g;
+			create index on ` + schema + `.bench_items (category, id);
+			analyze ` + schema + `.bench_items`)
+		benchSchema.err = err
+		benchSchema.dsn = dsn + " search_path=" + schema
+	})
+	if benchSchema.err != nil {
+		b.Fatal(benchSchema.err)
+	}
+	return benchSchema.dsn
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if benchSchema.dsn != "" {
+		if admin, err := sql.Open("postgres", localTestDSN()); err == nil {
+			admin.Exec(fmt.Sprintf("drop schema bench_%d cascade", os.Getpid()))
+			admin.Close()
+		}
+	}
+	os.Exit(code)
+}
+
+// benchDB opens the DB a benchmark variant reads through.
+func benchDB(b *testing.B, variant string) (*sql.DB, *Connector) {
+	b.Helper()
+	dsn := benchDSN(b)
+	if variant == "raw" {
+		db, err := sql.Open("postgres", dsn)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { db.Close() })
+		return db, nil
+	}
+	opts := Options{Registry: NewRegistry(), Prefix: fmt.Sprintf("bench%d", os.Getpid())}
+	if variant == "redis" {
+		opts.Redis = testRedis(b)
+	}
+	if variant != "unregistered" {
+		for _, q := range []string{benchPoint, benchList, benchAgg, benchMiss} {
+			if err := opts.Registry.Register(q, Policy{TTL: time.Hour}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	c, err := NewConnector(dsn, opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	db := sql.OpenDB(c)
+	b.Cleanup(func() {
+		db.Close()
+		if opts.Redis != nil {
+			c.InvalidateAll(context.Background())
+		}
+	})
+	return db, c
+}
+
+// readAll scans a whole result the way an application would.
+func benchScan(b *testing.B, db *sql.DB, query string, args ...any) int {
+	rows, err := db.Query(query, args...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer rows.Close()
+	n := 0
+	vals := make([]any, 5)
+	ptrs := make([]any, 5)
+	for i := range vals {
+		ptrs[i] = &vals[i]
+	}
+	cols, _ := rows.Columns()
+	for rows.Next() {
+		if err := rows.Scan(ptrs[:len(cols)]...); err != nil {
+			b.Fatal(err)
+		}
+		n++
+	}
+	if err := rows.Err(); err != nil {
+		b.Fatal(err)
+	}
+	return n
+}
+
+var benchReads = []struct {
+	name, query string
+	arg         any
+}{
+	{"point", benchPoint, int64(4242)},
+	{"list50", benchList, int64(7)},
+	{"aggregate", benchAgg, nil},
+}
+
+func BenchmarkEngineRead(b *testing.B) {
+	for _, r := range benchReads {
+		for _, variant := range []string{"raw", "unregistered", "memory", "redis"} {
+			if r.name == "aggregate" && variant == "unregistered" {
+				continue
+			}
+			b.Run(r.name+"/"+variant, func(b *testing.B) {
+				db, c := benchDB(b, variant)
+				var args []any
+				if r.arg != nil {
+					args = []any{r.arg}
+				}
+				benchScan(b, db, r.query, args...) // warm: fill the cache
+				if c != nil && c.eng.shared {
+					waitFor(b, func() bool { return c.Stats().Fills > 0 || c.Stats().Hits > 0 })
+				}
+				b.ReportAllocs()
+				b.ResetTimer()
+				for b.Loop() {
+					benchScan(b, db, r.query, args...)
+				}
+				b.StopTimer()
+				if c != nil && variant != "unregistered" && c.Stats().Hits < uint64(b.N) {
+					b.Fatalf("only %d hits in %d reads", c.Stats().Hits, b.N)
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkEngineRedisGet is the floor for a Redis hit: a raw go-redis GET
+// of the same entry bytes, plus decoding them.
+func BenchmarkEngineRedisGet(b *testing.B) {
+	for _, r := range benchReads {
+		b.Run(r.name, func(b *testing.B) {
+			db, c := benchDB(b, "redis")
+			var args []any
+			if r.arg != nil {
+				args = []any{r.arg}
+			}
+			benchScan(b, db, r.query, args...)
+			waitFor(b, func() bool { return c.Stats().Fills > 0 })
+			rdb := c.opts.Redis.(*redis.Client)
+			ctx := context.Background()
+			keys, _ := rdb.Keys(ctx, c.opts.Prefix+":bench_items:*").Result()
+			var key string
+			for _, k := range keys {
+				if v, _ := rdb.Get(ctx, k).Bytes(); len(v) > 0 {
+					if e, err := decodeEntry(v, 0); err == nil && (len(e.snap.rows) == 50) == (r.name == "list50") &&
+						(len(e.snap.columns) == 5) == (r.name == "aggregate") {
+						key = k
+					}
+				}
+			}
+			if key == "" {
+				b.Fatal("entry not found")
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				v, err := rdb.Get(ctx, key).Bytes()
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := decodeEntry(v, 0); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkEngineMiss reads a registered point lookup with a new argument
+// every time: the raw query plus the cache's round trips.
+func BenchmarkEngineMiss(b *testing.B) {
+	for _, variant := range []string{"raw", "memory", "redis"} {
+		b.Run(variant, func(b *testing.B) {
+			db, _ := benchDB(b, variant)
+			b.ReportAllocs()
+			i := int64(0)
+			for b.Loop() {
+				i++
+				benchScan(b, db, benchMiss, i%benchRows+1, i)
+			}
+		})
+	}
+}
+
+// BenchmarkEngineWrite is a write through the driver: the raw write plus
+// one invalidation.
+func BenchmarkEngineWrite(b *testing.B) {
+	for _, variant := range []string{"raw", "memory", "redis"} {
+		b.Run(variant, func(b *testing.B) {
+			db, _ := benchDB(b, variant)
+			b.ReportAllocs()
+			i := int64(0)
+			for b.Loop() {
+				i++
+				if _, err := db.Exec(benchWrite, i%1000+1); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
