@@ -5,12 +5,15 @@ import (
 	"database/sql/driver"
 	"encoding/binary"
 	"errors"
+	"hash/fnv"
+	"strconv"
 	"math"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/lib/pq"
 	"github.com/sony/gobreaker/v2"
 )
 
@@ -154,13 +157,19 @@ func (e *engine) query(ctx context.Context, c *conn, query string, args []driver
 // now outside a transaction, at commit inside one.
 func (e *engine) exec(ctx context.Context, c *conn, query string, run func() (driver.Result, error)) (driver.Result, error) {
 	res, err := run()
-	if err != nil {
-		return res, err
-	}
-	if a := analyze(query); mayWrite(a) {
+	if a := analyze(query); mayWrite(a) && (err == nil || !reportedByServer(err)) {
+		// A failure the server did not report (a lost connection, a
+		// cancelled context) may hide a write that committed.
 		e.afterWrite(ctx, c, a)
 	}
-	return res, nil
+	return res, err
+}
+
+// reportedByServer reports an error Postgres answered with: the statement
+// failed and, outside a transaction, wrote nothing.
+func reportedByServer(err error) bool {
+	var pqErr *pq.Error
+	return errors.As(err, &pqErr)
 }
 
 // refuses reports why reads on c must not use the cache, if they must not.
@@ -179,6 +188,7 @@ type read struct {
 	reg   *registration
 	rs    *regState
 	key   string
+	lease string // the fill lease's name: the key and the stamps it was taken under
 	check [16]byte
 	tags  []string // the entry's tags, the epoch last
 	run   func(context.Context) (driver.Rows, error)
@@ -362,7 +372,7 @@ func (e *engine) lead(ctx context.Context, f *flight, id string, r *read) (drive
 	if err != nil {
 		stop()
 		end(nil)
-		e.releaseLease(r.key)
+		e.releaseLease(r.lease)
 		return nil, err
 	}
 	e.note(r.rs, missesF)
@@ -372,7 +382,7 @@ func (e *engine) lead(ctx context.Context, f *flight, id string, r *read) (drive
 		if !complete {
 			end(nil)
 			e.bypassed(r.rs, bypassTooLarge)
-			e.releaseLease(r.key)
+			e.releaseLease(r.lease)
 			return
 		}
 		ent := e.newEntry(r.reg, r.check, stamps, start, s)
@@ -427,7 +437,7 @@ func (r *registration) ttl(empty bool) time.Duration {
 func (e *engine) store1(r *read, ent *entry) {
 	ttl := time.Duration(ent.expires-ent.created) + r.reg.policy.StaleFor
 	if ent.expires <= ent.created {
-		e.releaseLease(r.key)
+		e.releaseLease(r.lease)
 		return
 	}
 	tags := r.tags[:len(r.tags)-1] // entries are not indexed under the epoch
@@ -446,7 +456,7 @@ func (e *engine) store1(r *read, ent *entry) {
 		ctx, cancel := context.WithTimeout(context.Background(), fillTimeout)
 		defer cancel()
 		e.fillNow(ctx, r, ent, ttl, tags)
-		e.releaseLease(r.key)
+		e.releaseLease(r.lease)
 	})
 }
 
@@ -475,15 +485,16 @@ func (e *engine) awaitLease(ctx context.Context, r *read, stamps []uint64) *entr
 	if !e.shared {
 		return nil
 	}
+	r.lease = leaseName(key, stamps)
 	lctx, cancel := e.cacheCtx(ctx)
-	token, ok, err := e.store.acquireLease(lctx, key, leaseTTL)
+	token, ok, err := e.store.acquireLease(lctx, r.lease, leaseTTL)
 	cancel()
 	if err != nil {
 		e.fail("lease", err)
 		return nil
 	}
 	if ok {
-		e.leases.Store(key, token)
+		e.leases.Store(r.lease, token)
 		return nil
 	}
 	deadline := time.Now().Add(leaseWait)
@@ -508,8 +519,21 @@ func (e *engine) awaitLease(ctx context.Context, r *read, stamps []uint64) *entr
 	return nil
 }
 
-// releaseLease gives up a lease this process holds on key, if any.
+// leaseName names the fill lease of key under stamps: a write changes the
+// stamps, so a lease taken before it does not hold back loads after it.
+func leaseName(key string, stamps []uint64) string {
+	h := fnv.New64a()
+	for _, s := range stamps {
+		binary.Write(h, binary.LittleEndian, s)
+	}
+	return key + "#" + strconv.FormatUint(h.Sum64(), 36)
+}
+
+// releaseLease gives up a lease this process holds, if any.
 func (e *engine) releaseLease(key string) {
+	if key == "" {
+		return
+	}
 	v, ok := e.leases.LoadAndDelete(key)
 	if !ok {
 		return

@@ -273,3 +273,43 @@ func TestFoldTag(t *testing.T) {
 		}
 	}
 }
+
+func TestSetLocalKeepsTheConnectionCacheable(t *testing.T) {
+	db, c, _ := engineDB(t, nil)
+	if err := c.opts.Registry.Register(`select v from kv where k = $1`, Policy{TTL: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	db.SetMaxOpenConns(1)
+	tx, err := db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(`set local statement_timeout = '5s'`); err != nil {
+		t.Fatal(err)
+	}
+	// A savepoint inside a BeginTx transaction is not a raw COMMIT: the
+	// update's invalidation must wait for the real commit.
+	if _, err := tx.Exec(`update kv set v = 'x' where k = 2; savepoint s1`); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	getV(t, db, 1)
+	getV(t, db, 1)
+	if s := c.Stats(); s.Hits != 1 || s.Bypass["session_state"] != 0 {
+		t.Fatalf("SET LOCAL disabled the cache on its connection: %+v", s.Counters)
+	}
+	if got := getV(t, db, 2); got != "x" {
+		t.Fatalf("after commit: %q", got)
+	}
+}
+
+func TestLeasesAreVoidedByWrites(t *testing.T) {
+	if leaseName("k", []uint64{1, 2}) == leaseName("k", []uint64{1, 3}) {
+		t.Fatal("a lease taken before a write holds back loads after it")
+	}
+	if leaseName("k", []uint64{1, 2}) != leaseName("k", []uint64{1, 2}) {
+		t.Fatal("lease names are not stable")
+	}
+}

@@ -55,15 +55,15 @@ func mayWrite(a *analysis) bool {
 // invalidates what the statement wrote — now outside a transaction, at
 // commit inside one.
 func (e *engine) afterWrite(ctx context.Context, c *conn, a *analysis) {
-	if a.sessionChange {
-		c.dirty = true
+	if a.sessionChange && !strings.HasPrefix(a.normalized, "set local ") {
+		c.dirty = true // SET LOCAL ends with its transaction, where reads bypass anyway
 	}
 	var w writeSet
 	e.writesOf(ctx, c, a, &w)
 	if a.ddl {
 		e.cat.reset()
 	}
-	if a.txControl {
+	if a.txControl && c.tx == nil {
 		e.txStatement(ctx, c, a, &w)
 		return
 	}

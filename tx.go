@@ -24,11 +24,13 @@ func newTx(c *conn, inner driver.Tx, ctx context.Context) *tx {
 // A commit that succeeded in Postgres never fails because of the cache.
 func (t *tx) Commit() error {
 	t.conn.tx = nil
-	if err := t.inner.Commit(); err != nil {
-		return err
+	err := t.inner.Commit()
+	if err == nil || !reportedByServer(err) {
+		// Also when the outcome is unknown (the connection broke during
+		// COMMIT): invalidating too much is safe, too little is not.
+		t.conn.c.eng.invalidate(context.WithoutCancel(t.ctx), &t.writes)
 	}
-	t.conn.c.eng.invalidate(context.WithoutCancel(t.ctx), &t.writes)
-	return nil
+	return err
 }
 
 // Rollback rolls the inner transaction back; nothing is invalidated.
