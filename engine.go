@@ -8,6 +8,7 @@ import (
 	"hash/fnv"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -345,17 +346,22 @@ func (e *engine) miss(ctx context.Context, r *read, seen []uint64) (driver.Rows,
 		return r.run(ctx) // the leader could not record: load for ourselves
 	}
 	lr := *r // the recording callback keeps it; r stays on the caller's stack
-	return e.lead(ctx, f, id, &lr)
+	return e.lead(ctx, f, id, &lr, seen)
 }
 
 // lead runs the query of a miss for every reader waiting on f.
-func (e *engine) lead(ctx context.Context, f *flight, id string, r *read) (driver.Rows, error) {
+// The stamps the lookup saw serve for the entry (they were read before the
+// query runs); only missing ones cost another round trip to create.
+func (e *engine) lead(ctx context.Context, f *flight, id string, r *read, seen []uint64) (driver.Rows, error) {
 	end := func(ent *entry) {
 		e.flights.forget(id, f)
 		e.refreshers.Delete(r.key)
 		f.finish(ent)
 	}
-	stamps, err := e.readStamps(ctx, r.tags)
+	stamps, err := slices.Clone(seen), error(nil)
+	if len(seen) != len(r.tags) || slices.Contains(seen, 0) {
+		stamps, err = e.readStamps(ctx, r.tags)
+	}
 	if err != nil {
 		end(nil)
 		e.bypassed(r.rs, bypassCacheError)
