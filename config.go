@@ -58,6 +58,13 @@ type Options struct {
 	// so Policy.Tags and the Invalidate methods must cover them.
 	NoCatalog bool
 
+	// UnknownWrites narrows the invalidation of statements whose writes
+	// the SQL text cannot show: CALL, DO, EXECUTE, DROP ... CASCADE, and
+	// reads that call volatile user functions. It receives the normalized
+	// statement and returns the tables it writes; ok false (or a nil func)
+	// invalidates the whole namespace. It must be safe for concurrent use.
+	UnknownWrites func(statement string) (tables []string, ok bool)
+
 	// Registry holds the registered queries. Nil means the default registry
 	// that Register fills.
 	Registry *Registry

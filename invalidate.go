@@ -109,8 +109,9 @@ func (e *engine) txStatement(ctx context.Context, c *conn, a *analysis, w *write
 // the tables foreign keys cascade to, the base tables of written views, and
 // the whole namespace for writes the text cannot show.
 func (e *engine) writesOf(ctx context.Context, c *conn, a *analysis, w *writeSet) {
-	if a.unknownWrite {
-		w.all = true
+	truncateCascade := a.cascade && a.kind == kindTruncate && !a.multi
+	if a.unknownWrite && !(truncateCascade && !e.opts.NoCatalog) {
+		e.unknownWrite(a, w)
 		return
 	}
 	if len(a.writes) == 0 && len(a.functions) == 0 {
@@ -126,10 +127,26 @@ func (e *engine) writesOf(ctx context.Context, c *conn, a *analysis, w *writeSet
 		return
 	}
 	if cat.anyVolatile(a.functions) {
-		w.all = true
+		e.unknownWrite(a, w)
 		return
 	}
-	w.add(cat.reach(a.writes, a.cascade)...)
+	w.add(cat.reach(a.writes, truncateCascade)...)
+}
+
+// unknownWrite handles a statement whose writes the text cannot show: the
+// tables Options.UnknownWrites names for it, else the whole namespace.
+func (e *engine) unknownWrite(a *analysis, w *writeSet) {
+	if e.opts.UnknownWrites != nil {
+		if tables, ok := e.opts.UnknownWrites(a.normalized); ok {
+			if tags, err := foldTags(tables); err == nil {
+				w.add(a.writes...)
+				w.add(tags...)
+				return
+			}
+			e.opts.Logger.Warn("cachedpq: UnknownWrites named a bad table; invalidating everything")
+		}
+	}
+	w.all = true
 }
 
 // invalidate replaces the stamps of the written tags, so no entry that

@@ -238,15 +238,22 @@ func TestHitMatchesLibPQMetadata(t *testing.T) {
 	})
 }
 
-// writeCase is one way of writing that must invalidate a cached read.
-type writeCase struct {
-	name  string
-	setup string // extra DDL, run raw before the read is cached
-	write func(t *testing.T, db *sqlx.DB)
+// execer is what a write runs on: the DB, or a transaction.
+type execer interface {
+	Exec(query string, args ...any) (sql.Result, error)
+	QueryRow(query string, args ...any) *sql.Row
 }
 
-func execWrite(query string, args ...any) func(t *testing.T, db *sqlx.DB) {
-	return func(t *testing.T, db *sqlx.DB) {
+// writeCase is one way of writing that must invalidate a cached read.
+type writeCase struct {
+	name   string
+	setup  string // extra DDL, run raw before the read is cached
+	write  func(t *testing.T, db execer)
+	dbOnly bool // the write manages its own transaction or connection
+}
+
+func execWrite(query string, args ...any) func(t *testing.T, db execer) {
+	return func(t *testing.T, db execer) {
 		t.Helper()
 		mustExec(t, db, query, args...)
 	}
@@ -264,26 +271,29 @@ var writeCases = []writeCase{
 	{name: "merge", write: execWrite(`merge into users u using (values (1::int8, 'merged')) v(id, name) on u.id = v.id
 		when matched then update set name = v.name`)},
 	{name: "truncate", write: execWrite(`truncate users`)},
-	{name: "schema qualified quoted", write: func(t *testing.T, db *sqlx.DB) {
+	{name: "truncate cascade", setup: `create table orders (id int8 primary key, user_id int8 references users);
+		insert into orders values (1, 1)`,
+		write: execWrite(`truncate users cascade`)},
+	{name: "schema qualified quoted", write: func(t *testing.T, db execer) {
 		var schema string
 		db.QueryRow(`select current_schema()`).Scan(&schema)
 		mustExec(t, db, fmt.Sprintf(`update %q."users" set name = 'quoted' where id = 1`, schema))
 	}},
 	{name: "multi statement", write: execWrite(`select 1; update users set name = 'multi' where id = 1`)},
-	{name: "insert returning via query", write: func(t *testing.T, db *sqlx.DB) {
+	{name: "insert returning via query", write: func(t *testing.T, db execer) {
 		var id int64
 		if err := db.QueryRow(`insert into users values (101, 'ret', 1, now()) returning id`).Scan(&id); err != nil {
 			t.Fatal(err)
 		}
 	}},
-	{name: "writable cte via query", write: func(t *testing.T, db *sqlx.DB) {
+	{name: "writable cte via query", write: func(t *testing.T, db execer) {
 		var n int
 		if err := db.QueryRow(`with d as (delete from users where id = 1 returning id) select count(*) from d`).Scan(&n); err != nil || n != 1 {
 			t.Fatalf("%d %v", n, err)
 		}
 	}},
-	{name: "copy in", write: func(t *testing.T, db *sqlx.DB) {
-		tx, err := db.Begin()
+	{name: "copy in", dbOnly: true, write: func(t *testing.T, db execer) {
+		tx, err := db.(*sqlx.DB).Begin()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -305,7 +315,7 @@ var writeCases = []writeCase{
 	{name: "call procedure", setup: `create procedure rename_one() language sql as $$ update users set name = 'proc' where id = 1 $$`,
 		write: execWrite(`call rename_one()`)},
 	{name: "volatile function in select", setup: `create function bump_name() returns int language sql volatile as $$ update users set name = 'fn' where id = 1 returning 1 $$`,
-		write: func(t *testing.T, db *sqlx.DB) {
+		write: func(t *testing.T, db execer) {
 			var n int
 			if err := db.QueryRow(`select bump_name()`).Scan(&n); err != nil {
 				t.Fatal(err)
@@ -316,8 +326,8 @@ var writeCases = []writeCase{
 		write: execWrite(`delete from users where id = 1`)},
 	{name: "write through view", setup: `create view active_users as select id, name from users`,
 		write: execWrite(`update active_users set name = 'via view' where id = 1`)},
-	{name: "raw begin commit", write: func(t *testing.T, db *sqlx.DB) {
-		c, err := db.Conn(context.Background())
+	{name: "raw begin commit", dbOnly: true, write: func(t *testing.T, db execer) {
+		c, err := db.(*sqlx.DB).Conn(context.Background())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -341,35 +351,72 @@ func TestReadYourWrites(t *testing.T) {
 	for _, store := range stores {
 		for _, wc := range writeCases {
 			t.Run(store+"/"+wc.name, func(t *testing.T) {
-				env := newEnv(t, store)
-				mustExec(t, env.raw, usersDDL)
-				if wc.setup != "" {
-					mustExec(t, env.raw, wc.setup)
-				}
-				reads := slicesClone(readsFor)
-				if strings.Contains(wc.setup, "orders") {
-					reads = append(reads, `select count(*) from orders`)
-				}
-				if strings.Contains(wc.setup, "view") {
-					reads = append(reads, `select id, name from active_users order by id limit 3`)
-				}
-				for _, q := range reads {
-					env.register(t, q, cachedpq.Policy{})
-					env.same(t, q)
-				}
-				env.waitFills(t, uint64(len(reads)))
-				for _, q := range reads {
-					env.same(t, q) // hits
-				}
-				if h := env.stats().Hits; h != uint64(len(reads)) {
-					t.Fatalf("hits = %d, want %d", h, len(reads))
-				}
-				wc.write(t, env.db)
-				for _, q := range reads {
-					env.same(t, q)
-				}
+				readYourWrites(t, store, wc, false)
+			})
+			if wc.dbOnly {
+				continue
+			}
+			t.Run(store+"/in tx/"+wc.name, func(t *testing.T) {
+				readYourWrites(t, store, wc, true)
 			})
 		}
+	}
+}
+
+// readYourWrites caches reads, runs the write (in a transaction when inTx,
+// checking that nothing changes before the commit), then requires every
+// read to answer as Postgres does.
+func readYourWrites(t *testing.T, store string, wc writeCase, inTx bool) {
+	t.Helper()
+	env := newEnv(t, store)
+	mustExec(t, env.raw, usersDDL)
+	if wc.setup != "" {
+		mustExec(t, env.raw, wc.setup)
+	}
+	reads := slicesClone(readsFor)
+	if strings.Contains(wc.setup, "orders") {
+		reads = append(reads, `select count(*) from orders`)
+	}
+	if strings.Contains(wc.setup, "view") {
+		reads = append(reads, `select id, name from active_users order by id limit 3`)
+	}
+	for _, q := range reads {
+		env.register(t, q, cachedpq.Policy{})
+		env.same(t, q)
+	}
+	env.waitFills(t, uint64(len(reads)))
+	committed := map[string][]string{}
+	for _, q := range reads {
+		committed[q] = env.same(t, q) // hits
+	}
+	if h := env.stats().Hits; h != uint64(len(reads)) {
+		t.Fatalf("hits = %d, want %d", h, len(reads))
+	}
+	if !inTx {
+		wc.write(t, env.db)
+	} else {
+		tx, err := env.db.Beginx()
+		if err != nil {
+			t.Fatal(err)
+		}
+		wc.write(t, tx)
+		// Still the committed state, from the cache (Postgres itself may be
+		// locked by the open transaction, as after TRUNCATE).
+		hits := env.stats().Hits
+		for _, q := range reads {
+			if got := rowsOf(t, env.db, q); !reflect.DeepEqual(got, committed[q]) {
+				t.Fatalf("before commit %s: %v, want %v", q, got, committed[q])
+			}
+		}
+		if env.stats().Hits != hits+uint64(len(reads)) {
+			t.Fatalf("a write inside a transaction invalidated before its commit: %+v", env.stats().Counters)
+		}
+		if err := tx.Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, q := range reads {
+		env.same(t, q)
 	}
 }
 
