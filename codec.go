@@ -112,6 +112,7 @@ type kindCounts struct {
 // encoding allocates nothing once warm.
 type encoder struct {
 	vals, strs, bins, body []byte
+	block                  []byte // the compressed structure block
 	locs                   []*time.Location
 	counts                 kindCounts
 }
@@ -129,7 +130,7 @@ func encodeEntry(dst []byte, e *entry) ([]byte, error) {
 		return dst, err
 	}
 	prefixLen := enc.assemble(e)
-	return appendFramed(dst, enc.body, prefixLen)
+	return enc.appendFramed(dst, prefixLen, len(enc.strs)+len(enc.bins))
 }
 
 // reset empties the scratch buffers, keeping their memory.
@@ -304,12 +305,16 @@ func columnFlags(c *column) byte {
 	return f
 }
 
-// appendFramed appends header, payload and checksum for body to dst. The
-// payload is the body's prefix as it is, then the rest of the body,
-// compressed when that pays: the prefix holds every count a decoder sizes
-// its one allocation by, so it must be readable before decompressing.
-func appendFramed(dst, body []byte, prefixLen int) ([]byte, error) {
-	start := len(dst)
+// appendFramed appends header, payload and checksum for enc.body to dst. The
+// payload is the body's prefix as it is, then the rest of the body. The
+// prefix holds every count a decoder sizes its one allocation by, so it
+// must be readable before decompressing. When compressing the rest pays,
+// it is stored as two blocks, the structure and the heaps (the last
+// heapLen bytes), each compressed on its own so that a decoder can put the
+// heaps straight into their final place and the structure in a scratch
+// buffer it reuses; the first block's compressed length comes first.
+func (enc *encoder) appendFramed(dst []byte, prefixLen, heapLen int) ([]byte, error) {
+	body, start := enc.body, len(dst)
 	rest := body[prefixLen:]
 	kind := byte(compressNone)
 	if len(rest) >= codecCompressMin {
@@ -319,13 +324,25 @@ func appendFramed(dst, body []byte, prefixLen int) ([]byte, error) {
 	dst = binary.AppendUvarint(dst, uint64(len(body)))
 	dst = append(dst, body[:prefixLen]...)
 	restAt := len(dst)
-	dst = compressInto(dst, rest, kind)
-	if kind != compressNone && len(dst)-restAt >= len(rest) {
+	if kind != compressNone {
+		dst, enc.block = appendBlocks(dst, rest[:len(rest)-heapLen], rest[len(rest)-heapLen:], enc.block, kind)
+	}
+	if kind == compressNone || len(dst)-restAt >= len(rest) {
 		// Incompressible: store raw rather than pay for decompression.
 		dst = append(dst[:restAt], rest...)
 		dst[start+3] = compressNone
 	}
 	return binary.LittleEndian.AppendUint64(dst, xxh3.Hash(dst[start:])), nil
+}
+
+// appendBlocks appends the compressed length of structure compressed,
+// then it, then heaps compressed. structure is compressed into scratch
+// first, since its compressed length must precede it.
+func appendBlocks(dst, structure, heaps, scratch []byte, kind byte) ([]byte, []byte) {
+	scratch = compressInto(scratch[:0], structure, kind)
+	dst = binary.AppendUvarint(dst, uint64(len(scratch)))
+	dst = append(dst, scratch...)
+	return compressInto(dst, heaps, kind), scratch
 }
 
 // compressInto appends body to dst compressed with kind.
@@ -391,6 +408,7 @@ func decodeEntry(b []byte, maxBytes int) (*entry, error) {
 	}
 	e := new(entry)
 	d := decoder{r: reader{b: payload}, rawLen: rawLen, maxRows: maxBytes / 24}
+	defer d.release()
 	if err := d.entry(e, kind); err != nil {
 		return nil, err
 	}
@@ -560,6 +578,7 @@ type decoder struct {
 	counts  kindCounts // declared
 	slabs   slabs
 	locs    locTable
+	scratch *[]byte // from scratchPool, if the structure was compressed
 }
 
 // shape is what a body's prefix says about the rest of it.
@@ -579,7 +598,7 @@ func (d *decoder) entry(e *entry, kind byte) error {
 	if err != nil {
 		return err
 	}
-	a := newArena(arenaSize(sh, d.counts, len(stamps)/8, kind))
+	a := newArena(arenaSize(sh, d.counts, len(stamps)/8))
 	e.stamps = carve[uint64](&a, len(stamps)/8)
 	for i := range e.stamps {
 		e.stamps[i] = binary.LittleEndian.Uint64(stamps[8*i:])
@@ -624,31 +643,62 @@ func (d *decoder) shape() (shape, error) {
 }
 
 // fill puts the body after the prefix where parsing reads it: both heaps
-// into the arena (decompressing the whole rest there if it is compressed),
-// and the reader onto the rest minus the heaps.
+// into the arena, and the reader onto the structure between prefix and
+// heaps, which is decompressed (if it is compressed) into a scratch
+// buffer that release returns to its pool once parsing is done.
 func (d *decoder) fill(a *arena, sh shape, kind byte) error {
 	payload := d.r.b[d.r.off:]
-	var heaps []byte
+	heaps := a.bytes(sh.strLen + sh.binLen)
 	if kind == compressNone {
 		if len(payload) != sh.restLen {
 			return corrupt("body is %d bytes, header says %d", d.r.off+len(payload), d.rawLen)
 		}
-		heaps = a.bytes(sh.strLen + sh.binLen)
 		copy(heaps, payload[sh.structLen:])
 		d.r = reader{b: payload[:sh.structLen]}
-	} else {
-		rest := a.bytes(sh.restLen)
-		if err := decompress(rest, payload, kind); err != nil {
-			return err
-		}
-		d.r = reader{b: rest[:sh.structLen]}
-		heaps = rest[sh.structLen:]
+	} else if err := d.decompressBlocks(payload, heaps, sh.structLen, kind); err != nil {
+		return err
 	}
 	if sh.strLen > 0 {
 		d.strs = unsafe.String(&heaps[0], sh.strLen)
 	}
 	d.bins = heaps[sh.strLen:]
 	return nil
+}
+
+// decompressBlocks decompresses the structure block of payload into a
+// scratch buffer for the reader, and the heap block into heaps.
+func (d *decoder) decompressBlocks(payload, heaps []byte, structLen int, kind byte) error {
+	r := reader{b: payload}
+	block := r.take(r.count(r.rest()))
+	if r.bad {
+		return corrupt("bad structure block length")
+	}
+	d.scratch = scratchPool.Get().(*[]byte)
+	*d.scratch = growBytes((*d.scratch)[:0], structLen)
+	structure := (*d.scratch)[:structLen]
+	if err := decompress(structure, block, kind); err != nil {
+		return err
+	}
+	if err := decompress(heaps, r.b[r.off:], kind); err != nil {
+		return err
+	}
+	d.r = reader{b: structure}
+	return nil
+}
+
+// scratchPool holds the buffers that structure blocks are decompressed
+// into: nothing decoded points into them, so they can be reused.
+var scratchPool = sync.Pool{New: func() any { return new([]byte) }}
+
+// scratchMax is the largest buffer kept in scratchPool.
+const scratchMax = 1 << 20
+
+// release returns the decoder's scratch buffer, if any, to its pool.
+func (d *decoder) release() {
+	if d.scratch != nil && cap(*d.scratch) <= scratchMax {
+		scratchPool.Put(d.scratch)
+	}
+	d.scratch = nil
 }
 
 // snapshot parses columns, locations and values into the arena's slabs,
@@ -889,14 +939,11 @@ func room[T any](n int) int {
 }
 
 // arenaSize is the arena space that entry carves, in its order.
-func arenaSize(sh shape, c kindCounts, nstamps int, kind byte) int {
+func arenaSize(sh shape, c kindCounts, nstamps int) int {
 	n := room[uint64](nstamps) + room[int64](c.ints) + room[float64](c.floats) +
 		room[time.Time](c.times) + room[string](c.strs) + room[[]byte](c.bins) +
 		room[driver.Value](sh.nvals) + room[[]driver.Value](sh.nrows) + room[column](sh.ncols)
-	if kind == compressNone {
-		return n + sh.strLen + sh.binLen
-	}
-	return n + sh.restLen
+	return n + sh.strLen + sh.binLen
 }
 
 // approxSize estimates the memory s holds, for cache accounting: headers
