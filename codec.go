@@ -6,19 +6,25 @@ package cachedpq
 //
 //	magic (2) | version (1) | flags (1) | uvarint raw body length | payload | xxh3-64 (8, little endian)
 //
-// where payload is the body, compressed or not as flags say, and the xxh3
-// sum covers every byte before it, so corruption is caught before any
-// decompression or parsing. The body is
+// where the xxh3 sum covers every byte before it, so corruption is caught
+// before any decompression or parsing. The body is
 //
-//	check (16) | varint created, expires, delta | uvarint #stamps | stamps (8 each)
-//	uvarint #columns, #rows | uvarint count of int64, float64, time, string, []byte values
-//	uvarint string heap length, []byte heap length
-//	columns | locations | values (one tag byte each, then its payload) | string heap | []byte heap
+//	prefix:    check (16) | varint created, expires, delta | uvarint #stamps | stamps (8 each)
+//	           uvarint #columns, #rows | uvarint count of int64, float64, time, string, []byte values
+//	           uvarint string heap length, []byte heap length
+//	structure: columns | locations | values (one tag byte each, then its payload)
+//	heaps:     string heap | []byte heap
 //
-// Strings and byte slices live apart from the structure, in two heaps, so a
-// decoder makes every string of a snapshot out of one allocation and every
-// []byte out of another; typed values are boxed out of slabs (see slabs
-// below), so decoding costs a constant number of allocations.
+// The payload is the prefix as it is, then structure and heaps: as they
+// are, or (as flags say) as the compressed length of the structure, the
+// structure compressed, and the heaps compressed. Version 1 compressed the
+// whole body in one block; it is rejected as corrupt.
+//
+// The prefix tells a decoder, before it decompresses anything, the size of
+// everything a snapshot needs: it makes one allocation (see arena) and
+// decompresses the heaps straight into it. Strings and byte slices are
+// views of the heaps, and typed values are boxed out of slabs in the arena
+// (see slabs), so decoding costs two allocations whatever the result.
 
 import (
 	"database/sql/driver"
@@ -67,12 +73,13 @@ const (
 )
 
 // codecCompression is the kind encodeEntry uses; codecCompressMin is the
-// raw body size below which compression does not pay. Both were chosen by
-// codec_bench_test.go: on the 300 kB JSON result s2 decompresses in about
-// 66 µs against zstd's 154 µs and compresses twice as fast, while zstd
-// stores 22 kB against 50 kB; every hit decompresses, so s2. Below about
-// 512 bytes (the 1-row result) neither saves anything. decodeEntry reads
-// both kinds, so switching later needs no format change.
+// size of structure and heaps below which compression does not pay. Both
+// were chosen by codec_bench_test.go: on the 350 kB JSON result, s2
+// decompresses the 333 kB heap block in about 55 µs against zstd's 110 µs
+// (6 GB/s against 3), while zstd stores 21 kB against 50 kB; every hit
+// decompresses, so s2. Below about 512 bytes (the 1-row result) neither
+// saves anything. decodeEntry reads both kinds, so switching later needs
+// no format change.
 var (
 	codecCompression = compressS2
 	codecCompressMin = 512
