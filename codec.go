@@ -6,27 +6,34 @@ package cachedpq
 //
 //	magic (2) | version (1) | flags (1) | uvarint raw body length | payload | xxh3-64 (8, little endian)
 //
-// where payload is the body, compressed or not as flags say, and the xxh3
-// sum covers every byte before it, so corruption is caught before any
-// decompression or parsing. The body is
+// where the xxh3 sum covers every byte before it, so corruption is caught
+// before any decompression or parsing. The body is
 //
-//	check (16) | varint created, expires, delta | uvarint #stamps | stamps (8 each)
-//	uvarint #columns, #rows | uvarint count of int64, float64, time, string, []byte values
-//	uvarint string heap length, []byte heap length
-//	columns | locations | values (one tag byte each, then its payload) | string heap | []byte heap
+//	prefix:    check (16) | varint created, expires, delta | uvarint #stamps | stamps (8 each)
+//	           uvarint #columns, #rows | uvarint count of int64, float64, time, string, []byte values
+//	           uvarint string heap length, []byte heap length
+//	structure: columns | locations | values (one tag byte each, then its payload)
+//	heaps:     string heap | []byte heap
 //
-// Strings and byte slices live apart from the structure, in two heaps, so a
-// decoder makes every string of a snapshot out of one allocation and every
-// []byte out of another; typed values are boxed out of slabs (see slabs
-// below), so decoding costs a constant number of allocations.
+// The payload is the prefix as it is, then structure and heaps: as they
+// are, or (as flags say) as the compressed length of the structure, the
+// structure compressed, and the heaps compressed. Version 1 compressed the
+// whole body in one block; it is rejected as corrupt.
+//
+// The prefix tells a decoder, before it decompresses anything, the size of
+// everything a snapshot needs: it makes one allocation (see arena) and
+// decompresses the heaps straight into it. Strings and byte slices are
+// views of the heaps, and typed values are boxed out of slabs in the arena
+// (see slabs), so decoding costs two allocations whatever the result.
 
 import (
-	"bytes"
 	"database/sql/driver"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
+	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -48,7 +55,7 @@ var errCorrupt = errors.New("cachedpq: corrupt cache entry")
 const (
 	codecMagic0   = 0xC7 // 0xC7 0x50: no text encoding starts with this pair
 	codecMagic1   = 0x50
-	codecVersion  = 1
+	codecVersion  = 2 // 2: the body prefix is stored uncompressed
 	codecHeadLen  = 4
 	codecSumLen   = 8
 	codecCheckLen = 16
@@ -66,12 +73,13 @@ const (
 )
 
 // codecCompression is the kind encodeEntry uses; codecCompressMin is the
-// raw body size below which compression does not pay. Both were chosen by
-// codec_bench_test.go: on the 300 kB JSON result s2 decompresses in about
-// 66 µs against zstd's 154 µs and compresses twice as fast, while zstd
-// stores 22 kB against 50 kB; every hit decompresses, so s2. Below about
-// 512 bytes (the 1-row result) neither saves anything. decodeEntry reads
-// both kinds, so switching later needs no format change.
+// size of structure and heaps below which compression does not pay. Both
+// were chosen by codec_bench_test.go: on the 350 kB JSON result, s2
+// decompresses the 333 kB heap block in about 55 µs against zstd's 110 µs
+// (6 GB/s against 3), while zstd stores 21 kB against 50 kB; every hit
+// decompresses, so s2. Below about 512 bytes (the 1-row result) neither
+// saves anything. decodeEntry reads both kinds, so switching later needs
+// no format change.
 var (
 	codecCompression = compressS2
 	codecCompressMin = 512
@@ -111,6 +119,7 @@ type kindCounts struct {
 // encoding allocates nothing once warm.
 type encoder struct {
 	vals, strs, bins, body []byte
+	block                  []byte // the compressed structure block
 	locs                   []*time.Location
 	counts                 kindCounts
 }
@@ -127,8 +136,8 @@ func encodeEntry(dst []byte, e *entry) ([]byte, error) {
 	if err := enc.snapshot(&e.snap); err != nil {
 		return dst, err
 	}
-	enc.assemble(e)
-	return appendFramed(dst, enc.body)
+	prefixLen := enc.assemble(e)
+	return enc.appendFramed(dst, prefixLen, len(enc.strs)+len(enc.bins))
 }
 
 // reset empties the scratch buffers, keeping their memory.
@@ -238,8 +247,9 @@ func (enc *encoder) locIndex(loc *time.Location) (int, error) {
 }
 
 // assemble writes the body: fixed fields, counts, columns, locations,
-// values and both heaps.
-func (enc *encoder) assemble(e *entry) {
+// values and both heaps. It returns the length of the prefix, the part
+// up to the columns that a decoder needs before it can allocate.
+func (enc *encoder) assemble(e *entry) (prefixLen int) {
 	b := append(enc.body, e.check[:]...)
 	b = binary.AppendVarint(b, e.created)
 	b = binary.AppendVarint(b, e.expires)
@@ -251,6 +261,7 @@ func (enc *encoder) assemble(e *entry) {
 	b = appendUvarints(b, len(e.snap.columns), len(e.snap.rows),
 		enc.counts.ints, enc.counts.floats, enc.counts.times, enc.counts.strs, enc.counts.bins,
 		len(enc.strs), len(enc.bins))
+	prefixLen = len(b)
 	for i := range e.snap.columns {
 		b = appendColumn(b, &e.snap.columns[i])
 	}
@@ -262,6 +273,7 @@ func (enc *encoder) assemble(e *entry) {
 	b = append(b, enc.vals...)
 	b = append(b, enc.strs...)
 	enc.body = append(b, enc.bins...)
+	return prefixLen
 }
 
 func appendUvarints(b []byte, ns ...int) []byte {
@@ -300,24 +312,44 @@ func columnFlags(c *column) byte {
 	return f
 }
 
-// appendFramed appends header, payload (compressed when it pays) and
-// checksum for body to dst.
-func appendFramed(dst, body []byte) ([]byte, error) {
-	start := len(dst)
+// appendFramed appends header, payload and checksum for enc.body to dst. The
+// payload is the body's prefix as it is, then the rest of the body. The
+// prefix holds every count a decoder sizes its one allocation by, so it
+// must be readable before decompressing. When compressing the rest pays,
+// it is stored as two blocks, the structure and the heaps (the last
+// heapLen bytes), each compressed on its own so that a decoder can put the
+// heaps straight into their final place and the structure in a scratch
+// buffer it reuses; the first block's compressed length comes first.
+func (enc *encoder) appendFramed(dst []byte, prefixLen, heapLen int) ([]byte, error) {
+	body, start := enc.body, len(dst)
+	rest := body[prefixLen:]
 	kind := byte(compressNone)
-	if len(body) >= codecCompressMin {
+	if len(rest) >= codecCompressMin {
 		kind = byte(codecCompression)
 	}
 	dst = append(dst, codecMagic0, codecMagic1, codecVersion, kind)
 	dst = binary.AppendUvarint(dst, uint64(len(body)))
-	payloadAt := len(dst)
-	dst = compressInto(dst, body, kind)
-	if kind != compressNone && len(dst)-payloadAt >= len(body) {
+	dst = append(dst, body[:prefixLen]...)
+	restAt := len(dst)
+	if kind != compressNone {
+		dst, enc.block = appendBlocks(dst, rest[:len(rest)-heapLen], rest[len(rest)-heapLen:], enc.block, kind)
+	}
+	if kind == compressNone || len(dst)-restAt >= len(rest) {
 		// Incompressible: store raw rather than pay for decompression.
-		dst = append(dst[:payloadAt], body...)
+		dst = append(dst[:restAt], rest...)
 		dst[start+3] = compressNone
 	}
 	return binary.LittleEndian.AppendUint64(dst, xxh3.Hash(dst[start:])), nil
+}
+
+// appendBlocks appends the compressed length of structure compressed,
+// then it, then heaps compressed. structure is compressed into scratch
+// first, since its compressed length must precede it.
+func appendBlocks(dst, structure, heaps, scratch []byte, kind byte) ([]byte, []byte) {
+	scratch = compressInto(scratch[:0], structure, kind)
+	dst = binary.AppendUvarint(dst, uint64(len(scratch)))
+	dst = append(dst, scratch...)
+	return compressInto(dst, heaps, kind), scratch
 }
 
 // compressInto appends body to dst compressed with kind.
@@ -367,106 +399,102 @@ func corrupt(format string, args ...any) error {
 
 // decodeEntry decodes an entry made by encodeEntry, strictly: anything but
 // an intact entry of this version whose body is at most maxBytes (<= 0:
-// 64 MiB) is an error wrapping errCorrupt. It is safe for concurrent use.
+// 64 MiB) is an error wrapping errCorrupt. The entry shares no memory
+// with b. It is safe for concurrent use.
+//
+// A decoded snapshot costs two allocations whatever its size: the entry,
+// and one arena (see arena) that holds every value, row, column and
+// string of it.
 func decodeEntry(b []byte, maxBytes int) (*entry, error) {
 	if maxBytes <= 0 {
 		maxBytes = codecMaxDefault
 	}
-	scratch := scratchPool.Get().(*[]byte)
-	defer putScratch(scratch)
-	body, err := unframe(b, maxBytes, scratch)
+	payload, kind, rawLen, err := unframe(b, maxBytes)
 	if err != nil {
 		return nil, err
 	}
-	e, err := decodeBody(body, maxBytes)
-	if err != nil {
+	e := new(entry)
+	d := decoder{r: reader{b: payload}, rawLen: rawLen, maxRows: maxBytes / 24}
+	defer d.release()
+	if err := d.entry(e, kind); err != nil {
 		return nil, err
 	}
 	e.size = len(b)
 	return e, nil
 }
 
-// unframe checks header and checksum and returns the raw body: part of b,
-// or decompressed into *scratch (grown if too small).
-func unframe(b []byte, maxBytes int, scratch *[]byte) ([]byte, error) {
+// unframe checks header and checksum and returns the payload, its
+// compression kind and the raw body length the header declares.
+func unframe(b []byte, maxBytes int) (payload []byte, kind byte, rawLen int, err error) {
 	if len(b) < codecHeadLen+1+codecSumLen {
-		return nil, corrupt("%d bytes is too short", len(b))
+		return nil, 0, 0, corrupt("%d bytes is too short", len(b))
 	}
 	if b[0] != codecMagic0 || b[1] != codecMagic1 {
-		return nil, corrupt("foreign magic %#x %#x", b[0], b[1])
+		return nil, 0, 0, corrupt("foreign magic %#x %#x", b[0], b[1])
 	}
 	if b[2] != codecVersion {
-		return nil, corrupt("format version %d, want %d", b[2], codecVersion)
+		return nil, 0, 0, corrupt("format version %d, want %d", b[2], codecVersion)
 	}
 	sumAt := len(b) - codecSumLen
 	if binary.LittleEndian.Uint64(b[sumAt:]) != xxh3.Hash(b[:sumAt]) {
-		return nil, corrupt("checksum mismatch")
+		return nil, 0, 0, corrupt("checksum mismatch")
 	}
-	if b[3]&^compressMask != 0 {
-		return nil, corrupt("unknown flags %#x", b[3])
+	kind = b[3]
+	if kind&^compressMask != 0 || kind == compressMask {
+		return nil, 0, 0, corrupt("unknown flags %#x", kind)
 	}
-	rawLen, n := binary.Uvarint(b[codecHeadLen:sumAt])
-	if n <= 0 {
-		return nil, corrupt("bad body length")
+	n, m := binary.Uvarint(b[codecHeadLen:sumAt])
+	if m <= 0 {
+		return nil, 0, 0, corrupt("bad body length")
 	}
-	if rawLen > uint64(maxBytes) {
-		return nil, corrupt("body of %d bytes over the limit of %d", rawLen, maxBytes)
+	if n > uint64(maxBytes) {
+		return nil, 0, 0, corrupt("body of %d bytes over the limit of %d", n, maxBytes)
 	}
-	return decompress(b[codecHeadLen+n:sumAt], b[3]&compressMask, int(rawLen), scratch)
+	return b[codecHeadLen+m : sumAt], kind, int(n), nil
 }
 
-// decompress returns payload decompressed with kind into scratch, which
-// must yield exactly rawLen bytes; rawLen was checked against the limit.
-func decompress(payload []byte, kind byte, rawLen int, scratch *[]byte) ([]byte, error) {
-	var body []byte
+// decompress fills dst, exactly, from payload compressed with kind.
+func decompress(dst, payload []byte, kind byte) error {
+	var out []byte
 	var err error
-	if kind != compressNone {
-		*scratch = growBytes((*scratch)[:0], rawLen) // keeps a grown buffer for next time
-	}
 	switch kind {
-	case compressNone:
-		body = payload
 	case compressS2:
-		body, err = s2Decode(payload, rawLen, *scratch)
+		out, err = s2Decode(dst, payload)
 	case compressZstd:
-		body, err = zstdDecoder().DecodeAll(payload, *scratch)
-	default:
-		return nil, corrupt("unknown compression %d", kind)
+		out, err = zstdDecode(dst, payload)
 	}
 	if err != nil {
-		return nil, corrupt("decompress: %v", err)
+		return corrupt("decompress: %v", err)
 	}
-	if len(body) != rawLen {
-		return nil, corrupt("body is %d bytes, header says %d", len(body), rawLen)
+	if len(out) != len(dst) || len(out) > 0 && &out[0] != &dst[0] {
+		return corrupt("body is %d bytes, header says %d", len(out), len(dst))
 	}
-	return body, nil
+	return nil
 }
 
-// s2Decode checks the block's declared length against the header's, which
-// scratch was sized for.
-func s2Decode(payload []byte, rawLen int, scratch []byte) ([]byte, error) {
+// s2Decode checks the block's declared length before decoding into dst.
+func s2Decode(dst, payload []byte) ([]byte, error) {
 	n, err := s2.DecodedLen(payload)
 	if err != nil {
 		return nil, err
 	}
-	if n != rawLen {
-		return nil, fmt.Errorf("s2 block says %d bytes, header %d", n, rawLen)
+	if n != len(dst) {
+		return nil, fmt.Errorf("s2 block says %d bytes, header %d", n, len(dst))
 	}
-	return s2.Decode(scratch[:n], payload)
+	return s2.Decode(dst, payload)
 }
 
-// scratchPool holds buffers that compressed bodies are decompressed into:
-// a warm buffer decompresses much faster than fresh zeroed memory, and
-// only the heaps are copied out of it.
-var scratchPool = sync.Pool{New: func() any { return new([]byte) }}
-
-// scratchMax is the largest buffer kept in scratchPool.
-const scratchMax = 4 << 20
-
-func putScratch(p *[]byte) {
-	if cap(*p) <= scratchMax {
-		scratchPool.Put(p)
+// zstdDecode checks a declared frame size before decoding into dst, so a
+// frame cannot make the decoder allocate more than the header allowed.
+func zstdDecode(dst, payload []byte) ([]byte, error) {
+	var h zstd.Header
+	if err := h.Decode(payload); err != nil {
+		return nil, err
 	}
+	if h.HasFCS && h.FrameContentSize != uint64(len(dst)) {
+		return nil, fmt.Errorf("zstd frame says %d bytes, header %d", h.FrameContentSize, len(dst))
+	}
+	return zstdDecoder().DecodeAll(payload, dst[:0])
 }
 
 // reader reads a body front to back; the first short or malformed read
@@ -548,86 +576,163 @@ func (r *reader) u64() uint64 {
 // decoder holds the state of decoding one body's snapshot.
 type decoder struct {
 	r       reader
-	strs    string // the string heap, one allocation
+	rawLen  int // declared body length
+	maxRows int
+	strs    string // the string heap, in the arena
 	strOff  int
-	bins    []byte // the []byte heap, one allocation
+	bins    []byte // the []byte heap, in the arena
 	binOff  int
 	counts  kindCounts // declared
 	slabs   slabs
-	locs    []*time.Location
-	maxRows int
+	locs    locTable
+	scratch *[]byte // from scratchPool, if the structure was compressed
 }
 
-// decodeBody parses a raw body, which it neither keeps nor writes.
-func decodeBody(body []byte, maxBytes int) (*entry, error) {
-	d := decoder{r: reader{b: body}, maxRows: maxBytes / 24}
-	e := &entry{}
+// shape is what a body's prefix says about the rest of it.
+type shape struct {
+	ncols, nrows, nvals int
+	strLen, binLen      int
+	restLen, structLen  int // the body after the prefix; that minus the heaps
+}
+
+// entry decodes the body whose framing unframe checked into e: the
+// prefix first, then one arena sized by it, then the rest into the arena.
+func (d *decoder) entry(e *entry, kind byte) error {
 	copy(e.check[:], d.r.take(codecCheckLen))
 	e.created, e.expires, e.delta = d.r.varint(), d.r.varint(), d.r.varint()
-	if n := d.r.count(d.r.rest() / 8); n > 0 {
-		e.stamps = make([]uint64, n)
-		for i := range e.stamps {
-			e.stamps[i] = d.r.u64()
-		}
-	}
-	if err := d.snapshot(&e.snap); err != nil {
-		return nil, err
-	}
-	return e, nil
-}
-
-// snapshot parses counts, heaps, columns, locations and values, and
-// checks that every byte and every declared count was used.
-func (d *decoder) snapshot(s *snapshot) error {
-	ncols, nrows, err := d.shape()
+	stamps := d.r.take(8 * d.r.count(d.r.rest()/8))
+	sh, err := d.shape()
 	if err != nil {
 		return err
 	}
-	s.columns = d.columns(ncols)
+	a := newArena(arenaSize(sh, d.counts, len(stamps)/8))
+	e.stamps = carve[uint64](&a, len(stamps)/8)
+	for i := range e.stamps {
+		e.stamps[i] = binary.LittleEndian.Uint64(stamps[8*i:])
+	}
+	d.slabs = newSlabs(&a, d.counts)
+	vals, rows := carve[driver.Value](&a, sh.nvals), carve[[]driver.Value](&a, sh.nrows)
+	e.snap.columns = carve[column](&a, sh.ncols)
+	if err := d.fill(&a, sh, kind); err != nil {
+		return err
+	}
+	return d.snapshot(&e.snap, &a, vals, rows)
+}
+
+// shape reads the dimensions, counts and heap lengths that end the prefix,
+// and checks them against the declared body length before anything is
+// allocated for them: every column, value and kind of value takes a
+// known least number of bytes.
+func (d *decoder) shape() (shape, error) {
+	r := &d.r
+	var sh shape
+	sh.ncols, sh.nrows = r.count(math.MaxInt32), r.count(math.MaxInt32)
+	c := &d.counts
+	c.ints, c.floats, c.times, c.strs, c.bins = r.count(d.rawLen), r.count(d.rawLen), r.count(d.rawLen), r.count(d.rawLen), r.count(d.rawLen)
+	sh.strLen, sh.binLen = r.count(d.rawLen), r.count(d.rawLen)
+	if r.bad || r.off > d.rawLen {
+		return sh, corrupt("truncated or malformed prefix")
+	}
+	sh.restLen = d.rawLen - r.off
+	sh.structLen = sh.restLen - sh.strLen - sh.binLen
+	if sh.structLen < 6*sh.ncols {
+		return sh, corrupt("heaps of %d and %d bytes and %d columns cannot fit %d bytes", sh.strLen, sh.binLen, sh.ncols, sh.restLen)
+	}
+	if sh.ncols == 0 && sh.nrows > d.maxRows || sh.ncols > 0 && sh.nrows > sh.structLen/sh.ncols {
+		return sh, corrupt("%d rows of %d columns cannot fit", sh.nrows, sh.ncols)
+	}
+	sh.nvals = sh.nrows * sh.ncols
+	least := 2*c.ints + 9*c.floats + 4*c.times + 2*c.strs + 2*c.bins
+	if max(c.ints, c.floats, c.times, c.strs, c.bins) > sh.nvals || least > sh.structLen {
+		return sh, corrupt("value counts %+v cannot fit %d values in %d bytes", *c, sh.nvals, sh.structLen)
+	}
+	return sh, nil
+}
+
+// fill puts the body after the prefix where parsing reads it: both heaps
+// into the arena, and the reader onto the structure between prefix and
+// heaps, which is decompressed (if it is compressed) into a scratch
+// buffer that release returns to its pool once parsing is done.
+func (d *decoder) fill(a *arena, sh shape, kind byte) error {
+	payload := d.r.b[d.r.off:]
+	heaps := a.bytes(sh.strLen + sh.binLen)
+	if kind == compressNone {
+		if len(payload) != sh.restLen {
+			return corrupt("body is %d bytes, header says %d", d.r.off+len(payload), d.rawLen)
+		}
+		copy(heaps, payload[sh.structLen:])
+		d.r = reader{b: payload[:sh.structLen]}
+	} else if err := d.decompressBlocks(payload, heaps, sh.structLen, kind); err != nil {
+		return err
+	}
+	if sh.strLen > 0 {
+		d.strs = unsafe.String(&heaps[0], sh.strLen)
+	}
+	d.bins = heaps[sh.strLen:]
+	return nil
+}
+
+// decompressBlocks decompresses the structure block of payload into a
+// scratch buffer for the reader, and the heap block into heaps.
+func (d *decoder) decompressBlocks(payload, heaps []byte, structLen int, kind byte) error {
+	r := reader{b: payload}
+	block := r.take(r.count(r.rest()))
+	if r.bad {
+		return corrupt("bad structure block length")
+	}
+	d.scratch = scratchPool.Get().(*[]byte)
+	*d.scratch = growBytes((*d.scratch)[:0], structLen)
+	structure := (*d.scratch)[:structLen]
+	if err := decompress(structure, block, kind); err != nil {
+		return err
+	}
+	if err := decompress(heaps, r.b[r.off:], kind); err != nil {
+		return err
+	}
+	d.r = reader{b: structure}
+	return nil
+}
+
+// scratchPool holds the buffers that structure blocks are decompressed
+// into: nothing decoded points into them, so they can be reused.
+var scratchPool = sync.Pool{New: func() any { return new([]byte) }}
+
+// scratchMax is the largest buffer kept in scratchPool.
+const scratchMax = 1 << 20
+
+// release returns the decoder's scratch buffer, if any, to its pool.
+func (d *decoder) release() {
+	if d.scratch != nil && cap(*d.scratch) <= scratchMax {
+		scratchPool.Put(d.scratch)
+	}
+	d.scratch = nil
+}
+
+// snapshot parses columns, locations and values into the arena's slabs,
+// and checks that every byte and every declared count was used.
+func (d *decoder) snapshot(s *snapshot, a *arena, vals []driver.Value, rows [][]driver.Value) error {
+	for i := range s.columns {
+		d.column(&s.columns[i])
+	}
 	if err := d.locations(); err != nil {
 		return err
 	}
-	s.rows = d.rows(ncols, nrows)
+	for i := range vals {
+		vals[i] = d.value()
+	}
 	if d.r.bad {
 		return corrupt("truncated or malformed body")
 	}
 	if d.r.rest() != 0 || d.strOff != len(d.strs) || d.binOff != len(d.bins) || d.counts != d.slabs.used() {
 		return corrupt("body has unused bytes or values")
 	}
+	ncols := len(s.columns)
+	for i := range rows {
+		rows[i] = vals[i*ncols : (i+1)*ncols : (i+1)*ncols]
+	}
+	s.rows = rows
+	d.locs.pinMortal(a)
 	return nil
-}
-
-// shape reads the dimensions, counts and heap lengths, checks them against
-// the bytes that remain, and splits the heaps off the body's tail.
-func (d *decoder) shape() (ncols, nrows int, err error) {
-	r := &d.r
-	ncols = r.count(r.rest() / 6) // a column takes at least 6 bytes
-	nrows = r.count(math.MaxInt32)
-	nvals := nrows * ncols
-	if ncols == 0 && nrows > d.maxRows || ncols > 0 && nrows > r.rest()/ncols {
-		return 0, 0, corrupt("%d rows of %d columns cannot fit", nrows, ncols)
-	}
-	d.counts = kindCounts{r.count(nvals), r.count(nvals), r.count(nvals), r.count(nvals), r.count(nvals)}
-	strLen, binLen := r.count(r.rest()), r.count(r.rest())
-	if r.bad || strLen+binLen > r.rest() {
-		return 0, 0, corrupt("truncated or malformed body")
-	}
-	heapAt := len(r.b) - strLen - binLen
-	d.heaps(r.b[heapAt:], strLen)
-	r.b = r.b[:heapAt]
-	d.slabs = newSlabs(d.counts)
-	return ncols, nrows, nil
-}
-
-// heaps copies both heaps into one fresh buffer that no one else holds
-// and nobody writes again, which is what makes a string view of it sound.
-// bytes.Clone does not zero the memory it is about to fill.
-func (d *decoder) heaps(b []byte, strLen int) {
-	b = bytes.Clone(b)
-	if strLen > 0 {
-		d.strs = unsafe.String(&b[0], strLen)
-	}
-	d.bins = b[strLen:]
 }
 
 // str takes the next n bytes of the string heap without allocating.
@@ -653,15 +758,6 @@ func (d *decoder) bin(n int) []byte {
 	return b
 }
 
-// columns parses ncols column descriptions.
-func (d *decoder) columns(ncols int) []column {
-	cols := make([]column, ncols)
-	for i := range cols {
-		d.column(&cols[i])
-	}
-	return cols
-}
-
 func (d *decoder) column(c *column) {
 	flags, scan := d.r.byte(), d.r.byte()
 	if flags&^colFlagsAll != 0 || scan > byte(scanBytes) {
@@ -683,41 +779,24 @@ func (d *decoder) column(c *column) {
 // locations parses the location table.
 func (d *decoder) locations() error {
 	n := d.r.count(d.r.rest() / 2) // a location takes at least 2 bytes
-	if n == 0 {
-		return nil
-	}
-	d.locs = make([]*time.Location, n)
-	for i := range d.locs {
+	for range n {
 		code := locCode{kind: d.r.byte()}
 		if code.kind == locNamed || code.kind == locFixed {
-			code.name = string(d.r.take(d.r.count(d.r.rest())))
+			// Only looked up; the caches clone whatever they keep.
+			if name := d.r.take(d.r.count(d.r.rest())); len(name) > 0 {
+				code.name = unsafe.String(&name[0], len(name))
+			}
 		}
 		if code.kind == locFixed {
 			code.offset = d.r.varint()
 		}
-		loc, err := code.location()
+		loc, immortal, err := code.location()
 		if err != nil {
 			return err
 		}
-		d.locs[i] = loc
+		d.locs.add(loc, immortal)
 	}
 	return nil
-}
-
-// rows parses every value into one slab and slices the rows out of it.
-func (d *decoder) rows(ncols, nrows int) [][]driver.Value {
-	if nrows == 0 || d.r.bad {
-		return nil
-	}
-	vals := make([]driver.Value, nrows*ncols)
-	for i := range vals {
-		vals[i] = d.value()
-	}
-	rows := make([][]driver.Value, nrows)
-	for i := range rows {
-		rows[i] = vals[i*ncols : (i+1)*ncols : (i+1)*ncols]
-	}
-	return rows
 }
 
 // value parses one tagged value.
@@ -753,11 +832,125 @@ func (d *decoder) time() driver.Value {
 	idx := d.r.uvarint()
 	sec := d.r.varint()
 	nsec := d.r.uvarint()
-	if idx >= uint64(len(d.locs)) || nsec >= 1e9 {
+	loc := d.locs.at(idx)
+	if loc == nil || nsec >= 1e9 {
 		d.r.bad = true
 		return nil
 	}
-	return d.slabs.time(time.Unix(sec, int64(nsec)).In(d.locs[idx]), &d.r)
+	return d.slabs.time(time.Unix(sec, int64(nsec)).In(loc), &d.r)
+}
+
+// locTable holds the locations of one body, without allocating for the
+// usual one or two, and those of them that nothing keeps alive (see
+// arena).
+type locTable struct {
+	small  [4]*time.Location
+	more   []*time.Location
+	n      int
+	mortal []*time.Location
+}
+
+func (t *locTable) add(loc *time.Location, immortal bool) {
+	if t.n < len(t.small) {
+		t.small[t.n] = loc
+	} else {
+		t.more = append(t.more, loc)
+	}
+	t.n++
+	if !immortal {
+		t.mortal = append(t.mortal, loc)
+	}
+}
+
+// at returns location idx, or nil if there is none.
+func (t *locTable) at(idx uint64) *time.Location {
+	switch {
+	case idx < uint64(min(t.n, len(t.small))):
+		return t.small[idx]
+	case idx < uint64(t.n):
+		return t.more[idx-uint64(len(t.small))]
+	}
+	return nil
+}
+
+// pinMortal keeps the table's mortal locations alive as long as the arena,
+// whose time values point to them where the collector cannot see.
+func (t *locTable) pinMortal(a *arena) {
+	if len(t.mortal) > 0 {
+		runtime.AddCleanup(a.base(), func([]*time.Location) {}, t.mortal)
+	}
+}
+
+// An arena is the one allocation behind a decoded snapshot: stamps, typed
+// values, string and []byte headers, boxed values, rows, columns and the
+// bytes of both heaps, carved out of a single pointer-free ([]uint64)
+// block. The collector never scans it, so it costs nothing to mark and no
+// allocation beyond itself, however many values it holds.
+//
+// That is sound because of what the pointers stored in it point to: into
+// the arena itself (strings, []byte values, boxed values, rows), to static
+// data (type words, boxed booleans and nils), or to a *time.Location kept
+// alive by a package-level cache that never forgets it (UTC and Local,
+// zones loaded by name, cached fixed zones). Any location not so kept is
+// pinned to the arena with runtime.AddCleanup. Whoever can reach a pointer
+// stored in the arena has reached the arena, which keeps the rest alive;
+// a pointer copied out of it into ordinary memory is seen as usual. So a
+// decoded snapshot must never be written: a pointer to anything else
+// stored into it would be invisible to the collector. The arena is never
+// pooled or reused, which is what makes string views of its bytes sound.
+type arena struct {
+	mem []byte
+	off int
+}
+
+// newArena allocates size bytes, zeroed (the write barriers of the typed
+// stores into it read the old contents as pointers) and 8-byte aligned.
+func newArena(size int) arena {
+	if size == 0 {
+		return arena{}
+	}
+	words := make([]uint64, (size+7)/8)
+	return arena{mem: unsafe.Slice((*byte)(unsafe.Pointer(&words[0])), len(words)*8)}
+}
+
+// base is the start of the arena's allocation.
+func (a *arena) base() *uint64 { return (*uint64)(unsafe.Pointer(&a.mem[0])) }
+
+// carve takes n elements of type T from the arena, which arenaSize sized.
+func carve[T any](a *arena, n int) []T {
+	if n == 0 {
+		return nil
+	}
+	a.off = alignUp[T](a.off)
+	p := unsafe.Pointer(&a.mem[a.off])
+	a.off += n * int(unsafe.Sizeof(*new(T)))
+	_ = a.mem[a.off-1] // the arena was sized for this
+	return unsafe.Slice((*T)(p), n)
+}
+
+// bytes takes n bytes from the arena, capped.
+func (a *arena) bytes(n int) []byte {
+	b := a.mem[a.off : a.off+n : a.off+n]
+	a.off += n
+	return b
+}
+
+func alignUp[T any](off int) int {
+	align := int(unsafe.Alignof(*new(T)))
+	return (off + align - 1) &^ (align - 1)
+}
+
+// room is the arena space of n elements of type T, alignment included.
+func room[T any](n int) int {
+	return n*int(unsafe.Sizeof(*new(T))) + int(unsafe.Alignof(*new(T))) - 1
+}
+
+// arenaSize is the arena space that entry carves, in its order.
+func arenaSize(sh shape, c kindCounts, nstamps int) int {
+	n := room[uint64](nstamps) + room[int64](c.ints) + room[float64](c.floats) +
+		room[time.Time](c.times) + room[string](c.strs) + room[[]byte](c.bins) +
+		room[driver.Value](sh.nvals) + room[[]driver.Value](sh.nrows) + room[column](sh.ncols)
+	return n + sh.strLen + sh.binLen
 }
 
 // approxSize estimates the memory s holds, for cache accounting: headers
@@ -805,13 +998,15 @@ type slabs struct {
 	bins   [][]byte
 }
 
-func newSlabs(c kindCounts) slabs {
+// newSlabs carves each slab out of the arena, empty, with room for the
+// declared count.
+func newSlabs(a *arena, c kindCounts) slabs {
 	return slabs{
-		ints:   make([]int64, 0, c.ints),
-		floats: make([]float64, 0, c.floats),
-		times:  make([]time.Time, 0, c.times),
-		strs:   make([]string, 0, c.strs),
-		bins:   make([][]byte, 0, c.bins),
+		ints:   carve[int64](a, c.ints)[:0],
+		floats: carve[float64](a, c.floats)[:0],
+		times:  carve[time.Time](a, c.times)[:0],
+		strs:   carve[string](a, c.strs)[:0],
+		bins:   carve[[]byte](a, c.bins)[:0],
 	}
 }
 
@@ -925,65 +1120,85 @@ func (c locCode) append(b []byte) []byte {
 	return b
 }
 
-// location rebuilds the stored location. Only the encoder's canonical
+// location rebuilds the stored location, and says whether a package-level
+// cache keeps it alive for good (see arena). Only the encoder's canonical
 // codes are accepted, so that one location has one encoding.
-func (c locCode) location() (*time.Location, error) {
+func (c locCode) location() (loc *time.Location, immortal bool, err error) {
 	switch c.kind {
 	case locUTC:
-		return time.UTC, nil
+		return time.UTC, pinned(time.UTC), nil
 	case locLocal:
-		return time.Local, nil
+		return time.Local, pinned(time.Local), nil
 	case locNamed:
 		if c.name == "" || c.name == "UTC" || c.name == "Local" {
-			return nil, corrupt("location name %q stored as a zone", c.name)
+			return nil, false, corrupt("location name %q stored as a zone", c.name)
 		}
 		if loc, err := loadLocation(c.name); err == nil {
-			return loc, nil
+			return loc, true, nil
 		}
-		return nil, corrupt("unknown time zone %q", c.name)
+		return nil, false, corrupt("unknown time zone %q", c.name)
 	case locFixed:
 		if c.offset < -maxZoneOffset || c.offset > maxZoneOffset {
-			return nil, corrupt("zone offset %d out of range", c.offset)
+			return nil, false, corrupt("zone offset %d out of range", c.offset)
 		}
-		return fixedZone(c.name, int(c.offset)), nil
+		loc, cached := fixedZone(c.name, int(c.offset))
+		return loc, cached, nil
 	}
-	return nil, corrupt("unknown location kind %d", c.kind)
+	return nil, false, corrupt("unknown location kind %d", c.kind)
 }
 
 // maxZoneOffset bounds fixed zone offsets: real ones are within ±16 hours.
 const maxZoneOffset = 24 * 60 * 60
 
 // Caches of reloaded locations: loading a zone reads the tz database, and
-// every hit with a time value needs one. Both are bounded by what the tz
-// database and real offsets hold, since only loadable names are cached.
+// every hit with a time value needs one. Entries are never removed, which
+// decoded arenas rely on. namedZones is bounded by the tz database, since
+// only loadable names are kept; fixedZones by maxCachedLocations.
 var (
 	namedZones sync.Map // zone name -> *time.Location
 	fixedZones sync.Map // locCode{name, offset} -> *time.Location
 )
 
+// loadLocation loads a zone by name once. name may alias bytes that are
+// about to change: what is kept is a clone.
 func loadLocation(name string) (*time.Location, error) {
 	if loc, ok := namedZones.Load(name); ok {
 		return loc.(*time.Location), nil
 	}
+	name = strings.Clone(name)
 	loc, err := time.LoadLocation(name)
 	if err != nil {
 		return nil, err
 	}
-	namedZones.Store(name, loc)
-	return loc, nil
+	// LoadOrStore, not Store: a value replaced in the map would no longer
+	// be kept alive for the arenas already pointing to it.
+	actual, _ := namedZones.LoadOrStore(name, loc)
+	return actual.(*time.Location), nil
 }
 
-func fixedZone(name string, offset int) *time.Location {
+// fixedZone returns the fixed zone name+offset and whether fixedZones keeps
+// it. name may alias bytes that are about to change.
+func fixedZone(name string, offset int) (*time.Location, bool) {
 	key := locCode{kind: locFixed, name: name, offset: int64(offset)}
 	if loc, ok := fixedZones.Load(key); ok {
-		return loc.(*time.Location)
+		return loc.(*time.Location), true
 	}
-	loc := time.FixedZone(name, offset)
+	key.name = strings.Clone(name)
+	loc := time.FixedZone(key.name, offset)
 	if fixedZoneCount.Add(1) < maxCachedLocations {
-		fixedZones.Store(key, loc)
+		actual, _ := fixedZones.LoadOrStore(key, loc) // see loadLocation
+		return actual.(*time.Location), true
 	}
-	return loc
+	return loc, false
 }
+
+// pinnedUTC and pinnedLocal keep the values time.UTC and time.Local had at
+// start-up alive for good, whatever a program assigns to them later.
+var pinnedUTC, pinnedLocal = time.UTC, time.Local
+
+// pinned reports whether loc is one of the pinned start-up locations; a
+// time.Local assigned since is pinned to each arena instead.
+func pinned(loc *time.Location) bool { return loc == pinnedUTC || loc == pinnedLocal }
 
 // Classification of locations met while encoding, by pointer: lib/pq
 // loads the session zone once per connection, so pointers repeat. The

@@ -508,19 +508,22 @@ func TestDecodedValuesDoNotAlias(t *testing.T) {
 }
 
 func TestDecodeAllocations(t *testing.T) {
-	e := benchResults(t)["50x4"]
-	b, err := encodeEntry(nil, e)
-	if err != nil {
-		t.Fatal(err)
-	}
-	allocs := testing.AllocsPerRun(50, func() {
-		if _, err := decodeEntry(b, 0); err != nil {
-			t.Fatal(err)
-		}
-	})
-	// entry, heaps, slabs, values, rows, columns, stamps: no per-value cost
-	if allocs > 16 {
-		t.Fatalf("decoding 200 values took %v allocations", allocs)
+	for name, e := range benchResults(t) {
+		t.Run(name, func(t *testing.T) {
+			b, err := encodeEntry(nil, e)
+			if err != nil {
+				t.Fatal(err)
+			}
+			allocs := testing.AllocsPerRun(50, func() {
+				if _, err := decodeEntry(b, 0); err != nil {
+					t.Fatal(err)
+				}
+			})
+			// the entry and its arena: no per-value cost
+			if allocs > 2 {
+				t.Fatalf("decoding took %v allocations", allocs)
+			}
+		})
 	}
 }
 
@@ -529,5 +532,133 @@ func TestApproxSize(t *testing.T) {
 	large := oneValueEntry(strings.Repeat("x", 10_000)).snap
 	if s, l := small.approxSize(), large.approxSize(); s <= 0 || l < 10_000 || l > 11_000 {
 		t.Fatalf("approxSize small %d large %d", s, l)
+	}
+}
+
+// v1Entry is an entry as format version 1 encoded it: one row of a UTC
+// time and the string "x".
+const v1Entry = "\xc7P\x01\x008\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x01\x00\x00\x01\x01\x00\x03\x00\x00\x00\x01\x00\x00\x00\x00\x00\x01\x00\x00\x00\x01\x00\b\x00\xca\xf6\xea\xe0\v\x06\x05\x01vsx\x1e\x8b\x86\x92\xed\xa3\xbee"
+
+func TestDecodeRejectsVersion1(t *testing.T) {
+	_, err := decodeEntry([]byte(v1Entry), 0)
+	if !errors.Is(err, errCorrupt) || !strings.Contains(err.Error(), "format version 1") {
+		t.Fatalf("err = %v, want a format version error", err)
+	}
+}
+
+func TestCodecCompressedBlockEdges(t *testing.T) {
+	tests := map[string]*entry{
+		"zero value":   {},
+		"no heaps":     oneValueEntry(int64(12345)),
+		"empty heaps":  oneValueEntry([]byte{}),
+		"only heaps":   {snap: snapshot{columns: []column{{}}, rows: [][]driver.Value{{strings.Repeat("y", 3000)}}}},
+		"zero columns": {snap: snapshot{rows: [][]driver.Value{{}, {}}}},
+	}
+	for _, kind := range []int{compressS2, compressZstd} {
+		for name, e := range tests {
+			t.Run(fmt.Sprint(name, " kind ", kind), func(t *testing.T) {
+				defer setCompression(kind, 0)()
+				b, err := encodeEntry(nil, e)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got, err := decodeEntry(b, 0)
+				if err != nil {
+					t.Fatalf("%v (flags %#x)", err, b[3])
+				}
+				sameEntry(t, got, e)
+			})
+		}
+	}
+}
+
+// garbage allocates and drops memory, so that anything the collector
+// wrongly freed is reused and overwritten.
+func garbage() {
+	var keep [][]byte
+	for i := range 2000 {
+		b := make([]byte, 64+i%512)
+		for j := range b {
+			b[j] = 0xAA
+		}
+		keep = append(keep, b)
+	}
+	runtime.KeepAlive(keep)
+}
+
+// TestDecodedValuesSurviveCollection keeps only single values of a decoded
+// entry, collects everything else, and checks the values are intact: the
+// arena they live in is invisible to the collector, so this is what shows
+// that every pointer in it is kept alive (see arena).
+func TestDecodedValuesSurviveCollection(t *testing.T) {
+	ny := mustLoad(t, "America/New_York")
+	want := []driver.Value{"a string value", []byte("a bytes value"), int64(1 << 40), 2.5,
+		time.Date(2024, 7, 4, 12, 0, 0, 0, ny), time.Date(2024, 7, 4, 12, 0, 0, 0, time.FixedZone("", 3600)),
+		time.Date(2024, 7, 4, 12, 0, 0, 0, time.UTC)}
+	for _, kind := range []int{compressNone, compressS2} {
+		restore := setCompression(kind, 0)
+		kept := make([]driver.Value, len(want))
+		for i, v := range want {
+			e := oneValueEntry(v)
+			e.snap.rows[0] = append(e.snap.rows[0], strings.Repeat("padding ", 100))
+			e.snap.columns = append(e.snap.columns, column{name: "p"})
+			kept[i] = roundTrip(t, e).snap.rows[0][0]
+		}
+		restore()
+		for range 3 {
+			runtime.GC()
+			garbage()
+		}
+		for i := range want {
+			if !sameValue(kept[i], want[i]) {
+				t.Fatalf("kind %d: value %d is %#v after collection, want %#v", kind, i, kept[i], want[i])
+			}
+		}
+	}
+}
+
+// TestDecodeMortalLocation decodes a time in a fixed zone the zone cache
+// has no room for, so that only its pin to the arena keeps it alive.
+func TestDecodeMortalLocation(t *testing.T) {
+	old := fixedZoneCount.Load()
+	fixedZoneCount.Store(maxCachedLocations)
+	defer fixedZoneCount.Store(old)
+	want := time.Date(2001, 2, 3, 4, 5, 6, 7, time.FixedZone("MORTAL", 4567))
+	b, err := encodeEntry(nil, oneValueEntry(want))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := decodeEntry(b, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, cached := fixedZones.Load(locCode{kind: locFixed, name: "MORTAL", offset: 4567}); cached {
+		t.Fatal("the zone was cached; the test needs it not to be")
+	}
+	got := e.snap.rows[0][0]
+	e = nil
+	for range 3 {
+		runtime.GC()
+		garbage()
+	}
+	assertSameTime(t, got.(time.Time), want)
+}
+
+func TestDecodedStringsDoNotAlias(t *testing.T) {
+	for _, kind := range []int{compressNone, compressS2} {
+		restore := setCompression(kind, 0)
+		b, err := encodeEntry(nil, oneValueEntry("abc"))
+		restore()
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, err := decodeEntry(b, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		clear(b)
+		if got := e.snap.rows[0][0].(string); got != "abc" {
+			t.Fatalf("kind %d: got %q", kind, got)
+		}
 	}
 }
