@@ -117,5 +117,5 @@ func withParam(dsn, key, value string) string {
 			return u.String()
 		}
 	}
-	return strings.TrimSpace(dsn+" ") + " " + key + "=" + value
+	return strings.TrimSpace(dsn + " " + key + "=" + value)
 }
