@@ -652,3 +652,68 @@ func TestEvictedStampInvalidates(t *testing.T) {
 		t.Fatalf("stale = %d", env.stats().Stale)
 	}
 }
+
+// TestInstancesShareEntriesAndInvalidations: two Connectors on one Redis
+// prefix stand for two application instances. One fills, the other hits;
+// a write through either is seen by both (peers key on a random
+// per-process prefix, or invalidate only locally).
+func TestInstancesShareEntriesAndInvalidations(t *testing.T) {
+	a := newEnv(t, "redis")
+	mustExec(t, a.raw, usersDDL)
+	b, err := cachedpq.NewConnector(baseDSN()+" search_path="+a.schema, cachedpq.Options{
+		Redis: a.rdb, Prefix: a.prefix, Registry: a.reg, Timeout: time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bdb := sqlx.NewDb(sql.OpenDB(b), "cachedpq")
+	defer bdb.Close()
+	q := `select name from users where id = $1`
+	a.register(t, q, cachedpq.Policy{})
+	a.same(t, q, 1)
+	a.waitFills(t, 1)
+	if got := rowsOf(t, bdb, q, 1); got[0] != "[user1]" || b.Stats().Hits != 1 {
+		t.Fatalf("the second instance did not share the entry: %v %+v", got, b.Stats().Counters)
+	}
+	mustExec(t, bdb, `update users set name = 'from b' where id = 1`)
+	if got := a.same(t, q, 1); got[0] != "[from b]" {
+		t.Fatalf("instance a did not see b's write: %v", got)
+	}
+}
+
+// TestFailedWritesInvalidateNothing: a statement Postgres rejects changed
+// nothing, so entries stay (peers flush on every write, even failed ones).
+func TestFailedWritesInvalidateNothing(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		mustExec(t, env.raw, usersDDL)
+		q := `select name from users where id = $1`
+		env.register(t, q, cachedpq.Policy{})
+		env.same(t, q, 1)
+		env.waitFills(t, 1)
+		if _, err := env.db.Exec(`insert into users values (1, 'dup', 0, now())`); err == nil {
+			t.Fatal("duplicate key accepted")
+		}
+		env.same(t, q, 1)
+		if s := env.stats(); s.Hits != 1 || s.Invalidations != 0 {
+			t.Fatalf("a failed write invalidated: %+v", s)
+		}
+	})
+}
+
+// TestJoinedTablesInvalidate: a write to any table of a join invalidates
+// it, not only to the statement's main table.
+func TestJoinedTablesInvalidate(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		mustExec(t, env.raw, usersDDL+`; create table badges (user_id int8, badge text);
+			insert into badges values (1, 'gold'), (2, 'silver')`)
+		q := `select u.name, b.badge from users u join badges b on b.user_id = u.id
+			where u.id in (select user_id from badges where badge <> $1) order by 1`
+		env.register(t, q, cachedpq.Policy{})
+		env.same(t, q, "none")
+		env.waitFills(t, 1)
+		mustExec(t, env.db, `update badges set badge = 'bronze' where user_id = 2`)
+		if got := env.same(t, q, "none"); got[1] != "[user2 bronze]" {
+			t.Fatal(got)
+		}
+	})
+}
