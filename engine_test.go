@@ -313,3 +313,35 @@ func TestLeasesAreVoidedByWrites(t *testing.T) {
 		t.Fatal("lease names are not stable")
 	}
 }
+
+func TestUnknownWritesCanBeNarrowed(t *testing.T) {
+	db, c, raw := engineDB(t, nil)
+	var asked atomic.Value
+	c.eng.opts.UnknownWrites = func(stmt string) ([]string, bool) {
+		asked.Store(stmt)
+		return []string{"public.KV"}, true
+	}
+	if _, err := raw.Exec(`create table other (x int); insert into other values (1);
+		create procedure touch_kv() language sql as $$ update kv set v = 'proc' where k = 1 $$`); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{`select v from kv where k = $1`, `select x from other where x = $1`} {
+		if err := c.opts.Registry.Register(q, Policy{TTL: time.Hour}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var x int
+	getV(t, db, 1)
+	db.QueryRow(`select x from other where x = $1`, 1).Scan(&x)
+	if _, err := db.Exec(`call touch_kv()`); err != nil {
+		t.Fatal(err)
+	}
+	if got := getV(t, db, 1); got != "proc" {
+		t.Fatalf("the procedure's write was not invalidated: %q", got)
+	}
+	db.QueryRow(`select x from other where x = $1`, 1).Scan(&x)
+	s := c.Stats()
+	if s.EpochBumps != 0 || s.Hits != 1 || asked.Load() != "call touch_kv ( )" {
+		t.Fatalf("narrowing: asked %q, %+v", asked.Load(), s)
+	}
+}
