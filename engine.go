@@ -338,6 +338,14 @@ func (e *engine) lead(ctx context.Context, f *flight, id string, r *read) (drive
 		e.bypassed(r.rs, bypassCacheError)
 		return r.run(ctx)
 	}
+	if as := flightID(r.key, stamps); as != id && e.flights.alias(as, f) {
+		end = func(ent *entry) {
+			e.flights.forget(as, f)
+			e.flights.forget(id, f)
+			e.refreshers.Delete(r.key)
+			f.finish(ent)
+		}
+	}
 	if ent := e.awaitLease(ctx, r, stamps); ent != nil {
 		end(ent)
 		e.note(r.rs, hitsF)
