@@ -372,8 +372,8 @@ func (e *engine) lead(ctx context.Context, f *flight, id string, r *read) (drive
 		}
 		ent := e.newEntry(r.reg, r.check, stamps, start, s)
 		e.stats.dbLat.observe(time.Duration(ent.delta))
+		e.store1(r, ent) // before end: a reader who comes after the flight must find the entry
 		end(ent)
-		e.store1(r, ent)
 	}), nil
 }
 
