@@ -466,7 +466,7 @@ func (e *engine) fillNow(ctx context.Context, r *read, ent *entry, ttl time.Dura
 // returns it; nil means: load it yourself. A write to the entry's tables
 // voids the wait, as it voids the entry.
 func (e *engine) awaitLease(ctx context.Context, r *read, stamps []uint64) *entry {
-	key, check, tags := r.key, r.check, r.tags
+	key := r.key
 	if !e.shared {
 		return nil
 	}
@@ -479,6 +479,13 @@ func (e *engine) awaitLease(ctx context.Context, r *read, stamps []uint64) *entr
 	}
 	if ok {
 		e.leases.Store(key, token)
+		// The previous holder may have filled the entry and released its
+		// lease between our lookup and our acquire: look once more, or
+		// the query runs twice.
+		if ent, _ := e.leasedEntry(ctx, r, stamps); ent != nil {
+			e.releaseLease(key)
+			return ent
+		}
 		return nil
 	}
 	deadline := time.Now().Add(leaseWait)
@@ -490,17 +497,27 @@ func (e *engine) awaitLease(ctx context.Context, r *read, stamps []uint64) *entr
 			return nil
 		case <-t.C:
 		}
-		lctx, cancel := e.cacheCtx(ctx)
-		ent, now, err := e.store.lookup(lctx, key, tags, nil)
-		cancel()
-		switch {
-		case err != nil, !sameStamps(stamps, now):
-			return nil // the cache failed, or a write voided the lease
-		case ent != nil && ent.check == check && sameStamps(ent.stamps, now) && time.Now().UnixNano() < ent.expires:
+		if ent, more := e.leasedEntry(ctx, r, stamps); ent != nil || !more {
 			return ent
 		}
 	}
 	return nil
+}
+
+// leasedEntry looks for r's entry filled under stamps. more is false when
+// waiting longer is pointless: the cache failed, or a write voided the
+// stamps.
+func (e *engine) leasedEntry(ctx context.Context, r *read, stamps []uint64) (ent *entry, more bool) {
+	lctx, cancel := e.cacheCtx(ctx)
+	ent, now, err := e.store.lookup(lctx, r.key, r.tags, nil)
+	cancel()
+	switch {
+	case err != nil, !sameStamps(stamps, now):
+		return nil, false
+	case ent != nil && ent.check == r.check && sameStamps(ent.stamps, now) && time.Now().UnixNano() < ent.expires:
+		return ent, false
+	}
+	return nil, true
 }
 
 // releaseLease gives up a lease this process holds on key, if any.
