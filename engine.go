@@ -362,7 +362,7 @@ func (e *engine) lead(ctx context.Context, f *flight, id string, r *read) (drive
 	}
 	e.note(r.rs, missesF)
 	lim := recordLimits{maxRows: r.reg.policy.MaxRows, maxBytes: r.reg.policy.MaxBytes}
-	return newRecordingRows(rows, lim, func(s *snapshot, complete bool) {
+	rec := newRecordingRows(rows, lim, func(s *snapshot, complete bool) {
 		stop()
 		if !complete {
 			end(nil)
@@ -374,7 +374,20 @@ func (e *engine) lead(ctx context.Context, f *flight, id string, r *read) (drive
 		e.stats.dbLat.observe(time.Duration(ent.delta))
 		e.store1(r, ent) // before end: a reader who comes after the flight must find the entry
 		end(ent)
-	}), nil
+	})
+	return e.handOver(ctx, rec)
+}
+
+// handOver gives the leader its rows, unless its context ended while the
+// shared query ran: then the rows are read to the end for the waiters and
+// the leader gets its context's error, as it would without a cache, instead
+// of whatever database/sql's race with the context's end decides.
+func (e *engine) handOver(ctx context.Context, rec driver.Rows) (driver.Rows, error) {
+	if err := ctx.Err(); err != nil {
+		_ = rec.Close()
+		return nil, err
+	}
+	return rec, nil
 }
 
 // readStamps reads (creating missing) the stamps of tags before a load.
