@@ -1,0 +1,318 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/cachedpq/cachedpq"
+)
+
+// stampedeReaders is how many goroutines miss one cold key at once.
+const stampedeReaders = 200
+
+// stressStores runs test on the in-process store and on the test Redis.
+func stressStores(t *testing.T, test func(t *testing.T, env *stressEnv)) {
+	for _, store := range stores {
+		t.Run(store, func(t *testing.T) {
+			var rdb redis.UniversalClient
+			if store == "redis" {
+				rdb = newRedis(t)
+			}
+			test(t, newStressEnv(t, rdb, 2*time.Second))
+		})
+	}
+}
+
+// readAll starts n readers of id behind one barrier and returns each
+// reader's result and error, indexed by reader.
+func readAll(env *stressEnv, n int, id int64, ctxOf func(i int) context.Context) ([]string, []error) {
+	got, errs := make([]string, n), make([]error, n)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			got[i], errs[i] = readItem(ctxOf(i), env.db, id)
+		})
+	}
+	close(start)
+	wg.Wait()
+	return got, errs
+}
+
+// TestStampedeRunsOneQuery: 200 goroutines miss one cold key at once and
+// Postgres runs its query exactly once; all get the same, correct rows.
+// The pool holds maxConns connections, so the readers beyond it wait in
+// database/sql and arrive while the entry is being stored: they must not
+// start a second load either.
+func TestStampedeRunsOneQuery(t *testing.T) {
+	stressStores(t, func(t *testing.T, env *stressEnv) {
+		env.register(t, countedQuery, cachedpq.Policy{})
+		got, errs := readAll(env, stampedeReaders, 7, func(int) context.Context { return context.Background() })
+		for i := range got {
+			if errs[i] != nil || got[i] != "7/item7/7;" {
+				t.Fatalf("reader %d: %q %v", i, got[i], errs[i])
+			}
+		}
+		s := env.stats()
+		if n := env.calls(t); n != 1 {
+			t.Fatalf("Postgres ran the query %d times, want 1; stats %+v", n, s.Counters)
+		}
+		if s.Misses != 1 || s.Coalesced == 0 || s.Hits+s.Coalesced != stampedeReaders-1 {
+			t.Fatalf("misses %d, coalesced %d, hits %d", s.Misses, s.Coalesced, s.Hits)
+		}
+		t.Logf("%s: 1 query, %d coalesced, %d hits", t.Name(), s.Coalesced, s.Hits)
+	})
+}
+
+// startLeader starts one reader of id under ctx and waits until its query
+// has started in Postgres (held at the gate), so that it leads the load.
+func startLeader(t *testing.T, env *stressEnv, ctx context.Context, id int64) <-chan error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() {
+		_, err := readItem(ctx, env.db, id)
+		done <- err
+	}()
+	waitFor(t, 10*time.Second, "the leader's query", func() bool { return env.calls(t) == 1 })
+	return done
+}
+
+// startWaiters starts n readers of id and waits until each either coalesced
+// onto the load in flight or queued for a pooled connection.
+func startWaiters(t *testing.T, env *stressEnv, n int, id int64) (*sync.WaitGroup, []string, []error) {
+	t.Helper()
+	var wg sync.WaitGroup
+	got, errs := make([]string, n), make([]error, n)
+	for i := range n {
+		wg.Go(func() { got[i], errs[i] = readItem(context.Background(), env.db, id) })
+	}
+	want := uint64(min(n, maxConns-1))
+	waitFor(t, 10*time.Second, "waiters to coalesce", func() bool { return env.stats().Coalesced >= want })
+	return &wg, got, errs
+}
+
+// TestStampedeLeaderCancelled: the leader's context ends while its query
+// runs; the leader sees a context error, the others still get rows, and
+// Postgres still runs the query once.
+func TestStampedeLeaderCancelled(t *testing.T) {
+	stressStores(t, func(t *testing.T, env *stressEnv) {
+		env.register(t, countedQuery, cachedpq.Policy{})
+		release := env.holdGate(t)
+		ctx, cancel := context.WithCancel(context.Background())
+		leader := startLeader(t, env, ctx, 9)
+		wg, got, errs := startWaiters(t, env, stampedeReaders-1, 9)
+		cancel()
+		time.Sleep(20 * time.Millisecond) // let the cancellation reach the engine
+		release()
+		wg.Wait()
+		if err := <-leader; !errors.Is(err, context.Canceled) {
+			t.Fatalf("leader: %v, want context.Canceled", err)
+		}
+		for i := range got {
+			if errs[i] != nil || got[i] != "9/item9/9;" {
+				t.Fatalf("waiter %d: %q %v", i, got[i], errs[i])
+			}
+		}
+		if n := env.calls(t); n != 1 {
+			t.Fatalf("Postgres ran the query %d times, want 1", n)
+		}
+	})
+}
+
+// TestStampedeWaiterDeadline: a waiter whose deadline passes while the
+// load is held returns context.DeadlineExceeded at once, and neither
+// cancels the load nor delays the others.
+func TestStampedeWaiterDeadline(t *testing.T) {
+	stressStores(t, func(t *testing.T, env *stressEnv) {
+		env.register(t, countedQuery, cachedpq.Policy{})
+		release := env.holdGate(t)
+		leader := startLeader(t, env, context.Background(), 11)
+		wg, got, errs := startWaiters(t, env, 20, 11)
+
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		_, err := readItem(ctx, env.db, 11)
+		took := time.Since(start)
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("short waiter: %v, want context.DeadlineExceeded", err)
+		}
+		// Generous bound: the gate is still held, so only the waiter's own
+		// deadline can have ended the call.
+		if took > 2*time.Second {
+			t.Fatalf("short waiter returned after %v", took)
+		}
+		release()
+		wg.Wait()
+		if err := <-leader; err != nil {
+			t.Fatalf("leader: %v", err)
+		}
+		for i := range got {
+			if errs[i] != nil || got[i] != "11/item11/11;" {
+				t.Fatalf("waiter %d: %q %v", i, got[i], errs[i])
+			}
+		}
+		if n := env.calls(t); n != 1 {
+			t.Fatalf("Postgres ran the query %d times, want 1", n)
+		}
+		t.Logf("short waiter returned after %v", took)
+	})
+}
+
+// Environment of a helper process started by TestStampedeTwoProcesses.
+const (
+	helperEnv       = "CACHEDPQ_STRESS_HELPER" // which helper to run
+	helperDSN       = "CACHEDPQ_STRESS_DSN"
+	helperRedis     = "CACHEDPQ_STRESS_REDIS"
+	helperPrefix    = "CACHEDPQ_STRESS_PREFIX"
+	helperReaders   = "CACHEDPQ_STRESS_READERS"
+	helperOut       = "CACHEDPQ_STRESS_OUT"
+	helperRunFor    = "CACHEDPQ_STRESS_RUNFOR"
+	processReaders  = 20
+	barrierDeadline = 20 * time.Second
+)
+
+// TestHelperProcess is not a test: it is the second process of the
+// multi-process tests, run by re-executing the test binary.
+func TestHelperProcess(t *testing.T) {
+	switch os.Getenv(helperEnv) {
+	case "stampede":
+		helperStampede(t)
+	case "consistency":
+		helperConsistency(t)
+	default:
+		t.Skip("only run as a helper process")
+	}
+}
+
+// helperConnector opens the helper's cached DB from its environment.
+func helperConnector(t *testing.T) (*stressEnv, *redis.Client) {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: os.Getenv(helperRedis)})
+	t.Cleanup(func() { rdb.Close() })
+	env := &stressEnv{cacheEnv: &cacheEnv{reg: cachedpq.NewRegistry(), rdb: rdb, prefix: os.Getenv(helperPrefix)}, dsn: os.Getenv(helperDSN)}
+	env.db, env.conn = env.open(t, rdb, 2*time.Second)
+	return env, rdb
+}
+
+// barrier makes both processes start together: each announces itself
+// under key:ready and waits for key:go, which the parent pushes once both
+// are ready, carrying the wall-clock instant at which to start.
+func barrier(t testing.TB, rdb *redis.Client, key string) {
+	t.Helper()
+	ctx := context.Background()
+	if err := rdb.RPush(ctx, key+":ready", os.Getpid()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	v, err := rdb.BLPop(ctx, barrierDeadline, key+":go").Result()
+	if err != nil {
+		t.Fatalf("barrier: %v", err)
+	}
+	at, _ := strconv.ParseInt(v[1], 10, 64)
+	time.Sleep(time.Until(time.Unix(0, at)))
+}
+
+// release lets n parties through the barrier, 100ms from now.
+func releaseBarrier(t testing.TB, rdb *redis.Client, key string, n int) {
+	t.Helper()
+	ctx := context.Background()
+	for range n {
+		if err := rdb.BLPop(ctx, barrierDeadline, key+":ready").Err(); err != nil {
+			t.Fatalf("barrier: a party never came: %v", err)
+		}
+	}
+	at := strconv.FormatInt(time.Now().Add(100*time.Millisecond).UnixNano(), 10)
+	for range n {
+		rdb.RPush(ctx, key+":go", at)
+	}
+}
+
+// helperStampede reads countedQuery from processReaders goroutines after
+// the barrier and prints the results.
+func helperStampede(t *testing.T) {
+	env, rdb := helperConnector(t)
+	env.register(t, countedQuery, cachedpq.Policy{})
+	barrier(t, rdb, env.prefix)
+	got, errs := readAll(env, processReaders, 5, func(int) context.Context { return context.Background() })
+	for i := range got {
+		if errs[i] != nil || got[i] != "5/item5/5;" {
+			t.Fatalf("helper reader %d: %q %v", i, got[i], errs[i])
+		}
+	}
+	s := env.stats()
+	fmt.Printf("helper: misses=%d hits=%d coalesced=%d\n", s.Misses, s.Hits, s.Coalesced)
+}
+
+// startHelper re-executes the test binary as a helper process of kind.
+func startHelper(t *testing.T, env *stressEnv, kind string, extra ...string) (*exec.Cmd, *strings.Builder) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$", "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(), helperEnv+"="+kind, helperDSN+"="+env.dsn,
+		helperRedis+"="+env.rdb.(*redis.Client).Options().Addr, helperPrefix+"="+env.prefix)
+	cmd.Env = append(cmd.Env, extra...)
+	out := new(strings.Builder)
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	return cmd, out
+}
+
+// TestStampedeTwoProcesses: two processes sharing a Redis prefix miss one
+// key at the same moment; the fill lease lets only one of them run the
+// query. The query sleeps 300ms, well within the lease wait (1s), so the
+// process that lost the lease always finds the entry in time.
+func TestStampedeTwoProcesses(t *testing.T) {
+	env := newStressEnv(t, newRedis(t), 2*time.Second)
+	env.register(t, countedQuery, cachedpq.Policy{})
+	env.setSleep(t, 300*time.Millisecond)
+	cmd, out := startHelper(t, env, "stampede")
+	rdb := env.rdb.(*redis.Client)
+
+	done := make(chan struct{})
+	var got []string
+	var errs []error
+	go func() {
+		defer close(done)
+		barrier(t, rdb, env.prefix)
+		got, errs = readAll(env, processReaders, 5, func(int) context.Context { return context.Background() })
+	}()
+	releaseBarrier(t, rdb, env.prefix, 2)
+	<-done
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("helper process: %v\n%s", err, out)
+	}
+	for i := range got {
+		if errs[i] != nil || got[i] != "5/item5/5;" {
+			t.Fatalf("reader %d: %q %v", i, got[i], errs[i])
+		}
+	}
+	s := env.stats()
+	if n := env.calls(t); n != 1 {
+		t.Fatalf("Postgres ran the query %d times across two processes, want 1\nparent: %+v\n%s", n, s.Counters, out)
+	}
+	t.Logf("parent: misses=%d hits=%d coalesced=%d; %s", s.Misses, s.Hits, s.Coalesced,
+		strings.TrimSpace(lineWith(out.String(), "helper:")))
+}
+
+// lineWith returns the first line of s that contains sub.
+func lineWith(s, sub string) string {
+	for line := range strings.SplitSeq(s, "\n") {
+		if strings.Contains(line, sub) {
+			return line
+		}
+	}
+	return ""
+}
