@@ -167,6 +167,9 @@ type read struct {
 	check [16]byte
 	tags  []string // the entry's tags, the epoch last
 	run   func(context.Context) (driver.Rows, error)
+	// replaces is the creation time of the valid entry an early refresh
+	// reloads (0 for a miss): an entry no newer does not end the refresh.
+	replaces int64
 }
 
 // cached serves a registered read: a hit replays the entry, a miss loads it.
@@ -253,6 +256,7 @@ func (e *engine) serve(r *read, ent *entry, stamps []uint64) (driver.Rows, bool)
 		return nil, false
 	}
 	if refreshEarly(r.reg, ent, now) && e.claimRefresh(r.key) {
+		r.replaces = ent.created
 		e.note(r.rs, earlyRefreshesF)
 		return nil, false
 	}
@@ -327,9 +331,14 @@ func (e *engine) miss(ctx context.Context, r *read, seen []uint64) (driver.Rows,
 
 // lead runs the query of a miss for every reader waiting on f.
 func (e *engine) lead(ctx context.Context, f *flight, id string, r *read) (driver.Rows, error) {
+	// end publishes the load; the refresh claim on the key ends with it,
+	// except after a recorded result: store1 ends it once the entry is
+	// stored, lest another reader start a refresh of the old entry.
 	end := func(ent *entry) {
 		e.flights.forget(id, f)
-		e.refreshers.Delete(r.key)
+		if ent == nil {
+			e.refreshers.Delete(r.key)
+		}
 		f.finish(ent)
 	}
 	stamps, err := e.readStamps(ctx, r.tags)
@@ -342,12 +351,15 @@ func (e *engine) lead(ctx context.Context, f *flight, id string, r *read) (drive
 		end = func(ent *entry) {
 			e.flights.forget(as, f)
 			e.flights.forget(id, f)
-			e.refreshers.Delete(r.key)
+			if ent == nil {
+				e.refreshers.Delete(r.key)
+			}
 			f.finish(ent)
 		}
 	}
 	if ent := e.awaitLease(ctx, r, stamps); ent != nil {
 		end(ent)
+		e.refreshers.Delete(r.key)
 		e.note(r.rs, hitsF)
 		return newReplayRows(&ent.snap), nil
 	}
@@ -436,6 +448,7 @@ func (e *engine) store1(r *read, ent *entry) {
 	ttl := time.Duration(ent.expires-ent.created) + r.reg.policy.StaleFor
 	if ent.expires <= ent.created {
 		e.releaseLease(r.key)
+		e.refreshers.Delete(r.key)
 		return
 	}
 	tags := r.tags[:len(r.tags)-1] // entries are not indexed under the epoch
@@ -445,6 +458,7 @@ func (e *engine) store1(r *read, ent *entry) {
 		}
 		ent.size = ent.snap.approxSize()
 		e.fillNow(context.Background(), r, ent, ttl, tags)
+		e.refreshers.Delete(r.key)
 		return
 	}
 	e.bg.Go(func() {
@@ -455,6 +469,7 @@ func (e *engine) store1(r *read, ent *entry) {
 		defer cancel()
 		e.fillNow(ctx, r, ent, ttl, tags)
 		e.releaseLease(r.key)
+		e.refreshers.Delete(r.key) // only now does a lookup see the new entry
 	})
 }
 
@@ -495,7 +510,7 @@ func (e *engine) awaitLease(ctx context.Context, r *read, stamps []uint64) *entr
 		// The previous holder may have filled the entry and released its
 		// lease between our lookup and our acquire: look once more, or
 		// the query runs twice.
-		if ent, _ := e.leasedEntry(ctx, r, stamps); ent != nil {
+		if ent, _ := e.leasedEntry(ctx, r, stamps); ent != nil && ent.created > r.replaces {
 			e.releaseLease(key)
 			return ent
 		}
