@@ -316,3 +316,107 @@ func lineWith(s, sub string) string {
 	}
 	return ""
 }
+
+// TestEarlyRefresh: a key with a 300ms TTL under steady reads from several
+// goroutines for 2s is reloaded before it expires (XFetch, β = 1).
+//
+// What is asserted, and why it does not flake: the query takes δ ≥ 50ms
+// (counted sleeps); XFetch refreshes on a hit at distance d before expiry
+// with probability e^(−d/δ), and readers hit every few microseconds, so a
+// refresh starts long before expiry (with hits every millisecond, the
+// chance that none started by d = 2δ is below e^(−50·e^−2) ≈ 10^−3). So:
+//   - EarlyRefreshes > 0;
+//   - calls == Misses: every Postgres execution was a counted load;
+//   - no read bypassed the cache or failed;
+//   - Expired == 0 and Misses ≤ 1 + EarlyRefreshes (every load after the
+//     first was an early refresh), provided no load took longer than
+//     TTL − 2δ: a load that outlives the entry (a loaded machine stalled
+//     one for seconds in our runs) lets it expire whatever the refresh
+//     policy, so then these are reported, not asserted. The slowest load is read from
+//     Stats.DBLatency.P99, the bucket of the maximum for fewer than 100
+//     loads.
+func TestEarlyRefresh(t *testing.T) {
+	stressStores(t, func(t *testing.T, env *stressEnv) {
+		env.register(t, countedQuery, cachedpq.Policy{TTL: 300 * time.Millisecond, Beta: 1, Jitter: -1})
+		if _, err := readItem(context.Background(), env.db, 3); err != nil {
+			t.Fatal(err)
+		}
+		env.waitFills(t, 1)
+		var wg sync.WaitGroup
+		stop := time.Now().Add(2 * time.Second)
+		var errs sync.Map
+		for g := range 6 {
+			wg.Go(func() {
+				for time.Now().Before(stop) {
+					if got, err := readItem(context.Background(), env.db, 3); err != nil || got != "3/item3/3;" {
+						errs.Store(g, fmt.Sprint(got, err))
+					}
+				}
+			})
+		}
+		wg.Wait()
+		errs.Range(func(k, v any) bool { t.Errorf("reader %v: %v", k, v); return true })
+		s := env.stats()
+		calls := env.calls(t)
+		t.Logf("%s: hits %d, misses %d, early refreshes %d, expired %d, coalesced %d, Postgres calls %d, db latency %+v",
+			t.Name(), s.Hits, s.Misses, s.EarlyRefreshes, s.Expired, s.Coalesced, calls, s.DBLatency)
+		bypassed := uint64(0)
+		for _, n := range s.Bypass {
+			bypassed += n
+		}
+		if s.EarlyRefreshes == 0 || uint64(calls) != s.Misses || bypassed != 0 {
+			t.Fatalf("early refreshes %d, Postgres calls %d, misses %d, bypassed %v", s.EarlyRefreshes, calls, s.Misses, s.Bypass)
+		}
+		if s.DBLatency.P99 >= 150*time.Millisecond {
+			t.Logf("a load took up to %v, longer than TTL − 2δ: expiry not asserted", s.DBLatency.P99)
+			return
+		}
+		if s.Expired != 0 || s.Misses > 1+s.EarlyRefreshes {
+			t.Fatalf("%d reads met an expired entry; misses %d, early refreshes %d", s.Expired, s.Misses, s.EarlyRefreshes)
+		}
+	})
+}
+
+// TestStaleWhileRevalidate: an expired entry within StaleFor is served to
+// every reader but one, who reloads it; the refresh is held at the gate
+// the whole time, so the stale answers cannot have waited for it.
+func TestStaleWhileRevalidate(t *testing.T) {
+	stressStores(t, func(t *testing.T, env *stressEnv) {
+		env.register(t, countedQuery, cachedpq.Policy{TTL: 500 * time.Millisecond, StaleFor: time.Minute, Jitter: -1})
+		if got, err := readItem(context.Background(), env.db, 4); err != nil || got != "4/item4/4;" {
+			t.Fatal(got, err)
+		}
+		env.waitFills(t, 1)
+		// Behind the cache's back, so that only a reload can show it.
+		mustExec(t, env.raw, `update items set name = 'renamed' where id = 4`)
+		time.Sleep(550 * time.Millisecond)
+
+		release := env.holdGate(t)
+		refresher := make(chan string, 1)
+		go func() {
+			got, err := readItem(context.Background(), env.db, 4)
+			refresher <- fmt.Sprint(got, err)
+		}()
+		waitFor(t, 10*time.Second, "the refresh to start", func() bool { return env.calls(t) == 2 })
+		const readers = 20
+		got, errs := readAll(env, readers, 4, func(int) context.Context { return context.Background() })
+		for i := range got {
+			if errs[i] != nil || got[i] != "4/item4/4;" {
+				t.Fatalf("reader %d during the refresh: %q %v", i, got[i], errs[i])
+			}
+		}
+		release()
+		if r := <-refresher; r != "4/renamed/4;<nil>" {
+			t.Fatalf("refresher: %s", r)
+		}
+		s := env.stats()
+		if s.StaleServed != readers || env.calls(t) != 2 || s.Expired != 1 || s.Hits != 0 {
+			t.Fatalf("stale served %d, calls %d, stats %+v", s.StaleServed, env.calls(t), s.Counters)
+		}
+		env.waitFills(t, 2)
+		// The refresh's entry, or (if the gate outlasted its TTL) a reload.
+		if got, err := readItem(context.Background(), env.db, 4); err != nil || got != "4/renamed/4;" {
+			t.Fatalf("after the refresh: %q %v", got, err)
+		}
+	})
+}
