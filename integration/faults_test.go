@@ -164,7 +164,7 @@ func watchBreaker(conn *cachedpq.Connector, stop <-chan struct{}) func() map[str
 // ignores them by default (ContextTimeoutEnabled false): a command to a
 // stalled server then waits for ReadTimeout (3s; we measured 5s) whatever
 // the cache timeout, and the breaker needs five such calls to open.
-func timedClient(t *testing.T, addr string) *redis.Client {
+func timedClient(t testing.TB, addr string) *redis.Client {
 	c := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true})
 	t.Cleanup(func() { c.Close() })
 	return c

@@ -197,53 +197,70 @@ func TestHelperProcess(t *testing.T) {
 }
 
 // helperConnector opens the helper's cached DB from its environment.
-func helperConnector(t *testing.T) (*stressEnv, *redis.Client) {
+func helperConnector(t *testing.T, timeout time.Duration) (*stressEnv, *redis.Client) {
 	t.Helper()
-	rdb := redis.NewClient(&redis.Options{Addr: os.Getenv(helperRedis)})
-	t.Cleanup(func() { rdb.Close() })
+	rdb := timedClient(t, os.Getenv(helperRedis))
 	env := &stressEnv{cacheEnv: &cacheEnv{reg: cachedpq.NewRegistry(), rdb: rdb, prefix: os.Getenv(helperPrefix)}, dsn: os.Getenv(helperDSN)}
-	env.db, env.conn = env.open(t, rdb, 2*time.Second)
+	env.db, env.conn = env.open(t, rdb, timeout)
 	return env, rdb
 }
 
 // barrier makes both processes start together: each announces itself
-// under key:ready and waits for key:go, which the parent pushes once both
-// are ready, carrying the wall-clock instant at which to start.
-func barrier(t testing.TB, rdb *redis.Client, key string) {
-	t.Helper()
+// under key:ready and waits for key:go, which releaseBarrier pushes once
+// both are ready, carrying the wall-clock instant at which to start.
+func barrier(rdb *redis.Client, key string) error {
 	ctx := context.Background()
 	if err := rdb.RPush(ctx, key+":ready", os.Getpid()).Err(); err != nil {
-		t.Fatal(err)
+		return err
 	}
 	v, err := rdb.BLPop(ctx, barrierDeadline, key+":go").Result()
 	if err != nil {
-		t.Fatalf("barrier: %v", err)
+		return fmt.Errorf("barrier: %w", err)
 	}
 	at, _ := strconv.ParseInt(v[1], 10, 64)
 	time.Sleep(time.Until(time.Unix(0, at)))
+	return nil
 }
 
-// release lets n parties through the barrier, 100ms from now.
-func releaseBarrier(t testing.TB, rdb *redis.Client, key string, n int) {
-	t.Helper()
+// releaseBarrier lets n parties through the barrier, 100ms from now.
+func releaseBarrier(rdb *redis.Client, key string, n int) error {
 	ctx := context.Background()
 	for range n {
 		if err := rdb.BLPop(ctx, barrierDeadline, key+":ready").Err(); err != nil {
-			t.Fatalf("barrier: a party never came: %v", err)
+			return fmt.Errorf("barrier: a party never came: %w", err)
 		}
 	}
 	at := strconv.FormatInt(time.Now().Add(100*time.Millisecond).UnixNano(), 10)
 	for range n {
-		rdb.RPush(ctx, key+":go", at)
+		if err := rdb.RPush(ctx, key+":go", at).Err(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// meetAt runs the parent's side of the barrier: it releases n parties,
+// itself included, and returns once it is through.
+func meetAt(t *testing.T, rdb *redis.Client, key string, n int) {
+	t.Helper()
+	errc := make(chan error, 1)
+	go func() { errc <- releaseBarrier(rdb, key, n) }()
+	if err := barrier(rdb, key); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
 	}
 }
 
 // helperStampede reads countedQuery from processReaders goroutines after
 // the barrier and prints the results.
 func helperStampede(t *testing.T) {
-	env, rdb := helperConnector(t)
+	env, rdb := helperConnector(t, 2*time.Second)
 	env.register(t, countedQuery, cachedpq.Policy{})
-	barrier(t, rdb, env.prefix)
+	if err := barrier(rdb, env.prefix); err != nil {
+		t.Fatal(err)
+	}
 	got, errs := readAll(env, processReaders, 5, func(int) context.Context { return context.Background() })
 	for i := range got {
 		if errs[i] != nil || got[i] != "5/item5/5;" {
@@ -281,16 +298,8 @@ func TestStampedeTwoProcesses(t *testing.T) {
 	cmd, out := startHelper(t, env, "stampede")
 	rdb := env.rdb.(*redis.Client)
 
-	done := make(chan struct{})
-	var got []string
-	var errs []error
-	go func() {
-		defer close(done)
-		barrier(t, rdb, env.prefix)
-		got, errs = readAll(env, processReaders, 5, func(int) context.Context { return context.Background() })
-	}()
-	releaseBarrier(t, rdb, env.prefix, 2)
-	<-done
+	meetAt(t, rdb, env.prefix, 2)
+	got, errs := readAll(env, processReaders, 5, func(int) context.Context { return context.Background() })
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("helper process: %v\n%s", err, out)
 	}
