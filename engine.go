@@ -7,6 +7,7 @@ import (
 	"errors"
 	"math"
 	"math/rand/v2"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -167,6 +168,7 @@ type read struct {
 	check [16]byte
 	tags  []string // the entry's tags, the epoch last
 	run   func(context.Context) (driver.Rows, error)
+	lease string // the fill lease taken for this load, if any
 	// replaces is the creation time of the valid entry an early refresh
 	// reloads (0 for a miss): an entry no newer does not end the refresh.
 	replaces int64
@@ -369,7 +371,7 @@ func (e *engine) lead(ctx context.Context, f *flight, id string, r *read) (drive
 	if err != nil {
 		stop()
 		end(nil)
-		e.releaseLease(r.key)
+		e.releaseLease(r.lease)
 		return nil, err
 	}
 	e.note(r.rs, missesF)
@@ -379,7 +381,7 @@ func (e *engine) lead(ctx context.Context, f *flight, id string, r *read) (drive
 		if !complete {
 			end(nil)
 			e.bypassed(r.rs, bypassTooLarge)
-			e.releaseLease(r.key)
+			e.releaseLease(r.lease)
 			return
 		}
 		ent := e.newEntry(r.reg, r.check, stamps, start, s)
@@ -447,7 +449,7 @@ func (r *registration) ttl(empty bool) time.Duration {
 func (e *engine) store1(r *read, ent *entry) {
 	ttl := time.Duration(ent.expires-ent.created) + r.reg.policy.StaleFor
 	if ent.expires <= ent.created {
-		e.releaseLease(r.key)
+		e.releaseLease(r.lease)
 		e.refreshers.Delete(r.key)
 		return
 	}
@@ -468,7 +470,7 @@ func (e *engine) store1(r *read, ent *entry) {
 		ctx, cancel := context.WithTimeout(context.Background(), fillTimeout)
 		defer cancel()
 		e.fillNow(ctx, r, ent, ttl, tags)
-		e.releaseLease(r.key)
+		e.releaseLease(r.lease)
 		e.refreshers.Delete(r.key) // only now does a lookup see the new entry
 	})
 }
@@ -489,29 +491,31 @@ func (e *engine) fillNow(ctx context.Context, r *read, ent *entry, ttl time.Dura
 	}
 }
 
-// awaitLease takes the fill lease for key in a shared cache. If another
-// process holds it, it waits a bounded time for that process's entry and
-// returns it; nil means: load it yourself. A write to the entry's tables
-// voids the wait, as it voids the entry.
+// awaitLease takes the fill lease for r's key under stamps in a shared
+// cache. If another process holds it, it waits a bounded time for that
+// process's entry and returns it; nil means: load it yourself. The lease is
+// named after the stamps, so a write to the entry's tables voids it as it
+// voids the entry: a reader after the write does not wait for a load that
+// began before it, whose entry it could not use.
 func (e *engine) awaitLease(ctx context.Context, r *read, stamps []uint64) *entry {
-	key := r.key
 	if !e.shared {
 		return nil
 	}
+	r.lease = leaseName(r.key, stamps)
 	lctx, cancel := e.cacheCtx(ctx)
-	token, ok, err := e.store.acquireLease(lctx, key, leaseTTL)
+	token, ok, err := e.store.acquireLease(lctx, r.lease, leaseTTL)
 	cancel()
 	if err != nil {
 		e.fail("lease", err)
 		return nil
 	}
 	if ok {
-		e.leases.Store(key, token)
+		e.leases.Store(r.lease, token)
 		// The previous holder may have filled the entry and released its
 		// lease between our lookup and our acquire: look once more, or
 		// the query runs twice.
 		if ent, _ := e.leasedEntry(ctx, r, stamps); ent != nil && ent.created > r.replaces {
-			e.releaseLease(key)
+			e.releaseLease(r.lease)
 			return ent
 		}
 		return nil
@@ -546,6 +550,15 @@ func (e *engine) leasedEntry(ctx context.Context, r *read, stamps []uint64) (ent
 		return ent, false
 	}
 	return nil, true
+}
+
+// leaseName names the lease on key for loads under stamps.
+func leaseName(key string, stamps []uint64) string {
+	var h uint64
+	for _, s := range stamps {
+		h = (h ^ s) * 0x9E3779B97F4A7C15
+	}
+	return key + "@" + strconv.FormatUint(h, 36)
 }
 
 // releaseLease gives up a lease this process holds on key, if any.
