@@ -502,15 +502,11 @@ func (e *engine) awaitLease(ctx context.Context, r *read, stamps []uint64) *entr
 		return nil
 	}
 	r.lease = leaseName(r.key, stamps)
-	lctx, cancel := e.cacheCtx(ctx)
-	token, ok, err := e.store.acquireLease(lctx, r.lease, leaseTTL)
-	cancel()
+	ok, err := e.takeLease(ctx, r.lease)
 	if err != nil {
-		e.fail("lease", err)
 		return nil
 	}
 	if ok {
-		e.leases.Store(r.lease, token)
 		// The previous holder may have filled the entry and released its
 		// lease between our lookup and our acquire: look once more, or
 		// the query runs twice.
@@ -532,8 +528,30 @@ func (e *engine) awaitLease(ctx context.Context, r *read, stamps []uint64) *entr
 		if ent, more := e.leasedEntry(ctx, r, stamps); ent != nil || !more {
 			return ent
 		}
+		// The holder may have let go without leaving an entry we can use
+		// (its load failed, or an older load's fill overwrote its entry):
+		// then take over rather than wait out leaseWait.
+		if ok, err := e.takeLease(ctx, r.lease); ok || err != nil {
+			return nil
+		}
 	}
 	return nil
+}
+
+// takeLease tries to take the lease named lease; on success this process
+// holds it until releaseLease.
+func (e *engine) takeLease(ctx context.Context, lease string) (bool, error) {
+	lctx, cancel := e.cacheCtx(ctx)
+	token, ok, err := e.store.acquireLease(lctx, lease, leaseTTL)
+	cancel()
+	if err != nil {
+		e.fail("lease", err)
+		return false, err
+	}
+	if ok {
+		e.leases.Store(lease, token)
+	}
+	return ok, nil
 }
 
 // leasedEntry looks for r's entry filled under stamps. more is false when
