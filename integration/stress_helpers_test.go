@@ -54,7 +54,7 @@ type stressEnv struct {
 
 // newStressEnv opens a stress environment on the in-process store (rdb
 // nil) or on rdb under a fresh prefix, with the given cache timeout.
-func newStressEnv(t *testing.T, rdb redis.UniversalClient, timeout time.Duration) *stressEnv {
+func newStressEnv(t testing.TB, rdb redis.UniversalClient, timeout time.Duration) *stressEnv {
 	t.Helper()
 	schema := newSchema(t)
 	env := &stressEnv{
