@@ -16,7 +16,7 @@ import (
 // The load benchmarks: 16 concurrent clients, side by side on raw lib/pq,
 // cachedpq over Redis and cachedpq over the in-process store. Run with
 //
-//	go test -run '^$' -bench 'Load|BreakerOpen' -benchtime 5s ./integration/
+//	go test -run '^$' -bench 'Load|ReadOnly|BreakerOpen' -benchtime 5s ./integration/
 //
 // Each reports throughput (ops/s) and p50/p95/p99 latency in ms.
 
@@ -35,6 +35,17 @@ func BenchmarkLoad(b *testing.B) {
 		b.Run(kind, func(b *testing.B) {
 			db, conn := loadDB(b, kind)
 			runClients(b, db, 0.05)
+			logStats(b, kind, conn)
+		})
+	}
+}
+
+// BenchmarkReadOnly is BenchmarkLoad without writes: the hit path alone.
+func BenchmarkReadOnly(b *testing.B) {
+	for _, kind := range []string{"raw", "redis", "memory"} {
+		b.Run(kind, func(b *testing.B) {
+			db, conn := loadDB(b, kind)
+			runClients(b, db, 0)
 			logStats(b, kind, conn)
 		})
 	}
