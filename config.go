@@ -30,7 +30,9 @@ type Options struct {
 	// Redis is the shared cache. Nil means: the DSN's cache_redis, else the
 	// CACHEDPQ_REDIS_URL environment variable, else the embedded in-process
 	// store. Any redis.UniversalClient works: single node, Sentinel or
-	// Cluster. The Connector never closes a client it was given.
+	// Cluster. The Connector never closes a client it was given. Create it
+	// with ContextTimeoutEnabled: true, or go-redis ignores Timeout and a
+	// stalled server holds each cache call for the client's ReadTimeout.
 	Redis redis.UniversalClient
 
 	// Prefix namespaces every key the Connector writes. Empty means

@@ -102,6 +102,10 @@ func NewConnector(dsn string, opts Options) (*Connector, error) {
 		if err != nil {
 			return nil, err
 		}
+		// go-redis ignores context deadlines unless told otherwise: a stalled
+		// server would then hold every cache call for its ReadTimeout (3s
+		// and more) instead of Options.Timeout.
+		ropts.ContextTimeoutEnabled = true
 		owned = redis.NewClient(ropts)
 		opts.Redis = owned
 	}

@@ -5,7 +5,6 @@ import (
 	"database/sql/driver"
 	"encoding/binary"
 	"errors"
-	"hash/fnv"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -28,8 +27,9 @@ const (
 	leaseTTL      = 5 * time.Second       // how long one process may hold a fill lease
 	leaseWait     = time.Second           // how long others wait for its entry
 	leasePoll     = 10 * time.Millisecond // how often they look
-	retryMin      = 50 * time.Millisecond // first retry of a failed invalidation
+	retryMin      = 10 * time.Millisecond // first retry of a failed invalidation
 	retryMax      = time.Second           // longest wait between retries
+	bumpAttempts  = 3                     // an invalidation tries for up to this many timeouts
 	fillTimeout   = 2 * time.Second       // bound for a background fill
 	purgeTimeout  = 10 * time.Second      // bound for a background purge
 	maxDecodeSize = 64 << 20              // the largest entry a lookup decodes
@@ -108,6 +108,12 @@ func (e *engine) fail(op string, err error) {
 	e.opts.Logger.Debug("cachedpq: cache operation failed", "op", op, "err", err)
 	if e.opts.OnError != nil {
 		e.opts.OnError(err)
+	}
+	if !errors.Is(err, context.Canceled) {
+		// While the cache failed for us it may have failed for a writer in
+		// another process, whose invalidation is then late or lost: serve
+		// no hit until the whole namespace has been invalidated.
+		e.markPending(nil)
 	}
 }
 
@@ -189,10 +195,13 @@ type read struct {
 	reg   *registration
 	rs    *regState
 	key   string
-	lease string // the fill lease's name: the key and the stamps it was taken under
 	check [16]byte
 	tags  []string // the entry's tags, the epoch last
 	run   func(context.Context) (driver.Rows, error)
+	lease string // the fill lease taken for this load, if any
+	// replaces is the creation time of the valid entry an early refresh
+	// reloads (0 for a miss): an entry no newer does not end the refresh.
+	replaces int64
 }
 
 // cached serves a registered read: a hit replays the entry, a miss loads it.
@@ -277,6 +286,7 @@ func (e *engine) serve(r *read, ent *entry, stamps []uint64) (driver.Rows, bool)
 		return nil, false
 	}
 	if refreshEarly(r.reg, ent, now) && e.claimRefresh(r.key) {
+		r.replaces = ent.created
 		e.note(r.rs, earlyRefreshesF)
 		return nil, false
 	}
@@ -353,9 +363,14 @@ func (e *engine) miss(ctx context.Context, r *read, seen []uint64) (driver.Rows,
 // The stamps the lookup saw serve for the entry (they were read before the
 // query runs); only missing ones cost another round trip to create.
 func (e *engine) lead(ctx context.Context, f *flight, id string, r *read, seen []uint64) (driver.Rows, error) {
+	// end publishes the load; the refresh claim on the key ends with it,
+	// except after a recorded result: store1 ends it once the entry is
+	// stored, lest another reader start a refresh of the old entry.
 	end := func(ent *entry) {
 		e.flights.forget(id, f)
-		e.refreshers.Delete(r.key)
+		if ent == nil {
+			e.refreshers.Delete(r.key)
+		}
 		f.finish(ent)
 	}
 	stamps, err := slices.Clone(seen), error(nil)
@@ -367,8 +382,19 @@ func (e *engine) lead(ctx context.Context, f *flight, id string, r *read, seen [
 		e.bypassed(r.rs, bypassCacheError)
 		return r.run(ctx)
 	}
+	if as := flightID(r.key, stamps); as != id && e.flights.alias(as, f) {
+		end = func(ent *entry) {
+			e.flights.forget(as, f)
+			e.flights.forget(id, f)
+			if ent == nil {
+				e.refreshers.Delete(r.key)
+			}
+			f.finish(ent)
+		}
+	}
 	if ent := e.awaitLease(ctx, r, stamps); ent != nil {
 		end(ent)
+		e.refreshers.Delete(r.key)
 		e.note(r.rs, hitsF)
 		return newReplayRows(&ent.snap), nil
 	}
@@ -383,7 +409,7 @@ func (e *engine) lead(ctx context.Context, f *flight, id string, r *read, seen [
 	}
 	e.note(r.rs, missesF)
 	lim := recordLimits{maxRows: r.reg.policy.MaxRows, maxBytes: r.reg.policy.MaxBytes}
-	return newRecordingRows(rows, lim, func(s *snapshot, complete bool) {
+	rec := newRecordingRows(rows, lim, func(s *snapshot, complete bool) {
 		stop()
 		if !complete {
 			end(nil)
@@ -393,9 +419,22 @@ func (e *engine) lead(ctx context.Context, f *flight, id string, r *read, seen [
 		}
 		ent := e.newEntry(r.reg, r.check, stamps, start, s)
 		e.stats.dbLat.observe(time.Duration(ent.delta))
+		e.store1(r, ent) // before end: a reader who comes after the flight must find the entry
 		end(ent)
-		e.store1(r, ent)
-	}), nil
+	})
+	return e.handOver(ctx, rec)
+}
+
+// handOver gives the leader its rows, unless its context ended while the
+// shared query ran: then the rows are read to the end for the waiters and
+// the leader gets its context's error, as it would without a cache, instead
+// of whatever database/sql's race with the context's end decides.
+func (e *engine) handOver(ctx context.Context, rec driver.Rows) (driver.Rows, error) {
+	if err := ctx.Err(); err != nil {
+		_ = rec.Close()
+		return nil, err
+	}
+	return rec, nil
 }
 
 // readStamps reads (creating missing) the stamps of tags before a load.
@@ -444,6 +483,7 @@ func (e *engine) store1(r *read, ent *entry) {
 	ttl := time.Duration(ent.expires-ent.created) + r.reg.policy.StaleFor
 	if ent.expires <= ent.created {
 		e.releaseLease(r.lease)
+		e.refreshers.Delete(r.key)
 		return
 	}
 	tags := r.tags[:len(r.tags)-1] // entries are not indexed under the epoch
@@ -453,6 +493,7 @@ func (e *engine) store1(r *read, ent *entry) {
 		}
 		ent.size = ent.snap.approxSize()
 		e.fillNow(context.Background(), r, ent, ttl, tags)
+		e.refreshers.Delete(r.key)
 		return
 	}
 	e.bg.Go(func() {
@@ -463,6 +504,7 @@ func (e *engine) store1(r *read, ent *entry) {
 		defer cancel()
 		e.fillNow(ctx, r, ent, ttl, tags)
 		e.releaseLease(r.lease)
+		e.refreshers.Delete(r.key) // only now does a lookup see the new entry
 	})
 }
 
@@ -482,25 +524,29 @@ func (e *engine) fillNow(ctx context.Context, r *read, ent *entry, ttl time.Dura
 	}
 }
 
-// awaitLease takes the fill lease for key in a shared cache. If another
-// process holds it, it waits a bounded time for that process's entry and
-// returns it; nil means: load it yourself. A write to the entry's tables
-// voids the wait, as it voids the entry.
+// awaitLease takes the fill lease for r's key under stamps in a shared
+// cache. If another process holds it, it waits a bounded time for that
+// process's entry and returns it; nil means: load it yourself. The lease is
+// named after the stamps, so a write to the entry's tables voids it as it
+// voids the entry: a reader after the write does not wait for a load that
+// began before it, whose entry it could not use.
 func (e *engine) awaitLease(ctx context.Context, r *read, stamps []uint64) *entry {
-	key, check, tags := r.key, r.check, r.tags
 	if !e.shared {
 		return nil
 	}
-	r.lease = leaseName(key, stamps)
-	lctx, cancel := e.cacheCtx(ctx)
-	token, ok, err := e.store.acquireLease(lctx, r.lease, leaseTTL)
-	cancel()
+	r.lease = leaseName(r.key, stamps)
+	ok, err := e.takeLease(ctx, r.lease)
 	if err != nil {
-		e.fail("lease", err)
 		return nil
 	}
 	if ok {
-		e.leases.Store(r.lease, token)
+		// The previous holder may have filled the entry and released its
+		// lease between our lookup and our acquire: look once more, or
+		// the query runs twice.
+		if ent, _ := e.leasedEntry(ctx, r, stamps); ent != nil && ent.created > r.replaces {
+			e.releaseLease(r.lease)
+			return ent
+		}
 		return nil
 	}
 	deadline := time.Now().Add(leaseWait)
@@ -512,30 +558,61 @@ func (e *engine) awaitLease(ctx context.Context, r *read, stamps []uint64) *entr
 			return nil
 		case <-t.C:
 		}
-		lctx, cancel := e.cacheCtx(ctx)
-		ent, now, err := e.store.lookup(lctx, key, tags, nil)
-		cancel()
-		switch {
-		case err != nil, !sameStamps(stamps, now):
-			return nil // the cache failed, or a write voided the lease
-		case ent != nil && ent.check == check && sameStamps(ent.stamps, now) && time.Now().UnixNano() < ent.expires:
+		if ent, more := e.leasedEntry(ctx, r, stamps); ent != nil || !more {
 			return ent
+		}
+		// The holder may have let go without leaving an entry we can use
+		// (its load failed, or an older load's fill overwrote its entry):
+		// then take over rather than wait out leaseWait.
+		if ok, err := e.takeLease(ctx, r.lease); ok || err != nil {
+			return nil
 		}
 	}
 	return nil
 }
 
-// leaseName names the fill lease of key under stamps: a write changes the
-// stamps, so a lease taken before it does not hold back loads after it.
-func leaseName(key string, stamps []uint64) string {
-	h := fnv.New64a()
-	for _, s := range stamps {
-		binary.Write(h, binary.LittleEndian, s)
+// takeLease tries to take the lease named lease; on success this process
+// holds it until releaseLease.
+func (e *engine) takeLease(ctx context.Context, lease string) (bool, error) {
+	lctx, cancel := e.cacheCtx(ctx)
+	token, ok, err := e.store.acquireLease(lctx, lease, leaseTTL)
+	cancel()
+	if err != nil {
+		e.fail("lease", err)
+		return false, err
 	}
-	return key + "#" + strconv.FormatUint(h.Sum64(), 36)
+	if ok {
+		e.leases.Store(lease, token)
+	}
+	return ok, nil
 }
 
-// releaseLease gives up a lease this process holds, if any.
+// leasedEntry looks for r's entry filled under stamps. more is false when
+// waiting longer is pointless: the cache failed, or a write voided the
+// stamps.
+func (e *engine) leasedEntry(ctx context.Context, r *read, stamps []uint64) (ent *entry, more bool) {
+	lctx, cancel := e.cacheCtx(ctx)
+	ent, now, err := e.store.lookup(lctx, r.key, r.tags, nil)
+	cancel()
+	switch {
+	case err != nil, !sameStamps(stamps, now):
+		return nil, false
+	case ent != nil && ent.check == r.check && sameStamps(ent.stamps, now) && time.Now().UnixNano() < ent.expires:
+		return ent, false
+	}
+	return nil, true
+}
+
+// leaseName names the lease on key for loads under stamps.
+func leaseName(key string, stamps []uint64) string {
+	var h uint64
+	for _, s := range stamps {
+		h = (h ^ s) * 0x9E3779B97F4A7C15
+	}
+	return key + "@" + strconv.FormatUint(h, 36)
+}
+
+// releaseLease gives up a lease this process holds on key, if any.
 func (e *engine) releaseLease(key string) {
 	if key == "" {
 		return

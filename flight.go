@@ -47,6 +47,21 @@ func (g *flightGroup) join(id string, leaderCtx context.Context) (*flight, bool)
 	return f, true
 }
 
+// alias makes readers of id join f too, unless another flight holds id.
+// A leader aliases its flight under the stamps it read before its query:
+// readers that see those stamps began after every write the load sees, so
+// they may share it, even when the leader itself had seen other stamps
+// (missing ones, which reading created).
+func (g *flightGroup) alias(id string, f *flight) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if _, ok := g.flights[id]; ok {
+		return false
+	}
+	g.flights[id] = f
+	return true
+}
+
 // forget removes f from the group, so that later readers start afresh.
 func (g *flightGroup) forget(id string, f *flight) {
 	g.mu.Lock()

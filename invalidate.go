@@ -157,16 +157,28 @@ func (e *engine) invalidate(ctx context.Context, w *writeSet) {
 		return
 	}
 	tags := w.list()
-	bctx, cancel := e.cacheCtx(context.WithoutCancel(ctx))
-	err := e.store.bump(bctx, tags)
-	cancel()
-	if err != nil {
+	if err := e.bumpNow(context.WithoutCancel(ctx), tags); err != nil {
 		e.fail("invalidate", err)
 		e.markPending(tags)
 		return
 	}
 	e.counted(tags)
 	e.purgeLater(tags)
+}
+
+// bumpNow replaces the stamps of tags, trying again within a few timeouts:
+// a writer that returns before its invalidation landed leaves other
+// processes a window in which they may serve what it overwrote.
+func (e *engine) bumpNow(ctx context.Context, tags []string) error {
+	deadline := time.Now().Add(bumpAttempts * e.opts.Timeout)
+	for {
+		bctx, cancel := e.cacheCtx(ctx)
+		err := e.store.bump(bctx, tags)
+		cancel()
+		if err == nil || errors.Is(err, errBreakerOpen) || !time.Now().Before(deadline) {
+			return err
+		}
+	}
 }
 
 func (e *engine) counted(tags []string) {
@@ -280,10 +292,7 @@ func (e *engine) invalidateNow(ctx context.Context, tags []string) error {
 	if len(tags) == 0 {
 		return nil
 	}
-	bctx, cancel := e.cacheCtx(ctx)
-	err := e.store.bump(bctx, tags)
-	cancel()
-	if err != nil {
+	if err := e.bumpNow(ctx, tags); err != nil {
 		e.markPending(tags)
 		return fmt.Errorf("cachedpq: invalidate: %w", err)
 	}

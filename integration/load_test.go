@@ -1,0 +1,166 @@
+package integration
+
+import (
+	"math/rand/v2"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+
+	"github.com/cachedpq/cachedpq"
+	"github.com/cachedpq/cachedpq/internal/redistest"
+)
+
+// The load benchmarks: 16 concurrent clients, side by side on raw lib/pq,
+// cachedpq over Redis and cachedpq over the in-process store. Run with
+//
+//	go test -run '^$' -bench 'Load|ReadOnly|BreakerOpen' -benchtime 5s ./integration/
+//
+// Each reports throughput (ops/s) and p50/p95/p99 latency in ms.
+
+// loadClients is the number of concurrent clients.
+const loadClients = 16
+
+// listQuery is the registered read: the whole 50-row items table.
+const listQuery = `select id, name, score from items order by id`
+
+// loadWrite is the write: one item's score.
+const loadWrite = `update items set score = score + 1 where id = $1`
+
+// BenchmarkLoad runs 95% registered reads of a 50-row list and 5% writes.
+func BenchmarkLoad(b *testing.B) {
+	for _, kind := range []string{"raw", "redis", "memory"} {
+		b.Run(kind, func(b *testing.B) {
+			db, conn := loadDB(b, kind)
+			runClients(b, db, 0.05)
+			logStats(b, kind, conn)
+		})
+	}
+}
+
+// BenchmarkReadOnly is BenchmarkLoad without writes: the hit path alone.
+func BenchmarkReadOnly(b *testing.B) {
+	for _, kind := range []string{"raw", "redis", "memory"} {
+		b.Run(kind, func(b *testing.B) {
+			db, conn := loadDB(b, kind)
+			runClients(b, db, 0)
+			logStats(b, kind, conn)
+		})
+	}
+}
+
+// BenchmarkBreakerOpen compares registered reads with Redis down and the
+// breaker open against raw lib/pq reads.
+func BenchmarkBreakerOpen(b *testing.B) {
+	for _, kind := range []string{"raw", "redis_down"} {
+		b.Run(kind, func(b *testing.B) {
+			db, conn := loadDB(b, kind)
+			runClients(b, db, 0)
+			logStats(b, kind, conn)
+		})
+	}
+}
+
+// loadDB opens the DB a sub-benchmark measures, on a fresh schema.
+func loadDB(b *testing.B, kind string) (*sqlx.DB, *cachedpq.Connector) {
+	b.Helper()
+	var env *stressEnv
+	switch kind {
+	case "raw", "memory":
+		env = newStressEnv(b, nil, faultTimeout)
+	case "redis":
+		env = newStressEnv(b, newRedis(b), faultTimeout)
+	case "redis_down":
+		srv := redistest.Start(b)
+		env = newStressEnv(b, timedClient(b, srv.Addr), faultTimeout)
+		srv.Kill()
+	}
+	if err := env.reg.Register(listQuery, cachedpq.Policy{TTL: time.Minute}); err != nil {
+		b.Fatal(err)
+	}
+	db := env.db
+	if kind == "raw" {
+		db = env.raw
+	}
+	db.SetMaxOpenConns(loadClients)
+	db.SetMaxIdleConns(loadClients)
+	if kind == "redis_down" {
+		for env.conn.Stats().Breaker != "open" {
+			readList(b, db)
+		}
+	}
+	readList(b, db)
+	return db, env.conn
+}
+
+// logStats logs what the cache did during a cached sub-benchmark.
+func logStats(b *testing.B, kind string, conn *cachedpq.Connector) {
+	if kind == "raw" {
+		return
+	}
+	s := conn.Stats()
+	b.Logf("%s: hits %d misses %d coalesced %d stale %d fill errors %d cache errors %d breaker %s bypass %v cache latency %+v",
+		kind, s.Hits, s.Misses, s.Coalesced, s.Stale, s.FillErrors, s.CacheErrors, s.Breaker, s.Bypass, s.CacheLatency)
+}
+
+// readList reads the whole list and checks its length.
+func readList(b *testing.B, db *sqlx.DB) {
+	rows, err := db.Query(listQuery)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer rows.Close()
+	n := 0
+	var (
+		id    int64
+		name  string
+		score float64
+	)
+	for rows.Next() {
+		if err := rows.Scan(&id, &name, &score); err != nil {
+			b.Fatal(err)
+		}
+		n++
+	}
+	if err := rows.Err(); err != nil || n != 50 {
+		b.Fatalf("list: %d rows, %v", n, err)
+	}
+}
+
+// runClients runs b.N operations on loadClients goroutines, a writeShare
+// of them writes, and reports throughput and latency quantiles.
+func runClients(b *testing.B, db *sqlx.DB, writeShare float64) {
+	b.SetParallelism((loadClients + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
+	var mu sync.Mutex // guards all
+	var all []time.Duration
+	b.ResetTimer()
+	start := time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		var lat []time.Duration
+		for pb.Next() {
+			t0 := time.Now()
+			if rand.Float64() < writeShare {
+				if _, err := db.Exec(loadWrite, rand.Int64N(50)+1); err != nil {
+					b.Error(err)
+					return
+				}
+			} else {
+				readList(b, db)
+			}
+			lat = append(lat, time.Since(t0))
+		}
+		mu.Lock()
+		all = append(all, lat...)
+		mu.Unlock()
+	})
+	elapsed := time.Since(start)
+	b.StopTimer()
+	q := quantiles(all, 0.50, 0.95, 0.99)
+	b.ReportMetric(float64(len(all))/elapsed.Seconds(), "ops/s")
+	for i, name := range []string{"p50-ms", "p95-ms", "p99-ms"} {
+		b.ReportMetric(float64(q[i])/float64(time.Millisecond), name)
+	}
+	b.ReportMetric(0, "ns/op") // the per-op figure of RunParallel is wall time / N; ops/s says it plainly
+}
