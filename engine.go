@@ -24,12 +24,12 @@ const epochTag = "*"
 
 // Load coordination across processes sharing Redis.
 const (
-	leaseTTL      = 5 * time.Second       // how long one process may hold a fill lease
-	leaseWait     = time.Second           // how long others wait for its entry
+	leaseTTL      = 3 * time.Second       // how long one process may hold a fill lease
+	leaseWait     = leaseTTL              // others wait while it is held, taking over when it is let go
 	leasePoll     = 10 * time.Millisecond // how often they look
 	retryMin      = 10 * time.Millisecond // first retry of a failed invalidation
 	retryMax      = time.Second           // longest wait between retries
-	bumpAttempts  = 3                     // an invalidation tries for up to this many timeouts
+	bumpAttempts  = 3                     // tries of an invalidation before the write returns
 	fillTimeout   = 2 * time.Second       // bound for a background fill
 	purgeTimeout  = 10 * time.Second      // bound for a background purge
 	maxDecodeSize = 64 << 20              // the largest entry a lookup decodes
@@ -43,6 +43,7 @@ type engine struct {
 	reg    *Registry
 	id     *identity
 	store  backend
+	direct backend  // the store without the breaker, for invalidations
 	breakr *guarded // nil for the in-process store, which cannot fail
 	shared bool     // the store is shared with other processes
 
@@ -78,9 +79,10 @@ func newEngine(c *Connector) *engine {
 	if c.opts.Redis != nil {
 		rb := &redisBackend{redisStore: newRedisStore(c.opts.Redis, c.opts.Prefix), maxBytes: maxDecodeSize}
 		e.breakr = newGuarded(rb, e.breakerChanged)
-		e.store, e.shared = e.breakr, true
+		e.store, e.direct, e.shared = e.breakr, rb, true
 	} else {
 		e.store = newMemStore(c.opts.MaxMemory)
+		e.direct = e.store
 	}
 	return e
 }

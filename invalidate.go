@@ -166,19 +166,22 @@ func (e *engine) invalidate(ctx context.Context, w *writeSet) {
 	e.purgeLater(tags)
 }
 
-// bumpNow replaces the stamps of tags, trying again within a few timeouts:
+// bumpNow replaces the stamps of tags, trying a few times:
 // a writer that returns before its invalidation landed leaves other
 // processes a window in which they may serve what it overwrote.
 func (e *engine) bumpNow(ctx context.Context, tags []string) error {
-	deadline := time.Now().Add(bumpAttempts * e.opts.Timeout)
-	for {
+	var err error
+	for range bumpAttempts {
+		// Invalidations go past the breaker: a writer whose breaker is open
+		// while the cache answers others would leave them stale entries.
 		bctx, cancel := e.cacheCtx(ctx)
-		err := e.store.bump(bctx, tags)
+		err = e.direct.bump(bctx, tags)
 		cancel()
-		if err == nil || errors.Is(err, errBreakerOpen) || !time.Now().Before(deadline) {
-			return err
+		if err == nil {
+			return nil
 		}
 	}
+	return err
 }
 
 func (e *engine) counted(tags []string) {
@@ -231,7 +234,7 @@ func (e *engine) retryPending() {
 		}
 		tags := e.pendingTags()
 		ctx, cancel := context.WithTimeout(context.Background(), max(e.opts.Timeout, retryMin))
-		err := e.store.bump(ctx, tags)
+		err := e.direct.bump(ctx, tags)
 		cancel()
 		if err == nil && e.confirm(tags) {
 			e.opts.Logger.Info("cachedpq: pending invalidations confirmed", "tags", len(tags))
