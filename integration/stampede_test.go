@@ -268,7 +268,7 @@ func helperStampede(t *testing.T) {
 		}
 	}
 	s := env.stats()
-	fmt.Printf("helper: misses=%d hits=%d coalesced=%d\n", s.Misses, s.Hits, s.Coalesced)
+	fmt.Printf("helper: misses=%d hits=%d coalesced=%d cache errors=%d epoch bumps=%d\n", s.Misses, s.Hits, s.Coalesced, s.CacheErrors, s.EpochBumps)
 }
 
 // startHelper re-executes the test binary as a helper process of kind.
@@ -310,7 +310,7 @@ func TestStampedeTwoProcesses(t *testing.T) {
 	}
 	s := env.stats()
 	if n := env.calls(t); n != 1 {
-		t.Fatalf("Postgres ran the query %d times across two processes, want 1\nparent: %+v\n%s", n, s.Counters, out)
+		t.Fatalf("Postgres ran the query %d times across two processes, want 1\nparent: %+v\n%s", n, s, out)
 	}
 	t.Logf("parent: misses=%d hits=%d coalesced=%d; %s", s.Misses, s.Hits, s.Coalesced,
 		strings.TrimSpace(lineWith(out.String(), "helper:")))
