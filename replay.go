@@ -115,7 +115,10 @@ func (r *recordingRows) keep(row []driver.Value) {
 // rowSlot returns room for one row, cut from a slab shared by many rows.
 func (r *recordingRows) rowSlot(n int) []driver.Value {
 	if len(r.slab) < n {
-		r.slab = make([]driver.Value, n*recordSlabRows)
+		// Slabs grow with the result: most cached results are a row or a
+		// few, and a large first slab would cost each of them a big clear.
+		rows := min(max(len(r.snap.rows), 1), recordSlabRows)
+		r.slab = make([]driver.Value, n*rows)
 	}
 	row := r.slab[:n:n]
 	r.slab = r.slab[n:]
