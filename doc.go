@@ -71,7 +71,7 @@
 // (cache_timeout); a failure or timeout sends the call to Postgres and is
 // reported only to the Options' logger, error hook and Stats. A circuit
 // breaker skips a failing Redis entirely until it answers again. An
-// invalidation that fails is retried in the background, and until it
-// succeeds, together with an invalidation of the whole namespace, the
-// process serves no hit.
+// invalidation that fails is retried in the background; a process whose
+// invalidation failed, or that saw the cache fail at all, serves no hit
+// until it has invalidated the whole namespace.
 package cachedpq
