@@ -136,13 +136,22 @@ func (c *conn) Exec(query string, args []driver.Value) (driver.Result, error) {
 
 // ExecContext runs a statement and invalidates what it wrote.
 func (c *conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
-	e, ok := c.inner.(driver.ExecerContext)
-	if !ok {
+	if _, ok := c.inner.(driver.ExecerContext); !ok {
 		return nil, driver.ErrSkip
 	}
-	return c.c.eng.exec(ctx, c, query, func() (driver.Result, error) {
-		return e.ExecContext(ctx, query, args)
-	})
+	return c.c.eng.exec(ctx, c, c, query, args)
+}
+
+// innerExec runs a statement on the inner connection, which has
+// driver.ExecerContext (ExecContext checked).
+func (c *conn) innerExec(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
+	return c.inner.(driver.ExecerContext).ExecContext(ctx, query, args)
+}
+
+// innerQuery runs a query on the inner connection, which has
+// driver.QueryerContext (QueryContext checked).
+func (c *conn) innerQuery(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
+	return c.inner.(driver.QueryerContext).QueryContext(ctx, query, args)
 }
 
 // Query runs a query without a context.
@@ -153,13 +162,10 @@ func (c *conn) Query(query string, args []driver.Value) (driver.Rows, error) {
 // QueryContext runs a query, from the cache when it is registered and the
 // connection may use the cache.
 func (c *conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
-	q, ok := c.inner.(driver.QueryerContext)
-	if !ok {
+	if _, ok := c.inner.(driver.QueryerContext); !ok {
 		return nil, driver.ErrSkip
 	}
-	return c.c.eng.query(ctx, c, query, args, func(ctx context.Context) (driver.Rows, error) {
-		return q.QueryContext(ctx, query, args)
-	})
+	return c.c.eng.query(ctx, c, c, query, args)
 }
 
 // CheckNamedValue converts arguments the inner driver's way (lib/pq turns

@@ -142,20 +142,20 @@ func (e *engine) lookup(ctx context.Context, r *read, buf []uint64) (*entry, []u
 // query runs a read through the cache when it is registered and the
 // connection may use the cache; otherwise it runs on Postgres, and a write
 // made through Query invalidates before its rows' Close returns.
-func (e *engine) query(ctx context.Context, c *conn, query string, args []driver.NamedValue, run func(context.Context) (driver.Rows, error)) (driver.Rows, error) {
+func (e *engine) query(ctx context.Context, c *conn, src inner, query string, args []driver.NamedValue) (driver.Rows, error) {
 	a := analyze(query)
 	if reg := e.reg.lookup(a); reg != nil {
 		rs := e.state(reg)
 		if why, ok := c.refuses(); ok {
 			e.bypassed(rs, why)
-			return run(ctx)
+			return src.innerQuery(ctx, query, args)
 		}
-		return e.cached(ctx, c, &read{reg: reg, rs: rs, run: run}, args)
+		return e.cached(ctx, c, &read{reg: reg, rs: rs, src: src, query: query, args: args})
 	}
 	if !mayWrite(a) {
-		return run(ctx)
+		return src.innerQuery(ctx, query, args)
 	}
-	rows, err := run(ctx)
+	rows, err := src.innerQuery(ctx, query, args)
 	if err != nil {
 		return nil, err
 	}
@@ -164,8 +164,8 @@ func (e *engine) query(ctx context.Context, c *conn, query string, args []driver
 
 // exec runs a statement and, once it succeeded, invalidates what it wrote:
 // now outside a transaction, at commit inside one.
-func (e *engine) exec(ctx context.Context, c *conn, query string, run func() (driver.Result, error)) (driver.Result, error) {
-	res, err := run()
+func (e *engine) exec(ctx context.Context, c *conn, src inner, query string, args []driver.NamedValue) (driver.Result, error) {
+	res, err := src.innerExec(ctx, query, args)
 	if a := analyze(query); mayWrite(a) && (err == nil || !reportedByServer(err)) {
 		// A failure the server did not report (a lost connection, a
 		// cancelled context) may hide a write that committed.
@@ -192,6 +192,19 @@ func (c *conn) refuses() (bypassReason, bool) {
 	return 0, false
 }
 
+// inner runs statements on the inner driver: a connection, with the
+// statement's text, or a prepared statement. (An interface satisfied by
+// the wrappers themselves, so that a query allocates no closure.)
+type inner interface {
+	innerQuery(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error)
+	innerExec(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error)
+}
+
+// run runs the read's query on Postgres.
+func (r *read) run(ctx context.Context) (driver.Rows, error) {
+	return r.src.innerQuery(ctx, r.query, r.args)
+}
+
 // read is one registered read on its way through the cache.
 type read struct {
 	reg   *registration
@@ -199,7 +212,9 @@ type read struct {
 	key   string
 	check [16]byte
 	tags  []string // the entry's tags, the epoch last
-	run   func(context.Context) (driver.Rows, error)
+	src   inner    // where the query runs on Postgres
+	query string
+	args  []driver.NamedValue
 	lease string // the fill lease taken for this load, if any
 	// replaces is the creation time of the valid entry an early refresh
 	// reloads (0 for a miss): an entry no newer does not end the refresh.
@@ -207,13 +222,13 @@ type read struct {
 }
 
 // cached serves a registered read: a hit replays the entry, a miss loads it.
-func (e *engine) cached(ctx context.Context, c *conn, r *read, args []driver.NamedValue) (driver.Rows, error) {
+func (e *engine) cached(ctx context.Context, c *conn, r *read) (driver.Rows, error) {
 	if why, ok := e.skip(ctx, c, r); ok {
 		e.bypassed(r.rs, why)
 		return r.run(ctx)
 	}
 	var kb [128]byte
-	kbytes, check, ok := appendKey(kb[:0], e.opts.Prefix, r.reg.name, e.id, r.reg.a, args)
+	kbytes, check, ok := appendKey(kb[:0], e.opts.Prefix, r.reg.name, e.id, r.reg.a, r.args)
 	if !ok {
 		e.bypassed(r.rs, bypassArguments)
 		return r.run(ctx)

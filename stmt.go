@@ -47,19 +47,16 @@ func (s *stmt) Query(args []driver.Value) (driver.Rows, error) { //nolint:static
 
 // ExecContext runs the statement and invalidates what it wrote.
 func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
-	return s.conn.c.eng.exec(ctx, s.conn, s.query, func() (driver.Result, error) {
-		return s.execInner(ctx, args)
-	})
+	return s.conn.c.eng.exec(ctx, s.conn, s, s.query, args)
 }
 
 // QueryContext runs the statement, from the cache when it is registered.
 func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
-	return s.conn.c.eng.query(ctx, s.conn, s.query, args, func(ctx context.Context) (driver.Rows, error) {
-		return s.queryInner(ctx, args)
-	})
+	return s.conn.c.eng.query(ctx, s.conn, s, s.query, args)
 }
 
-func (s *stmt) execInner(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
+// innerExec runs the inner statement; query is its own text.
+func (s *stmt) innerExec(ctx context.Context, _ string, args []driver.NamedValue) (driver.Result, error) {
 	if e, ok := s.inner.(driver.StmtExecContext); ok {
 		return e.ExecContext(ctx, args)
 	}
@@ -73,7 +70,8 @@ func (s *stmt) execInner(ctx context.Context, args []driver.NamedValue) (driver.
 	return s.inner.Exec(vals) //nolint:staticcheck // the documented fallback
 }
 
-func (s *stmt) queryInner(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
+// innerQuery runs the inner statement; query is its own text.
+func (s *stmt) innerQuery(ctx context.Context, _ string, args []driver.NamedValue) (driver.Rows, error) {
 	if q, ok := s.inner.(driver.StmtQueryContext); ok {
 		return q.QueryContext(ctx, args)
 	}
