@@ -1021,48 +1021,34 @@ func (s *slabs) used() kindCounts {
 // growing would move elements already boxed.
 
 func (s *slabs) int64(v int64, r *reader) driver.Value {
-	if len(s.ints) == cap(s.ints) {
-		r.bad = true
-		return nil
-	}
-	s.ints = append(s.ints, v)
-	return boxAt(int64Type, unsafe.Pointer(&s.ints[len(s.ints)-1]))
+	return boxNext(&s.ints, v, int64Type, r)
 }
 
 func (s *slabs) float64(v float64, r *reader) driver.Value {
-	if len(s.floats) == cap(s.floats) {
-		r.bad = true
-		return nil
-	}
-	s.floats = append(s.floats, v)
-	return boxAt(float64Type, unsafe.Pointer(&s.floats[len(s.floats)-1]))
+	return boxNext(&s.floats, v, float64Type, r)
 }
 
 func (s *slabs) time(v time.Time, r *reader) driver.Value {
-	if len(s.times) == cap(s.times) {
-		r.bad = true
-		return nil
-	}
-	s.times = append(s.times, v)
-	return boxAt(timeType, unsafe.Pointer(&s.times[len(s.times)-1]))
+	return boxNext(&s.times, v, timeType, r)
 }
 
 func (s *slabs) string(v string, r *reader) driver.Value {
-	if len(s.strs) == cap(s.strs) {
-		r.bad = true
-		return nil
-	}
-	s.strs = append(s.strs, v)
-	return boxAt(stringType, unsafe.Pointer(&s.strs[len(s.strs)-1]))
+	return boxNext(&s.strs, v, stringType, r)
 }
 
 func (s *slabs) bytes(v []byte, r *reader) driver.Value {
-	if len(s.bins) == cap(s.bins) {
+	return boxNext(&s.bins, v, bytesType, r)
+}
+
+// boxNext appends v to slab and boxes the new element in place, as a value
+// of the type whose type word is typ.
+func boxNext[T any](slab *[]T, v T, typ unsafe.Pointer, r *reader) driver.Value {
+	if len(*slab) == cap(*slab) {
 		r.bad = true
 		return nil
 	}
-	s.bins = append(s.bins, v)
-	return boxAt(bytesType, unsafe.Pointer(&s.bins[len(s.bins)-1]))
+	*slab = append(*slab, v)
+	return boxAt(typ, unsafe.Pointer(&(*slab)[len(*slab)-1]))
 }
 
 // eface is the layout of an empty interface: type word, then a pointer to
