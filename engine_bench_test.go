@@ -36,8 +36,7 @@ var benchSchema struct {
 }
 
 // benchDSN creates the benchmark schema once per process and returns a DSN
-// that uses it. The schema is dropped by TestMain-less cleanup: it is named
-// per process and dropped when the last benchmark's DB closes.
+// that uses it. The schema is named per process; TestMain drops it.
 func benchDSN(b *testing.B) string {
 	b.Helper()
 	dsn := pqDSN(b)

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -373,7 +374,7 @@ func readYourWrites(t *testing.T, store string, wc writeCase, inTx bool) {
 	if wc.setup != "" {
 		mustExec(t, env.raw, wc.setup)
 	}
-	reads := slicesClone(readsFor)
+	reads := slices.Clone(readsFor)
 	if strings.Contains(wc.setup, "orders") {
 		reads = append(reads, `select count(*) from orders`)
 	}
@@ -419,8 +420,6 @@ func readYourWrites(t *testing.T, store string, wc writeCase, inTx bool) {
 		env.same(t, q)
 	}
 }
-
-func slicesClone(s []string) []string { return append([]string(nil), s...) }
 
 func TestTransactionsInvalidateAtCommit(t *testing.T) {
 	forEachStore(t, func(t *testing.T, env *cacheEnv) {
