@@ -42,7 +42,14 @@ func (g *flightGroup) join(id string, leaderCtx context.Context) (*flight, bool)
 		g.flights = make(map[string]*flight)
 	}
 	f := &flight{done: make(chan struct{}), parties: 1}
-	f.ctx, f.cancel = context.WithCancel(context.WithoutCancel(leaderCtx))
+	if leaderCtx.Done() == nil {
+		// A leader that cannot be cancelled never leaves, so the load
+		// needs no cancellation of its own, and lib/pq no goroutine to
+		// watch for one.
+		f.ctx, f.cancel = leaderCtx, func() {}
+	} else {
+		f.ctx, f.cancel = context.WithCancel(context.WithoutCancel(leaderCtx))
+	}
 	g.flights[id] = f
 	return f, true
 }
