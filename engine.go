@@ -32,6 +32,7 @@ const (
 	bumpAttempts  = 3                     // tries of an invalidation before the write returns
 	fillTimeout   = 2 * time.Second       // bound for a background fill
 	purgeTimeout  = 10 * time.Second      // bound for a background purge
+	purgeDelay    = 10 * time.Millisecond // how long a purge waits for more tags
 	maxDecodeSize = 64 << 20              // the largest entry a lookup decodes
 	stampBufCap   = 8                     // tags a lookup can read without allocating
 )
@@ -48,6 +49,7 @@ type engine struct {
 	shared bool     // the store is shared with other processes
 
 	flights    flightGroup
+	lookups    lookupGroup
 	refreshers sync.Map // key -> struct{}: the one reader reloading an entry early or while serving it stale
 	leases     sync.Map // key -> uint64 token of a fill lease this process holds
 	regs       sync.Map // *registration -> *regState
@@ -58,6 +60,10 @@ type engine struct {
 	pending   map[string]struct{} // tags whose invalidation is not yet confirmed
 	retrying  bool
 	unsure    atomic.Bool // some invalidation is unconfirmed: serve no hit
+
+	purgeMu   sync.Mutex // guards purgeTags and purging
+	purgeTags []string   // tags invalidated since the last purge pass
+	purging   bool       // a purgePasses goroutine runs
 
 	bg      sync.WaitGroup // background fills, purges and retries
 	closing chan struct{}
@@ -80,6 +86,7 @@ func newEngine(c *Connector) *engine {
 		rb := &redisBackend{redisStore: newRedisStore(c.opts.Redis, c.opts.Prefix), maxBytes: maxDecodeSize}
 		e.breakr = newGuarded(rb, e.breakerChanged)
 		e.store, e.direct, e.shared = e.breakr, rb, true
+		e.lookups.fn, e.lookups.timeout = e.storeLookup, c.opts.Timeout
 	} else {
 		e.store = newMemStore(c.opts.MaxMemory)
 		e.direct = e.store
@@ -134,9 +141,13 @@ func (e *engine) lookup(ctx context.Context, r *read, buf []uint64) (*entry, []u
 	if ms, ok := e.store.(*memStore); ok {
 		return ms.lookup(ctx, r.key, r.tags, buf)
 	}
-	lctx, cancel := context.WithTimeout(ctx, e.opts.Timeout)
-	defer cancel()
-	return e.store.lookup(lctx, r.key, r.tags, nil) // a buf would escape through the interface
+	return e.lookups.do(ctx, r.key, r.tags)
+}
+
+// storeLookup is one lookup in the shared store. (A stamp buffer would
+// escape through the interface.)
+func (e *engine) storeLookup(ctx context.Context, key string, tags []string) (*entry, []uint64, error) {
+	return e.store.lookup(ctx, key, tags, nil)
 }
 
 // query runs a read through the cache when it is registered and the

@@ -192,18 +192,47 @@ func (e *engine) counted(tags []string) {
 }
 
 // purgeLater deletes the entries indexed under tags off the write path.
+// Purges run one pass at a time, purgeDelay after the write that asks for
+// one: tags invalidated meanwhile join the pass, so a burst of writes costs
+// a few passes rather than one per write, and the writers' CPU and the
+// cache's are spent on the writes themselves.
 func (e *engine) purgeLater(tags []string) {
-	tags = slices.DeleteFunc(slices.Clone(tags), func(t string) bool { return t == epochTag })
-	if len(tags) == 0 {
-		return
+	e.purgeMu.Lock()
+	defer e.purgeMu.Unlock()
+	for _, t := range tags {
+		if t != epochTag {
+			e.purgeTags = append(e.purgeTags, t)
+		}
 	}
-	e.bg.Go(func() {
+	if len(e.purgeTags) > 0 && !e.purging {
+		e.purging = true
+		e.bg.Go(e.purgePasses)
+	}
+}
+
+// purgePasses purges the tags gathered by purgeLater until none are left.
+func (e *engine) purgePasses() {
+	for {
+		select {
+		case <-time.After(purgeDelay):
+		case <-e.closing:
+		}
+		e.purgeMu.Lock()
+		tags := e.purgeTags
+		e.purgeTags = nil
+		if len(tags) == 0 {
+			e.purging = false
+			e.purgeMu.Unlock()
+			return
+		}
+		e.purgeMu.Unlock()
+		slices.Sort(tags)
 		ctx, cancel := context.WithTimeout(context.Background(), purgeTimeout)
-		defer cancel()
-		if err := e.store.purge(ctx, tags); err != nil {
+		if err := e.store.purge(ctx, slices.Compact(tags)); err != nil {
 			e.fail("purge", err)
 		}
-	})
+		cancel()
+	}
 }
 
 // markPending remembers tags whose invalidation failed. Until a retry
