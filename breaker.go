@@ -90,12 +90,22 @@ func (g *guarded) remove(ctx context.Context, keys ...string) error {
 	return g.run(func() error { return g.inner.remove(ctx, keys...) })
 }
 
-func (g *guarded) acquireLease(ctx context.Context, key string, ttl time.Duration) (uint64, bool, error) {
+func (g *guarded) lookupLease(ctx context.Context, key string, tags []string, ttl time.Duration, always bool) (*entry, []uint64, uint64, error) {
+	done, err := g.allow()
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	e, s, tok, err := g.inner.(leaser).lookupLease(ctx, key, tags, ttl, always)
+	done(err)
+	return e, s, tok, err
+}
+
+func (g *guarded) acquireLease(ctx context.Context, key, tag string, ttl time.Duration) (uint64, bool, error) {
 	done, err := g.allow()
 	if err != nil {
 		return 0, false, err
 	}
-	tok, ok, err := g.inner.acquireLease(ctx, key, ttl)
+	tok, ok, err := g.inner.acquireLease(ctx, key, tag, ttl)
 	done(err)
 	return tok, ok, err
 }

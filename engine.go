@@ -8,7 +8,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,11 +46,14 @@ type engine struct {
 	direct backend  // the store without the breaker, for invalidations
 	breakr *guarded // nil for the in-process store, which cannot fail
 	shared bool     // the store is shared with other processes
+	// leasing is true when the store is a leaser: a lookup may take the
+	// fill lease.
+	leasing bool
 
 	flights    flightGroup
 	lookups    lookupGroup
 	refreshers sync.Map // key -> struct{}: the one reader reloading an entry early or while serving it stale
-	leases     sync.Map // key -> uint64 token of a fill lease this process holds
+	leases     sync.Map // lease name -> *heldLease: the fill leases this process holds
 	regs       sync.Map // *registration -> *regState
 	stats      stats
 	cat        catalogCache
@@ -87,6 +89,7 @@ func newEngine(c *Connector) *engine {
 		e.breakr = newGuarded(rb, e.breakerChanged)
 		e.store, e.direct, e.shared = e.breakr, rb, true
 		e.lookups.fn, e.lookups.timeout = e.storeLookup, c.opts.Timeout
+		e.leasing = rb.leasing()
 	} else {
 		e.store = newMemStore(c.opts.MaxMemory)
 		e.direct = e.store
@@ -142,12 +145,6 @@ func (e *engine) lookup(ctx context.Context, r *read, buf []uint64) (*entry, []u
 		return ms.lookup(ctx, r.key, r.tags, buf)
 	}
 	return e.lookups.do(ctx, r.key, r.tags)
-}
-
-// storeLookup is one lookup in the shared store. (A stamp buffer would
-// escape through the interface.)
-func (e *engine) storeLookup(ctx context.Context, key string, tags []string) (*entry, []uint64, error) {
-	return e.store.lookup(ctx, key, tags, nil)
 }
 
 // query runs a read through the cache when it is registered and the
@@ -378,7 +375,7 @@ func (e *engine) miss(ctx context.Context, r *read, seen []uint64) (driver.Rows,
 		if err != nil {
 			return nil, err
 		}
-		if ent != nil {
+		if ent != nil && time.Now().UnixNano() < ent.expires {
 			return newReplayRows(&ent.snap), nil
 		}
 		return r.run(ctx) // the leader could not record: load for ourselves
@@ -391,14 +388,18 @@ func (e *engine) miss(ctx context.Context, r *read, seen []uint64) (driver.Rows,
 // The stamps the lookup saw serve for the entry (they were read before the
 // query runs); only missing ones cost another round trip to create.
 func (e *engine) lead(ctx context.Context, f *flight, id string, r *read, seen []uint64) (driver.Rows, error) {
-	// end publishes the load; the refresh claim on the key ends with it,
-	// except after a recorded result: store1 ends it once the entry is
-	// stored, lest another reader start a refresh of the old entry.
-	end := func(ent *entry) {
-		e.flights.forget(id, f)
-		if ent == nil {
-			e.refreshers.Delete(r.key)
+	ids := []string{id}
+	forget := func() {
+		for _, x := range ids {
+			e.flights.forget(x, f)
 		}
+	}
+	// end publishes a failed load, or an entry that needs no storing; the
+	// refresh claim on the key ends with it. (A recorded entry is published
+	// below: it stays with the flight until stored.)
+	end := func(ent *entry) {
+		forget()
+		e.refreshers.Delete(r.key)
 		f.finish(ent)
 	}
 	stamps, err := slices.Clone(seen), error(nil)
@@ -411,18 +412,10 @@ func (e *engine) lead(ctx context.Context, f *flight, id string, r *read, seen [
 		return r.run(ctx)
 	}
 	if as := flightID(r.key, stamps); as != id && e.flights.alias(as, f) {
-		end = func(ent *entry) {
-			e.flights.forget(as, f)
-			e.flights.forget(id, f)
-			if ent == nil {
-				e.refreshers.Delete(r.key)
-			}
-			f.finish(ent)
-		}
+		ids = append(ids, as)
 	}
 	if ent := e.awaitLease(ctx, r, stamps); ent != nil {
 		end(ent)
-		e.refreshers.Delete(r.key)
 		e.note(r.rs, hitsF)
 		return newReplayRows(&ent.snap), nil
 	}
@@ -447,8 +440,10 @@ func (e *engine) lead(ctx context.Context, f *flight, id string, r *read, seen [
 		}
 		ent := e.newEntry(r.reg, r.check, stamps, start, s)
 		e.stats.dbLat.observe(time.Duration(ent.delta))
-		e.store1(r, ent) // before end: a reader who comes after the flight must find the entry
-		end(ent)
+		// Readers who come while the entry is being stored get it from the
+		// flight, rather than miss the cache and wait for our lease.
+		f.finish(ent)
+		e.store1(r, ent, forget)
 	})
 	return e.handOver(ctx, rec)
 }
@@ -506,10 +501,12 @@ func (r *registration) ttl(empty bool) time.Duration {
 }
 
 // store1 writes a recorded entry off the caller's path: inline for the
-// in-process store (a map write), in the background for Redis.
-func (e *engine) store1(r *read, ent *entry) {
+// in-process store (a map write), in the background for Redis. It calls
+// stored once a lookup finds the entry, or once it is clear none will.
+func (e *engine) store1(r *read, ent *entry, stored func()) {
 	ttl := time.Duration(ent.expires-ent.created) + r.reg.policy.StaleFor
 	if ent.expires <= ent.created {
+		stored()
 		e.releaseLease(r.lease)
 		e.refreshers.Delete(r.key)
 		return
@@ -521,6 +518,7 @@ func (e *engine) store1(r *read, ent *entry) {
 		}
 		ent.size = ent.snap.approxSize()
 		e.fillNow(context.Background(), r, ent, ttl, tags)
+		stored()
 		e.refreshers.Delete(r.key)
 		return
 	}
@@ -531,6 +529,7 @@ func (e *engine) store1(r *read, ent *entry) {
 		ctx, cancel := context.WithTimeout(context.Background(), fillTimeout)
 		defer cancel()
 		e.fillNow(ctx, r, ent, ttl, tags)
+		stored()
 		e.releaseLease(r.lease)
 		e.refreshers.Delete(r.key) // only now does a lookup see the new entry
 	})
@@ -549,109 +548,5 @@ func (e *engine) fillNow(ctx context.Context, r *read, ent *entry, ttl time.Dura
 	for _, c := range []*counters{&e.stats.counters, &r.rs.c} {
 		c.fillBytesRaw.Add(raw)
 		c.fillBytes.Add(uint64(ent.size))
-	}
-}
-
-// awaitLease takes the fill lease for r's key under stamps in a shared
-// cache. If another process holds it, it waits a bounded time for that
-// process's entry and returns it; nil means: load it yourself. The lease is
-// named after the stamps, so a write to the entry's tables voids it as it
-// voids the entry: a reader after the write does not wait for a load that
-// began before it, whose entry it could not use.
-func (e *engine) awaitLease(ctx context.Context, r *read, stamps []uint64) *entry {
-	if !e.shared {
-		return nil
-	}
-	r.lease = leaseName(r.key, stamps)
-	ok, err := e.takeLease(ctx, r.lease)
-	if err != nil {
-		return nil
-	}
-	if ok {
-		// The previous holder may have filled the entry and released its
-		// lease between our lookup and our acquire: look once more, or
-		// the query runs twice.
-		if ent, _ := e.leasedEntry(ctx, r, stamps); ent != nil && ent.created > r.replaces {
-			e.releaseLease(r.lease)
-			return ent
-		}
-		return nil
-	}
-	deadline := time.Now().Add(leaseWait)
-	t := time.NewTicker(leasePoll)
-	defer t.Stop()
-	for time.Now().Before(deadline) {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-		if ent, more := e.leasedEntry(ctx, r, stamps); ent != nil || !more {
-			return ent
-		}
-		// The holder may have let go without leaving an entry we can use
-		// (its load failed, or an older load's fill overwrote its entry):
-		// then take over rather than wait out leaseWait.
-		if ok, err := e.takeLease(ctx, r.lease); ok || err != nil {
-			return nil
-		}
-	}
-	return nil
-}
-
-// takeLease tries to take the lease named lease; on success this process
-// holds it until releaseLease.
-func (e *engine) takeLease(ctx context.Context, lease string) (bool, error) {
-	lctx, cancel := e.cacheCtx(ctx)
-	token, ok, err := e.store.acquireLease(lctx, lease, leaseTTL)
-	cancel()
-	if err != nil {
-		e.fail("lease", err)
-		return false, err
-	}
-	if ok {
-		e.leases.Store(lease, token)
-	}
-	return ok, nil
-}
-
-// leasedEntry looks for r's entry filled under stamps. more is false when
-// waiting longer is pointless: the cache failed, or a write voided the
-// stamps.
-func (e *engine) leasedEntry(ctx context.Context, r *read, stamps []uint64) (ent *entry, more bool) {
-	lctx, cancel := e.cacheCtx(ctx)
-	ent, now, err := e.store.lookup(lctx, r.key, r.tags, nil)
-	cancel()
-	switch {
-	case err != nil, !sameStamps(stamps, now):
-		return nil, false
-	case ent != nil && ent.check == r.check && sameStamps(ent.stamps, now) && time.Now().UnixNano() < ent.expires:
-		return ent, false
-	}
-	return nil, true
-}
-
-// leaseName names the lease on key for loads under stamps.
-func leaseName(key string, stamps []uint64) string {
-	var h uint64
-	for _, s := range stamps {
-		h = (h ^ s) * 0x9E3779B97F4A7C15
-	}
-	return key + "@" + strconv.FormatUint(h, 36)
-}
-
-// releaseLease gives up a lease this process holds on key, if any.
-func (e *engine) releaseLease(key string) {
-	if key == "" {
-		return
-	}
-	v, ok := e.leases.LoadAndDelete(key)
-	if !ok {
-		return
-	}
-	ctx, cancel := e.cacheCtx(context.Background())
-	defer cancel()
-	if err := e.store.releaseLease(ctx, key, v.(uint64)); err != nil {
-		e.fail("release lease", err)
 	}
 }

@@ -35,7 +35,7 @@ type flightGroup struct {
 func (g *flightGroup) join(id string, leaderCtx context.Context) (*flight, bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if f, ok := g.flights[id]; ok && f.addParty() {
+	if f, ok := g.flights[id]; ok && f.joinable() {
 		return f, false
 	}
 	if g.flights == nil {
@@ -78,12 +78,13 @@ func (g *flightGroup) forget(id string, f *flight) {
 	g.mu.Unlock()
 }
 
-// addParty registers a waiter; it fails once the flight has ended.
-func (f *flight) addParty() bool {
+// joinable registers a waiter, unless the flight has ended; a flight that
+// ended with an entry still serves it to those who join, until forgotten.
+func (f *flight) joinable() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.ended {
-		return false
+		return f.ent != nil
 	}
 	f.parties++
 	return true

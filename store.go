@@ -22,8 +22,17 @@ type backend interface {
 	// purge deletes the entries indexed under tags, to reclaim memory.
 	purge(ctx context.Context, tags []string) error
 	remove(ctx context.Context, keys ...string) error
-	acquireLease(ctx context.Context, key string, ttl time.Duration) (uint64, bool, error)
+	// acquireLease takes the right to fill key for loads under the stamps
+	// tag names, unless another holder has it under that tag; a lease under
+	// another tag is void and is taken over.
+	acquireLease(ctx context.Context, key, tag string, ttl time.Duration) (uint64, bool, error)
 	releaseLease(ctx context.Context, key string, token uint64) error
+}
+
+// leaser is a backend that can look up an entry and take its fill lease in
+// one round trip (see redisStore.lookupLease).
+type leaser interface {
+	lookupLease(ctx context.Context, key string, tags []string, ttl time.Duration, always bool) (*entry, []uint64, uint64, error)
 }
 
 var (
@@ -57,6 +66,21 @@ func (b *redisBackend) lookup(ctx context.Context, key string, tags []string, bu
 		return nil, stamps, errCorruptEntry{err}
 	}
 	return e, stamps, nil
+}
+
+// leasing reports whether lookupLease works on this Redis.
+func (b *redisBackend) leasing() bool { return b.scripts }
+
+func (b *redisBackend) lookupLease(ctx context.Context, key string, tags []string, ttl time.Duration, always bool) (*entry, []uint64, uint64, error) {
+	val, stamps, token, err := b.redisStore.lookupLease(ctx, key, tags, ttl, always)
+	if err != nil || val == nil {
+		return nil, stamps, token, err
+	}
+	e, err := decodeEntry(val, b.maxBytes)
+	if err != nil {
+		return nil, stamps, token, errCorruptEntry{err}
+	}
+	return e, stamps, token, nil
 }
 
 // fill encodes e; an entry larger than maxBytes is not stored. (Policies

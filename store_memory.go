@@ -44,7 +44,8 @@ func (it *memItem) hasTag(tag string) bool {
 // memLease is a held fill lease.
 type memLease struct {
 	token   uint64
-	expires int64 // unix nanoseconds
+	tag     string // the stamps of the load it guards
+	expires int64  // unix nanoseconds
 }
 
 // memStore is the in-process store. It is safe for concurrent use.
@@ -233,20 +234,21 @@ func (s *memStore) remove(_ context.Context, keys ...string) error {
 	return nil
 }
 
-// acquireLease tries to take the exclusive right to fill key for ttl.
-func (s *memStore) acquireLease(_ context.Context, key string, ttl time.Duration) (uint64, bool, error) {
+// acquireLease tries to take the exclusive right to fill key for ttl, for
+// loads under the stamps tag names.
+func (s *memStore) acquireLease(_ context.Context, key, tag string, ttl time.Duration) (uint64, bool, error) {
 	if ttl <= 0 {
 		return 0, false, errBadTTL
 	}
 	now := time.Now().UnixNano()
 	s.leaseMu.Lock()
 	defer s.leaseMu.Unlock()
-	if l, held := s.leases[key]; held && l.expires > now {
+	if l, held := s.leases[key]; held && l.expires > now && l.tag == tag {
 		return 0, false, nil
 	}
 	s.sweepLeases(now)
 	token := newStamp()
-	s.leases[key] = memLease{token: token, expires: now + int64(ttl)}
+	s.leases[key] = memLease{token: token, tag: tag, expires: now + int64(ttl)}
 	return token, true, nil
 }
 

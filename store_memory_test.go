@@ -20,7 +20,7 @@ type storeUnderTest interface {
 	bump(ctx context.Context, tags []string) error
 	purge(ctx context.Context, tags []string) error
 	remove(ctx context.Context, keys ...string) error
-	acquireLease(ctx context.Context, key string, ttl time.Duration) (uint64, bool, error)
+	acquireLease(ctx context.Context, key, tag string, ttl time.Duration) (uint64, bool, error)
 	releaseLease(ctx context.Context, key string, token uint64) error
 	dropStamp(ctx context.Context, tag string) error
 }
@@ -94,6 +94,7 @@ func runStoreSuite(t *testing.T, newStore storeFactory) {
 		{"purge removes indexed entries and only those", suitePurge},
 		{"remove deletes keys", suiteRemove},
 		{"lease is exclusive and released by its token", suiteLease},
+		{"lease under other stamps is void", suiteLeaseStamps},
 		{"lease expires", suiteLeaseExpiry},
 		{"concurrent fills, lookups, bumps and purges", suiteConcurrent},
 	}
@@ -225,7 +226,7 @@ func suiteBadTTL(t *testing.T, st storeUnderTest, key func(string) string) {
 		if err := st.fill(testCtx(t), key("k"), []byte("v"), ttl, nil); err == nil {
 			t.Fatalf("fill with ttl %v succeeded", ttl)
 		}
-		if _, _, err := st.acquireLease(testCtx(t), key("k"), ttl); err == nil {
+		if _, _, err := st.acquireLease(testCtx(t), key("k"), "s1", ttl); err == nil {
 			t.Fatalf("lease with ttl %v succeeded", ttl)
 		}
 	}
@@ -276,42 +277,61 @@ func suiteRemove(t *testing.T, st storeUnderTest, key func(string) string) {
 
 func suiteLease(t *testing.T, st storeUnderTest, key func(string) string) {
 	ctx := testCtx(t)
-	tok, ok, err := st.acquireLease(ctx, key("k"), time.Minute)
+	tok, ok, err := st.acquireLease(ctx, key("k"), "s1", time.Minute)
 	must(t, err)
 	if !ok || tok == 0 {
 		t.Fatalf("first acquire = %d, %v", tok, ok)
 	}
-	if _, ok, err := st.acquireLease(ctx, key("k"), time.Minute); err != nil || ok {
+	if _, ok, err := st.acquireLease(ctx, key("k"), "s1", time.Minute); err != nil || ok {
 		t.Fatalf("second acquire while held = %v, %v", ok, err)
 	}
-	if _, ok, err := st.acquireLease(ctx, key("other"), time.Minute); err != nil || !ok {
+	if _, ok, err := st.acquireLease(ctx, key("other"), "s1", time.Minute); err != nil || !ok {
 		t.Fatalf("lease on another key = %v, %v", ok, err)
 	}
 	must(t, st.releaseLease(ctx, key("k"), tok+1)) // a stranger's token
-	if _, ok, _ := st.acquireLease(ctx, key("k"), time.Minute); ok {
+	if _, ok, _ := st.acquireLease(ctx, key("k"), "s1", time.Minute); ok {
 		t.Fatal("a wrong token released the lease")
 	}
 	must(t, st.releaseLease(ctx, key("k"), tok))
-	tok2, ok, err := st.acquireLease(ctx, key("k"), time.Minute)
+	tok2, ok, err := st.acquireLease(ctx, key("k"), "s1", time.Minute)
 	if err != nil || !ok || tok2 == tok {
 		t.Fatalf("acquire after release = %d, %v, %v (old token %d)", tok2, ok, err, tok)
 	}
 }
 
+func suiteLeaseStamps(t *testing.T, st storeUnderTest, key func(string) string) {
+	ctx := testCtx(t)
+	old, ok, err := st.acquireLease(ctx, key("k"), "1,2", time.Minute)
+	must(t, err)
+	if !ok {
+		t.Fatal("acquire failed")
+	}
+	// A write gave the tables new stamps: the old load cannot fill an entry
+	// anyone may use, so its lease does not hold up loads under the new ones.
+	tok, ok, err := st.acquireLease(ctx, key("k"), "1,3", time.Minute)
+	if err != nil || !ok {
+		t.Fatalf("acquire under new stamps = %v, %v", ok, err)
+	}
+	must(t, st.releaseLease(ctx, key("k"), old)) // the old holder must not free it
+	if _, ok, _ := st.acquireLease(ctx, key("k"), "1,3", time.Minute); ok {
+		t.Fatalf("old holder's release freed lease %d", tok)
+	}
+}
+
 func suiteLeaseExpiry(t *testing.T, st storeUnderTest, key func(string) string) {
 	ctx := testCtx(t)
-	old, ok, err := st.acquireLease(ctx, key("k"), 100*time.Millisecond)
+	old, ok, err := st.acquireLease(ctx, key("k"), "s1", 100*time.Millisecond)
 	must(t, err)
 	if !ok {
 		t.Fatal("acquire failed")
 	}
 	time.Sleep(250 * time.Millisecond)
-	tok, ok, err := st.acquireLease(ctx, key("k"), time.Minute)
+	tok, ok, err := st.acquireLease(ctx, key("k"), "s1", time.Minute)
 	if err != nil || !ok {
 		t.Fatalf("acquire after expiry = %v, %v", ok, err)
 	}
 	must(t, st.releaseLease(ctx, key("k"), old)) // the late holder must not free its successor's lease
-	if _, ok, _ := st.acquireLease(ctx, key("k"), time.Minute); ok {
+	if _, ok, _ := st.acquireLease(ctx, key("k"), "s1", time.Minute); ok {
 		t.Fatalf("expired holder's release freed lease %d", tok)
 	}
 }
@@ -505,13 +525,13 @@ func TestMemStoreLeasesDoNotPileUp(t *testing.T) {
 	s := newMemStore(0)
 	ctx := testCtx(t)
 	for i := range 1000 { // never released, as by a holder that died
-		if _, ok, err := s.acquireLease(ctx, fmt.Sprint("k", i), time.Millisecond); err != nil || !ok {
+		if _, ok, err := s.acquireLease(ctx, fmt.Sprint("k", i), "s1", time.Millisecond); err != nil || !ok {
 			t.Fatalf("acquire k%d = %v, %v", i, ok, err)
 		}
 	}
 	time.Sleep(5 * time.Millisecond)
 	for i := range 1000 {
-		if _, _, err := s.acquireLease(ctx, fmt.Sprint("n", i), time.Minute); err != nil {
+		if _, _, err := s.acquireLease(ctx, fmt.Sprint("n", i), "s1", time.Minute); err != nil {
 			t.Fatal(err)
 		}
 	}

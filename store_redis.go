@@ -7,7 +7,7 @@ package cachedpq
 //	<entry key>              the encoded entry; the key is built and prefixed by the engine
 //	<prefix>:stamp:<tag>     the tag's stamp, a decimal uint64 > 0, without a TTL
 //	<prefix>:idx:<tag>       sorted set: member = entry key, score = the entry's expiry (unix ms)
-//	<entry key>:lease        a fill lease: a decimal token, with a short PX TTL
+//	<entry key>:lease        a fill lease: "<token>|<stamps>", with a short PX TTL
 //
 // Stamps are decimal so that redis-cli shows them and so that a foreign or
 // corrupt value is detected: anything that is not a decimal uint64 > 0 (or a
@@ -27,9 +27,11 @@ package cachedpq
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"strconv"
 	"time"
+	"unsafe"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -61,25 +63,80 @@ const (
 // errBadTTL reports a fill or lease asked for with a TTL that is not positive.
 var errBadTTL = errors.New("cachedpq: cache TTL must be positive")
 
+// A lease's value is "<token>|<tag>": the holder's random token and the
+// stamps of the load it guards (see stampTag). A lease held under other
+// stamps is void, as those stamps are: a write came between, and the load
+// it guards cannot fill an entry anyone may use.
+
+// acquireScript takes the lease KEYS[1] for tag ARGV[3] with token ARGV[2]
+// for ARGV[1] ms, unless it is held under that tag already.
+var acquireScript = redis.NewScript(`
+local v = redis.pcall('GET', KEYS[1])
+if type(v) == 'string' then
+	local bar = string.find(v, '|', 1, true)
+	if bar and string.sub(v, bar + 1) == ARGV[3] then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[2] .. '|' .. ARGV[3], 'PX', ARGV[1])
+return 1`)
+
 // releaseScript deletes a lease only if it still holds the caller's token,
 // so a holder whose lease expired cannot delete its successor's.
 var releaseScript = redis.NewScript(`
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local v = redis.pcall('GET', KEYS[1])
+if type(v) == 'string' and string.sub(v, 1, #ARGV[1] + 1) == ARGV[1] .. '|' then
 	return redis.call('DEL', KEYS[1])
 end
 return 0`)
+
+// lookupScript is a lookup that takes the fill lease in the same round
+// trip when it finds no entry (or always, if ARGV[3] is "1"): KEYS[1] is
+// the entry, KEYS[2] the lease, KEYS[3:] the stamps; ARGV[1] and ARGV[2]
+// are the lease's TTL in ms and token, ARGV[4:] fresh stamps to create the
+// missing ones with (a load records its stamps before it runs, so they must
+// exist). It answers {entry or false, stamps, 1 if the lease was taken}.
+// The stamps are checked as parseStamp would: a foreign one is replaced.
+var lookupScript = redis.NewScript(`
+local v = redis.pcall('GET', KEYS[1])
+if type(v) ~= 'string' then v = false end
+local stamps = {}
+for i = 3, #KEYS do
+	local s = redis.pcall('GET', KEYS[i])
+	if type(s) ~= 'string' then s = false end
+	stamps[i - 2] = s
+end
+if v and ARGV[3] ~= '1' then return {v, stamps, 0} end
+for i = 1, #stamps do
+	local s = stamps[i]
+	if not s or #s > 20 or not string.match(s, '^[1-9]%d*$') then
+		redis.call('SET', KEYS[i + 2], ARGV[i + 3])
+		stamps[i] = ARGV[i + 3]
+	end
+end
+local tag = table.concat(stamps, ',')
+local l = redis.pcall('GET', KEYS[2])
+if type(l) == 'string' then
+	local bar = string.find(l, '|', 1, true)
+	if bar and string.sub(l, bar + 1) == tag then return {v, stamps, 0} end
+end
+redis.call('SET', KEYS[2], ARGV[2] .. '|' .. tag, 'PX', ARGV[1])
+return {v, stamps, 1}`)
 
 // redisStore keeps entries and stamps in Redis. It is safe for concurrent
 // use; all state lives in Redis.
 type redisStore struct {
 	c      redisClient
 	prefix string
+	// scripts is true when one script may touch an entry, its lease and
+	// its stamps: on a single node or behind Sentinel, not on a Cluster,
+	// whose nodes hold them apart.
+	scripts bool
 }
 
 // newRedisStore returns a store over c whose stamp and index keys start
 // with prefix.
 func newRedisStore(c redis.UniversalClient, prefix string) *redisStore {
-	return &redisStore{c: c, prefix: prefix}
+	_, single := c.(*redis.Client)
+	return &redisStore{c: c, prefix: prefix, scripts: single}
 }
 
 // stampKey is the key of tag's stamp.
@@ -320,18 +377,16 @@ func (s *redisStore) remove(ctx context.Context, keys ...string) error {
 	return err
 }
 
-// acquireLease tries to take the exclusive right to fill key for ttl. ok is
-// false if another holder has it; the token releases it.
-func (s *redisStore) acquireLease(ctx context.Context, key string, ttl time.Duration) (uint64, bool, error) {
+// acquireLease tries to take the exclusive right to fill key for ttl, for
+// loads under the stamps tag names. ok is false if another holder has it
+// under the same tag; the token releases it.
+func (s *redisStore) acquireLease(ctx context.Context, key, tag string, ttl time.Duration) (uint64, bool, error) {
 	if ttl <= 0 {
 		return 0, false, errBadTTL
 	}
 	token := newStamp()
-	err := s.c.SetArgs(ctx, leaseKey(key), formatStamp(token), redis.SetArgs{Mode: "NX", TTL: ttl}).Err()
-	switch {
-	case err == redis.Nil:
-		return 0, false, nil
-	case err != nil:
+	ok, err := acquireScript.Run(ctx, s.c, []string{leaseKey(key)}, ttl.Milliseconds(), formatStamp(token), tag).Int()
+	if err != nil || ok == 0 {
 		return 0, false, err
 	}
 	return token, true, nil
@@ -340,6 +395,64 @@ func (s *redisStore) acquireLease(ctx context.Context, key string, ttl time.Dura
 // releaseLease gives the lease on key back if token still holds it.
 func (s *redisStore) releaseLease(ctx context.Context, key string, token uint64) error {
 	return releaseScript.Run(ctx, s.c, []string{leaseKey(key)}, formatStamp(token)).Err()
+}
+
+// lookupLease is lookup and, when it finds no entry under key (or always),
+// acquireLease for the stamps it read, in one round trip. Missing stamps
+// are created. token is 0 unless the lease was taken. Only for a store
+// with scripts.
+func (s *redisStore) lookupLease(ctx context.Context, key string, tags []string, ttl time.Duration, always bool) (val []byte, stamps []uint64, token uint64, err error) {
+	if ttl <= 0 {
+		return nil, nil, 0, errBadTTL
+	}
+	keys := make([]string, 0, 2+len(tags))
+	keys = append(keys, key, leaseKey(key))
+	args := make([]any, 0, 3+len(tags))
+	token = newStamp()
+	args = append(args, ttl.Milliseconds(), formatStamp(token), boolArg(always))
+	for _, tag := range tags {
+		keys = append(keys, s.stampKey(tag))
+		args = append(args, formatStamp(newStamp()))
+	}
+	res, err := lookupScript.Run(ctx, s.c, keys, args...).Slice()
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	return parseLookupLease(res, len(tags), token)
+}
+
+// parseLookupLease reads lookupScript's answer.
+func parseLookupLease(res []any, n int, token uint64) ([]byte, []uint64, uint64, error) {
+	raw, _ := res[1].([]any)
+	if len(res) != 3 || len(raw) > n {
+		return nil, nil, 0, fmt.Errorf("cachedpq: unexpected lookup answer %v", res)
+	}
+	stamps := make([]uint64, n)
+	for i, v := range raw {
+		if str, ok := v.(string); ok {
+			stamps[i] = parseStamp(str)
+		}
+	}
+	var val []byte
+	if str, ok := res[0].(string); ok {
+		// A view, not a copy: decoding only reads it, and copies what it
+		// keeps. An empty value is present, and foreign.
+		val = []byte{}
+		if str != "" {
+			val = unsafe.Slice(unsafe.StringData(str), len(str))
+		}
+	}
+	if taken, _ := res[2].(int64); taken != 1 {
+		token = 0
+	}
+	return val, stamps, token, nil
+}
+
+func boolArg(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
 }
 
 // ping checks that Redis answers.

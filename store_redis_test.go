@@ -281,7 +281,7 @@ func TestRedisStoreDown(t *testing.T) {
 		"bump":       func(ctx context.Context) error { return s.bump(ctx, tags) },
 		"purge":      func(ctx context.Context) error { return s.purge(ctx, tags) },
 		"remove":     func(ctx context.Context) error { return s.remove(ctx, "k") },
-		"lease":      func(ctx context.Context) error { _, _, err := s.acquireLease(ctx, "k", time.Second); return err },
+		"lease":      func(ctx context.Context) error { _, _, err := s.acquireLease(ctx, "k", "s1", time.Second); return err },
 		"release":    func(ctx context.Context) error { return s.releaseLease(ctx, "k", 1) },
 	}
 	for name, op := range ops {
@@ -318,4 +318,84 @@ func FuzzParseStamp(f *testing.F) {
 			t.Fatalf("%q -> %d does not round-trip", s, v)
 		}
 	})
+}
+
+// TestRedisStoreLookupLease checks the one-round-trip miss: a lookup that
+// finds no entry creates the missing stamps and takes the fill lease for
+// them, once; a write's new stamps void the lease; a present entry takes
+// no lease unless asked to.
+func TestRedisStoreLookupLease(t *testing.T) {
+	c := testRedis(t)
+	ctx := testCtx(t)
+	s := newRedisStore(c, testPrefix(t, c))
+	if !s.scripts {
+		t.Fatal("a single-node client runs no scripts")
+	}
+	key, tags := s.prefix+":e:k", []string{"a", "b"}
+	val, stamps, tok, err := s.lookupLease(ctx, key, tags, time.Minute, false)
+	must(t, err)
+	if val != nil || tok == 0 || stamps[0] == 0 || stamps[1] == 0 {
+		t.Fatalf("first miss = %q, %v, token %d", val, stamps, tok)
+	}
+	if now, err := s.readStamps(ctx, tags); err != nil || now[0] != stamps[0] || now[1] != stamps[1] {
+		t.Fatalf("stamps created %v, read back %v, %v", stamps, now, err)
+	}
+	if stored := c.Get(ctx, leaseKey(key)).Val(); stored != formatStamp(tok)+"|"+stampTag(stamps) {
+		t.Fatalf("lease stored as %q", stored)
+	}
+	if _, again, tok2, err := s.lookupLease(ctx, key, tags, time.Minute, false); err != nil || tok2 != 0 || again[0] != stamps[0] {
+		t.Fatalf("second miss under the same stamps = %v, token %d, %v", again, tok2, err)
+	}
+	must(t, s.bump(ctx, tags[1:]))
+	_, fresh, tok3, err := s.lookupLease(ctx, key, tags, time.Minute, false)
+	must(t, err)
+	if tok3 == 0 || fresh[1] == stamps[1] {
+		t.Fatalf("miss after a write = %v, token %d: the old lease still holds", fresh, tok3)
+	}
+	must(t, s.releaseLease(ctx, key, tok)) // the voided holder lets go of nothing
+	if c.Exists(ctx, leaseKey(key)).Val() != 1 {
+		t.Fatal("the voided holder released its successor's lease")
+	}
+	must(t, s.releaseLease(ctx, key, tok3))
+	must(t, s.fill(ctx, key, []byte("entry"), time.Minute, tags))
+	val, _, tok4, err := s.lookupLease(ctx, key, tags, time.Minute, false)
+	if err != nil || string(val) != "entry" || tok4 != 0 {
+		t.Fatalf("hit = %q, token %d, %v", val, tok4, err)
+	}
+	val, _, tok5, err := s.lookupLease(ctx, key, tags, time.Minute, true)
+	if err != nil || string(val) != "entry" || tok5 == 0 {
+		t.Fatalf("hit asking for the lease = %q, token %d, %v", val, tok5, err)
+	}
+}
+
+// TestRedisStoreLookupLeaseForeign plants foreign values under the entry,
+// a stamp and the lease: the entry reads as absent, the stamp is replaced
+// and the lease taken over, as without the script.
+func TestRedisStoreLookupLeaseForeign(t *testing.T) {
+	c := testRedis(t)
+	ctx := testCtx(t)
+	s := newRedisStore(c, testPrefix(t, c))
+	key := s.prefix + ":e:k"
+	must(t, c.HSet(ctx, key, "f", "1").Err())
+	must(t, c.Set(ctx, s.stampKey("a"), "007", 0).Err())
+	must(t, c.RPush(ctx, s.stampKey("b"), "1").Err())
+	must(t, c.Set(ctx, leaseKey(key), "no bar here", 0).Err())
+	val, stamps, tok, err := s.lookupLease(ctx, key, []string{"a", "b"}, time.Minute, false)
+	must(t, err)
+	if val != nil || tok == 0 || stamps[0] == 0 || stamps[0] == 7 || stamps[1] == 0 {
+		t.Fatalf("lookup over foreign values = %q, %v, token %d", val, stamps, tok)
+	}
+	if got := c.Get(ctx, s.stampKey("a")).Val(); got != formatStamp(stamps[0]) {
+		t.Fatalf("stamp stored as %q, read %d", got, stamps[0])
+	}
+	must(t, c.Set(ctx, key, "", 0).Err())
+	if val, _, _, err := s.lookupLease(ctx, key, []string{"a", "b"}, time.Minute, false); err != nil || val == nil {
+		t.Fatalf("an empty value reads as %v, %v: absent, not foreign", val, err)
+	}
+}
+
+func TestRedisStoreClusterRunsNoScripts(t *testing.T) {
+	if s := newRedisStore(redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{"127.0.0.1:1"}}), "p"); s.scripts {
+		t.Fatal("a cluster client would run a script over keys on several nodes")
+	}
 }

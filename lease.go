@@ -1,0 +1,209 @@
+package cachedpq
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// Fill leases coordinate the processes sharing a cache: one loads a missing
+// entry while the others wait a bounded time for it. A lease is taken for
+// the stamps its load read, so a write to the entry's tables voids it as it
+// voids the entry: a reader after the write does not wait for a load that
+// began before it, whose entry it could not use.
+
+// heldLease is a fill lease this process holds.
+type heldLease struct {
+	key   string // the entry key it guards
+	token uint64
+	// taken is set by the load that uses the lease. A lease that a lookup
+	// took waits, untaken, for the load of a reader who saw the miss; if
+	// none comes for it within leaseClaim, it is given back.
+	taken atomic.Bool
+}
+
+// leaseClaim is how long a lease a lookup took waits for its load.
+const leaseClaim = 100 * time.Millisecond
+
+// storeLookup is one lookup in the shared store. Where the store can, a
+// lookup that finds no entry takes the fill lease in the same round trip,
+// so that a miss costs one round trip before its query, not three.
+func (e *engine) storeLookup(ctx context.Context, key string, tags []string) (*entry, []uint64, error) {
+	if !e.leasing {
+		return e.store.lookup(ctx, key, tags, nil)
+	}
+	ent, stamps, token, err := e.store.(leaser).lookupLease(ctx, key, tags, leaseTTL, false)
+	if token != 0 {
+		name := leaseName(key, stamps)
+		h := e.hold(name, key, token)
+		time.AfterFunc(leaseClaim, func() {
+			if h.taken.CompareAndSwap(false, true) && e.leases.CompareAndDelete(name, h) {
+				e.giveBack(h)
+			}
+		})
+	}
+	return ent, stamps, err
+}
+
+// hold records a lease this process took.
+func (e *engine) hold(name, key string, token uint64) *heldLease {
+	h := &heldLease{key: key, token: token}
+	e.leases.Store(name, h)
+	return h
+}
+
+// awaitLease takes the fill lease for r's key under stamps in a shared
+// cache. If another process holds it, it waits a bounded time for that
+// process's entry and returns it; nil means: load it yourself.
+func (e *engine) awaitLease(ctx context.Context, r *read, stamps []uint64) *entry {
+	if !e.shared {
+		return nil
+	}
+	r.lease = leaseName(r.key, stamps)
+	if v, ok := e.leases.Load(r.lease); ok && v.(*heldLease).taken.CompareAndSwap(false, true) {
+		return nil // the lookup that saw the miss took it for this load
+	}
+	if ent, load, err := e.takeLease(ctx, r, stamps); ent != nil || load || err != nil {
+		return ent
+	}
+	deadline := time.Now().Add(leaseWait)
+	t := time.NewTicker(leasePoll)
+	defer t.Stop()
+	for time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if ent, more := e.leasedEntry(ctx, r, stamps); ent != nil || !more {
+			return ent
+		}
+		// The holder may have let go without leaving an entry we can use
+		// (its load failed, or an older load's fill overwrote its entry):
+		// then take over rather than wait out leaseWait.
+		if ent, load, err := e.takeLease(ctx, r, stamps); ent != nil || load || err != nil {
+			return ent
+		}
+	}
+	return nil
+}
+
+// takeLease tries to take r's lease under stamps; on success this process
+// holds it until releaseLease. It returns the entry if one can be served
+// after all, since the previous holder may have filled it and let go after
+// our lookup (taking the lease then would run the query twice), and load
+// if the caller should load it now: it holds the lease, or a write voided
+// the stamps, so that nobody's lease will bring an entry it can use.
+func (e *engine) takeLease(ctx context.Context, r *read, stamps []uint64) (ent *entry, load bool, err error) {
+	lctx, cancel := e.cacheCtx(ctx)
+	defer cancel()
+	if !e.leasing {
+		return e.acquireThenLook(lctx, r, stamps)
+	}
+	ent, now, token, err := e.store.(leaser).lookupLease(lctx, r.key, r.tags, leaseTTL, true)
+	if errors.As(err, new(errCorruptEntry)) {
+		err = nil // a foreign value is no entry: replace it
+	}
+	if err != nil {
+		e.fail("lease", err)
+		return nil, false, err
+	}
+	if token != 0 {
+		e.hold(r.lease, r.key, token).taken.Store(true)
+	}
+	switch {
+	case !sameStamps(stamps, now):
+		e.releaseLease(r.lease)
+		return nil, true, nil
+	case e.usable(r, ent, stamps, now) && ent.created > r.replaces:
+		e.releaseLease(r.lease)
+		return ent, false, nil
+	}
+	return nil, token != 0, nil
+}
+
+// acquireThenLook is takeLease in two round trips, for a cache that cannot
+// run lookupScript.
+func (e *engine) acquireThenLook(ctx context.Context, r *read, stamps []uint64) (*entry, bool, error) {
+	token, _, err := e.store.acquireLease(ctx, r.key, stampTag(stamps), leaseTTL)
+	if err != nil {
+		e.fail("lease", err)
+		return nil, false, err
+	}
+	if token == 0 {
+		return nil, false, nil
+	}
+	e.hold(r.lease, r.key, token).taken.Store(true)
+	if ent, _ := e.leasedEntry(ctx, r, stamps); ent != nil && ent.created > r.replaces {
+		e.releaseLease(r.lease)
+		return ent, false, nil
+	}
+	return nil, true, nil
+}
+
+// leasedEntry looks for r's entry filled under stamps. more is false when
+// waiting longer is pointless: the cache failed, or a write voided the
+// stamps.
+func (e *engine) leasedEntry(ctx context.Context, r *read, stamps []uint64) (ent *entry, more bool) {
+	lctx, cancel := e.cacheCtx(ctx)
+	ent, now, err := e.store.lookup(lctx, r.key, r.tags, nil)
+	cancel()
+	switch {
+	case err != nil, !sameStamps(stamps, now):
+		return nil, false
+	case e.usable(r, ent, stamps, now):
+		return ent, false
+	}
+	return nil, true
+}
+
+// usable reports whether ent answers r, filled under stamps, which are still
+// the current ones (now), and unexpired.
+func (e *engine) usable(r *read, ent *entry, stamps, now []uint64) bool {
+	return ent != nil && ent.check == r.check && sameStamps(stamps, now) && sameStamps(ent.stamps, now) &&
+		time.Now().UnixNano() < ent.expires
+}
+
+// leaseName names, in this process, the lease on key for loads under
+// stamps.
+func leaseName(key string, stamps []uint64) string {
+	var h uint64
+	for _, s := range stamps {
+		h = (h ^ s) * 0x9E3779B97F4A7C15
+	}
+	return key + "@" + strconv.FormatUint(h, 36)
+}
+
+// stampTag names stamps in a lease's value, as lookupScript does.
+func stampTag(stamps []uint64) string {
+	var b strings.Builder
+	for i, s := range stamps {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(formatStamp(s))
+	}
+	return b.String()
+}
+
+// releaseLease gives up a lease this process holds, if any.
+func (e *engine) releaseLease(name string) {
+	if name == "" {
+		return
+	}
+	if v, ok := e.leases.LoadAndDelete(name); ok {
+		e.giveBack(v.(*heldLease))
+	}
+}
+
+// giveBack releases h in the cache.
+func (e *engine) giveBack(h *heldLease) {
+	ctx, cancel := e.cacheCtx(context.Background())
+	defer cancel()
+	if err := e.store.releaseLease(ctx, h.key, h.token); err != nil {
+		e.fail("release lease", err)
+	}
+}
