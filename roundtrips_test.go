@@ -1,0 +1,93 @@
+package cachedpq
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// tripCounter is a go-redis hook that counts round trips: a command or a
+// pipeline each make one.
+type tripCounter struct{ n atomic.Int64 }
+
+func (h *tripCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *tripCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.n.Add(1)
+		return next(ctx, cmd)
+	}
+}
+
+func (h *tripCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		h.n.Add(1)
+		return next(ctx, cmds)
+	}
+}
+
+// countedRedis returns a client of the test Redis whose round trips are
+// counted, with the cache's scripts already loaded (a script's first run
+// may cost a second trip, once per server).
+func countedRedis(t *testing.T) (*redis.Client, *tripCounter) {
+	c := redis.NewClient(&redis.Options{Addr: testRedis(t).Options().Addr})
+	t.Cleanup(func() { c.Close() })
+	for _, s := range []*redis.Script{lookupScript, acquireScript, releaseScript} {
+		must(t, s.Load(testCtx(t), c).Err())
+	}
+	h := &tripCounter{}
+	c.AddHook(h)
+	return c, h
+}
+
+// TestRedisRoundTrips holds the engine to its round trips, which are what
+// a hit, a miss and a write cost beyond Postgres: a hit makes one, a miss
+// one before its query (the fill comes after the caller has its rows), a
+// write one before Exec returns (the purge comes later).
+func TestRedisRoundTrips(t *testing.T) {
+	rdb, trips := countedRedis(t)
+	db, c, _ := engineDB(t, rdb)
+	must(t, c.opts.Registry.Register(`select v from kv where k = $1`, Policy{TTL: time.Hour}))
+	ctx := context.Background()
+	// trip runs f and returns the round trips made before it returned.
+	trip := func(f func()) int64 {
+		before := trips.n.Load()
+		f()
+		return trips.n.Load() - before
+	}
+
+	var rows interface{ Close() error }
+	if n := trip(func() {
+		r, err := db.QueryContext(ctx, `select v from kv where k = $1`, 1)
+		must(t, err)
+		rows = r
+	}); n != 1 {
+		t.Errorf("a miss made %d round trips before its rows came back, want 1", n)
+	}
+	must(t, rows.Close())
+	waitFor(t, func() bool { return c.Stats().Fills == 1 })
+	waitFor(t, func() bool { return leasesHeld(c.eng) == 0 })
+
+	if n := trip(func() { getV(t, db, 1) }); n != 1 {
+		t.Errorf("a hit made %d round trips, want 1", n)
+	}
+	if n := trip(func() {
+		_, err := db.ExecContext(ctx, `update kv set v = 'w' where k = 2`)
+		must(t, err)
+	}); n != 1 {
+		t.Errorf("a write made %d round trips before Exec returned, want 1", n)
+	}
+	if got := getV(t, db, 1); got != "v1" {
+		t.Fatalf("read %q", got)
+	}
+}
+
+// leasesHeld counts the fill leases e holds.
+func leasesHeld(e *engine) int {
+	n := 0
+	e.leases.Range(func(any, any) bool { n++; return true })
+	return n
+}
