@@ -65,6 +65,15 @@
 // (scripts, other applications) are seen when the TTL passes or after an
 // explicit Connector.InvalidateTables or InvalidateAll.
 //
+// # Load
+//
+// Concurrent misses of one key in a process run one query. Across
+// processes sharing Redis, the lookup that finds an entry missing takes a
+// short fill lease in the same round trip, so one process loads it while
+// the others wait a bounded time for its entry. Concurrent lookups of a
+// hot key share one round trip, but never one sent before the reader
+// arrived, which might predate a write the reader must see.
+//
 // # Failure
 //
 // The cache is never a requirement. Every cache operation has a deadline
