@@ -78,6 +78,10 @@ func (g *guarded) fill(ctx context.Context, key string, e *entry, ttl time.Durat
 	return g.run(func() error { return g.inner.fill(ctx, key, e, ttl, tags) })
 }
 
+func (g *guarded) fillReleasing(ctx context.Context, key string, e *entry, ttl time.Duration, tags []string, token uint64) error {
+	return g.run(func() error { return g.inner.(releasingFiller).fillReleasing(ctx, key, e, ttl, tags, token) })
+}
+
 func (g *guarded) bump(ctx context.Context, tags []string) error {
 	return g.run(func() error { return g.inner.bump(ctx, tags) })
 }

@@ -517,7 +517,7 @@ func (e *engine) store1(r *read, ent *entry, stored func()) {
 			e.beforeFill(r.key)
 		}
 		ent.size = ent.snap.approxSize()
-		e.fillNow(context.Background(), r, ent, ttl, tags)
+		e.fillNow(context.Background(), r, ent, ttl, tags, 0)
 		stored()
 		e.refreshers.Delete(r.key)
 		return
@@ -528,15 +528,28 @@ func (e *engine) store1(r *read, ent *entry, stored func()) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), fillTimeout)
 		defer cancel()
-		e.fillNow(ctx, r, ent, ttl, tags)
+		var token uint64
+		if v, ok := e.leases.LoadAndDelete(r.lease); ok {
+			token = v.(*heldLease).token // released with the fill
+		}
+		e.fillNow(ctx, r, ent, ttl, tags, token)
 		stored()
-		e.releaseLease(r.lease)
 		e.refreshers.Delete(r.key) // only now does a lookup see the new entry
 	})
 }
 
-func (e *engine) fillNow(ctx context.Context, r *read, ent *entry, ttl time.Duration, tags []string) {
-	if err := e.store.fill(ctx, r.key, ent, ttl, tags); err != nil {
+// fillNow stores ent, releasing the fill lease token holds (if not 0).
+func (e *engine) fillNow(ctx context.Context, r *read, ent *entry, ttl time.Duration, tags []string, token uint64) {
+	err := error(nil)
+	if token != 0 {
+		err = e.store.(releasingFiller).fillReleasing(ctx, r.key, ent, ttl, tags, token)
+		if err != nil { // the lease may be held still: let go of it
+			e.giveBack(&heldLease{key: r.key, token: token})
+		}
+	} else {
+		err = e.store.fill(ctx, r.key, ent, ttl, tags)
+	}
+	if err != nil {
 		e.note(r.rs, fillErrorsF)
 		if !errors.Is(err, errUncacheable) && !errors.Is(err, errTooLarge) {
 			e.fail("fill", err)

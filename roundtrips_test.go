@@ -70,6 +70,10 @@ func TestRedisRoundTrips(t *testing.T) {
 	must(t, rows.Close())
 	waitFor(t, func() bool { return c.Stats().Fills == 1 })
 	waitFor(t, func() bool { return leasesHeld(c.eng) == 0 })
+	// The fill released the lease it stored under (in its own round trip).
+	if leases := rdb.Keys(ctx, c.opts.Prefix+"*:lease").Val(); len(leases) != 0 {
+		t.Errorf("leases left after the fill: %v", leases)
+	}
 
 	if n := trip(func() { getV(t, db, 1) }); n != 1 {
 		t.Errorf("a hit made %d round trips, want 1", n)

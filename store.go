@@ -29,6 +29,12 @@ type backend interface {
 	releaseLease(ctx context.Context, key string, token uint64) error
 }
 
+// releasingFiller is a backend that can fill an entry and release its
+// fill lease in one round trip.
+type releasingFiller interface {
+	fillReleasing(ctx context.Context, key string, e *entry, ttl time.Duration, tags []string, token uint64) error
+}
+
 // leaser is a backend that can look up an entry and take its fill lease in
 // one round trip (see redisStore.lookupLease).
 type leaser interface {
@@ -86,6 +92,11 @@ func (b *redisBackend) lookupLease(ctx context.Context, key string, tags []strin
 // fill encodes e; an entry larger than maxBytes is not stored. (Policies
 // bound what is recorded by MaxBytes; this bounds what a lookup decodes.)
 func (b *redisBackend) fill(ctx context.Context, key string, e *entry, ttl time.Duration, tags []string) error {
+	return b.fillReleasing(ctx, key, e, ttl, tags, 0)
+}
+
+// fillReleasing is fill that also releases the lease token holds.
+func (b *redisBackend) fillReleasing(ctx context.Context, key string, e *entry, ttl time.Duration, tags []string, token uint64) error {
 	val, err := encodeEntry(nil, e)
 	if err != nil {
 		return err
@@ -94,5 +105,5 @@ func (b *redisBackend) fill(ctx context.Context, key string, e *entry, ttl time.
 		return errTooLarge
 	}
 	e.size = len(val)
-	return b.redisStore.fill(ctx, key, val, ttl, tags)
+	return b.redisStore.fillReleasing(ctx, key, val, ttl, tags, token)
 }

@@ -81,12 +81,14 @@ return 1`)
 
 // releaseScript deletes a lease only if it still holds the caller's token,
 // so a holder whose lease expired cannot delete its successor's.
-var releaseScript = redis.NewScript(`
+var releaseScript = redis.NewScript(releaseSrc)
+
+const releaseSrc = `
 local v = redis.pcall('GET', KEYS[1])
 if type(v) == 'string' and string.sub(v, 1, #ARGV[1] + 1) == ARGV[1] .. '|' then
 	return redis.call('DEL', KEYS[1])
 end
-return 0`)
+return 0`
 
 // lookupScript is a lookup that takes the fill lease in the same round
 // trip when it finds no entry (or always, if ARGV[3] is "1"): KEYS[1] is
@@ -289,6 +291,12 @@ func (s *redisStore) bump(ctx context.Context, tags []string) error {
 // round trip. Each index's TTL is raised (never lowered) to outlive the
 // entry, and members whose entries have expired are trimmed.
 func (s *redisStore) fill(ctx context.Context, key string, val []byte, ttl time.Duration, tags []string) error {
+	return s.fillReleasing(ctx, key, val, ttl, tags, 0)
+}
+
+// fillReleasing is fill that also releases the lease on key that token
+// holds (if not 0), in the same round trip.
+func (s *redisStore) fillReleasing(ctx context.Context, key string, val []byte, ttl time.Duration, tags []string, token uint64) error {
 	if ttl <= 0 {
 		return errBadTTL
 	}
@@ -304,6 +312,11 @@ func (s *redisStore) fill(ctx context.Context, key string, val []byte, ttl time.
 		pipe.ZRemRangeByScore(ctx, idx, "-inf", "("+horizon)
 		pipe.ExpireNX(ctx, idx, idxTTL) // a new index has no TTL yet
 		pipe.ExpireGT(ctx, idx, idxTTL) // an old one may expire too soon
+	}
+	if token != 0 {
+		// EVAL, not EVALSHA: a pipeline cannot retry a script the server
+		// has forgotten, and the server caches it by its hash anyway.
+		pipe.Eval(ctx, releaseSrc, []string{leaseKey(key)}, formatStamp(token))
 	}
 	return execIgnoring(ctx, pipe)
 }
