@@ -2,6 +2,7 @@ package cachedpq
 
 import (
 	"context"
+	"database/sql"
 	"database/sql/driver"
 	"encoding/binary"
 	"errors"
@@ -67,7 +68,11 @@ type engine struct {
 	purgeTags []string   // tags invalidated since the last purge pass
 	purging   bool       // a purgePasses goroutine runs
 
-	bg      sync.WaitGroup // background fills, purges and retries
+	inner  driver.Connector // lib/pq's, for background reloads
+	bgOnce sync.Once        // opens bgDB
+	bgDB   *sql.DB          // background reloads' connections; see background
+
+	bg      sync.WaitGroup // background fills, purges, reloads and retries
 	closing chan struct{}
 	closeMu sync.Once
 
@@ -81,6 +86,7 @@ func newEngine(c *Connector) *engine {
 		opts:    c.opts,
 		reg:     c.opts.Registry,
 		id:      &c.id,
+		inner:   c.inner,
 		closing: make(chan struct{}),
 		pending: make(map[string]struct{}),
 	}
@@ -101,6 +107,10 @@ func newEngine(c *Connector) *engine {
 func (e *engine) close() {
 	e.closeMu.Do(func() { close(e.closing) })
 	e.bg.Wait()
+	e.bgOnce.Do(func() {}) // no pool opens after this
+	if e.bgDB != nil {
+		e.bgDB.Close()
+	}
 	if ms, ok := e.store.(*memStore); ok {
 		ms.close()
 	}
@@ -313,7 +323,7 @@ func (e *engine) serve(r *read, ent *entry, stamps []uint64) (driver.Rows, bool)
 	if refreshEarly(r.reg, ent, now) && e.claimRefresh(r.key) {
 		r.replaces = ent.created
 		e.note(r.rs, earlyRefreshesF)
-		return nil, false
+		e.refreshLater(r, stamps)
 	}
 	e.note(r.rs, hitsF)
 	if len(ent.snap.rows) == 0 {

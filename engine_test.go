@@ -345,3 +345,38 @@ func TestUnknownWritesCanBeNarrowed(t *testing.T) {
 		t.Fatalf("narrowing: asked %q, %+v", asked.Load(), s)
 	}
 }
+
+// TestEarlyRefreshRunsInTheBackground: the reader whose hit draws an early
+// refresh is served the entry; the reload runs behind it. A write behind
+// the cache's back shows which: the reader sees the old value, and later
+// readers the new one once the reload has landed.
+func TestEarlyRefreshRunsInTheBackground(t *testing.T) {
+	for _, store := range []string{"memory", "redis"} {
+		t.Run(store, func(t *testing.T) {
+			var rdb redis.UniversalClient
+			if store == "redis" {
+				rdb = testRedis(t)
+			}
+			db, c, raw := engineDB(t, rdb)
+			// β this large draws a refresh on every hit.
+			must(t, c.opts.Registry.Register(`select v from kv where k = $1`, Policy{TTL: time.Hour, Beta: 1e12}))
+			if got := getV(t, db, 1); got != "v1" {
+				t.Fatalf("miss: %q", got)
+			}
+			waitFor(t, func() bool { return c.Stats().Fills == 1 })
+			if _, err := raw.Exec(`update kv set v = 'behind' where k = 1`); err != nil {
+				t.Fatal(err)
+			}
+			if got := getV(t, db, 1); got != "v1" {
+				t.Fatalf("the reader that drew the refresh got %q: it waited for the reload", got)
+			}
+			if s := c.Stats(); s.EarlyRefreshes == 0 || s.Hits != 1 {
+				t.Fatalf("no early refresh drawn: %+v", s.Counters)
+			}
+			waitFor(t, func() bool { return getV(t, db, 1) == "behind" })
+			if s := c.Stats(); s.Misses < 2 || s.Bypass[bypassNames[bypassCacheError]] != 0 {
+				t.Fatalf("the reload was not a recorded load: %+v", s.Counters)
+			}
+		})
+	}
+}

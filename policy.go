@@ -43,9 +43,11 @@ type Policy struct {
 	Tags []string
 
 	// Beta tunes probabilistic early refresh (XFetch, Vattani et al., VLDB
-	// 2015): a hit near expiry reloads the entry with a probability that
-	// grows as expiry nears and with how long the query took, so a hot key
-	// never expires under load. 1 is the paper's choice; larger refreshes
+	// 2015): a hit near expiry is served and reloads the entry in the
+	// background, with a probability that grows as expiry nears and with
+	// how long the query took, so a hot key never expires under load. The
+	// reloads run on up to 4 connections of their own, outside the
+	// application's pool. 1 is the paper's choice; larger refreshes
 	// earlier. Zero disables early refresh.
 	Beta float64
 

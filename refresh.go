@@ -1,0 +1,113 @@
+package cachedpq
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"io"
+	"slices"
+	"time"
+)
+
+// Early refresh (XFetch) reloads an entry in the background: the reader
+// whose hit drew the refresh is served the entry like any other, and the
+// reload runs on a connection of the engine's own, since the reader's goes
+// back to its pool as soon as its rows are closed.
+
+const (
+	refreshTimeout = 30 * time.Second // bound for one background reload
+	refreshConns   = 4                // connections background reloads may open
+)
+
+// refreshLater reloads r's entry in the background under the stamps its
+// lookup saw, which were read before the reload's query runs. The caller
+// holds the refresh claim on r's key; the reload ends it.
+func (e *engine) refreshLater(r *read, seen []uint64) {
+	lr := *r
+	lr.args = cloneArgs(r.args)
+	stamps := slices.Clone(seen)
+	e.bg.Go(func() {
+		if err := e.reload(&lr, stamps); err != nil {
+			e.opts.Logger.Debug("cachedpq: background refresh failed", "key", lr.key, "err", err)
+		}
+	})
+}
+
+// reload loads r as a miss would, on a background connection, and reads
+// the result to its end so that it is stored.
+func (e *engine) reload(r *read, seen []uint64) error {
+	ctx, cancel := context.WithTimeout(context.Background(), refreshTimeout)
+	defer cancel()
+	conn, err := e.background().Conn(ctx)
+	if err != nil {
+		e.refreshers.Delete(r.key)
+		return err
+	}
+	defer conn.Close()
+	return conn.Raw(func(dc any) error {
+		r.src = rawInner{dc.(driver.Conn)}
+		id := flightID(r.key, seen)
+		f, leader := e.flights.join(id, ctx)
+		if !leader {
+			f.leave() // a load of the same key and stamps runs: it refreshes the entry
+			return nil
+		}
+		rows, err := e.lead(ctx, f, id, r, seen)
+		if err != nil {
+			return err
+		}
+		return drain(rows)
+	})
+}
+
+// background returns the pool of background reloads, opening it at first
+// use over the Connector's lib/pq connector.
+func (e *engine) background() *sql.DB {
+	e.bgOnce.Do(func() {
+		e.bgDB = sql.OpenDB(plainConnector{e.inner})
+		e.bgDB.SetMaxOpenConns(refreshConns)
+		e.bgDB.SetMaxIdleConns(1)
+	})
+	return e.bgDB
+}
+
+// plainConnector hides any Close of the connector it holds, which the
+// Connector owns: closing the background pool must not close it.
+type plainConnector struct{ driver.Connector }
+
+// rawInner runs queries on a lib/pq connection, bypassing the cache.
+type rawInner struct{ c driver.Conn }
+
+func (r rawInner) innerQuery(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
+	return r.c.(driver.QueryerContext).QueryContext(ctx, query, args)
+}
+
+func (r rawInner) innerExec(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
+	return r.c.(driver.ExecerContext).ExecContext(ctx, query, args)
+}
+
+// drain reads rows to their end and closes them.
+func drain(rows driver.Rows) error {
+	dest := make([]driver.Value, len(rows.Columns()))
+	for {
+		if err := rows.Next(dest); err != nil {
+			cerr := rows.Close()
+			if err == io.EOF {
+				return cerr
+			}
+			return err
+		}
+	}
+}
+
+// cloneArgs copies args, and the []byte values in them, which the caller
+// may reuse once its query returns.
+func cloneArgs(args []driver.NamedValue) []driver.NamedValue {
+	out := slices.Clone(args)
+	for i, a := range out {
+		if b, ok := a.Value.([]byte); ok {
+			out[i].Value = slices.Clone(b)
+		}
+	}
+	return out
+}
