@@ -55,6 +55,7 @@ type engine struct {
 	lookups    lookupGroup
 	refreshers sync.Map // key -> struct{}: the one reader reloading an entry early or while serving it stale
 	leases     sync.Map // lease name -> *heldLease: the fill leases this process holds
+	hot        hotKeys  // keys likely to hit, whose lookups take no lease
 	regs       sync.Map // *registration -> *regState
 	stats      stats
 	cat        catalogCache

@@ -46,6 +46,7 @@ type redisClient interface {
 	SetArgs(ctx context.Context, key string, value any, a redis.SetArgs) *redis.StatusCmd
 	ZCard(ctx context.Context, key string) *redis.IntCmd
 	ZPopMin(ctx context.Context, key string, count ...int64) *redis.ZSliceCmd
+	MGet(ctx context.Context, keys ...string) *redis.SliceCmd
 }
 
 var _ redisClient = redis.UniversalClient(nil)
@@ -179,6 +180,9 @@ func isWrongType(err error) bool {
 // of tags (0 where missing or unreadable), appended to buf[:0], in one
 // round trip.
 func (s *redisStore) lookup(ctx context.Context, key string, tags []string, buf []uint64) ([]byte, []uint64, error) {
+	if s.scripts {
+		return s.mget(ctx, key, tags, buf)
+	}
 	pipe := s.c.Pipeline()
 	get := pipe.Get(ctx, key)
 	for _, tag := range tags {
@@ -198,6 +202,44 @@ func (s *redisStore) lookup(ctx context.Context, key string, tags []string, buf 
 		buf = append(buf, v)
 	}
 	return val, buf, nil
+}
+
+// mget is lookup in one command, where the entry and its stamps may be
+// read together (not on a Cluster). MGET answers nil for a key of another
+// type, as lookup reads it.
+func (s *redisStore) mget(ctx context.Context, key string, tags []string, buf []uint64) ([]byte, []uint64, error) {
+	keys := make([]string, 0, 1+len(tags))
+	keys = append(keys, key)
+	for _, tag := range tags {
+		keys = append(keys, s.stampKey(tag))
+	}
+	vals, err := s.c.MGet(ctx, keys...).Result()
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(vals) != len(keys) {
+		return nil, nil, fmt.Errorf("cachedpq: MGET of %d keys answered %d values", len(keys), len(vals))
+	}
+	buf = buf[:0]
+	for _, v := range vals[1:] {
+		str, _ := v.(string)
+		buf = append(buf, parseStamp(str))
+	}
+	return stringBytes(vals[0]), buf, nil
+}
+
+// stringBytes views a string answer as bytes (nil if it is not a string).
+// A view, not a copy: decoding only reads it, and copies what it keeps.
+// An empty value is present (and foreign), so it is not nil.
+func stringBytes(v any) []byte {
+	str, ok := v.(string)
+	switch {
+	case !ok:
+		return nil
+	case str == "":
+		return []byte{}
+	}
+	return unsafe.Slice(unsafe.StringData(str), len(str))
 }
 
 // entryBytes reads an entry GET: absent and foreign-typed keys are nil.
@@ -446,15 +488,7 @@ func parseLookupLease(res []any, n int, token uint64) ([]byte, []uint64, uint64,
 			stamps[i] = parseStamp(str)
 		}
 	}
-	var val []byte
-	if str, ok := res[0].(string); ok {
-		// A view, not a copy: decoding only reads it, and copies what it
-		// keeps. An empty value is present, and foreign.
-		val = []byte{}
-		if str != "" {
-			val = unsafe.Slice(unsafe.StringData(str), len(str))
-		}
-	}
+	val := stringBytes(res[0])
 	if taken, _ := res[2].(int64); taken != 1 {
 		token = 0
 	}
