@@ -712,13 +712,13 @@ func (d *decoder) release() {
 // and checks that every byte and every declared count was used.
 func (d *decoder) snapshot(s *snapshot, a *arena, vals []driver.Value, rows [][]driver.Value) error {
 	for i := range s.columns {
-		d.column(&s.columns[i])
+		put(&s.columns[i], d.column())
 	}
 	if err := d.locations(); err != nil {
 		return err
 	}
 	for i := range vals {
-		vals[i] = d.value()
+		put(&vals[i], d.value())
 	}
 	if d.r.bad {
 		return corrupt("truncated or malformed body")
@@ -728,7 +728,7 @@ func (d *decoder) snapshot(s *snapshot, a *arena, vals []driver.Value, rows [][]
 	}
 	ncols := len(s.columns)
 	for i := range rows {
-		rows[i] = vals[i*ncols : (i+1)*ncols : (i+1)*ncols]
+		put(&rows[i], vals[i*ncols:(i+1)*ncols:(i+1)*ncols])
 	}
 	s.rows = rows
 	d.locs.pinMortal(a)
@@ -758,11 +758,12 @@ func (d *decoder) bin(n int) []byte {
 	return b
 }
 
-func (d *decoder) column(c *column) {
+// column parses one column description.
+func (d *decoder) column() (c column) {
 	flags, scan := d.r.byte(), d.r.byte()
 	if flags&^colFlagsAll != 0 || scan > byte(scanBytes) {
 		d.r.bad = true
-		return
+		return c
 	}
 	c.scan = scanKind(scan)
 	c.name = d.str(d.r.count(len(d.strs)))
@@ -774,6 +775,7 @@ func (d *decoder) column(c *column) {
 	c.hasDecimal = flags&colHasDecimal != 0
 	c.length, c.precision, c.scale = d.r.varint(), d.r.varint(), d.r.varint()
 	c.hasNullable, c.nullable = flags&colHasNullable != 0, flags&colNullable != 0
+	return c
 }
 
 // locations parses the location table.
@@ -883,9 +885,9 @@ func (t *locTable) pinMortal(a *arena) {
 
 // An arena is the one allocation behind a decoded snapshot: stamps, typed
 // values, string and []byte headers, boxed values, rows, columns and the
-// bytes of both heaps, carved out of a single pointer-free ([]uint64)
-// block. The collector never scans it, so it costs nothing to mark and no
-// allocation beyond itself, however many values it holds.
+// bytes of both heaps, carved out of a single pointer-free block. The
+// collector never scans it, so it costs nothing to mark and no allocation
+// beyond itself, however many values it holds.
 //
 // That is sound because of what the pointers stored in it point to: into
 // the arena itself (strings, []byte values, boxed values, rows), to static
@@ -898,13 +900,16 @@ func (t *locTable) pinMortal(a *arena) {
 // decoded snapshot must never be written: a pointer to anything else
 // stored into it would be invisible to the collector. The arena is never
 // pooled or reused, which is what makes string views of its bytes sound.
+//
+// For the same reason the decoder stores into an arena without write
+// barriers (see put): a barrier reports pointers to a marking collector,
+// and no pointer stored here needs reporting.
 type arena struct {
 	mem []byte
 	off int
 }
 
-// newArena allocates size bytes, zeroed (the write barriers of the typed
-// stores into it read the old contents as pointers) and 8-byte aligned.
+// newArena allocates size bytes, zeroed and 8-byte aligned.
 func newArena(size int) arena {
 	if size == 0 {
 		return arena{}
@@ -1040,15 +1045,40 @@ func (s *slabs) bytes(v []byte, r *reader) driver.Value {
 	return boxNext(&s.bins, v, bytesType, r)
 }
 
-// boxNext appends v to slab and boxes the new element in place, as a value
-// of the type whose type word is typ.
+// boxNext appends v to slab (see put) and boxes the new element in place,
+// as a value of the type whose type word is typ.
 func boxNext[T any](slab *[]T, v T, typ unsafe.Pointer, r *reader) driver.Value {
-	if len(*slab) == cap(*slab) {
+	n := len(*slab)
+	if n == cap(*slab) {
 		r.bad = true
 		return nil
 	}
-	*slab = append(*slab, v)
-	return boxAt(typ, unsafe.Pointer(&(*slab)[len(*slab)-1]))
+	*slab = (*slab)[:n+1]
+	p := &(*slab)[n]
+	put(p, v)
+	return boxAt(typ, unsafe.Pointer(p))
+}
+
+// put stores v at p, which is in an arena, as plain machine words rather
+// than as a T: no write barrier runs. A barrier tells a marking collector
+// of the pointer stored and of the one overwritten, and neither matters
+// here: the collector never scans an arena, and every pointer stored in
+// one is kept alive without it (see arena). Every T stored holds a
+// pointer or a 64-bit number, so its size is a whole number of words.
+func put[T any](p *T, v T) {
+	const word = unsafe.Sizeof(uintptr(0))
+	dst := unsafe.Slice((*uintptr)(unsafe.Pointer(p)), unsafe.Sizeof(v)/word)
+	src := unsafe.Slice((*uintptr)(unsafe.Pointer(&v)), unsafe.Sizeof(v)/word)
+	switch len(dst) { // whole words, one by one: an array copy calls memmove
+	case 1:
+		dst[0] = src[0]
+	case 2:
+		dst[0], dst[1] = src[0], src[1]
+	case 3:
+		dst[0], dst[1], dst[2] = src[0], src[1], src[2]
+	default:
+		copy(dst, src)
+	}
 }
 
 // eface is the layout of an empty interface: type word, then a pointer to

@@ -662,3 +662,66 @@ func TestDecodedStringsDoNotAlias(t *testing.T) {
 		}
 	}
 }
+
+// TestDecodeWhileCollecting decodes while the collector runs, so that the
+// decoder's stores into arenas, which skip the write barrier (see put),
+// happen while it marks; then it checks every kept entry after further
+// collections. Large freed blocks are dirtied first so that large arenas
+// are likely to be carved out of memory that held something else.
+func TestDecodeWhileCollecting(t *testing.T) {
+	results := benchResults(t)
+	names := resultNames(results)
+	encoded := make([][]byte, len(names))
+	for i, name := range names {
+		b, err := encodeEntry(nil, results[name])
+		if err != nil {
+			t.Fatal(err)
+		}
+		encoded[i] = b
+	}
+	stop, stopped := make(chan struct{}), make(chan struct{})
+	go collectUntil(stop, stopped)
+	var kept []*entry
+	for range 10 {
+		for _, b := range encoded {
+			dirtyLargeBlocks()
+			e, err := decodeEntry(b, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			kept = append(kept, e)
+		}
+	}
+	close(stop)
+	<-stopped
+	runtime.GC()
+	garbage()
+	for i, e := range kept {
+		sameEntry(t, e, results[names[i%len(names)]])
+	}
+}
+
+// collectUntil collects garbage over and over until stop is closed.
+func collectUntil(stop <-chan struct{}, stopped chan<- struct{}) {
+	defer close(stopped)
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+			runtime.GC()
+			garbage()
+		}
+	}
+}
+
+// dirtyLargeBlocks allocates, fills and drops blocks of arena sizes.
+func dirtyLargeBlocks() {
+	for _, n := range []int{64 << 10, 512 << 10} {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = 0xAA
+		}
+		runtime.KeepAlive(b)
+	}
+}
