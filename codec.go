@@ -903,19 +903,52 @@ func (t *locTable) pinMortal(a *arena) {
 //
 // For the same reason the decoder stores into an arena without write
 // barriers (see put): a barrier reports pointers to a marking collector,
-// and no pointer stored here needs reporting.
+// and no pointer stored here needs reporting. Nothing then reads an
+// arena's old contents as pointers, neither a barrier nor a scan, so a
+// large arena is not even zeroed (see newArena): every byte of it that a
+// snapshot reads, the decoder wrote first.
 type arena struct {
 	mem []byte
 	off int
 }
 
-// newArena allocates size bytes, zeroed and 8-byte aligned.
+// newArena allocates size bytes, 8-byte aligned. A large arena is left
+// as the allocator finds it, since zeroing it would cost as much as
+// decompressing into it: that is sound because every byte of an arena
+// that is ever read is written first (a decoded snapshot uses every
+// slot entry carved, and a failed one is dropped unread), and because
+// nothing is stored into an arena with a write barrier, which would read
+// the old contents as pointers (see put).
 func newArena(size int) arena {
+	if size >= arenaNoZeroMin {
+		if mem := uninitialized(size); aligned(mem) {
+			return arena{mem: mem}
+		}
+	}
 	if size == 0 {
 		return arena{}
 	}
 	words := make([]uint64, (size+7)/8)
 	return arena{mem: unsafe.Slice((*byte)(unsafe.Pointer(&words[0])), len(words)*8)}
+}
+
+// arenaNoZeroMin is the least size of an unzeroed arena. Below it zeroing
+// costs little, and the allocator may hand out memory aligned to less
+// than a word.
+const arenaNoZeroMin = 32 << 10
+
+// uninitialized allocates n bytes, pointer-free, that the runtime did not
+// zero. strings.Builder.Grow is the public route to that allocation; the
+// builder and its string are dropped here, so the bytes are the caller's.
+func uninitialized(n int) []byte {
+	var sb strings.Builder
+	sb.Grow(n)
+	sb.WriteByte(0) // so that String has a data pointer
+	return unsafe.Slice(unsafe.StringData(sb.String()), n)
+}
+
+func aligned(b []byte) bool {
+	return uintptr(unsafe.Pointer(unsafe.SliceData(b)))%unsafe.Alignof(uint64(0)) == 0
 }
 
 // base is the start of the arena's allocation.
@@ -1063,7 +1096,9 @@ func boxNext[T any](slab *[]T, v T, typ unsafe.Pointer, r *reader) driver.Value 
 // than as a T: no write barrier runs. A barrier tells a marking collector
 // of the pointer stored and of the one overwritten, and neither matters
 // here: the collector never scans an arena, and every pointer stored in
-// one is kept alive without it (see arena). Every T stored holds a
+// one is kept alive without it (see arena). Skipping the barrier also
+// means the old contents are never read as pointers, which is what lets
+// a large arena go unzeroed (see newArena). Every T stored holds a
 // pointer or a 64-bit number, so its size is a whole number of words.
 func put[T any](p *T, v T) {
 	const word = unsafe.Sizeof(uintptr(0))

@@ -725,3 +725,14 @@ func dirtyLargeBlocks() {
 		runtime.KeepAlive(b)
 	}
 }
+
+// TestNewArena checks that arenas on both sides of arenaNoZeroMin have
+// the size asked for and the alignment carve relies on.
+func TestNewArena(t *testing.T) {
+	for _, size := range []int{1, 7, 16, arenaNoZeroMin - 1, arenaNoZeroMin, arenaNoZeroMin + 3, 1 << 20} {
+		a := newArena(size)
+		if len(a.mem) < size || !aligned(a.mem) {
+			t.Fatalf("size %d: got %d bytes at %p", size, len(a.mem), a.base())
+		}
+	}
+}
