@@ -32,6 +32,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/bits"
 	"runtime"
 	"strings"
 	"sync"
@@ -517,10 +518,18 @@ func (r *reader) byte() byte {
 	return c
 }
 
+// uvarint reads as binary.Uvarint does. Most varints in a body are
+// lengths of one byte or times of five, so those take no loop.
 func (r *reader) uvarint() uint64 {
-	if r.off < len(r.b) && r.b[r.off] < 0x80 { // most lengths fit one byte
+	if r.off < len(r.b) && r.b[r.off] < 0x80 {
 		r.off++
 		return uint64(r.b[r.off-1])
+	}
+	if r.off+8 <= len(r.b) {
+		if v, n := uvarint8(binary.LittleEndian.Uint64(r.b[r.off:])); n > 0 {
+			r.off += n
+			return v
+		}
 	}
 	v, n := binary.Uvarint(r.b[r.off:])
 	if n <= 0 {
@@ -532,14 +541,29 @@ func (r *reader) uvarint() uint64 {
 	return v
 }
 
-func (r *reader) varint() int64 {
-	v, n := binary.Varint(r.b[r.off:])
-	if n <= 0 {
-		r.bad = true
-		r.off = len(r.b)
-		return 0
+// uvarint8 decodes a uvarint that ends within the eight bytes of x, read
+// little endian, and returns it and its length; or 0, 0 if it goes on.
+// It merges the 7-bit groups pairwise, in three steps, not one by one.
+func uvarint8(x uint64) (uint64, int) {
+	ends := ^x & 0x8080808080808080 // the clear continuation bits
+	if ends == 0 {
+		return 0, 0
 	}
-	r.off += n
+	used := bits.TrailingZeros64(ends) + 1 // a multiple of 8
+	x &= 1<<used - 1                       // all ones when used is 64
+	x = x&0x007f007f007f007f | x&0x7f007f007f007f00>>1
+	x = x&0x00003fff00003fff | x&0x3fff00003fff0000>>2
+	x = x&0x000000000fffffff | x&0x0fffffff00000000>>4
+	return x, used / 8
+}
+
+// varint reads as binary.Varint does: a zig-zag encoded uvarint.
+func (r *reader) varint() int64 {
+	u := r.uvarint()
+	v := int64(u >> 1)
+	if u&1 != 0 {
+		v = ^v
+	}
 	return v
 }
 

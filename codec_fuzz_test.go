@@ -148,3 +148,38 @@ func (s *fuzzSource) time() time.Time {
 }
 
 var fuzzNewYork, _ = time.LoadLocation("America/New_York")
+
+// FuzzReaderVarints reads data as a run of varints with the reader and
+// with encoding/binary, which must agree on every value and length and on
+// where the data stops being valid.
+func FuzzReaderVarints(f *testing.F) {
+	f.Add([]byte{0x01, 0x80, 0x01, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00})
+	f.Add(binary.AppendUvarint(binary.AppendVarint(nil, math.MinInt64), math.MaxUint64))
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		for signed := range 2 {
+			r := reader{b: data}
+			for off := 0; off < len(data); {
+				var got, want uint64
+				var n int
+				if signed == 1 {
+					var w int64
+					w, n = binary.Varint(data[off:])
+					got, want = uint64(r.varint()), uint64(w)
+				} else {
+					want, n = binary.Uvarint(data[off:])
+					got = r.uvarint()
+				}
+				if n <= 0 {
+					if !r.bad || got != 0 {
+						t.Fatalf("offset %d: got %d, bad %v; binary says invalid", off, got, r.bad)
+					}
+					break
+				}
+				if off += n; r.bad || got != want || r.off != off {
+					t.Fatalf("got %d ending at %d (bad %v), want %d ending at %d", got, r.off, r.bad, want, off)
+				}
+			}
+		}
+	})
+}

@@ -736,3 +736,24 @@ func TestNewArena(t *testing.T) {
 		}
 	}
 }
+
+// TestReaderVarints reads varints of every length, with and without
+// enough bytes after them for the reader's eight-byte fast path.
+func TestReaderVarints(t *testing.T) {
+	for shift := range 64 {
+		for _, u := range []uint64{1 << shift, 1<<shift - 1, 1<<shift | 1<<(shift/2)} {
+			for _, pad := range []int{0, 1, 7, 8} {
+				b := append(binary.AppendUvarint(nil, u), make([]byte, pad)...)
+				r := reader{b: b}
+				if got := r.uvarint(); got != u || r.bad || r.off != len(b)-pad {
+					t.Fatalf("uvarint %#x pad %d: got %#x at %d, bad %v", u, pad, got, r.off, r.bad)
+				}
+				b = append(binary.AppendVarint(nil, -int64(u)), make([]byte, pad)...)
+				r = reader{b: b}
+				if got := r.varint(); got != -int64(u) || r.bad || r.off != len(b)-pad {
+					t.Fatalf("varint %d pad %d: got %d at %d, bad %v", -int64(u), pad, got, r.off, r.bad)
+				}
+			}
+		}
+	}
+}
