@@ -831,9 +831,9 @@ func (d *decoder) value() driver.Value {
 	case tagNil:
 		return nil
 	case tagFalse:
-		return false
+		return boxedFalse
 	case tagTrue:
-		return true
+		return boxedTrue
 	case tagInt:
 		return d.slabs.int64(d.r.varint(), &d.r)
 	case tagFloat:
@@ -841,7 +841,7 @@ func (d *decoder) value() driver.Value {
 	case tagString:
 		return d.slabs.string(d.str(d.r.count(len(d.strs))), &d.r)
 	case tagBytesNil:
-		return []byte(nil)
+		return boxedNilBytes
 	case tagBytes:
 		return d.slabs.bytes(d.bin(d.r.count(len(d.bins))), &d.r)
 	case tagTime:
@@ -1122,23 +1122,38 @@ func boxNext[T any](slab *[]T, v T, typ unsafe.Pointer, r *reader) driver.Value 
 // here: the collector never scans an arena, and every pointer stored in
 // one is kept alive without it (see arena). Skipping the barrier also
 // means the old contents are never read as pointers, which is what lets
-// a large arena go unzeroed (see newArena). Every T stored holds a
-// pointer or a 64-bit number, so its size is a whole number of words.
+// a large arena go unzeroed (see newArena).
+//
+// The words hide v's pointers from escape analysis as well, so v must
+// not point to anything the compiler could have put on the stack: pass
+// values boxed by boxAt or held in package variables, never a conversion
+// made for the call.
 func put[T any](p *T, v T) {
-	const word = unsafe.Sizeof(uintptr(0))
-	dst := unsafe.Slice((*uintptr)(unsafe.Pointer(p)), unsafe.Sizeof(v)/word)
-	src := unsafe.Slice((*uintptr)(unsafe.Pointer(&v)), unsafe.Sizeof(v)/word)
-	switch len(dst) { // whole words, one by one: an array copy calls memmove
-	case 1:
-		dst[0] = src[0]
-	case 2:
-		dst[0], dst[1] = src[0], src[1]
-	case 3:
-		dst[0], dst[1], dst[2] = src[0], src[1], src[2]
+	dst, src := unsafe.Pointer(p), unsafe.Pointer(&v)
+	switch unsafe.Sizeof(v) { // a constant: the compiler keeps one case
+	case 8:
+		*(*uintptr)(dst) = *(*uintptr)(src)
+	case 16:
+		*(*words2)(dst) = *(*words2)(src)
+	case 24:
+		*(*words3)(dst) = *(*words3)(src)
+	case columnSize:
+		*(*columnWords)(dst) = *(*columnWords)(src)
 	default:
-		copy(dst, src)
+		panic("cachedpq: put of an unexpected size")
 	}
 }
+
+// Images of values as plain words, for put: structs, since the compiler
+// copies arrays through pointers with memmove, and put must inline.
+type (
+	words2      struct{ a, b uintptr }
+	words3      struct{ a, b, c uintptr }
+	columnWords struct{ w [columnSize / 8]uintptr }
+)
+
+// Values boxed once, in static data, for put.
+var boxedFalse, boxedTrue, boxedNilBytes driver.Value = false, true, []byte(nil)
 
 // eface is the layout of an empty interface: type word, then a pointer to
 // the value for every type that is not pointer-shaped.

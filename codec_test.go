@@ -757,3 +757,34 @@ func TestReaderVarints(t *testing.T) {
 		}
 	}
 }
+
+// TestDecodedValuesOutliveTheDecoder overwrites the stack that decoding
+// used and collects garbage before it compares the entry: a value that
+// points anywhere but into the arena, static data or a kept location
+// shows up as changed (see put).
+func TestDecodedValuesOutliveTheDecoder(t *testing.T) {
+	want := fullEntry(t)
+	for _, kind := range []int{compressNone, compressS2} {
+		restore := setCompression(kind, 0)
+		got := roundTrip(t, want)
+		restore()
+		scribbleStack(16)
+		runtime.GC()
+		garbage()
+		sameEntry(t, got, want)
+	}
+}
+
+// scribbleStack fills depth frames of stack with a pattern.
+//
+//go:noinline
+func scribbleStack(depth int) byte {
+	var frame [4096]byte
+	for i := range frame {
+		frame[i] = 0xA5
+	}
+	if depth == 0 {
+		return frame[0]
+	}
+	return scribbleStack(depth-1) ^ frame[depth]
+}
