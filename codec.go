@@ -545,12 +545,15 @@ func (r *reader) uvarint() uint64 {
 // little endian, and returns it and its length; or 0, 0 if it goes on.
 // It merges the 7-bit groups pairwise, in three steps, not one by one.
 func uvarint8(x uint64) (uint64, int) {
+	if x&0x80 == 0 {
+		return x & 0x7f, 1
+	}
 	ends := ^x & 0x8080808080808080 // the clear continuation bits
 	if ends == 0 {
 		return 0, 0
 	}
 	used := bits.TrailingZeros64(ends) + 1 // a multiple of 8
-	x &= 1<<used - 1                       // all ones when used is 64
+	x &= ends ^ (ends - 1)                 // the bytes up to the end
 	x = x&0x007f007f007f007f | x&0x7f007f007f007f00>>1
 	x = x&0x00003fff00003fff | x&0x3fff00003fff0000>>2
 	x = x&0x000000000fffffff | x&0x0fffffff00000000>>4
@@ -742,7 +745,9 @@ func (d *decoder) snapshot(s *snapshot, a *arena, vals []driver.Value, rows [][]
 		return err
 	}
 	for i := range vals {
-		put(&vals[i], d.value())
+		if d.r.rest() < fastValueMax || !d.fastValue(&vals[i]) {
+			put(&vals[i], d.value())
+		}
 	}
 	if d.r.bad {
 		return corrupt("truncated or malformed body")
@@ -824,6 +829,52 @@ func (d *decoder) locations() error {
 	}
 	return nil
 }
+
+// fastValueMax is the most bytes fastValue reads ahead.
+const fastValueMax = 1 + 3*8
+
+// fastValue parses the value at the reader into *dst if it is an int, a
+// string, a []byte or a time whose varints each end within eight bytes,
+// which is most values of most results, and reports whether it did; it
+// leaves everything else, untouched, to value. The reader must have
+// fastValueMax bytes left. It reads whole words and keeps its offset in
+// a local variable, which makes it about twice as fast as value.
+func (d *decoder) fastValue(dst *driver.Value) bool {
+	b, at := d.r.b[d.r.off:d.r.off+fastValueMax], 1
+	u, n := uvarint8(binary.LittleEndian.Uint64(b[at:]))
+	if n == 0 {
+		return false
+	}
+	at += n
+	switch b[0] {
+	case tagInt:
+		put(dst, d.slabs.int64(zigzag(u), &d.r))
+	case tagString:
+		put(dst, d.slabs.string(d.str(lengthOf(u)), &d.r))
+	case tagBytes:
+		put(dst, d.slabs.bytes(d.bin(lengthOf(u)), &d.r))
+	case tagTime:
+		sec, n := uvarint8(binary.LittleEndian.Uint64(b[at:]))
+		nsec, m := uvarint8(binary.LittleEndian.Uint64(b[at+n:]))
+		loc := d.locs.at(u)
+		if n == 0 || m == 0 || loc == nil || nsec >= 1e9 {
+			return false
+		}
+		put(dst, d.slabs.time(time.Unix(zigzag(sec), int64(nsec)).In(loc), &d.r))
+		at += n + m
+	default:
+		return false
+	}
+	d.r.off += at
+	return true
+}
+
+// zigzag undoes the zig-zag encoding of binary.AppendVarint.
+func zigzag(u uint64) int64 { return int64(u>>1) ^ -int64(u&1) }
+
+// lengthOf converts a length read from a body to an int; one that does
+// not fit becomes math.MaxInt, which no heap has room for.
+func lengthOf(u uint64) int { return int(min(u, math.MaxInt)) }
 
 // value parses one tagged value.
 func (d *decoder) value() driver.Value {
