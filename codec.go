@@ -561,14 +561,7 @@ func uvarint8(x uint64) (uint64, int) {
 }
 
 // varint reads as binary.Varint does: a zig-zag encoded uvarint.
-func (r *reader) varint() int64 {
-	u := r.uvarint()
-	v := int64(u >> 1)
-	if u&1 != 0 {
-		v = ^v
-	}
-	return v
-}
+func (r *reader) varint() int64 { return zigzag(r.uvarint()) }
 
 // count reads a length or count and checks it against limit before anyone
 // allocates for it.

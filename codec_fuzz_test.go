@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"math"
+	"strings"
 	"testing"
 	"time"
 )
@@ -182,4 +183,46 @@ func FuzzReaderVarints(f *testing.F) {
 			}
 		}
 	})
+}
+
+// FuzzFastValue parses the value that data starts with twice, with
+// fastValue and with value, which must agree whenever fastValue takes
+// it: on the value, the bytes read, the heap bytes used and the reader's
+// state.
+func FuzzFastValue(f *testing.F) {
+	for _, v := range []driver.Value{int64(-300), int64(math.MinInt64), "héllo", []byte{1, 2},
+		time.Date(2025, 3, 14, 9, 26, 53, 589793000, pqFixed), time.Unix(math.MaxInt64-100, 5).UTC()} {
+		enc := new(encoder)
+		if err := enc.value(v); err != nil {
+			f.Fatal(err)
+		}
+		f.Add(enc.vals)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		data = append(data, make([]byte, fastValueMax)...)
+		fast, slow := valueDecoder(t, data), valueDecoder(t, data)
+		var got driver.Value
+		if !fast.fastValue(&got) {
+			return
+		}
+		want := slow.value()
+		if !sameValue(got, want) || fast.r.off != slow.r.off || fast.r.bad != slow.r.bad ||
+			fast.strOff != slow.strOff || fast.binOff != slow.binOff || fast.slabs.used() != slow.slabs.used() {
+			t.Fatalf("fastValue: %#v at %d (bad %v); value: %#v at %d (bad %v)",
+				got, fast.r.off, fast.r.bad, want, slow.r.off, slow.r.bad)
+		}
+	})
+}
+
+// valueDecoder is a decoder positioned at body, with 300-byte heaps, room
+// for one value of each kind and two locations, UTC and a fixed zone.
+func valueDecoder(t *testing.T, body []byte) *decoder {
+	heap := []byte(strings.Repeat("0123456789", 30))
+	d := &decoder{r: reader{b: body}, strs: string(heap), bins: heap}
+	a := newArena(arenaSize(shape{}, kindCounts{1, 1, 1, 1, 1}, 0))
+	d.counts = kindCounts{1, 1, 1, 1, 1}
+	d.slabs = newSlabs(&a, d.counts)
+	d.locs.add(time.UTC, true)
+	d.locs.add(pqFixed, true)
+	return d
 }
