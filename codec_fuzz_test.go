@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"math"
+	"strings"
 	"testing"
 	"time"
 )
@@ -148,3 +149,80 @@ func (s *fuzzSource) time() time.Time {
 }
 
 var fuzzNewYork, _ = time.LoadLocation("America/New_York")
+
+// FuzzReaderVarints reads data as a run of varints with the reader and
+// with encoding/binary, which must agree on every value and length and on
+// where the data stops being valid.
+func FuzzReaderVarints(f *testing.F) {
+	f.Add([]byte{0x01, 0x80, 0x01, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00})
+	f.Add(binary.AppendUvarint(binary.AppendVarint(nil, math.MinInt64), math.MaxUint64))
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		for signed := range 2 {
+			r := reader{b: data}
+			for off := 0; off < len(data); {
+				var got, want uint64
+				var n int
+				if signed == 1 {
+					var w int64
+					w, n = binary.Varint(data[off:])
+					got, want = uint64(r.varint()), uint64(w)
+				} else {
+					want, n = binary.Uvarint(data[off:])
+					got = r.uvarint()
+				}
+				if n <= 0 {
+					if !r.bad || got != 0 {
+						t.Fatalf("offset %d: got %d, bad %v; binary says invalid", off, got, r.bad)
+					}
+					break
+				}
+				if off += n; r.bad || got != want || r.off != off {
+					t.Fatalf("got %d ending at %d (bad %v), want %d ending at %d", got, r.off, r.bad, want, off)
+				}
+			}
+		}
+	})
+}
+
+// FuzzFastValue parses the value that data starts with twice, with
+// fastValue and with value, which must agree whenever fastValue takes
+// it: on the value, the bytes read, the heap bytes used and the reader's
+// state.
+func FuzzFastValue(f *testing.F) {
+	for _, v := range []driver.Value{int64(-300), int64(math.MinInt64), "héllo", []byte{1, 2},
+		time.Date(2025, 3, 14, 9, 26, 53, 589793000, pqFixed), time.Unix(math.MaxInt64-100, 5).UTC()} {
+		enc := new(encoder)
+		if err := enc.value(v); err != nil {
+			f.Fatal(err)
+		}
+		f.Add(enc.vals)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		data = append(data, make([]byte, fastValueMax)...)
+		fast, slow := valueDecoder(t, data), valueDecoder(t, data)
+		var got driver.Value
+		if !fast.fastValue(&got) {
+			return
+		}
+		want := slow.value()
+		if !sameValue(got, want) || fast.r.off != slow.r.off || fast.r.bad != slow.r.bad ||
+			fast.strOff != slow.strOff || fast.binOff != slow.binOff || fast.slabs.used() != slow.slabs.used() {
+			t.Fatalf("fastValue: %#v at %d (bad %v); value: %#v at %d (bad %v)",
+				got, fast.r.off, fast.r.bad, want, slow.r.off, slow.r.bad)
+		}
+	})
+}
+
+// valueDecoder is a decoder positioned at body, with 300-byte heaps, room
+// for one value of each kind and two locations, UTC and a fixed zone.
+func valueDecoder(t *testing.T, body []byte) *decoder {
+	heap := []byte(strings.Repeat("0123456789", 30))
+	d := &decoder{r: reader{b: body}, strs: string(heap), bins: heap}
+	a := newArena(arenaSize(shape{}, kindCounts{1, 1, 1, 1, 1}, 0))
+	d.counts = kindCounts{1, 1, 1, 1, 1}
+	d.slabs = newSlabs(&a, d.counts)
+	d.locs.add(time.UTC, true)
+	d.locs.add(pqFixed, true)
+	return d
+}

@@ -662,3 +662,129 @@ func TestDecodedStringsDoNotAlias(t *testing.T) {
 		}
 	}
 }
+
+// TestDecodeWhileCollecting decodes while the collector runs, so that the
+// decoder's stores into arenas, which skip the write barrier (see put),
+// happen while it marks; then it checks every kept entry after further
+// collections. Large freed blocks are dirtied first so that large arenas
+// are likely to be carved out of memory that held something else.
+func TestDecodeWhileCollecting(t *testing.T) {
+	results := benchResults(t)
+	names := resultNames(results)
+	encoded := make([][]byte, len(names))
+	for i, name := range names {
+		b, err := encodeEntry(nil, results[name])
+		if err != nil {
+			t.Fatal(err)
+		}
+		encoded[i] = b
+	}
+	stop, stopped := make(chan struct{}), make(chan struct{})
+	go collectUntil(stop, stopped)
+	var kept []*entry
+	for range 10 {
+		for _, b := range encoded {
+			dirtyLargeBlocks()
+			e, err := decodeEntry(b, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			kept = append(kept, e)
+		}
+	}
+	close(stop)
+	<-stopped
+	runtime.GC()
+	garbage()
+	for i, e := range kept {
+		sameEntry(t, e, results[names[i%len(names)]])
+	}
+}
+
+// collectUntil collects garbage over and over until stop is closed.
+func collectUntil(stop <-chan struct{}, stopped chan<- struct{}) {
+	defer close(stopped)
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+			runtime.GC()
+			garbage()
+		}
+	}
+}
+
+// dirtyLargeBlocks allocates, fills and drops blocks of arena sizes.
+func dirtyLargeBlocks() {
+	for _, n := range []int{64 << 10, 512 << 10} {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = 0xAA
+		}
+		runtime.KeepAlive(b)
+	}
+}
+
+// TestNewArena checks that arenas on both sides of arenaNoZeroMin have
+// the size asked for and the alignment carve relies on.
+func TestNewArena(t *testing.T) {
+	for _, size := range []int{1, 7, 16, arenaNoZeroMin - 1, arenaNoZeroMin, arenaNoZeroMin + 3, 1 << 20} {
+		a := newArena(size)
+		if len(a.mem) < size || !aligned(a.mem) {
+			t.Fatalf("size %d: got %d bytes at %p", size, len(a.mem), a.base())
+		}
+	}
+}
+
+// TestReaderVarints reads varints of every length, with and without
+// enough bytes after them for the reader's eight-byte fast path.
+func TestReaderVarints(t *testing.T) {
+	for shift := range 64 {
+		for _, u := range []uint64{1 << shift, 1<<shift - 1, 1<<shift | 1<<(shift/2)} {
+			for _, pad := range []int{0, 1, 7, 8} {
+				b := append(binary.AppendUvarint(nil, u), make([]byte, pad)...)
+				r := reader{b: b}
+				if got := r.uvarint(); got != u || r.bad || r.off != len(b)-pad {
+					t.Fatalf("uvarint %#x pad %d: got %#x at %d, bad %v", u, pad, got, r.off, r.bad)
+				}
+				b = append(binary.AppendVarint(nil, -int64(u)), make([]byte, pad)...)
+				r = reader{b: b}
+				if got := r.varint(); got != -int64(u) || r.bad || r.off != len(b)-pad {
+					t.Fatalf("varint %d pad %d: got %d at %d, bad %v", -int64(u), pad, got, r.off, r.bad)
+				}
+			}
+		}
+	}
+}
+
+// TestDecodedValuesOutliveTheDecoder overwrites the stack that decoding
+// used and collects garbage before it compares the entry: a value that
+// points anywhere but into the arena, static data or a kept location
+// shows up as changed (see put).
+func TestDecodedValuesOutliveTheDecoder(t *testing.T) {
+	want := fullEntry(t)
+	for _, kind := range []int{compressNone, compressS2} {
+		restore := setCompression(kind, 0)
+		got := roundTrip(t, want)
+		restore()
+		scribbleStack(16)
+		runtime.GC()
+		garbage()
+		sameEntry(t, got, want)
+	}
+}
+
+// scribbleStack fills depth frames of stack with a pattern.
+//
+//go:noinline
+func scribbleStack(depth int) byte {
+	var frame [4096]byte
+	for i := range frame {
+		frame[i] = 0xA5
+	}
+	if depth == 0 {
+		return frame[0]
+	}
+	return scribbleStack(depth-1) ^ frame[depth]
+}
