@@ -367,9 +367,12 @@ func TestEarlyRefresh(t *testing.T) {
 		}
 		wg.Wait()
 		errs.Range(func(k, v any) bool { t.Errorf("reader %v: %v", k, v); return true })
-		// Refreshes run in the background: let the last one end.
+		// Refreshes run in the background: let the last one end (one drawn
+		// just before the readers stopped may take a moment to start).
 		waitFor(t, 10*time.Second, "the last background refresh", func() bool {
-			return uint64(env.calls(t)) == env.stats().Misses
+			calls, misses := env.calls(t), env.stats().Misses
+			time.Sleep(300 * time.Millisecond)
+			return uint64(calls) == misses && env.calls(t) == calls && env.stats().Misses == misses
 		})
 		s := env.stats()
 		calls := env.calls(t)
