@@ -1015,6 +1015,7 @@ func uninitialized(n int) []byte {
 	return unsafe.Slice(unsafe.StringData(sb.String()), n)
 }
 
+// aligned reports whether b starts on a word boundary, as carve assumes.
 func aligned(b []byte) bool {
 	return uintptr(unsafe.Pointer(unsafe.SliceData(b)))%unsafe.Alignof(uint64(0)) == 0
 }
