@@ -147,7 +147,7 @@ func (e *engine) takeLease(ctx context.Context, r *read, stamps []uint64) (ent *
 	case !sameStamps(stamps, now):
 		e.releaseLease(r.lease)
 		return nil, true, nil
-	case e.usable(r, ent, stamps, now) && ent.created > r.replaces:
+	case usable(r, ent, stamps, now) && ent.created > r.replaces:
 		e.releaseLease(r.lease)
 		return ent, false, nil
 	}
@@ -183,7 +183,7 @@ func (e *engine) leasedEntry(ctx context.Context, r *read, stamps []uint64) (ent
 	switch {
 	case err != nil, !sameStamps(stamps, now):
 		return nil, false
-	case e.usable(r, ent, stamps, now):
+	case usable(r, ent, stamps, now):
 		return ent, false
 	}
 	return nil, true
@@ -191,7 +191,7 @@ func (e *engine) leasedEntry(ctx context.Context, r *read, stamps []uint64) (ent
 
 // usable reports whether ent answers r, filled under stamps, which are still
 // the current ones (now), and unexpired.
-func (e *engine) usable(r *read, ent *entry, stamps, now []uint64) bool {
+func usable(r *read, ent *entry, stamps, now []uint64) bool {
 	return ent != nil && ent.check == r.check && sameStamps(stamps, now) && sameStamps(ent.stamps, now) &&
 		time.Now().UnixNano() < ent.expires
 }

@@ -61,17 +61,13 @@ func (g *lookupGroup) do(ctx context.Context, key string, tags []string) (*entry
 		}
 		g.keys[key] = &lookupSlot{sent: c}
 		g.mu.Unlock()
-		lctx, cancel := context.WithTimeout(ctx, g.timeout)
-		c.ent, c.stamps, c.err = g.fn(lctx, key, tags)
-		cancel()
+		c.ent, c.stamps, c.err = g.send(ctx, key, tags)
 		g.finish(key, c)
 		return c.ent, c.stamps, c.err
 	}
 	if !slices.Equal(s.sent.tags, tags) {
 		g.mu.Unlock() // another registration under this key: not ours to share
-		lctx, cancel := context.WithTimeout(ctx, g.timeout)
-		defer cancel()
-		return g.fn(lctx, key, tags)
+		return g.send(ctx, key, tags)
 	}
 	c := s.next
 	if c == nil {
@@ -95,10 +91,15 @@ func (g *lookupGroup) sendAfter(key string, prev, c *lookupCall) {
 	s := g.keys[key]
 	s.sent, s.next = c, nil // from now on c is sent: nobody joins it
 	g.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), g.timeout)
-	c.ent, c.stamps, c.err = g.fn(ctx, key, c.tags)
-	cancel()
+	c.ent, c.stamps, c.err = g.send(context.Background(), key, c.tags)
 	g.finish(key, c)
+}
+
+// send runs one lookup under g.timeout.
+func (g *lookupGroup) send(ctx context.Context, key string, tags []string) (*entry, []uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, g.timeout)
+	defer cancel()
+	return g.fn(ctx, key, tags)
 }
 
 // finish publishes c's answer and retires key's slot unless a next

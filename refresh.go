@@ -38,14 +38,14 @@ func (e *engine) refreshLater(r *read, seen []uint64) {
 func (e *engine) reload(r *read, seen []uint64) error {
 	ctx, cancel := context.WithTimeout(context.Background(), refreshTimeout)
 	defer cancel()
-	conn, err := e.background().Conn(ctx)
+	bc, err := e.background().Conn(ctx)
 	if err != nil {
 		e.refreshers.Delete(r.key)
 		return err
 	}
-	defer conn.Close()
-	return conn.Raw(func(dc any) error {
-		r.src = rawInner{dc.(driver.Conn)}
+	defer bc.Close()
+	return bc.Raw(func(dc any) error {
+		r.src = &conn{inner: dc.(driver.Conn)} // its inner methods bypass the cache
 		id := flightID(r.key, seen)
 		f, leader := e.flights.join(id, ctx)
 		if !leader {
@@ -74,17 +74,6 @@ func (e *engine) background() *sql.DB {
 // plainConnector hides any Close of the connector it holds, which the
 // Connector owns: closing the background pool must not close it.
 type plainConnector struct{ driver.Connector }
-
-// rawInner runs queries on a lib/pq connection, bypassing the cache.
-type rawInner struct{ c driver.Conn }
-
-func (r rawInner) innerQuery(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
-	return r.c.(driver.QueryerContext).QueryContext(ctx, query, args)
-}
-
-func (r rawInner) innerExec(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
-	return r.c.(driver.ExecerContext).ExecContext(ctx, query, args)
-}
 
 // drain reads rows to their end and closes them.
 func drain(rows driver.Rows) error {

@@ -37,25 +37,21 @@ const loadOtherWrite = `insert into events (item) values ($1)`
 // BenchmarkLoad runs 95% registered reads of a 50-row list and 5% writes
 // to the listed table: the worst case for a cache of the list, since every
 // write voids it, and 16 clients then wait for one reload.
-func BenchmarkLoad(b *testing.B) {
-	for _, kind := range []string{"raw", "redis", "memory"} {
-		b.Run(kind, func(b *testing.B) {
-			db, conn := loadDB(b, kind)
-			runClients(b, db, 0.05, loadWrite)
-			logStats(b, kind, conn)
-		})
-	}
-}
+func BenchmarkLoad(b *testing.B) { sideBySide(b, 0.05, loadWrite) }
 
 // BenchmarkLoadOtherTable is BenchmarkLoad with the writes going to a table
 // the list does not read, as when most writes of an application change
 // data other than its hottest reads: what the cache's hits, invalidations
 // and purges cost beside writes that commit.
-func BenchmarkLoadOtherTable(b *testing.B) {
+func BenchmarkLoadOtherTable(b *testing.B) { sideBySide(b, 0.05, loadOtherWrite) }
+
+// sideBySide runs the same clients on raw lib/pq, cachedpq over Redis and
+// cachedpq over the in-process store.
+func sideBySide(b *testing.B, writeShare float64, write string) {
 	for _, kind := range []string{"raw", "redis", "memory"} {
 		b.Run(kind, func(b *testing.B) {
 			db, conn := loadDB(b, kind)
-			runClients(b, db, 0.05, loadOtherWrite)
+			runClients(b, db, writeShare, write)
 			logStats(b, kind, conn)
 		})
 	}
@@ -70,15 +66,7 @@ func BenchmarkWriteOnly(b *testing.B) {
 }
 
 // BenchmarkReadOnly is BenchmarkLoad without writes: the hit path alone.
-func BenchmarkReadOnly(b *testing.B) {
-	for _, kind := range []string{"raw", "redis", "memory"} {
-		b.Run(kind, func(b *testing.B) {
-			db, conn := loadDB(b, kind)
-			runClients(b, db, 0, "")
-			logStats(b, kind, conn)
-		})
-	}
-}
+func BenchmarkReadOnly(b *testing.B) { sideBySide(b, 0, "") }
 
 // BenchmarkBreakerOpen compares registered reads with Redis down and the
 // breaker open against raw lib/pq reads.
