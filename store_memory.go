@@ -57,8 +57,8 @@ type memStore struct {
 	stampMu sync.RWMutex      // guards stamps
 	stamps  map[string]uint64 // tag -> current stamp, never 0
 
-	// idxMu guards index, and is held across each fill's cache write so that
-	// the deletion listener, which also takes it, sees index and cache agree.
+	// idxMu guards index. No cache call that may run maintenance (and so
+	// the deletion listener, which takes idxMu) is made while holding it.
 	idxMu sync.Mutex
 	index map[string]map[string]struct{} // tag -> entry keys
 
@@ -84,9 +84,17 @@ func newMemStore(maxBytes int64) *memStore {
 		Weigher:          memWeight,
 		ExpiryCalculator: otter.ExpiryWritingFunc(itemTTL),
 		OnDeletion:       s.unindex,
+		Executor:         callerRuns,
 	})
 	return s
 }
+
+// callerRuns is the cache's executor: maintenance and deletion events run
+// on the goroutine that caused them. otter's default starts a goroutine
+// for them after most writes, and waking a thread for it cost a miss on
+// the in-process store more CPU than the rest of its fill (see
+// BenchmarkEngineMiss).
+func callerRuns(fn func()) { fn() }
 
 // memWeight charges an entry its encoded size, at least memMinEntrySize,
 // plus its key and a fixed overhead.
@@ -166,13 +174,23 @@ func (s *memStore) dropStamp(tag string) {
 
 // fill stores e under key for ttl and indexes key under tags. e is shared
 // with every reader from then on and must not be modified.
+//
+// The key is indexed after the write, and only while the cache still holds
+// this item: an eviction's listener (which may run during Set) then either
+// sees the item gone before indexing, or unindexes after it. A purge that
+// runs in between misses the item; its stamps were replaced first, so it
+// is never served, and the next purge of its tags or its TTL removes it.
 func (s *memStore) fill(_ context.Context, key string, e *entry, ttl time.Duration, tags []string) error {
 	if ttl <= 0 {
 		return errBadTTL
 	}
 	it := &memItem{e: e, ttl: ttl, tags: append([]string(nil), tags...)}
+	s.cache.Set(key, it)
 	s.idxMu.Lock()
 	defer s.idxMu.Unlock()
+	if cur, ok := s.cache.GetEntryQuietly(key); !ok || cur.Value != it {
+		return nil
+	}
 	for _, tag := range tags {
 		keys := s.index[tag]
 		if keys == nil {
@@ -181,7 +199,6 @@ func (s *memStore) fill(_ context.Context, key string, e *entry, ttl time.Durati
 		}
 		keys[key] = struct{}{}
 	}
-	s.cache.Set(key, it)
 	return nil
 }
 

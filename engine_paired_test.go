@@ -1,0 +1,153 @@
+package cachedpq
+
+import (
+	"context"
+	"database/sql"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// The paired engine benchmarks run each variant once per iteration, in
+// turns, and report each one's mean time and their ratios: load from other
+// processes on a shared machine then weighs on every variant alike, where
+// the separate benchmarks above compare runs minutes apart. Run with
+//
+//	go test -run '^$' -bench EnginePaired -count 6 . > paired.txt
+//	benchstat paired.txt
+
+// pairedOp is one variant: run is timed, settle (if set) runs untimed
+// after it, to let background work finish.
+type pairedOp struct {
+	name        string
+	run, settle func()
+}
+
+// runPaired times ops in turns and reports "<name>-ns/op" for each, and
+// "<a>/<b>" for each pair of names in ratios.
+func runPaired(b *testing.B, ops []pairedOp, ratios ...[2]string) {
+	for _, op := range ops { // warm up connections and caches
+		op.run()
+		if op.settle != nil {
+			op.settle()
+		}
+	}
+	sums := make(map[string]time.Duration, len(ops))
+	n := 0
+	for b.Loop() {
+		for j := range ops {
+			op := ops[(j+n)%len(ops)]
+			start := time.Now()
+			op.run()
+			sums[op.name] += time.Since(start)
+			if op.settle != nil {
+				op.settle()
+			}
+		}
+		n++
+	}
+	for _, op := range ops {
+		b.ReportMetric(float64(sums[op.name].Nanoseconds())/float64(n), op.name+"-ns/op")
+	}
+	for _, r := range ratios {
+		b.ReportMetric(float64(sums[r[0]])/float64(sums[r[1]]), r[0]+"/"+r[1])
+	}
+}
+
+// BenchmarkEnginePairedMiss pairs BenchmarkEngineMiss's variants. Each
+// cached miss's fill finishes untimed; the floor is raw+rt.
+func BenchmarkEnginePairedMiss(b *testing.B) {
+	raw, _ := benchDB(b, "raw")
+	mem, _ := benchDB(b, "memory")
+	red, rc := benchDB(b, "redis")
+	rdb := testRedis(b)
+	i := int64(0)
+	miss := func(db *sql.DB) func() {
+		return func() {
+			i++
+			benchScan(b, db, benchMiss, i%benchRows+1, i)
+		}
+	}
+	runPaired(b, []pairedOp{
+		{name: "raw", run: miss(raw)},
+		{name: "raw+rt", run: func() { missingGet(b, rdb); miss(raw)() }},
+		{name: "memory", run: miss(mem)},
+		{name: "redis", run: miss(red), settle: rc.eng.bg.Wait},
+	}, [2]string{"redis", "raw+rt"}, [2]string{"memory", "raw"})
+}
+
+// BenchmarkEnginePairedWrite pairs BenchmarkEngineWrite's variants; the
+// floor is raw+rt.
+func BenchmarkEnginePairedWrite(b *testing.B) {
+	raw, _ := benchDB(b, "raw")
+	mem, _ := benchDB(b, "memory")
+	red, _ := benchDB(b, "redis")
+	rdb := testRedis(b)
+	i := int64(0)
+	write := func(db *sql.DB) func() {
+		return func() {
+			i++
+			if _, err := db.Exec(benchWrite, i%1000+1); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	runPaired(b, []pairedOp{
+		{name: "raw", run: write(raw)},
+		{name: "raw+rt", run: func() { missingGet(b, rdb); write(raw)() }},
+		{name: "memory", run: write(mem)},
+		{name: "redis", run: write(red)},
+	}, [2]string{"redis", "raw+rt"}, [2]string{"memory", "raw"})
+}
+
+// BenchmarkEnginePairedHit pairs a Redis hit with its floor, a raw go-redis
+// GET of the same entry and its decoding, and an in-process hit with the
+// raw query.
+func BenchmarkEnginePairedHit(b *testing.B) {
+	for _, r := range benchReads {
+		b.Run(r.name, func(b *testing.B) {
+			var args []any
+			if r.arg != nil {
+				args = []any{r.arg}
+			}
+			raw, _ := benchDB(b, "raw")
+			mem, _ := benchDB(b, "memory")
+			red, rc := benchDB(b, "redis")
+			benchScan(b, red, r.query, args...)
+			rc.eng.bg.Wait()
+			key := entryKey(b, rc, r.name)
+			rdb := rc.opts.Redis.(*redis.Client)
+			read := func(db *sql.DB) func() { return func() { benchScan(b, db, r.query, args...) } }
+			ops := []pairedOp{
+				{name: "get+decode", run: func() { getDecode(b, rdb, key) }},
+				{name: "redis", run: read(red)},
+				{name: "memory", run: read(mem)},
+			}
+			ratios := [][2]string{{"redis", "get+decode"}}
+			if r.name == "point" { // the aggregate's raw query takes 1,000 times longer than the rest
+				ops = append(ops, pairedOp{name: "raw", run: read(raw)})
+				ratios = append(ratios, [2]string{"raw", "memory"})
+			}
+			runPaired(b, ops, ratios...)
+		})
+	}
+}
+
+// missingGet is one cache round trip: a go-redis GET of a missing key.
+func missingGet(b *testing.B, rdb *redis.Client) {
+	if err := rdb.Get(context.Background(), "cachedpq-bench-missing").Err(); err != redis.Nil {
+		b.Fatal(err)
+	}
+}
+
+// getDecode is a hit's floor: a go-redis GET of an entry, decoded.
+func getDecode(b *testing.B, rdb *redis.Client, key string) {
+	v, err := rdb.Get(context.Background(), key).Bytes()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := decodeEntry(v, 0); err != nil {
+		b.Fatal(err)
+	}
+}
