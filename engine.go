@@ -256,11 +256,12 @@ func (e *engine) cached(ctx context.Context, c *conn, r *read) (driver.Rows, err
 	var sb [stampBufCap]uint64
 	start := time.Now()
 	ent, stamps, err := e.lookup(ctx, r, sb[:0])
-	e.stats.cacheLat.observe(time.Since(start))
+	now := time.Now() // one reading serves the histogram and the expiry
+	e.stats.cacheLat.observe(now.Sub(start))
 	if err != nil {
 		return e.lookupFailed(ctx, r, stamps, err)
 	}
-	if rows, ok := e.serve(r, ent, stamps); ok {
+	if rows, ok := e.serve(r, ent, stamps, now.UnixNano()); ok {
 		return rows, nil
 	}
 	return e.miss(ctx, r, stamps)
@@ -300,8 +301,9 @@ func (e *engine) lookupFailed(ctx context.Context, r *read, stamps []uint64, err
 // serve answers from ent if it is valid: it answers this query, its stamps
 // are current and it has not expired. Near expiry one reader refreshes it
 // early (XFetch) while the others keep hitting; past expiry, within
-// StaleFor, the others are served the old entry while one reloads it.
-func (e *engine) serve(r *read, ent *entry, stamps []uint64) (driver.Rows, bool) {
+// StaleFor, the others are served the old entry while one reloads it. now
+// is the time the lookup returned, in Unix nanoseconds.
+func (e *engine) serve(r *read, ent *entry, stamps []uint64, now int64) (driver.Rows, bool) {
 	switch {
 	case ent == nil:
 		return nil, false
@@ -312,7 +314,6 @@ func (e *engine) serve(r *read, ent *entry, stamps []uint64) (driver.Rows, bool)
 		e.note(r.rs, staleF)
 		return nil, false
 	}
-	now := time.Now().UnixNano()
 	if now >= ent.expires {
 		if now < ent.expires+int64(r.reg.policy.StaleFor) && !e.claimRefresh(r.key) {
 			e.note(r.rs, staleServedF)

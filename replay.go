@@ -287,9 +287,10 @@ func scanKindOf(t reflect.Type) scanKind {
 // replayRows serves a snapshot. The snapshot is shared by concurrent
 // readers and is only read; each replayRows is used by one goroutine.
 type replayRows struct {
-	s     *snapshot
-	next  int // index of the row Next returns
-	names []string
+	s      *snapshot
+	next   int // index of the row Next returns
+	names  []string
+	inline [8]string // names of a result of up to 8 columns, saving an allocation
 }
 
 // newReplayRows returns rows that replay s from its first row.
@@ -300,7 +301,11 @@ func newReplayRows(s *snapshot) driver.Rows {
 // Columns returns the recorded column names.
 func (r *replayRows) Columns() []string {
 	if r.names == nil {
-		r.names = make([]string, len(r.s.columns))
+		if n := len(r.s.columns); n <= len(r.inline) {
+			r.names = r.inline[:n:n]
+		} else {
+			r.names = make([]string, n)
+		}
 		for i := range r.s.columns {
 			r.names[i] = r.s.columns[i].name
 		}
