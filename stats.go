@@ -38,7 +38,7 @@ type Stats struct {
 	// "closed", "half-open" or "open"; empty for the in-process store.
 	Breaker string
 
-	CacheLatency Latency // cache lookups
+	CacheLatency Latency // lookups in Redis (the in-process store's are not timed)
 	DBLatency    Latency // Postgres loads of registered queries (misses)
 
 	// Queries holds the counters of each registered query that ran, by
