@@ -226,3 +226,34 @@ func valueDecoder(t *testing.T, body []byte) *decoder {
 	d.locs.add(pqFixed, true)
 	return d
 }
+
+// FuzzRedisValue feeds redisBackend.decode, which splits a Redis value into
+// its stamps and its entry, arbitrary bytes and stamped entries: it returns
+// an entry or a corrupt-entry error, never panics, and an entry it returns
+// round-trips.
+func FuzzRedisValue(f *testing.F) {
+	b := &redisBackend{maxBytes: fuzzMaxBytes}
+	stamped := func(stamps []uint64, e *entry) []byte {
+		v, err := encodeEntry(append(appendStampTag(nil, stamps), '|'), e)
+		if err != nil {
+			f.Fatal(err)
+		}
+		return v
+	}
+	f.Add(stamped([]uint64{1, 2}, oneValueEntry("x")))
+	f.Add(stamped(nil, &entry{}))
+	f.Add(validEncoding(f, compressS2)) // no stamps
+	f.Add([]byte("|"))
+	f.Add([]byte("12,34|"))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		e, err := b.decode(data)
+		if err != nil {
+			if !errors.As(err, new(errCorruptEntry)) || !errors.Is(err, errCorrupt) || e != nil {
+				t.Fatalf("decode: %v (entry %v)", err, e != nil)
+			}
+			return
+		}
+		sameEntry(t, roundTrip(t, e), e)
+	})
+}

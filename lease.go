@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -31,7 +30,8 @@ type heldLease struct {
 const leaseClaim = 100 * time.Millisecond
 
 // storeLookup is one lookup in the shared store. Where the store can, a
-// lookup that finds no entry takes the fill lease in the same round trip,
+// lookup that finds no current entry (none, or one a write voided) takes
+// the fill lease in the same round trip,
 // so that a miss costs one round trip before its query, not three. Keys
 // whose last lookup was a hit skip that: a plain MGET costs less than the
 // script, and they are likely hits again (if not, the lease costs one
@@ -207,16 +207,7 @@ func leaseName(key string, stamps []uint64) string {
 }
 
 // stampTag names stamps in a lease's value, as lookupScript does.
-func stampTag(stamps []uint64) string {
-	var b strings.Builder
-	for i, s := range stamps {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		b.WriteString(formatStamp(s))
-	}
-	return b.String()
-}
+func stampTag(stamps []uint64) string { return string(appendStampTag(nil, stamps)) }
 
 // releaseLease gives up a lease this process holds, if any.
 func (e *engine) releaseLease(name string) {

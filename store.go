@@ -1,8 +1,11 @@
 package cachedpq
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"strconv"
 	"time"
 )
 
@@ -46,6 +49,18 @@ var (
 	_ backend = (*redisBackend)(nil)
 )
 
+// appendStampTag appends stamps as lookupScript joins them: decimal, comma
+// separated.
+func appendStampTag(dst []byte, stamps []uint64) []byte {
+	for i, s := range stamps {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = strconv.AppendUint(dst, s, 10)
+	}
+	return dst
+}
+
 // errTooLarge reports an encoded entry over the decode limit.
 var errTooLarge = errors.New("cachedpq: entry over MaxBytes")
 
@@ -67,11 +82,24 @@ func (b *redisBackend) lookup(ctx context.Context, key string, tags []string, bu
 	if err != nil || val == nil {
 		return nil, stamps, err
 	}
-	e, err := decodeEntry(val, b.maxBytes)
-	if err != nil {
-		return nil, stamps, errCorruptEntry{err}
+	e, err := b.decode(val)
+	return e, stamps, err
+}
+
+// decode reads a Redis value: the stamps its entry was loaded under, as
+// text (see appendStampTag), '|' and the encoded entry. The text lets the
+// lookup script tell a stale entry from a current one; the entry's own
+// copy of the stamps is what a hit is checked against.
+func (b *redisBackend) decode(val []byte) (*entry, error) {
+	bar := bytes.IndexByte(val, '|') // the tag holds digits and commas only
+	if bar < 0 {
+		return nil, errCorruptEntry{fmt.Errorf("%w: no stamps before the entry", errCorrupt)}
 	}
-	return e, stamps, nil
+	e, err := decodeEntry(val[bar+1:], b.maxBytes)
+	if err != nil {
+		return nil, errCorruptEntry{err}
+	}
+	return e, nil
 }
 
 // leasing reports whether lookupLease works on this Redis.
@@ -82,11 +110,8 @@ func (b *redisBackend) lookupLease(ctx context.Context, key string, tags []strin
 	if err != nil || val == nil {
 		return nil, stamps, token, err
 	}
-	e, err := decodeEntry(val, b.maxBytes)
-	if err != nil {
-		return nil, stamps, token, errCorruptEntry{err}
-	}
-	return e, stamps, token, nil
+	e, err := b.decode(val)
+	return e, stamps, token, err
 }
 
 // fill encodes e; an entry larger than maxBytes is not stored. (Policies
@@ -97,11 +122,13 @@ func (b *redisBackend) fill(ctx context.Context, key string, e *entry, ttl time.
 
 // fillReleasing is fill that also releases the lease token holds.
 func (b *redisBackend) fillReleasing(ctx context.Context, key string, e *entry, ttl time.Duration, tags []string, token uint64) error {
-	val, err := encodeEntry(nil, e)
+	val := append(appendStampTag(nil, e.stamps), '|')
+	tagLen := len(val)
+	val, err := encodeEntry(val, e)
 	if err != nil {
 		return err
 	}
-	if len(val) > b.maxBytes {
+	if len(val)-tagLen > b.maxBytes {
 		return errTooLarge
 	}
 	e.size = len(val)

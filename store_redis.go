@@ -92,36 +92,45 @@ end
 return 0`
 
 // lookupScript is a lookup that takes the fill lease in the same round
-// trip when it finds no entry (or always, if ARGV[3] is "1"): KEYS[1] is
-// the entry, KEYS[2] the lease, KEYS[3:] the stamps; ARGV[1] and ARGV[2]
-// are the lease's TTL in ms and token, ARGV[4:] fresh stamps to create the
-// missing ones with (a load records its stamps before it runs, so they must
-// exist). It answers {entry or false, stamps, 1 if the lease was taken}.
-// The stamps are checked as parseStamp would: a foreign one is replaced.
+// trip when it finds no current entry (or always, if ARGV[3] is "1"):
+// KEYS[1] is the entry, KEYS[2] the lease, KEYS[3:] the stamps; ARGV[1] and
+// ARGV[2] are the lease's TTL in ms and token, ARGV[4:] fresh stamps to
+// create the missing ones with (a load records its stamps before it runs,
+// so they must exist). An entry is current when the stamps its value
+// begins with (see redisBackend.decode) are the stamps now; a stale one is
+// returned too, with the lease taken. It answers {entry or false, stamps,
+// 1 if the lease was taken}. The stamps are checked as parseStamp would: a
+// foreign one is replaced.
 var lookupScript = redis.NewScript(`
-local v = redis.pcall('GET', KEYS[1])
-if type(v) ~= 'string' then v = false end
-local stamps = {}
+local got = redis.call('MGET', KEYS[1], unpack(KEYS, 3))
+local v = got[1]
+local stamps, valid = {}, true
 for i = 3, #KEYS do
-	local s = redis.pcall('GET', KEYS[i])
-	if type(s) ~= 'string' then s = false end
+	local s = got[i - 1]
+	if not s or #s > 20 or not string.match(s, '^[1-9]%d*$') then
+		s, valid = false, false
+	end
 	stamps[i - 2] = s
 end
-if v and ARGV[3] ~= '1' then return {v, stamps, 0} end
+if v and ARGV[3] ~= '1' and valid then
+	local tag = table.concat(stamps, ',')
+	if string.sub(v, 1, #tag + 1) == tag .. '|' then return {v, stamps, 0} end
+end
 for i = 1, #stamps do
-	local s = stamps[i]
-	if not s or #s > 20 or not string.match(s, '^[1-9]%d*$') then
+	if not stamps[i] then
 		redis.call('SET', KEYS[i + 2], ARGV[i + 3])
 		stamps[i] = ARGV[i + 3]
 	end
 end
 local tag = table.concat(stamps, ',')
+local lease = ARGV[2] .. '|' .. tag
+if redis.call('SET', KEYS[2], lease, 'PX', ARGV[1], 'NX') then return {v, stamps, 1} end
 local l = redis.pcall('GET', KEYS[2])
 if type(l) == 'string' then
 	local bar = string.find(l, '|', 1, true)
 	if bar and string.sub(l, bar + 1) == tag then return {v, stamps, 0} end
 end
-redis.call('SET', KEYS[2], ARGV[2] .. '|' .. tag, 'PX', ARGV[1])
+redis.call('SET', KEYS[2], lease, 'PX', ARGV[1])
 return {v, stamps, 1}`)
 
 // redisStore keeps entries and stamps in Redis. It is safe for concurrent

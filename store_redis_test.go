@@ -357,14 +357,30 @@ func TestRedisStoreLookupLease(t *testing.T) {
 		t.Fatal("the voided holder released its successor's lease")
 	}
 	must(t, s.releaseLease(ctx, key, tok3))
-	must(t, s.fill(ctx, key, []byte("entry"), time.Minute, tags))
+	// A value is current while the stamps it begins with are.
+	cur := stampTag(fresh) + "|entry"
+	must(t, s.fill(ctx, key, []byte(cur), time.Minute, tags))
 	val, _, tok4, err := s.lookupLease(ctx, key, tags, time.Minute, false)
-	if err != nil || string(val) != "entry" || tok4 != 0 {
+	if err != nil || string(val) != cur || tok4 != 0 {
 		t.Fatalf("hit = %q, token %d, %v", val, tok4, err)
 	}
 	val, _, tok5, err := s.lookupLease(ctx, key, tags, time.Minute, true)
-	if err != nil || string(val) != "entry" || tok5 == 0 {
+	if err != nil || string(val) != cur || tok5 == 0 {
 		t.Fatalf("hit asking for the lease = %q, token %d, %v", val, tok5, err)
+	}
+	must(t, s.releaseLease(ctx, key, tok5))
+	// After a write the value is stale: it comes back with the lease taken,
+	// so that its miss costs no second round trip.
+	must(t, s.bump(ctx, tags[:1]))
+	val, _, tok6, err := s.lookupLease(ctx, key, tags, time.Minute, false)
+	if err != nil || string(val) != cur || tok6 == 0 {
+		t.Fatalf("stale entry = %q, token %d, %v", val, tok6, err)
+	}
+	// So does a value without stamps, as older versions stored.
+	must(t, s.releaseLease(ctx, key, tok6))
+	must(t, s.fill(ctx, key, []byte("entry"), time.Minute, tags))
+	if val, _, tok7, err := s.lookupLease(ctx, key, tags, time.Minute, false); err != nil || string(val) != "entry" || tok7 == 0 {
+		t.Fatalf("unstamped entry = %q, token %d, %v", val, tok7, err)
 	}
 }
 
