@@ -53,10 +53,11 @@ type engine struct {
 
 	flights    flightGroup
 	lookups    lookupGroup
-	refreshers sync.Map // key -> struct{}: the one reader reloading an entry early or while serving it stale
-	leases     sync.Map // lease name -> *heldLease: the fill leases this process holds
-	hot        hotKeys  // keys likely to hit, whose lookups take no lease
-	regs       sync.Map // *registration -> *regState
+	refreshers sync.Map   // key -> struct{}: the one reader reloading an entry early or while serving it stale
+	leases     sync.Map   // lease name -> *heldLease: the fill leases this process holds
+	hot        hotKeys    // keys likely to hit, whose lookups take no lease
+	bumps      localBumps // when this process last invalidated each tag
+	regs       sync.Map   // *registration -> *regState
 	stats      stats
 	cat        catalogCache
 

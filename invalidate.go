@@ -170,6 +170,7 @@ func (e *engine) invalidate(ctx context.Context, w *writeSet) {
 // a writer that returns before its invalidation landed leaves other
 // processes a window in which they may serve what it overwrote.
 func (e *engine) bumpNow(ctx context.Context, tags []string) error {
+	e.bumps.record(tags)
 	var err error
 	for range bumpAttempts {
 		// Invalidations go past the breaker: a writer whose breaker is open

@@ -38,14 +38,19 @@ const leaseClaim = 100 * time.Millisecond
 // more round trip).
 func (e *engine) storeLookup(ctx context.Context, key string, tags []string) (*entry, []uint64, error) {
 	h := xxh3.HashString(key)
-	if !e.leasing || e.hot.has(h) {
+	seq := e.bumps.now() // a local write from here on makes the key's next lookup take the lease
+	if !e.leasing || e.hot.has(h) && !e.bumps.since(tags, e.hot.foundAt(h)) {
 		ent, stamps, err := e.store.lookup(ctx, key, tags, nil)
-		e.hot.set(h, err == nil && ent != nil && sameStamps(ent.stamps, stamps))
+		if err == nil && ent != nil && sameStamps(ent.stamps, stamps) {
+			e.hot.setAt(h, seq)
+		} else {
+			e.hot.set(h, false)
+		}
 		return ent, stamps, err
 	}
 	ent, stamps, token, err := e.store.(leaser).lookupLease(ctx, key, tags, leaseTTL, false)
 	if ent != nil && sameStamps(ent.stamps, stamps) {
-		e.hot.set(h, true)
+		e.hot.setAt(h, seq)
 	}
 	if token != 0 {
 		name := leaseName(key, stamps)
@@ -60,21 +65,66 @@ func (e *engine) storeLookup(ctx context.Context, key string, tags []string) (*e
 }
 
 // hotKeys remembers, lossily, the hashes of the keys whose last lookup
-// found an entry with current stamps. It is direct-mapped: bounded
-// whatever the number of keys, at the price of forgetting some.
-type hotKeys [hotSlots]atomic.Uint64
+// found an entry with current stamps, and when (see localBumps). It is
+// direct-mapped: bounded whatever the number of keys, at the price of
+// forgetting some.
+type hotKeys struct {
+	slots [hotSlots]atomic.Uint64 // key hashes
+	at    [hotSlots]atomic.Uint64 // the localBumps sequence when the slot's key was found current
+}
 
 const hotSlots = 4096
 
-func (t *hotKeys) has(h uint64) bool { return t[h%hotSlots].Load() == h }
+func (t *hotKeys) has(h uint64) bool { return t.slots[h%hotSlots].Load() == h }
+
+// foundAt is when the key of h was last found current (if has(h)).
+func (t *hotKeys) foundAt(h uint64) uint64 { return t.at[h%hotSlots].Load() }
 
 func (t *hotKeys) set(h uint64, hot bool) {
-	slot := &t[h%hotSlots]
+	slot := &t.slots[h%hotSlots]
 	if hot {
 		slot.Store(h)
 	} else {
 		slot.CompareAndSwap(h, 0)
 	}
+}
+
+// setAt marks h hot, found current at sequence seq.
+func (t *hotKeys) setAt(h, seq uint64) {
+	t.at[h%hotSlots].Store(seq)
+	t.slots[h%hotSlots].Store(h)
+}
+
+// localBumps remembers, lossily, when this process last invalidated each
+// tag, as a sequence number. A hot key read under a tag this process has
+// written since its entry was found current is likely stale: its lookup
+// goes through the lease script, which takes the lease with the lookup,
+// instead of MGET and a second round trip. Writes by other processes are
+// not seen here; their hot keys still cost that second round trip.
+type localBumps struct {
+	seq  atomic.Uint64
+	tags [64]atomic.Uint64 // by tag hash: the sequence of its last bump
+}
+
+// record notes a local invalidation of tags.
+func (b *localBumps) record(tags []string) {
+	n := b.seq.Add(1)
+	for _, t := range tags {
+		b.tags[xxh3.HashString(t)%64].Store(n)
+	}
+}
+
+func (b *localBumps) now() uint64 { return b.seq.Load() }
+
+// since reports whether any of tags (or a tag sharing its slot) was
+// invalidated here after sequence at.
+func (b *localBumps) since(tags []string, at uint64) bool {
+	for _, t := range tags {
+		if b.tags[xxh3.HashString(t)%64].Load() > at {
+			return true
+		}
+	}
+	return false
 }
 
 // hold records a lease this process took.
