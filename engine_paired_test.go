@@ -58,46 +58,45 @@ func runPaired(b *testing.B, ops []pairedOp, ratios ...[2]string) {
 // BenchmarkEnginePairedMiss pairs BenchmarkEngineMiss's variants. Each
 // cached miss's fill finishes untimed; the floor is raw+rt.
 func BenchmarkEnginePairedMiss(b *testing.B) {
-	raw, _ := benchDB(b, "raw")
-	mem, _ := benchDB(b, "memory")
-	red, rc := benchDB(b, "redis")
-	rdb := testRedis(b)
 	i := int64(0)
-	miss := func(db *sql.DB) func() {
-		return func() {
-			i++
-			benchScan(b, db, benchMiss, i%benchRows+1, i)
-		}
-	}
-	runPaired(b, []pairedOp{
-		{name: "raw", run: miss(raw)},
-		{name: "raw+rt", run: func() { missingGet(b, rdb); miss(raw)() }},
-		{name: "memory", run: miss(mem)},
-		{name: "redis", run: miss(red), settle: rc.eng.bg.Wait},
-	}, [2]string{"redis", "raw+rt"}, [2]string{"memory", "raw"})
+	runPairedFloor(b, true, func(db *sql.DB) {
+		i++
+		benchScan(b, db, benchMiss, i%benchRows+1, i)
+	})
 }
 
 // BenchmarkEnginePairedWrite pairs BenchmarkEngineWrite's variants; the
 // floor is raw+rt.
 func BenchmarkEnginePairedWrite(b *testing.B) {
+	i := int64(0)
+	runPairedFloor(b, false, func(db *sql.DB) {
+		i++
+		if _, err := db.Exec(benchWrite, i%1000+1); err != nil {
+			b.Fatal(err)
+		}
+	})
+}
+
+// runPairedFloor runs stmt in turns on raw lib/pq, on raw lib/pq after a
+// go-redis round trip (raw+rt, the floor), and through cachedpq over the
+// in-process store and over Redis, and reports redis/raw+rt and
+// memory/raw. With settle, the Redis variant's background work (a miss's
+// fill) finishes untimed after each statement.
+func runPairedFloor(b *testing.B, settle bool, stmt func(db *sql.DB)) {
 	raw, _ := benchDB(b, "raw")
 	mem, _ := benchDB(b, "memory")
-	red, _ := benchDB(b, "redis")
+	red, rc := benchDB(b, "redis")
 	rdb := testRedis(b)
-	i := int64(0)
-	write := func(db *sql.DB) func() {
-		return func() {
-			i++
-			if _, err := db.Exec(benchWrite, i%1000+1); err != nil {
-				b.Fatal(err)
-			}
-		}
+	on := func(db *sql.DB) func() { return func() { stmt(db) } }
+	cached := pairedOp{name: "redis", run: on(red)}
+	if settle {
+		cached.settle = rc.eng.bg.Wait
 	}
 	runPaired(b, []pairedOp{
-		{name: "raw", run: write(raw)},
-		{name: "raw+rt", run: func() { missingGet(b, rdb); write(raw)() }},
-		{name: "memory", run: write(mem)},
-		{name: "redis", run: write(red)},
+		{name: "raw", run: on(raw)},
+		{name: "raw+rt", run: func() { missingGet(b, rdb); stmt(raw) }},
+		{name: "memory", run: on(mem)},
+		cached,
 	}, [2]string{"redis", "raw+rt"}, [2]string{"memory", "raw"})
 }
 

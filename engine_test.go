@@ -55,56 +55,63 @@ func getV(t testing.TB, db *sql.DB, k int) string {
 	return v
 }
 
-// TestNoStaleSetAfterARacingWrite forces the race the cache-aside pattern
-// is known for: a reader reads old rows, a writer commits and invalidates,
-// then the reader fills the cache with the old rows. The entry must never
-// be served.
-func TestNoStaleSetAfterARacingWrite(t *testing.T) {
+// eachStore runs test on the in-process store (rdb nil) and on Redis.
+func eachStore(t *testing.T, test func(t *testing.T, rdb redis.UniversalClient)) {
 	for _, store := range []string{"memory", "redis"} {
 		t.Run(store, func(t *testing.T) {
 			var rdb redis.UniversalClient
 			if store == "redis" {
 				rdb = testRedis(t)
 			}
-			db, c, _ := engineDB(t, rdb)
-			if err := c.opts.Registry.Register(`select v from kv where k = $1`, Policy{TTL: time.Hour}); err != nil {
-				t.Fatal(err)
-			}
-			reached, proceed := make(chan struct{}), make(chan struct{})
-			var once sync.Once
-			c.eng.beforeFill = func(string) {
-				once.Do(func() {
-					close(reached)
-					<-proceed
-				})
-			}
-			read := make(chan string)
-			go func() { read <- getV(t, db, 1) }()
-			<-reached // the reader has the old rows and is about to fill
-			if _, err := db.Exec(`update kv set v = 'new' where k = 1`); err != nil {
-				t.Fatal(err)
-			}
-			close(proceed)
-			if got := <-read; got != "v1" {
-				t.Fatalf("racing reader got %q", got)
-			}
-			waitFor(t, func() bool { return c.Stats().Fills == 1 })
-			// The raced entry is rejected by its stamps (or already purged by
-			// the write's invalidation): the next read is a miss, not a hit.
-			before := c.Stats()
+			test(t, rdb)
+		})
+	}
+}
+
+// TestNoStaleSetAfterARacingWrite forces the race the cache-aside pattern
+// is known for: a reader reads old rows, a writer commits and invalidates,
+// then the reader fills the cache with the old rows. The entry must never
+// be served.
+func TestNoStaleSetAfterARacingWrite(t *testing.T) {
+	eachStore(t, func(t *testing.T, rdb redis.UniversalClient) {
+		db, c, _ := engineDB(t, rdb)
+		if err := c.opts.Registry.Register(`select v from kv where k = $1`, Policy{TTL: time.Hour}); err != nil {
+			t.Fatal(err)
+		}
+		reached, proceed := make(chan struct{}), make(chan struct{})
+		var once sync.Once
+		c.eng.beforeFill = func(string) {
+			once.Do(func() {
+				close(reached)
+				<-proceed
+			})
+		}
+		read := make(chan string)
+		go func() { read <- getV(t, db, 1) }()
+		<-reached // the reader has the old rows and is about to fill
+		if _, err := db.Exec(`update kv set v = 'new' where k = 1`); err != nil {
+			t.Fatal(err)
+		}
+		close(proceed)
+		if got := <-read; got != "v1" {
+			t.Fatalf("racing reader got %q", got)
+		}
+		waitFor(t, func() bool { return c.Stats().Fills == 1 })
+		// The raced entry is rejected by its stamps (or already purged by
+		// the write's invalidation): the next read is a miss, not a hit.
+		before := c.Stats()
+		if got := getV(t, db, 1); got != "new" {
+			t.Fatalf("the stale set was served: %q", got)
+		}
+		if after := c.Stats(); after.Hits != before.Hits || after.Misses != before.Misses+1 {
+			t.Fatalf("the read after the race was not a miss: %+v", after.Counters)
+		}
+		for range 3 {
 			if got := getV(t, db, 1); got != "new" {
 				t.Fatalf("the stale set was served: %q", got)
 			}
-			if after := c.Stats(); after.Hits != before.Hits || after.Misses != before.Misses+1 {
-				t.Fatalf("the read after the race was not a miss: %+v", after.Counters)
-			}
-			for range 3 {
-				if got := getV(t, db, 1); got != "new" {
-					t.Fatalf("the stale set was served: %q", got)
-				}
-			}
-		})
-	}
+		}
+	})
 }
 
 func waitFor(t testing.TB, cond func() bool) {
@@ -351,32 +358,26 @@ func TestUnknownWritesCanBeNarrowed(t *testing.T) {
 // the cache's back shows which: the reader sees the old value, and later
 // readers the new one once the reload has landed.
 func TestEarlyRefreshRunsInTheBackground(t *testing.T) {
-	for _, store := range []string{"memory", "redis"} {
-		t.Run(store, func(t *testing.T) {
-			var rdb redis.UniversalClient
-			if store == "redis" {
-				rdb = testRedis(t)
-			}
-			db, c, raw := engineDB(t, rdb)
-			// β this large draws a refresh on every hit.
-			must(t, c.opts.Registry.Register(`select v from kv where k = $1`, Policy{TTL: time.Hour, Beta: 1e12}))
-			if got := getV(t, db, 1); got != "v1" {
-				t.Fatalf("miss: %q", got)
-			}
-			waitFor(t, func() bool { return c.Stats().Fills == 1 })
-			if _, err := raw.Exec(`update kv set v = 'behind' where k = 1`); err != nil {
-				t.Fatal(err)
-			}
-			if got := getV(t, db, 1); got != "v1" {
-				t.Fatalf("the reader that drew the refresh got %q: it waited for the reload", got)
-			}
-			if s := c.Stats(); s.EarlyRefreshes == 0 || s.Hits != 1 {
-				t.Fatalf("no early refresh drawn: %+v", s.Counters)
-			}
-			waitFor(t, func() bool { return getV(t, db, 1) == "behind" })
-			if s := c.Stats(); s.Misses < 2 || s.Bypass[bypassNames[bypassCacheError]] != 0 {
-				t.Fatalf("the reload was not a recorded load: %+v", s.Counters)
-			}
-		})
-	}
+	eachStore(t, func(t *testing.T, rdb redis.UniversalClient) {
+		db, c, raw := engineDB(t, rdb)
+		// β this large draws a refresh on every hit.
+		must(t, c.opts.Registry.Register(`select v from kv where k = $1`, Policy{TTL: time.Hour, Beta: 1e12}))
+		if got := getV(t, db, 1); got != "v1" {
+			t.Fatalf("miss: %q", got)
+		}
+		waitFor(t, func() bool { return c.Stats().Fills == 1 })
+		if _, err := raw.Exec(`update kv set v = 'behind' where k = 1`); err != nil {
+			t.Fatal(err)
+		}
+		if got := getV(t, db, 1); got != "v1" {
+			t.Fatalf("the reader that drew the refresh got %q: it waited for the reload", got)
+		}
+		if s := c.Stats(); s.EarlyRefreshes == 0 || s.Hits != 1 {
+			t.Fatalf("no early refresh drawn: %+v", s.Counters)
+		}
+		waitFor(t, func() bool { return getV(t, db, 1) == "behind" })
+		if s := c.Stats(); s.Misses < 2 || s.Bypass[bypassNames[bypassCacheError]] != 0 {
+			t.Fatalf("the reload was not a recorded load: %+v", s.Counters)
+		}
+	})
 }
