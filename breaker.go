@@ -94,12 +94,12 @@ func (g *guarded) remove(ctx context.Context, keys ...string) error {
 	return g.run(func() error { return g.inner.remove(ctx, keys...) })
 }
 
-func (g *guarded) lookupLease(ctx context.Context, key string, tags []string, ttl time.Duration, always bool) (*entry, []uint64, uint64, error) {
+func (g *guarded) lookupLease(ctx context.Context, key string, tags []string, ttl time.Duration, always bool, token uint64) (*entry, []uint64, uint64, error) {
 	done, err := g.allow()
 	if err != nil {
 		return nil, nil, 0, err
 	}
-	e, s, tok, err := g.inner.(leaser).lookupLease(ctx, key, tags, ttl, always)
+	e, s, tok, err := g.inner.(leaser).lookupLease(ctx, key, tags, ttl, always, token)
 	done(err)
 	return e, s, tok, err
 }

@@ -26,7 +26,8 @@ const epochTag = "*"
 const (
 	leaseTTL      = 3 * time.Second       // how long one process may hold a fill lease
 	leaseWait     = leaseTTL              // others wait while it is held, taking over when it is let go
-	leasePoll     = 10 * time.Millisecond // how often they look
+	leasePollMin  = time.Millisecond      // how soon they first look
+	leasePoll     = 10 * time.Millisecond // how often they look at most
 	retryMin      = 10 * time.Millisecond // first retry of a failed invalidation
 	retryMax      = time.Second           // longest wait between retries
 	bumpAttempts  = 3                     // tries of an invalidation before the write returns
@@ -54,7 +55,7 @@ type engine struct {
 	flights    flightGroup
 	lookups    lookupGroup
 	refreshers sync.Map   // key -> struct{}: the one reader reloading an entry early or while serving it stale
-	leases     sync.Map   // lease name -> *heldLease: the fill leases this process holds
+	leases     sync.Map   // token -> *heldLease: the fill leases this process holds or is asking for
 	hot        hotKeys    // keys likely to hit, whose lookups take no lease
 	bumps      localBumps // when this process last invalidated each tag
 	regs       sync.Map   // *registration -> *regState
@@ -150,11 +151,13 @@ func (e *engine) cacheCtx(ctx context.Context) (context.Context, context.CancelF
 	return context.WithTimeout(ctx, e.opts.Timeout)
 }
 
-// lookup reads an entry and the stamps of its tags. The in-process store
+// lookup reads an entry and the stamps of its tags, and the token of the
+// fill lease held under them if the lookup learnt it. The in-process store
 // is called directly so that the stamp buffer stays on the caller's stack.
-func (e *engine) lookup(ctx context.Context, r *read, buf []uint64) (*entry, []uint64, error) {
+func (e *engine) lookup(ctx context.Context, r *read, buf []uint64) (*entry, []uint64, uint64, error) {
 	if ms, ok := e.store.(*memStore); ok {
-		return ms.lookup(ctx, r.key, r.tags, buf)
+		ent, stamps, err := ms.lookup(ctx, r.key, r.tags, buf)
+		return ent, stamps, 0, err
 	}
 	return e.lookups.do(ctx, r.key, r.tags)
 }
@@ -235,7 +238,7 @@ type read struct {
 	src   inner    // where the query runs on Postgres
 	query string
 	args  []driver.NamedValue
-	lease string // the fill lease taken for this load, if any
+	held  *heldLease // the fill lease this load holds, if any
 	// replaces is the creation time of the valid entry an early refresh
 	// reloads (0 for a miss): an entry no newer does not end the refresh.
 	replaces int64
@@ -259,18 +262,18 @@ func (e *engine) cached(ctx context.Context, c *conn, r *read) (driver.Rows, err
 	if e.shared { // an in-process lookup takes well under a microsecond: not worth two clock readings
 		start = time.Now()
 	}
-	ent, stamps, err := e.lookup(ctx, r, sb[:0])
+	ent, stamps, holder, err := e.lookup(ctx, r, sb[:0])
 	now := time.Now() // one reading serves the histogram and the expiry
 	if e.shared {
 		e.stats.cacheLat.observe(now.Sub(start))
 	}
 	if err != nil {
-		return e.lookupFailed(ctx, r, stamps, err)
+		return e.lookupFailed(ctx, r, stamps, holder, err)
 	}
 	if rows, ok := e.serve(r, ent, stamps, now.UnixNano()); ok {
 		return rows, nil
 	}
-	return e.miss(ctx, r, stamps)
+	return e.miss(ctx, r, stamps, holder)
 }
 
 // skip reports whether the cache must be skipped for r, and why; otherwise
@@ -292,12 +295,12 @@ func (e *engine) skip(ctx context.Context, c *conn, r *read) (bypassReason, bool
 
 // lookupFailed handles a lookup error: a foreign or corrupt value is a
 // miss; any other failure sends the read to Postgres.
-func (e *engine) lookupFailed(ctx context.Context, r *read, stamps []uint64, err error) (driver.Rows, error) {
+func (e *engine) lookupFailed(ctx context.Context, r *read, stamps []uint64, holder uint64, err error) (driver.Rows, error) {
 	var corrupt errCorruptEntry
 	if errors.As(err, &corrupt) && len(stamps) == len(r.tags) {
 		e.note(r.rs, foreignF)
 		e.opts.Logger.Warn("cachedpq: undecodable cache entry treated as a miss", "key", r.key, "err", err)
-		return e.miss(ctx, r, stamps)
+		return e.miss(ctx, r, stamps, holder)
 	}
 	e.fail("lookup", err)
 	e.bypassed(r.rs, bypassCacheError)
@@ -383,8 +386,9 @@ func flightID(key string, stamps []uint64) string {
 
 // miss loads a registered read. Concurrent readers of one key that saw the
 // same stamps share one Postgres query: the first leads and streams its
-// rows, the others wait and replay the recorded result.
-func (e *engine) miss(ctx context.Context, r *read, seen []uint64) (driver.Rows, error) {
+// rows, the others wait and replay the recorded result. holder is the
+// token of the fill lease under seen, if the lookup learnt it.
+func (e *engine) miss(ctx context.Context, r *read, seen []uint64, holder uint64) (driver.Rows, error) {
 	id := flightID(r.key, seen)
 	f, leader := e.flights.join(id, ctx)
 	if !leader {
@@ -399,13 +403,13 @@ func (e *engine) miss(ctx context.Context, r *read, seen []uint64) (driver.Rows,
 		return r.run(ctx) // the leader could not record: load for ourselves
 	}
 	lr := *r // the recording callback keeps it; r stays on the caller's stack
-	return e.lead(ctx, f, id, &lr, seen)
+	return e.lead(ctx, f, id, &lr, seen, holder)
 }
 
 // lead runs the query of a miss for every reader waiting on f.
 // The stamps the lookup saw serve for the entry (they were read before the
 // query runs); only missing ones cost another round trip to create.
-func (e *engine) lead(ctx context.Context, f *flight, id string, r *read, seen []uint64) (driver.Rows, error) {
+func (e *engine) lead(ctx context.Context, f *flight, id string, r *read, seen []uint64, holder uint64) (driver.Rows, error) {
 	ids := []string{id}
 	forget := func() {
 		for _, x := range ids {
@@ -423,6 +427,7 @@ func (e *engine) lead(ctx context.Context, f *flight, id string, r *read, seen [
 	stamps, err := slices.Clone(seen), error(nil)
 	if len(seen) != len(r.tags) || slices.Contains(seen, 0) {
 		stamps, err = e.readStamps(ctx, r.tags)
+		holder = 0 // a lease under seen is not one under these stamps
 	}
 	if err != nil {
 		end(nil)
@@ -432,7 +437,7 @@ func (e *engine) lead(ctx context.Context, f *flight, id string, r *read, seen [
 	if as := flightID(r.key, stamps); as != id && e.flights.alias(as, f) {
 		ids = append(ids, as)
 	}
-	if ent := e.awaitLease(ctx, r, stamps); ent != nil {
+	if ent := e.awaitLease(ctx, r, stamps, holder); ent != nil {
 		end(ent)
 		e.note(r.rs, hitsF)
 		return newReplayRows(&ent.snap), nil
@@ -443,7 +448,7 @@ func (e *engine) lead(ctx context.Context, f *flight, id string, r *read, seen [
 	if err != nil {
 		stop()
 		end(nil)
-		e.releaseLease(r.lease)
+		e.releaseLease(r)
 		return nil, err
 	}
 	e.note(r.rs, missesF)
@@ -453,7 +458,7 @@ func (e *engine) lead(ctx context.Context, f *flight, id string, r *read, seen [
 		if !complete {
 			end(nil)
 			e.bypassed(r.rs, bypassTooLarge)
-			e.releaseLease(r.lease)
+			e.releaseLease(r)
 			return
 		}
 		ent := e.newEntry(r.reg, r.check, stamps, start, s)
@@ -525,7 +530,7 @@ func (e *engine) store1(r *read, ent *entry, stored func()) {
 	ttl := time.Duration(ent.expires-ent.created) + r.reg.policy.StaleFor
 	if ent.expires <= ent.created {
 		stored()
-		e.releaseLease(r.lease)
+		e.releaseLease(r)
 		e.refreshers.Delete(r.key)
 		return
 	}
@@ -547,8 +552,8 @@ func (e *engine) store1(r *read, ent *entry, stored func()) {
 		ctx, cancel := context.WithTimeout(context.Background(), fillTimeout)
 		defer cancel()
 		var token uint64
-		if v, ok := e.leases.LoadAndDelete(r.lease); ok {
-			token = v.(*heldLease).token // released with the fill
+		if h := r.held; h != nil && e.leases.CompareAndDelete(h.token, h) {
+			token = h.token // released with the fill
 		}
 		e.fillNow(ctx, r, ent, ttl, tags, token)
 		stored()

@@ -312,15 +312,6 @@ func TestSetLocalKeepsTheConnectionCacheable(t *testing.T) {
 	}
 }
 
-func TestLeasesAreVoidedByWrites(t *testing.T) {
-	if leaseName("k", []uint64{1, 2}) == leaseName("k", []uint64{1, 3}) {
-		t.Fatal("a lease taken before a write holds back loads after it")
-	}
-	if leaseName("k", []uint64{1, 2}) != leaseName("k", []uint64{1, 2}) {
-		t.Fatal("lease names are not stable")
-	}
-}
-
 func TestUnknownWritesCanBeNarrowed(t *testing.T) {
 	db, c, raw := engineDB(t, nil)
 	var asked atomic.Value

@@ -3,7 +3,6 @@ package cachedpq
 import (
 	"context"
 	"errors"
-	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -16,13 +15,17 @@ import (
 // voids the entry: a reader after the write does not wait for a load that
 // began before it, whose entry it could not use.
 
-// heldLease is a fill lease this process holds.
+// heldLease is a fill lease this process holds, or is asking for. It is
+// registered under its token before the request leaves (see ask): a reader
+// told by the cache that this token holds the lease it needs finds it here
+// however soon after the grant, and claims it rather than wait for it.
 type heldLease struct {
 	key   string // the entry key it guards
 	token uint64
-	// taken is set by the load that uses the lease. A lease that a lookup
-	// took waits, untaken, for the load of a reader who saw the miss; if
-	// none comes for it within leaseClaim, it is given back.
+	// taken is set by the load that uses the lease (or by its asker,
+	// withdrawing it). A lease that a lookup took waits, untaken, for the
+	// load of a reader who saw the miss; if none comes for it within
+	// leaseClaim, it is given back.
 	taken atomic.Bool
 }
 
@@ -36,7 +39,7 @@ const leaseClaim = 100 * time.Millisecond
 // whose last lookup was a hit skip that: a plain MGET costs less than the
 // script, and they are likely hits again (if not, the lease costs one
 // more round trip).
-func (e *engine) storeLookup(ctx context.Context, key string, tags []string) (*entry, []uint64, error) {
+func (e *engine) storeLookup(ctx context.Context, key string, tags []string) (*entry, []uint64, uint64, error) {
 	h := xxh3.HashString(key)
 	seq := e.bumps.now() // a local write from here on makes the key's next lookup take the lease
 	if !e.leasing || e.hot.has(h) && !e.bumps.since(tags, e.hot.foundAt(h)) {
@@ -46,22 +49,23 @@ func (e *engine) storeLookup(ctx context.Context, key string, tags []string) (*e
 		} else {
 			e.hot.set(h, false)
 		}
-		return ent, stamps, err
+		return ent, stamps, 0, err
 	}
-	ent, stamps, token, err := e.store.(leaser).lookupLease(ctx, key, tags, leaseTTL, false)
+	lh := e.ask(key)
+	ent, stamps, holder, err := e.store.(leaser).lookupLease(ctx, key, tags, leaseTTL, false, lh.token)
 	if ent != nil && sameStamps(ent.stamps, stamps) {
 		e.hot.setAt(h, seq)
 	}
-	if token != 0 {
-		name := leaseName(key, stamps)
-		h := e.hold(name, key, token)
+	if holder != lh.token || err != nil {
+		e.withdraw(lh)
+	} else {
 		time.AfterFunc(leaseClaim, func() {
-			if h.taken.CompareAndSwap(false, true) && e.leases.CompareAndDelete(name, h) {
-				e.giveBack(h)
+			if lh.taken.CompareAndSwap(false, true) {
+				e.drop(lh)
 			}
 		})
 	}
-	return ent, stamps, err
+	return ent, stamps, holder, err
 }
 
 // hotKeys remembers, lossily, the hashes of the keys whose last lookup
@@ -127,29 +131,54 @@ func (b *localBumps) since(tags []string, at uint64) bool {
 	return false
 }
 
-// hold records a lease this process took.
-func (e *engine) hold(name, key string, token uint64) *heldLease {
-	h := &heldLease{key: key, token: token}
-	e.leases.Store(name, h)
+// ask registers a lease on key that this process is about to ask the
+// cache for, under a fresh token.
+func (e *engine) ask(key string) *heldLease {
+	h := &heldLease{key: key, token: newStamp()}
+	e.leases.Store(h.token, h)
 	return h
 }
 
+// withdraw forgets a lease asked for and not granted, unless a reader has
+// claimed it meanwhile: the cache granted it after all (the answer was
+// lost), and that reader's load now owns it.
+func (e *engine) withdraw(h *heldLease) {
+	if h.taken.CompareAndSwap(false, true) {
+		e.leases.CompareAndDelete(h.token, h)
+	}
+}
+
+// claim makes the caller the load that uses the lease token holds, if this
+// process holds it and no load has claimed it yet.
+func (e *engine) claim(token uint64) *heldLease {
+	if token == 0 {
+		return nil
+	}
+	v, _ := e.leases.Load(token)
+	if h, ok := v.(*heldLease); ok && h.taken.CompareAndSwap(false, true) {
+		return h
+	}
+	return nil
+}
+
 // awaitLease takes the fill lease for r's key under stamps in a shared
-// cache. If another process holds it, it waits a bounded time for that
-// process's entry and returns it; nil means: load it yourself.
-func (e *engine) awaitLease(ctx context.Context, r *read, stamps []uint64) *entry {
+// cache; holder is the token that holds it, if r's lookup learnt it. If
+// this process holds it unclaimed, r's load claims it. If another process
+// holds it, it waits a bounded time for that process's entry and returns
+// it; nil means: load it yourself.
+func (e *engine) awaitLease(ctx context.Context, r *read, stamps []uint64, holder uint64) *entry {
 	if !e.shared {
 		return nil
 	}
-	r.lease = leaseName(r.key, stamps)
-	if v, ok := e.leases.Load(r.lease); ok && v.(*heldLease).taken.CompareAndSwap(false, true) {
+	if r.held = e.claim(holder); r.held != nil {
 		return nil // the lookup that saw the miss took it for this load
 	}
 	if ent, load, err := e.takeLease(ctx, r, stamps); ent != nil || load || err != nil {
 		return ent
 	}
 	deadline := time.Now().Add(leaseWait)
-	t := time.NewTicker(leasePoll)
+	poll := leasePollMin // the holder may be about to fill: look soon, then less often
+	t := time.NewTimer(poll)
 	defer t.Stop()
 	for time.Now().Before(deadline) {
 		select {
@@ -157,6 +186,8 @@ func (e *engine) awaitLease(ctx context.Context, r *read, stamps []uint64) *entr
 			return nil
 		case <-t.C:
 		}
+		poll = min(2*poll, leasePoll)
+		t.Reset(poll)
 		if ent, more := e.leasedEntry(ctx, r, stamps); ent != nil || !more {
 			return ent
 		}
@@ -182,26 +213,35 @@ func (e *engine) takeLease(ctx context.Context, r *read, stamps []uint64) (ent *
 	if !e.leasing {
 		return e.acquireThenLook(lctx, r, stamps)
 	}
-	ent, now, token, err := e.store.(leaser).lookupLease(lctx, r.key, r.tags, leaseTTL, true)
+	lh := e.ask(r.key)
+	ent, now, holder, err := e.store.(leaser).lookupLease(lctx, r.key, r.tags, leaseTTL, true, lh.token)
 	if errors.As(err, new(errCorruptEntry)) {
 		err = nil // a foreign value is no entry: replace it
 	}
-	if err != nil {
+	switch {
+	case err != nil:
+		e.withdraw(lh)
 		e.fail("lease", err)
 		return nil, false, err
-	}
-	if token != 0 {
-		e.hold(r.lease, r.key, token).taken.Store(true)
+	case holder == lh.token && lh.taken.CompareAndSwap(false, true):
+		r.held = lh
+	default: // another load holds it, or claimed ours first
+		if holder != lh.token {
+			e.withdraw(lh)
+		}
+		if sameStamps(stamps, now) {
+			r.held = e.claim(holder) // held here, unclaimed: a lookup's
+		}
 	}
 	switch {
 	case !sameStamps(stamps, now):
-		e.releaseLease(r.lease)
+		e.releaseLease(r)
 		return nil, true, nil
 	case usable(r, ent, stamps, now) && ent.created > r.replaces:
-		e.releaseLease(r.lease)
+		e.releaseLease(r)
 		return ent, false, nil
 	}
-	return nil, token != 0, nil
+	return nil, r.held != nil, nil
 }
 
 // acquireThenLook is takeLease in two round trips, for a cache that cannot
@@ -215,9 +255,11 @@ func (e *engine) acquireThenLook(ctx context.Context, r *read, stamps []uint64) 
 	if token == 0 {
 		return nil, false, nil
 	}
-	e.hold(r.lease, r.key, token).taken.Store(true)
+	r.held = &heldLease{key: r.key, token: token}
+	r.held.taken.Store(true)
+	e.leases.Store(token, r.held)
 	if ent, _ := e.leasedEntry(ctx, r, stamps); ent != nil && ent.created > r.replaces {
-		e.releaseLease(r.lease)
+		e.releaseLease(r)
 		return ent, false, nil
 	}
 	return nil, true, nil
@@ -246,26 +288,21 @@ func usable(r *read, ent *entry, stamps, now []uint64) bool {
 		time.Now().UnixNano() < ent.expires
 }
 
-// leaseName names, in this process, the lease on key for loads under
-// stamps.
-func leaseName(key string, stamps []uint64) string {
-	var h uint64
-	for _, s := range stamps {
-		h = (h ^ s) * 0x9E3779B97F4A7C15
-	}
-	return key + "@" + strconv.FormatUint(h, 36)
-}
-
 // stampTag names stamps in a lease's value, as lookupScript does.
 func stampTag(stamps []uint64) string { return string(appendStampTag(nil, stamps)) }
 
-// releaseLease gives up a lease this process holds, if any.
-func (e *engine) releaseLease(name string) {
-	if name == "" {
-		return
+// releaseLease gives up the lease r's load holds, if any.
+func (e *engine) releaseLease(r *read) {
+	if h := r.held; h != nil {
+		r.held = nil
+		e.drop(h)
 	}
-	if v, ok := e.leases.LoadAndDelete(name); ok {
-		e.giveBack(v.(*heldLease))
+}
+
+// drop forgets h and releases it in the cache, unless it is gone already.
+func (e *engine) drop(h *heldLease) {
+	if e.leases.CompareAndDelete(h.token, h) {
+		e.giveBack(h)
 	}
 }
 

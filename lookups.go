@@ -41,17 +41,20 @@ type lookupCall struct {
 	done   chan struct{}
 	ent    *entry
 	stamps []uint64
+	holder uint64 // the token of the fill lease under stamps, if the lookup learnt it
 	err    error
 }
 
-// lookupFunc reads the entry under key and the stamps of tags.
-type lookupFunc func(ctx context.Context, key string, tags []string) (*entry, []uint64, error)
+// lookupFunc reads the entry under key and the stamps of tags, and the
+// token of the fill lease held under those stamps, if it learns it (0 if
+// not).
+type lookupFunc func(ctx context.Context, key string, tags []string) (*entry, []uint64, uint64, error)
 
 // do answers a lookup of key and tags, sharing it with concurrent
 // readers of key as described on lookupGroup. Each reader waits only as
 // long as its own context allows; a shared lookup runs under g.timeout
 // whatever happens to the readers that wait for it.
-func (g *lookupGroup) do(ctx context.Context, key string, tags []string) (*entry, []uint64, error) {
+func (g *lookupGroup) do(ctx context.Context, key string, tags []string) (*entry, []uint64, uint64, error) {
 	g.mu.Lock()
 	s := g.keys[key]
 	if s == nil {
@@ -61,9 +64,9 @@ func (g *lookupGroup) do(ctx context.Context, key string, tags []string) (*entry
 		}
 		g.keys[key] = &lookupSlot{sent: c}
 		g.mu.Unlock()
-		c.ent, c.stamps, c.err = g.send(ctx, key, tags)
+		c.ent, c.stamps, c.holder, c.err = g.send(ctx, key, tags)
 		g.finish(key, c)
-		return c.ent, c.stamps, c.err
+		return c.ent, c.stamps, c.holder, c.err
 	}
 	if !slices.Equal(s.sent.tags, tags) {
 		g.mu.Unlock() // another registration under this key: not ours to share
@@ -78,9 +81,9 @@ func (g *lookupGroup) do(ctx context.Context, key string, tags []string) (*entry
 	g.mu.Unlock()
 	select {
 	case <-c.done:
-		return c.ent, c.stamps, c.err
+		return c.ent, c.stamps, c.holder, c.err
 	case <-ctx.Done():
-		return nil, nil, ctx.Err()
+		return nil, nil, 0, ctx.Err()
 	}
 }
 
@@ -91,12 +94,12 @@ func (g *lookupGroup) sendAfter(key string, prev, c *lookupCall) {
 	s := g.keys[key]
 	s.sent, s.next = c, nil // from now on c is sent: nobody joins it
 	g.mu.Unlock()
-	c.ent, c.stamps, c.err = g.send(context.Background(), key, c.tags)
+	c.ent, c.stamps, c.holder, c.err = g.send(context.Background(), key, c.tags)
 	g.finish(key, c)
 }
 
 // send runs one lookup under g.timeout.
-func (g *lookupGroup) send(ctx context.Context, key string, tags []string) (*entry, []uint64, error) {
+func (g *lookupGroup) send(ctx context.Context, key string, tags []string) (*entry, []uint64, uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, g.timeout)
 	defer cancel()
 	return g.fn(ctx, key, tags)

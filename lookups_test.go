@@ -21,21 +21,21 @@ type gatedLookups struct {
 func newGatedLookups() *gatedLookups {
 	gl := &gatedLookups{started: make(chan int64, 16), release: make(chan struct{})}
 	gl.g.timeout = time.Minute
-	gl.g.fn = func(ctx context.Context, key string, tags []string) (*entry, []uint64, error) {
+	gl.g.fn = func(ctx context.Context, key string, tags []string) (*entry, []uint64, uint64, error) {
 		n := gl.sent.Add(1)
 		gl.started <- n
 		select {
 		case <-gl.release:
 		case <-ctx.Done():
-			return nil, nil, ctx.Err()
+			return nil, nil, 0, ctx.Err()
 		}
-		return &entry{created: n}, []uint64{uint64(n)}, nil
+		return &entry{created: n}, []uint64{uint64(n)}, 0, nil
 	}
 	return gl
 }
 
 func (gl *gatedLookups) do(ctx context.Context, key string, tags ...string) (int64, error) {
-	ent, _, err := gl.g.do(ctx, key, tags)
+	ent, _, _, err := gl.g.do(ctx, key, tags)
 	if err != nil {
 		return 0, err
 	}

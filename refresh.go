@@ -52,7 +52,7 @@ func (e *engine) reload(r *read, seen []uint64) error {
 			f.leave() // a load of the same key and stamps runs: it refreshes the entry
 			return nil
 		}
-		rows, err := e.lead(ctx, f, id, r, seen)
+		rows, err := e.lead(ctx, f, id, r, seen, 0)
 		if err != nil {
 			return err
 		}

@@ -187,3 +187,44 @@ func TestLocalBumps(t *testing.T) {
 		t.Fatal("b's bump not ordered against the sequence")
 	}
 }
+
+// TestLeaseHeldHereIsClaimed: a load that finds its lease held by this
+// process, taken by a lookup whose readers joined another flight (or whose
+// grant the load's own lookup raced), claims it and loads at once. Waiting
+// for it instead stalled every reader of the key until the lookup's unused
+// lease was given back.
+func TestLeaseHeldHereIsClaimed(t *testing.T) {
+	_, c, _ := engineDB(t, testRedis(t))
+	e := c.eng
+	ctx := context.Background()
+	key, tags := c.opts.Prefix+":kv:claim", []string{"public.kv", epochTag}
+
+	_, stamps, holder, err := e.storeLookup(ctx, key, tags) // a miss: it takes the lease
+	must(t, err)
+	if holder == 0 || leasesHeld(e) != 1 {
+		t.Fatalf("the lookup of a missing entry took no lease: holder %d, %d held", holder, leasesHeld(e))
+	}
+	r := &read{key: key, tags: tags}
+	if ent := e.awaitLease(ctx, r, stamps, 0); ent != nil || r.held == nil || r.held.token != holder {
+		t.Fatalf("the load did not claim the lease held here: entry %v, held %+v, holder %d", ent, r.held, holder)
+	}
+	if e.claim(holder) != nil {
+		t.Fatal("a claimed lease was claimed again")
+	}
+	e.releaseLease(r)
+	if leasesHeld(e) != 0 || c.opts.Redis.Exists(ctx, leaseKey(key)).Val() != 0 {
+		t.Fatal("the released lease is still held")
+	}
+
+	// A lease held by another process is not this process's to claim: the
+	// load waits for that process's entry, here until its context ends.
+	_, stamps, holder, err = e.storeLookup(ctx, key, tags)
+	must(t, err)
+	e.leases.Delete(holder) // as if another process held it
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Millisecond)
+	defer cancel()
+	r = &read{key: key, tags: tags}
+	if ent := e.awaitLease(wctx, r, stamps, holder); ent != nil || r.held != nil {
+		t.Fatalf("the load took a lease held elsewhere: entry %v, held %+v", ent, r.held)
+	}
+}

@@ -41,7 +41,7 @@ type releasingFiller interface {
 // leaser is a backend that can look up an entry and take its fill lease in
 // one round trip (see redisStore.lookupLease).
 type leaser interface {
-	lookupLease(ctx context.Context, key string, tags []string, ttl time.Duration, always bool) (*entry, []uint64, uint64, error)
+	lookupLease(ctx context.Context, key string, tags []string, ttl time.Duration, always bool, token uint64) (*entry, []uint64, uint64, error)
 }
 
 var (
@@ -105,13 +105,13 @@ func (b *redisBackend) decode(val []byte) (*entry, error) {
 // leasing reports whether lookupLease works on this Redis.
 func (b *redisBackend) leasing() bool { return b.scripts }
 
-func (b *redisBackend) lookupLease(ctx context.Context, key string, tags []string, ttl time.Duration, always bool) (*entry, []uint64, uint64, error) {
-	val, stamps, token, err := b.redisStore.lookupLease(ctx, key, tags, ttl, always)
+func (b *redisBackend) lookupLease(ctx context.Context, key string, tags []string, ttl time.Duration, always bool, token uint64) (*entry, []uint64, uint64, error) {
+	val, stamps, holder, err := b.redisStore.lookupLease(ctx, key, tags, ttl, always, token)
 	if err != nil || val == nil {
-		return nil, stamps, token, err
+		return nil, stamps, holder, err
 	}
 	e, err := b.decode(val)
-	return e, stamps, token, err
+	return e, stamps, holder, err
 }
 
 // fill encodes e; an entry larger than maxBytes is not stored. (Policies

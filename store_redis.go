@@ -99,8 +99,9 @@ return 0`
 // so they must exist). An entry is current when the stamps its value
 // begins with (see redisBackend.decode) are the stamps now; a stale one is
 // returned too, with the lease taken. It answers {entry or false, stamps,
-// 1 if the lease was taken}. The stamps are checked as parseStamp would: a
-// foreign one is replaced.
+// holder}: holder is the token of the lease held under the stamps, ARGV[2]
+// if the script took it, or "0" if it asked for none. The stamps are
+// checked as parseStamp would: a foreign one is replaced.
 var lookupScript = redis.NewScript(`
 local got = redis.call('MGET', KEYS[1], unpack(KEYS, 3))
 local v = got[1]
@@ -114,7 +115,7 @@ for i = 3, #KEYS do
 end
 if v and ARGV[3] ~= '1' and valid then
 	local tag = table.concat(stamps, ',')
-	if string.sub(v, 1, #tag + 1) == tag .. '|' then return {v, stamps, 0} end
+	if string.sub(v, 1, #tag + 1) == tag .. '|' then return {v, stamps, '0'} end
 end
 for i = 1, #stamps do
 	if not stamps[i] then
@@ -124,14 +125,14 @@ for i = 1, #stamps do
 end
 local tag = table.concat(stamps, ',')
 local lease = ARGV[2] .. '|' .. tag
-if redis.call('SET', KEYS[2], lease, 'PX', ARGV[1], 'NX') then return {v, stamps, 1} end
+if redis.call('SET', KEYS[2], lease, 'PX', ARGV[1], 'NX') then return {v, stamps, ARGV[2]} end
 local l = redis.pcall('GET', KEYS[2])
 if type(l) == 'string' then
 	local bar = string.find(l, '|', 1, true)
-	if bar and string.sub(l, bar + 1) == tag then return {v, stamps, 0} end
+	if bar and string.sub(l, bar + 1) == tag then return {v, stamps, string.sub(l, 1, bar - 1)} end
 end
 redis.call('SET', KEYS[2], lease, 'PX', ARGV[1])
-return {v, stamps, 1}`)
+return {v, stamps, ARGV[2]}`)
 
 // redisStore keeps entries and stamps in Redis. It is safe for concurrent
 // use; all state lives in Redis.
@@ -464,18 +465,19 @@ func (s *redisStore) releaseLease(ctx context.Context, key string, token uint64)
 	return releaseScript.Run(ctx, s.c, []string{leaseKey(key)}, formatStamp(token)).Err()
 }
 
-// lookupLease is lookup and, when it finds no entry under key (or always),
-// acquireLease for the stamps it read, in one round trip. Missing stamps
-// are created. token is 0 unless the lease was taken. Only for a store
-// with scripts.
-func (s *redisStore) lookupLease(ctx context.Context, key string, tags []string, ttl time.Duration, always bool) (val []byte, stamps []uint64, token uint64, err error) {
+// lookupLease is lookup and, when it finds no current entry under key (or
+// always), acquireLease with token for the stamps it read, in one round
+// trip. Missing stamps are created. holder is the token of the lease held
+// under those stamps: token if the lookup took it, another holder's, or 0
+// if it asked for none (the entry is current) or the holder's token is
+// unreadable. Only for a store with scripts.
+func (s *redisStore) lookupLease(ctx context.Context, key string, tags []string, ttl time.Duration, always bool, token uint64) (val []byte, stamps []uint64, holder uint64, err error) {
 	if ttl <= 0 {
 		return nil, nil, 0, errBadTTL
 	}
 	keys := make([]string, 0, 2+len(tags))
 	keys = append(keys, key, leaseKey(key))
 	args := make([]any, 0, 3+len(tags))
-	token = newStamp()
 	args = append(args, ttl.Milliseconds(), formatStamp(token), boolArg(always))
 	for _, tag := range tags {
 		keys = append(keys, s.stampKey(tag))
@@ -485,13 +487,16 @@ func (s *redisStore) lookupLease(ctx context.Context, key string, tags []string,
 	if err != nil {
 		return nil, nil, 0, err
 	}
-	return parseLookupLease(res, len(tags), token)
+	return parseLookupLease(res, len(tags))
 }
 
 // parseLookupLease reads lookupScript's answer.
-func parseLookupLease(res []any, n int, token uint64) ([]byte, []uint64, uint64, error) {
+func parseLookupLease(res []any, n int) ([]byte, []uint64, uint64, error) {
+	if len(res) != 3 {
+		return nil, nil, 0, fmt.Errorf("cachedpq: unexpected lookup answer %v", res)
+	}
 	raw, _ := res[1].([]any)
-	if len(res) != 3 || len(raw) > n {
+	if len(raw) > n {
 		return nil, nil, 0, fmt.Errorf("cachedpq: unexpected lookup answer %v", res)
 	}
 	stamps := make([]uint64, n)
@@ -500,11 +505,8 @@ func parseLookupLease(res []any, n int, token uint64) ([]byte, []uint64, uint64,
 			stamps[i] = parseStamp(str)
 		}
 	}
-	val := stringBytes(res[0])
-	if taken, _ := res[2].(int64); taken != 1 {
-		token = 0
-	}
-	return val, stamps, token, nil
+	holder, _ := res[2].(string)
+	return stringBytes(res[0]), stamps, parseStamp(holder), nil
 }
 
 func boolArg(b bool) string {

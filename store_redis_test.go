@@ -320,6 +320,17 @@ func FuzzParseStamp(f *testing.F) {
 	})
 }
 
+// lookupLeaseAs is s.lookupLease under a fresh token; tok is that token if
+// the lookup took the lease, 0 if not.
+func lookupLeaseAs(ctx context.Context, s *redisStore, key string, tags []string, ttl time.Duration, always bool) (val []byte, stamps []uint64, tok uint64, err error) {
+	token := newStamp()
+	val, stamps, holder, err := s.lookupLease(ctx, key, tags, ttl, always, token)
+	if holder != token {
+		token = 0
+	}
+	return val, stamps, token, err
+}
+
 // TestRedisStoreLookupLease checks the one-round-trip miss: a lookup that
 // finds no entry creates the missing stamps and takes the fill lease for
 // them, once; a write's new stamps void the lease; a present entry takes
@@ -332,7 +343,7 @@ func TestRedisStoreLookupLease(t *testing.T) {
 		t.Fatal("a single-node client runs no scripts")
 	}
 	key, tags := s.prefix+":e:k", []string{"a", "b"}
-	val, stamps, tok, err := s.lookupLease(ctx, key, tags, time.Minute, false)
+	val, stamps, tok, err := lookupLeaseAs(ctx, s, key, tags, time.Minute, false)
 	must(t, err)
 	if val != nil || tok == 0 || stamps[0] == 0 || stamps[1] == 0 {
 		t.Fatalf("first miss = %q, %v, token %d", val, stamps, tok)
@@ -343,11 +354,11 @@ func TestRedisStoreLookupLease(t *testing.T) {
 	if stored := c.Get(ctx, leaseKey(key)).Val(); stored != formatStamp(tok)+"|"+stampTag(stamps) {
 		t.Fatalf("lease stored as %q", stored)
 	}
-	if _, again, tok2, err := s.lookupLease(ctx, key, tags, time.Minute, false); err != nil || tok2 != 0 || again[0] != stamps[0] {
-		t.Fatalf("second miss under the same stamps = %v, token %d, %v", again, tok2, err)
+	if _, again, holder, err := s.lookupLease(ctx, key, tags, time.Minute, false, newStamp()); err != nil || holder != tok || again[0] != stamps[0] {
+		t.Fatalf("second miss under the same stamps = %v, holder %d (want %d), %v", again, holder, tok, err)
 	}
 	must(t, s.bump(ctx, tags[1:]))
-	_, fresh, tok3, err := s.lookupLease(ctx, key, tags, time.Minute, false)
+	_, fresh, tok3, err := lookupLeaseAs(ctx, s, key, tags, time.Minute, false)
 	must(t, err)
 	if tok3 == 0 || fresh[1] == stamps[1] {
 		t.Fatalf("miss after a write = %v, token %d: the old lease still holds", fresh, tok3)
@@ -360,11 +371,11 @@ func TestRedisStoreLookupLease(t *testing.T) {
 	// A value is current while the stamps it begins with are.
 	cur := stampTag(fresh) + "|entry"
 	must(t, s.fill(ctx, key, []byte(cur), time.Minute, tags))
-	val, _, tok4, err := s.lookupLease(ctx, key, tags, time.Minute, false)
+	val, _, tok4, err := lookupLeaseAs(ctx, s, key, tags, time.Minute, false)
 	if err != nil || string(val) != cur || tok4 != 0 {
 		t.Fatalf("hit = %q, token %d, %v", val, tok4, err)
 	}
-	val, _, tok5, err := s.lookupLease(ctx, key, tags, time.Minute, true)
+	val, _, tok5, err := lookupLeaseAs(ctx, s, key, tags, time.Minute, true)
 	if err != nil || string(val) != cur || tok5 == 0 {
 		t.Fatalf("hit asking for the lease = %q, token %d, %v", val, tok5, err)
 	}
@@ -372,14 +383,14 @@ func TestRedisStoreLookupLease(t *testing.T) {
 	// After a write the value is stale: it comes back with the lease taken,
 	// so that its miss costs no second round trip.
 	must(t, s.bump(ctx, tags[:1]))
-	val, _, tok6, err := s.lookupLease(ctx, key, tags, time.Minute, false)
+	val, _, tok6, err := lookupLeaseAs(ctx, s, key, tags, time.Minute, false)
 	if err != nil || string(val) != cur || tok6 == 0 {
 		t.Fatalf("stale entry = %q, token %d, %v", val, tok6, err)
 	}
 	// So does a value without stamps, as older versions stored.
 	must(t, s.releaseLease(ctx, key, tok6))
 	must(t, s.fill(ctx, key, []byte("entry"), time.Minute, tags))
-	if val, _, tok7, err := s.lookupLease(ctx, key, tags, time.Minute, false); err != nil || string(val) != "entry" || tok7 == 0 {
+	if val, _, tok7, err := lookupLeaseAs(ctx, s, key, tags, time.Minute, false); err != nil || string(val) != "entry" || tok7 == 0 {
 		t.Fatalf("unstamped entry = %q, token %d, %v", val, tok7, err)
 	}
 }
@@ -396,7 +407,7 @@ func TestRedisStoreLookupLeaseForeign(t *testing.T) {
 	must(t, c.Set(ctx, s.stampKey("a"), "007", 0).Err())
 	must(t, c.RPush(ctx, s.stampKey("b"), "1").Err())
 	must(t, c.Set(ctx, leaseKey(key), "no bar here", 0).Err())
-	val, stamps, tok, err := s.lookupLease(ctx, key, []string{"a", "b"}, time.Minute, false)
+	val, stamps, tok, err := lookupLeaseAs(ctx, s, key, []string{"a", "b"}, time.Minute, false)
 	must(t, err)
 	if val != nil || tok == 0 || stamps[0] == 0 || stamps[0] == 7 || stamps[1] == 0 {
 		t.Fatalf("lookup over foreign values = %q, %v, token %d", val, stamps, tok)
@@ -405,7 +416,7 @@ func TestRedisStoreLookupLeaseForeign(t *testing.T) {
 		t.Fatalf("stamp stored as %q, read %d", got, stamps[0])
 	}
 	must(t, c.Set(ctx, key, "", 0).Err())
-	if val, _, _, err := s.lookupLease(ctx, key, []string{"a", "b"}, time.Minute, false); err != nil || val == nil {
+	if val, _, _, err := lookupLeaseAs(ctx, s, key, []string{"a", "b"}, time.Minute, false); err != nil || val == nil {
 		t.Fatalf("an empty value reads as %v, %v: absent, not foreign", val, err)
 	}
 }
