@@ -4,6 +4,7 @@ import (
 	"context"
 	"math/rand/v2"
 	"runtime"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -25,12 +26,37 @@ import (
 // loadClients is the number of concurrent clients.
 const loadClients = 16
 
-// listQuery is the registered read: the whole 50-row items table.
+// listQuery is the registered read: the whole 50-row items table, the
+// cheapest 50-row list Postgres can serve, and so the hardest for a cache
+// to beat.
 const listQuery = `select id, name, score from items order by id`
 
 // loadWrite is the write of BenchmarkLoad: one listed item's score. Every
 // such write voids the list.
 const loadWrite = `update items set score = score + 1 where id = $1`
+
+// catalogQuery is the registered read of the catalog benchmarks: one page
+// of 50 rows of a 20,000-row table, by category, as an application lists
+// them (the list of the engine benchmarks in the root package).
+const catalogQuery = `select id, name, score from catalog where category = $1 order by id limit 50`
+
+// catalogRows is the size of the catalog table: 100 categories of 200.
+const catalogRows = 20_000
+
+// catalogWrite is the write of BenchmarkLoadCatalog: one catalog row's
+// score. Every such write voids the list, which depends on the table.
+const catalogWrite = `update catalog set score = score + 1 where id = $1`
+
+// loadRead is the registered read a load benchmark's clients run.
+type loadRead struct {
+	query string
+	args  []any
+}
+
+var (
+	itemsList   = loadRead{query: listQuery}
+	catalogList = loadRead{query: catalogQuery, args: []any{7}}
+)
 
 // loadOtherWrite is the write of BenchmarkLoadOtherTable: a row of a table
 // the list does not read.
@@ -39,21 +65,31 @@ const loadOtherWrite = `insert into events (item) values ($1)`
 // BenchmarkLoad runs 95% registered reads of a 50-row list and 5% writes
 // to the listed table: the worst case for a cache of the list, since every
 // write voids it, and 16 clients then wait for one reload.
-func BenchmarkLoad(b *testing.B) { sideBySide(b, 0.05, loadWrite) }
+func BenchmarkLoad(b *testing.B) { sideBySide(b, itemsList, 0.05, loadWrite) }
 
 // BenchmarkLoadOtherTable is BenchmarkLoad with the writes going to a table
 // the list does not read, as when most writes of an application change
 // data other than its hottest reads: what the cache's hits, invalidations
 // and purges cost beside writes that commit.
-func BenchmarkLoadOtherTable(b *testing.B) { sideBySide(b, 0.05, loadOtherWrite) }
+func BenchmarkLoadOtherTable(b *testing.B) { sideBySide(b, itemsList, 0.05, loadOtherWrite) }
+
+// BenchmarkLoadCatalog is BenchmarkLoad with a list that costs Postgres
+// what an application's list does: a page of a larger table, by category.
+func BenchmarkLoadCatalog(b *testing.B) { sideBySide(b, catalogList, 0.05, catalogWrite) }
+
+// BenchmarkLoadCatalogOtherTable is BenchmarkLoadOtherTable with the
+// catalog's list.
+func BenchmarkLoadCatalogOtherTable(b *testing.B) {
+	sideBySide(b, catalogList, 0.05, loadOtherWrite)
+}
 
 // sideBySide runs the same clients on raw lib/pq, cachedpq over Redis and
 // cachedpq over the in-process store.
-func sideBySide(b *testing.B, writeShare float64, write string) {
+func sideBySide(b *testing.B, read loadRead, writeShare float64, write string) {
 	for _, kind := range []string{"raw", "redis", "memory"} {
 		b.Run(kind, func(b *testing.B) {
 			db, conn := loadDB(b, kind)
-			runClients(b, db, writeShare, write)
+			runClients(b, db, read, writeShare, write)
 			logStats(b, kind, conn)
 		})
 	}
@@ -64,11 +100,14 @@ func sideBySide(b *testing.B, writeShare float64, write string) {
 // writes cannot run faster than 20 times that, however cheap its reads.
 func BenchmarkWriteOnly(b *testing.B) {
 	db, _ := loadDB(b, "raw")
-	runClients(b, db, 1, loadOtherWrite)
+	runClients(b, db, itemsList, 1, loadOtherWrite)
 }
 
 // BenchmarkReadOnly is BenchmarkLoad without writes: the hit path alone.
-func BenchmarkReadOnly(b *testing.B) { sideBySide(b, 0, "") }
+func BenchmarkReadOnly(b *testing.B) { sideBySide(b, itemsList, 0, "") }
+
+// BenchmarkReadOnlyCatalog is BenchmarkReadOnly with the catalog's list.
+func BenchmarkReadOnlyCatalog(b *testing.B) { sideBySide(b, catalogList, 0, "") }
 
 // BenchmarkBreakerOpen compares registered reads with Redis down against
 // raw lib/pq reads: once a cache operation has failed, reads skip the
@@ -77,7 +116,7 @@ func BenchmarkBreakerOpen(b *testing.B) {
 	for _, kind := range []string{"raw", "redis_down"} {
 		b.Run(kind, func(b *testing.B) {
 			db, conn := loadDB(b, kind)
-			runClients(b, db, 0, "")
+			runClients(b, db, itemsList, 0, "")
 			logStats(b, kind, conn)
 		})
 	}
@@ -97,9 +136,15 @@ func loadDB(b *testing.B, kind string) (*sqlx.DB, *cachedpq.Connector) {
 		env = newStressEnv(b, timedClient(b, srv.Addr), faultTimeout)
 		srv.Kill()
 	}
-	mustExec(b, env.raw, `create table events (id bigserial primary key, item int8 not null, at timestamptz not null default now())`)
-	if err := env.reg.Register(listQuery, cachedpq.Policy{TTL: time.Minute}); err != nil {
-		b.Fatal(err)
+	mustExec(b, env.raw, `create table events (id bigserial primary key, item int8 not null, at timestamptz not null default now());
+		create table catalog (id int8 primary key, category int4 not null, name text not null, score float8 not null);
+		insert into catalog select g, g % 100, 'item ' || g, g * 0.5 from generate_series(1, `+strconv.Itoa(catalogRows)+`) g;
+		create index on catalog (category, id);
+		analyze catalog`)
+	for _, q := range []string{listQuery, catalogQuery} {
+		if err := env.reg.Register(q, cachedpq.Policy{TTL: time.Minute}); err != nil {
+			b.Fatal(err)
+		}
 	}
 	db := env.db
 	if kind == "raw" {
@@ -110,7 +155,7 @@ func loadDB(b *testing.B, kind string) (*sqlx.DB, *cachedpq.Connector) {
 	if kind == "redis_down" {
 		waitSkipping(b, db, env.conn)
 	}
-	readList(b, db)
+	readList(b, db, itemsList)
 	return db, env.conn
 }
 
@@ -125,7 +170,7 @@ func waitSkipping(b *testing.B, db *sqlx.DB, conn *cachedpq.Connector) {
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for before := skipped(); ; {
-		readList(b, db)
+		readList(b, db, itemsList)
 		if skipped() > before {
 			return
 		}
@@ -145,9 +190,9 @@ func logStats(b *testing.B, kind string, conn *cachedpq.Connector) {
 		kind, s.Hits, s.Misses, s.Coalesced, s.Stale, s.FillErrors, s.CacheErrors, s.Breaker, s.Bypass, s.CacheLatency)
 }
 
-// readList reads the whole list and checks its length.
-func readList(b *testing.B, db *sqlx.DB) {
-	rows, err := db.Query(listQuery)
+// readList reads a whole list and checks its length.
+func readList(b *testing.B, db *sqlx.DB, read loadRead) {
+	rows, err := db.Query(read.query, read.args...)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -170,8 +215,9 @@ func readList(b *testing.B, db *sqlx.DB) {
 }
 
 // runClients runs b.N operations on loadClients goroutines, a writeShare
-// of them the write, and reports throughput and latency quantiles.
-func runClients(b *testing.B, db *sqlx.DB, writeShare float64, write string) {
+// of them the write and the others read, and reports throughput and
+// latency quantiles.
+func runClients(b *testing.B, db *sqlx.DB, read loadRead, writeShare float64, write string) {
 	b.SetParallelism((loadClients + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
 	var mu sync.Mutex // guards all
 	var all []time.Duration
@@ -187,7 +233,7 @@ func runClients(b *testing.B, db *sqlx.DB, writeShare float64, write string) {
 					return
 				}
 			} else {
-				readList(b, db)
+				readList(b, db, read)
 			}
 			lat = append(lat, time.Since(t0))
 		}
