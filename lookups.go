@@ -27,10 +27,10 @@ type lookupGroup struct {
 	keys map[string]*lookupSlot
 }
 
-// lookupSlot holds the lookups of one key: one on its way to the cache,
-// and the next, which readers may still join.
+// lookupSlot exists while a lookup of its key is on its way to the cache,
+// and holds the next, which readers may still join.
 type lookupSlot struct {
-	sent *lookupCall
+	tags []string // the tags its lookups read
 	next *lookupCall
 }
 
@@ -57,18 +57,17 @@ type lookupFunc func(ctx context.Context, key string, tags []string) (*entry, []
 func (g *lookupGroup) do(ctx context.Context, key string, tags []string) (*entry, []uint64, uint64, error) {
 	g.mu.Lock()
 	s := g.keys[key]
-	if s == nil {
-		c := &lookupCall{tags: tags, done: make(chan struct{})}
+	switch {
+	case s == nil:
 		if g.keys == nil {
 			g.keys = make(map[string]*lookupSlot)
 		}
-		g.keys[key] = &lookupSlot{sent: c}
+		g.keys[key] = &lookupSlot{tags: tags}
 		g.mu.Unlock()
-		c.ent, c.stamps, c.holder, c.err = g.send(ctx, key, tags)
-		g.finish(key, c)
-		return c.ent, c.stamps, c.holder, c.err
-	}
-	if !slices.Equal(s.sent.tags, tags) {
+		ent, stamps, holder, err := g.send(ctx, key, tags)
+		g.landed(key)
+		return ent, stamps, holder, err
+	case !slices.Equal(s.tags, tags):
 		g.mu.Unlock() // another registration under this key: not ours to share
 		return g.send(ctx, key, tags)
 	}
@@ -76,7 +75,6 @@ func (g *lookupGroup) do(ctx context.Context, key string, tags []string) (*entry
 	if c == nil {
 		c = &lookupCall{tags: tags, done: make(chan struct{})}
 		s.next = c
-		go g.sendAfter(key, s.sent, c)
 	}
 	g.mu.Unlock()
 	select {
@@ -87,15 +85,32 @@ func (g *lookupGroup) do(ctx context.Context, key string, tags []string) (*entry
 	}
 }
 
-// sendAfter sends c once prev, the lookup of key on its way, has returned.
-func (g *lookupGroup) sendAfter(key string, prev, c *lookupCall) {
-	<-prev.done
+// landed notes that the lookup of key on its way has returned: the next
+// one is sent now if readers wait for it; otherwise the slot retires.
+func (g *lookupGroup) landed(key string) {
 	g.mu.Lock()
 	s := g.keys[key]
-	s.sent, s.next = c, nil // from now on c is sent: nobody joins it
+	c := s.next
+	if c != nil {
+		s.next = nil // from now on c is sent: nobody joins it
+	} else {
+		delete(g.keys, key)
+	}
 	g.mu.Unlock()
+	if c != nil {
+		go g.sendShared(key, c)
+	}
+}
+
+// sendShared sends c, a lookup its readers share, and publishes its answer.
+// The readers wake before the next lookup is started: Go runs the
+// goroutine started last first, so the next lookup leaves while they
+// replay their rows. (Started first, it queued behind them: 16 readers
+// of one hot key made a quarter to a third fewer reads per second.)
+func (g *lookupGroup) sendShared(key string, c *lookupCall) {
 	c.ent, c.stamps, c.holder, c.err = g.send(context.Background(), key, c.tags)
-	g.finish(key, c)
+	close(c.done)
+	g.landed(key)
 }
 
 // send runs one lookup under g.timeout.
@@ -103,15 +118,4 @@ func (g *lookupGroup) send(ctx context.Context, key string, tags []string) (*ent
 	ctx, cancel := context.WithTimeout(ctx, g.timeout)
 	defer cancel()
 	return g.fn(ctx, key, tags)
-}
-
-// finish publishes c's answer and retires key's slot unless a next
-// lookup waits for c.
-func (g *lookupGroup) finish(key string, c *lookupCall) {
-	g.mu.Lock()
-	if s := g.keys[key]; s.sent == c && s.next == nil {
-		delete(g.keys, key)
-	}
-	g.mu.Unlock()
-	close(c.done)
 }
