@@ -211,7 +211,7 @@ func entryKey(b *testing.B, c *Connector, name string) string {
 	}
 	for _, k := range keys {
 		if v, _ := rdb.Get(ctx, k).Bytes(); len(v) > 0 {
-			if e, err := decodeEntry(v, 0); err == nil && (len(e.snap.rows) == 50) == (name == "list50") &&
+			if e, err := benchBackend.decode(v); err == nil && (len(e.snap.rows) == 50) == (name == "list50") &&
 				(len(e.snap.columns) == 5) == (name == "aggregate") {
 				return k
 			}
