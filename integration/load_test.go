@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"runtime"
 	"strconv"
@@ -192,9 +193,17 @@ func logStats(b *testing.B, kind string, conn *cachedpq.Connector) {
 
 // readList reads a whole list and checks its length.
 func readList(b *testing.B, db *sqlx.DB, read loadRead) {
+	if err := scanList(db, read); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// scanList reads a whole list, scanning each row as an application would,
+// and checks its length.
+func scanList(db *sqlx.DB, read loadRead) error {
 	rows, err := db.Query(read.query, read.args...)
 	if err != nil {
-		b.Fatal(err)
+		return err
 	}
 	defer rows.Close()
 	n := 0
@@ -205,13 +214,14 @@ func readList(b *testing.B, db *sqlx.DB, read loadRead) {
 	)
 	for rows.Next() {
 		if err := rows.Scan(&id, &name, &score); err != nil {
-			b.Fatal(err)
+			return err
 		}
 		n++
 	}
 	if err := rows.Err(); err != nil || n != 50 {
-		b.Fatalf("list: %d rows, %v", n, err)
+		return fmt.Errorf("list: %d rows, %v", n, err)
 	}
+	return nil
 }
 
 // runClients runs b.N operations on loadClients goroutines, a writeShare
