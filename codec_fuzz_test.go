@@ -1,6 +1,7 @@
 package cachedpq
 
 import (
+	"bytes"
 	"database/sql/driver"
 	"encoding/binary"
 	"errors"
@@ -246,14 +247,26 @@ func FuzzRedisValue(f *testing.F) {
 	f.Add([]byte("|"))
 	f.Add([]byte("12,34|"))
 	f.Add([]byte{})
+	memo := &redisBackend{maxBytes: fuzzMaxBytes, memo: newDecodeMemo(memoMinBytes)}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		e, err := b.decode(data)
 		if err != nil {
 			if !errors.As(err, new(errCorruptEntry)) || !errors.Is(err, errCorrupt) || e != nil {
 				t.Fatalf("decode: %v (entry %v)", err, e != nil)
 			}
+			if m, merr := memo.decode(data); m != nil || merr == nil {
+				t.Fatalf("through the memo, a value that does not decode gave %v, %v", m, merr)
+			}
 			return
 		}
 		sameEntry(t, roundTrip(t, e), e)
+		// Through the memo, twice: what decoding gives, then the same.
+		for range 2 {
+			m, err := memo.decode(bytes.Clone(data))
+			if err != nil {
+				t.Fatalf("through the memo: %v", err)
+			}
+			sameEntry(t, m, e)
+		}
 	})
 }

@@ -44,7 +44,9 @@ type Options struct {
 	Timeout time.Duration
 
 	// MaxMemory bounds the embedded in-process store, in bytes. Zero means
-	// 64 MiB. It is ignored when Redis is used.
+	// 64 MiB. With Redis, a quarter of it bounds the values this process
+	// keeps decoded, so that the hits of a hot key do not decode the same
+	// bytes again (below 256 KiB, none are kept).
 	MaxMemory int64
 
 	// Identity names the database and role in cache keys for a Connector

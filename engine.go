@@ -94,7 +94,11 @@ func newEngine(c *Connector) *engine {
 		pending: make(map[string]struct{}),
 	}
 	if c.opts.Redis != nil {
-		rb := &redisBackend{redisStore: newRedisStore(c.opts.Redis, c.opts.Prefix), maxBytes: maxDecodeSize}
+		rb := &redisBackend{
+			redisStore: newRedisStore(c.opts.Redis, c.opts.Prefix),
+			maxBytes:   maxDecodeSize,
+			memo:       newDecodeMemo(c.opts.MaxMemory / 4),
+		}
 		e.breakr = newGuarded(rb, e.breakerChanged)
 		e.store, e.direct, e.shared = e.breakr, rb, true
 		e.lookups.fn, e.lookups.timeout = e.storeLookup, c.opts.Timeout

@@ -74,7 +74,8 @@ func (e errCorruptEntry) Unwrap() error { return e.err }
 // redisBackend encodes entries for Redis and decodes them on lookup.
 type redisBackend struct {
 	*redisStore
-	maxBytes int // decode limit, the largest MaxBytes a policy may have
+	maxBytes int         // decode limit, the largest MaxBytes a policy may have
+	memo     *decodeMemo // nil: every lookup decodes
 }
 
 func (b *redisBackend) lookup(ctx context.Context, key string, tags []string, buf []uint64) (*entry, []uint64, error) {
@@ -91,6 +92,14 @@ func (b *redisBackend) lookup(ctx context.Context, key string, tags []string, bu
 // lookup script tell a stale entry from a current one; the entry's own
 // copy of the stamps is what a hit is checked against.
 func (b *redisBackend) decode(val []byte) (*entry, error) {
+	if b.memo != nil {
+		return b.memo.decode(val, b.decodeValue)
+	}
+	return b.decodeValue(val)
+}
+
+// decodeValue is decode without the memo.
+func (b *redisBackend) decodeValue(val []byte) (*entry, error) {
 	bar := bytes.IndexByte(val, '|') // the tag holds digits and commas only
 	if bar < 0 {
 		return nil, errCorruptEntry{fmt.Errorf("%w: no stamps before the entry", errCorrupt)}
