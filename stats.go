@@ -38,6 +38,11 @@ type Stats struct {
 	// "closed", "half-open" or "open"; empty for the in-process store.
 	Breaker string
 
+	// Pending is true while an invalidation has not reached the cache:
+	// reads then skip it (Bypass "invalidation_pending") until a retry
+	// lands, whatever the breaker's state.
+	Pending bool
+
 	CacheLatency Latency // lookups in Redis (the in-process store's are not timed)
 	DBLatency    Latency // Postgres loads of registered queries (misses)
 
@@ -152,6 +157,7 @@ func (e *engine) snapshot() Stats {
 	if e.breakr != nil {
 		out.Breaker = e.breakr.cb.State().String()
 	}
+	out.Pending = e.unsure.Load()
 	e.regs.Range(func(k, v any) bool {
 		out.Queries[k.(*registration).label] = v.(*regState).c.snapshot()
 		return true

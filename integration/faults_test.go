@@ -293,6 +293,9 @@ func TestFaultRedisRestartedWithOldData(t *testing.T) {
 		t.Fatal("bypass counted before any read")
 	}
 	env.same(t, pointQuery, 1) // served from Postgres: the invalidation is pending
+	if s := env.stats(); !s.Pending || s.Bypass["invalidation_pending"] == 0 {
+		t.Fatalf("an invalidation has not landed, but Stats says pending %v, bypass %v", s.Pending, s.Bypass)
+	}
 	srv.Restart(false)         // loads the snapshot with the old entry
 	back := time.Now()
 	db2, conn2 := env.open(t, timedClient(t, srv.Addr), faultTimeout)
@@ -319,5 +322,8 @@ func TestFaultRedisRestartedWithOldData(t *testing.T) {
 	}
 	if env.stats().Hits == 0 || conn2.Stats().Hits == 0 {
 		t.Fatalf("the cache was not used after recovery: %+v / %+v", env.stats().Counters, conn2.Stats().Counters)
+	}
+	if env.stats().Pending {
+		t.Fatal("Stats still says an invalidation is pending after its retry landed")
 	}
 }

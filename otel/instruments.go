@@ -62,7 +62,7 @@ func (in *instruments) create(m metric.Meter) error {
 	return in.createGauges(m)
 }
 
-// createGauges makes the latency and breaker gauges.
+// createGauges makes the latency, breaker and pending gauges.
 func (in *instruments) createGauges(m metric.Meter) error {
 	var err error
 	if in.latency[0].duration, err = m.Float64ObservableGauge("cachedpq.cache.lookup.duration",
@@ -73,7 +73,11 @@ func (in *instruments) createGauges(m metric.Meter) error {
 		metric.WithUnit("s"), metric.WithDescription("Percentiles of Postgres load latency for misses.")); err != nil {
 		return err
 	}
-	in.breaker, err = m.Int64ObservableGauge("cachedpq.breaker.state", metric.WithUnit("{state}"),
-		metric.WithDescription("State of the circuit breaker in front of Redis: 1 for the current state."))
+	if in.breaker, err = m.Int64ObservableGauge("cachedpq.breaker.state", metric.WithUnit("{state}"),
+		metric.WithDescription("State of the circuit breaker in front of Redis: 1 for the current state.")); err != nil {
+		return err
+	}
+	in.pending, err = m.Int64ObservableGauge("cachedpq.invalidations.pending", metric.WithUnit("{state}"),
+		metric.WithDescription("1 while reads skip Redis because an invalidation has not reached it yet."))
 	return err
 }

@@ -56,6 +56,7 @@ type instruments struct {
 	global   []metric.Int64ObservableCounter // in globalFields order
 	latency  [2]latencyInstruments           // cache lookups, db loads
 	breaker  metric.Int64ObservableGauge
+	pending  metric.Int64ObservableGauge
 }
 
 // latencyInstruments report one latency summary.
@@ -77,7 +78,7 @@ func Register(meter metric.Meter, src Source, opts Options) (metric.Registration
 
 // all lists every instrument, for RegisterCallback.
 func (in *instruments) all() []metric.Observable {
-	obs := []metric.Observable{in.bypasses, in.breaker}
+	obs := []metric.Observable{in.bypasses, in.breaker, in.pending}
 	for _, c := range in.counters {
 		obs = append(obs, c)
 	}
@@ -111,6 +112,7 @@ func (in *instruments) observe(_ context.Context, o metric.Observer) error {
 		for _, st := range breakerStates {
 			o.ObserveInt64(in.breaker, boolValue(st == s.Breaker), in.with(BreakerStateKey.String(st)))
 		}
+		o.ObserveInt64(in.pending, boolValue(s.Pending), in.with())
 	}
 	return nil
 }

@@ -19,7 +19,7 @@ func (f *fakeSource) Stats() cachedpq.Stats { return f.stats }
 func newFake() *fakeSource {
 	return &fakeSource{stats: cachedpq.Stats{
 		Counters:      cachedpq.Counters{Hits: 7, Misses: 3, FillBytes: 300, Bypass: map[string]uint64{"transaction": 3}},
-		Invalidations: 5, EpochBumps: 1, CacheErrors: 2, Breaker: "open",
+		Invalidations: 5, EpochBumps: 1, CacheErrors: 2, Breaker: "open", Pending: true,
 		CacheLatency: cachedpq.Latency{Count: 10, P50: 100 * time.Microsecond, P95: time.Millisecond, P99: 2 * time.Millisecond},
 		Queries: map[string]cachedpq.Counters{
 			"user": {Hits: 3, Misses: 1, FillBytes: 100, Bypass: map[string]uint64{"transaction": 2}},
@@ -91,6 +91,7 @@ func TestRegister(t *testing.T) {
 			{[]attribute.KeyValue{BreakerStateKey.String("half-open")}, 0},
 			{[]attribute.KeyValue{BreakerStateKey.String("open")}, 1},
 		}},
+		{"invalidations pending", Options{}, "cachedpq.invalidations.pending", "{state}", []point{{nil, 1}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -145,8 +146,10 @@ func points(t *testing.T, m metricdata.Metrics) map[attribute.Set]float64 {
 func TestNoBreakerForMemoryStore(t *testing.T) {
 	src := newFake()
 	src.stats.Breaker = ""
-	if m, ok := collect(t, src, Options{})["cachedpq.breaker.state"]; ok && len(points(t, m)) > 0 {
-		t.Fatalf("breaker reported for the in-process store: %v", m)
+	for _, name := range []string{"cachedpq.breaker.state", "cachedpq.invalidations.pending"} {
+		if m, ok := collect(t, src, Options{})[name]; ok && len(points(t, m)) > 0 {
+			t.Fatalf("%s reported for the in-process store: %v", name, m)
+		}
 	}
 }
 

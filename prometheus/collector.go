@@ -13,6 +13,8 @@
 //	cachedpq_cache_lookup_duration_seconds{quantile}  (summary)
 //	cachedpq_db_load_duration_seconds{quantile}       (summary)
 //	cachedpq_breaker_state{state}         1 for the current state, else 0
+//	cachedpq_invalidations_pending        1 while reads skip the cache for an
+//	                                      invalidation that has not landed
 //
 // Every value is read from the Connector at scrape time; the collector
 // keeps no state of its own.
@@ -57,6 +59,7 @@ type Collector struct {
 	cacheLat *prom.Desc
 	dbLat    *prom.Desc
 	breaker  *prom.Desc
+	pending  *prom.Desc
 }
 
 var _ prom.Collector = (*Collector)(nil)
@@ -91,6 +94,7 @@ func NewCollector(src Source, opts Options) *Collector {
 	c.cacheLat = newDesc("cache_lookup_duration_seconds", "Time taken by cache lookups of registered reads.")
 	c.dbLat = newDesc("db_load_duration_seconds", "Time Postgres took to answer registered reads that missed.")
 	c.breaker = newDesc("breaker_state", "State of the circuit breaker in front of Redis: 1 for the current state.", "state")
+	c.pending = newDesc("invalidations_pending", "1 while reads skip Redis because an invalidation has not reached it yet.")
 	return c
 }
 
@@ -106,6 +110,7 @@ func (c *Collector) Describe(ch chan<- *prom.Desc) {
 	ch <- c.cacheLat
 	ch <- c.dbLat
 	ch <- c.breaker
+	ch <- c.pending
 }
 
 // Collect reads the Source once and sends its values.
@@ -128,6 +133,7 @@ func (c *Collector) Collect(ch chan<- prom.Metric) {
 		for _, st := range breakerStates {
 			ch <- prom.MustNewConstMetric(c.breaker, prom.GaugeValue, boolValue(st == s.Breaker), st)
 		}
+		ch <- prom.MustNewConstMetric(c.pending, prom.GaugeValue, boolValue(s.Pending))
 	}
 }
 

@@ -29,7 +29,7 @@ func newFake() *fakeSource {
 	return &fakeSource{
 		stats: cachedpq.Stats{
 			Counters:      cachedpq.Counters{Hits: 7, Misses: 3, Bypass: map[string]uint64{"transaction": 3}},
-			Invalidations: 5, EpochBumps: 1, CacheErrors: 2, Breaker: "half-open",
+			Invalidations: 5, EpochBumps: 1, CacheErrors: 2, Breaker: "half-open", Pending: true,
 			Queries: map[string]cachedpq.Counters{"user": user, "list/0a1b2c3d": list},
 		},
 		cacheLat: cachedpq.Histogram{
@@ -62,6 +62,9 @@ cachedpq_invalidations_total 5
 cachedpq_breaker_state{state="closed"} 0
 cachedpq_breaker_state{state="half-open"} 1
 cachedpq_breaker_state{state="open"} 0
+# HELP cachedpq_invalidations_pending 1 while reads skip Redis because an invalidation has not reached it yet.
+# TYPE cachedpq_invalidations_pending gauge
+cachedpq_invalidations_pending 1
 # HELP cachedpq_cache_lookup_duration_seconds Time taken by cache lookups of registered reads.
 # TYPE cachedpq_cache_lookup_duration_seconds summary
 cachedpq_cache_lookup_duration_seconds{quantile="0.5"} 0.001
@@ -80,7 +83,7 @@ cachedpq_db_load_duration_seconds_count 0
 	c := NewCollector(newFake(), Options{})
 	err := testutil.CollectAndCompare(c, strings.NewReader(want),
 		"cachedpq_hits_total", "cachedpq_negative_hits_total", "cachedpq_bypass_total",
-		"cachedpq_invalidations_total", "cachedpq_breaker_state",
+		"cachedpq_invalidations_total", "cachedpq_breaker_state", "cachedpq_invalidations_pending",
 		"cachedpq_cache_lookup_duration_seconds", "cachedpq_db_load_duration_seconds")
 	if err != nil {
 		t.Fatal(err)
@@ -106,6 +109,7 @@ cachedpq_hits_total 7
 app_cache_misses_total{db="orders"} 3
 `},
 		{"no breaker for the in-process store", Options{}, "", "cachedpq_breaker_state", ``},
+		{"nothing pending for the in-process store", Options{}, "", "cachedpq_invalidations_pending", ``},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
