@@ -296,7 +296,7 @@ func TestFaultRedisRestartedWithOldData(t *testing.T) {
 	if s := env.stats(); !s.Pending || s.Bypass["invalidation_pending"] == 0 {
 		t.Fatalf("an invalidation has not landed, but Stats says pending %v, bypass %v", s.Pending, s.Bypass)
 	}
-	srv.Restart(false)         // loads the snapshot with the old entry
+	srv.Restart(false) // loads the snapshot with the old entry
 	back := time.Now()
 	db2, conn2 := env.open(t, timedClient(t, srv.Addr), faultTimeout)
 	var staleBefore int
