@@ -2,7 +2,9 @@ package cachedpq
 
 import (
 	"bytes"
+	"encoding/binary"
 	"math"
+	"sync/atomic"
 
 	"github.com/maypok86/otter/v2"
 	"github.com/zeebo/xxh3"
@@ -14,9 +16,18 @@ import (
 // is found by the hash of its bytes and served only if the bytes are equal,
 // so a memo hit is exactly what decoding would give. Decoded entries are
 // never modified, so readers share them.
+//
+// A value is kept only the second time it is decoded, so that a key read
+// once (most keys, where many are read) does not pay for a copy and an
+// insertion that nothing will use: seen remembers, lossily, the hashes of
+// the values decoded once.
 type decodeMemo struct {
-	c *otter.Cache[[16]byte, *memoized]
+	c    *otter.Cache[[16]byte, *memoized]
+	seen [memoSeenSlots]atomic.Uint64
 }
+
+// memoSeenSlots is the size of decodeMemo's seen filter.
+const memoSeenSlots = 4096
 
 // memoized is one decoded value and the bytes it was decoded from.
 type memoized struct {
@@ -57,7 +68,10 @@ func (m *decodeMemo) decode(val []byte, decode func([]byte) (*entry, error)) (*e
 	if err != nil {
 		return nil, err
 	}
-	// val may view a buffer of the Redis client: keep a copy.
-	m.c.Set(h, &memoized{val: bytes.Clone(val), e: e})
+	id := binary.LittleEndian.Uint64(h[:8])
+	if m.seen[id%memoSeenSlots].Swap(id) == id {
+		// val may view a buffer of the Redis client: keep a copy.
+		m.c.Set(h, &memoized{val: bytes.Clone(val), e: e})
+	}
 	return e, nil
 }
