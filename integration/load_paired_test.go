@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -33,7 +32,7 @@ func BenchmarkLoadPaired(b *testing.B) {
 			kinds := []string{"raw", "redis", "memory"}
 			dbs := make(map[string]*sqlx.DB, len(kinds))
 			for _, k := range kinds {
-				dbs[k], _ = loadDB(b, k)
+				dbs[k], _ = loadDB(b, k, w.read)
 			}
 			ops := make(map[string]int64, len(kinds))
 			spent := make(map[string]time.Duration, len(kinds))
@@ -79,13 +78,7 @@ func runSlice(db *sqlx.DB, read loadRead, writeShare float64, write string, d ti
 	for range loadClients {
 		wg.Go(func() {
 			for time.Now().Before(deadline) {
-				var err error
-				if rand.Float64() < writeShare {
-					_, err = db.Exec(write, rand.Int64N(50)+1)
-				} else {
-					err = scanList(db, read)
-				}
-				if err != nil {
+				if err := loadOp(db, read, writeShare, write); err != nil {
 					once.Do(func() { firstErr = err })
 					return
 				}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"runtime"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -41,22 +40,28 @@ const loadWrite = `update items set score = score + 1 where id = $1`
 // them (the list of the engine benchmarks in the root package).
 const catalogQuery = `select id, name, score from catalog where category = $1 order by id limit 50`
 
-// catalogRows is the size of the catalog table: 100 categories of 200.
-const catalogRows = 20_000
-
 // catalogWrite is the write of BenchmarkLoadCatalog: one catalog row's
 // score. Every such write voids the list, which depends on the table.
 const catalogWrite = `update catalog set score = score + 1 where id = $1`
 
-// loadRead is the registered read a load benchmark's clients run.
+// catalogSetup creates and fills the catalog table: 20,000 rows, 100
+// categories of 200.
+const catalogSetup = `create table catalog (id int8 primary key, category int4 not null, name text not null, score float8 not null);
+	insert into catalog select g, g % 100, 'item ' || g, g * 0.5 from generate_series(1, 20000) g;
+	create index on catalog (category, id);
+	analyze catalog`
+
+// loadRead is the registered read a load benchmark's clients run, and
+// the statements that create its table, if the stress schema lacks it.
 type loadRead struct {
 	query string
 	args  []any
+	setup string
 }
 
 var (
 	itemsList   = loadRead{query: listQuery}
-	catalogList = loadRead{query: catalogQuery, args: []any{7}}
+	catalogList = loadRead{query: catalogQuery, args: []any{7}, setup: catalogSetup}
 )
 
 // loadOtherWrite is the write of BenchmarkLoadOtherTable: a row of a table
@@ -89,7 +94,7 @@ func BenchmarkLoadCatalogOtherTable(b *testing.B) {
 func sideBySide(b *testing.B, read loadRead, writeShare float64, write string) {
 	for _, kind := range []string{"raw", "redis", "memory"} {
 		b.Run(kind, func(b *testing.B) {
-			db, conn := loadDB(b, kind)
+			db, conn := loadDB(b, kind, read)
 			runClients(b, db, read, writeShare, write)
 			logStats(b, kind, conn)
 		})
@@ -100,7 +105,7 @@ func sideBySide(b *testing.B, read loadRead, writeShare float64, write string) {
 // lib/pq: the most writes per second the machine commits. A mix with 5%
 // writes cannot run faster than 20 times that, however cheap its reads.
 func BenchmarkWriteOnly(b *testing.B) {
-	db, _ := loadDB(b, "raw")
+	db, _ := loadDB(b, "raw", itemsList)
 	runClients(b, db, itemsList, 1, loadOtherWrite)
 }
 
@@ -116,15 +121,16 @@ func BenchmarkReadOnlyCatalog(b *testing.B) { sideBySide(b, catalogList, 0, "") 
 func BenchmarkBreakerOpen(b *testing.B) {
 	for _, kind := range []string{"raw", "redis_down"} {
 		b.Run(kind, func(b *testing.B) {
-			db, conn := loadDB(b, kind)
+			db, conn := loadDB(b, kind, itemsList)
 			runClients(b, db, itemsList, 0, "")
 			logStats(b, kind, conn)
 		})
 	}
 }
 
-// loadDB opens the DB a sub-benchmark measures, on a fresh schema.
-func loadDB(b *testing.B, kind string) (*sqlx.DB, *cachedpq.Connector) {
+// loadDB opens the DB a sub-benchmark measures, on a fresh schema with
+// read's table, and registers read.
+func loadDB(b *testing.B, kind string, read loadRead) (*sqlx.DB, *cachedpq.Connector) {
 	b.Helper()
 	var env *stressEnv
 	switch kind {
@@ -137,15 +143,12 @@ func loadDB(b *testing.B, kind string) (*sqlx.DB, *cachedpq.Connector) {
 		env = newStressEnv(b, timedClient(b, srv.Addr), faultTimeout)
 		srv.Kill()
 	}
-	mustExec(b, env.raw, `create table events (id bigserial primary key, item int8 not null, at timestamptz not null default now());
-		create table catalog (id int8 primary key, category int4 not null, name text not null, score float8 not null);
-		insert into catalog select g, g % 100, 'item ' || g, g * 0.5 from generate_series(1, `+strconv.Itoa(catalogRows)+`) g;
-		create index on catalog (category, id);
-		analyze catalog`)
-	for _, q := range []string{listQuery, catalogQuery} {
-		if err := env.reg.Register(q, cachedpq.Policy{TTL: time.Minute}); err != nil {
-			b.Fatal(err)
-		}
+	mustExec(b, env.raw, `create table events (id bigserial primary key, item int8 not null, at timestamptz not null default now())`)
+	if read.setup != "" {
+		mustExec(b, env.raw, read.setup)
+	}
+	if err := env.reg.Register(read.query, cachedpq.Policy{TTL: time.Minute}); err != nil {
+		b.Fatal(err)
 	}
 	db := env.db
 	if kind == "raw" {
@@ -154,9 +157,9 @@ func loadDB(b *testing.B, kind string) (*sqlx.DB, *cachedpq.Connector) {
 	db.SetMaxOpenConns(loadClients)
 	db.SetMaxIdleConns(loadClients)
 	if kind == "redis_down" {
-		waitSkipping(b, db, env.conn)
+		waitSkipping(b, db, env.conn, read)
 	}
-	readList(b, db, itemsList)
+	readList(b, db, read)
 	return db, env.conn
 }
 
@@ -164,14 +167,14 @@ func loadDB(b *testing.B, kind string) (*sqlx.DB, *cachedpq.Connector) {
 // leaves invalidations pending (the namespace must be invalidated before
 // any hit is served again), and reads then go straight to Postgres, as
 // they do while the breaker is open.
-func waitSkipping(b *testing.B, db *sqlx.DB, conn *cachedpq.Connector) {
+func waitSkipping(b *testing.B, db *sqlx.DB, conn *cachedpq.Connector, read loadRead) {
 	skipped := func() uint64 {
 		s := conn.Stats()
 		return s.Bypass["breaker_open"] + s.Bypass["invalidation_pending"]
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for before := skipped(); ; {
-		readList(b, db, itemsList)
+		readList(b, db, read)
 		if skipped() > before {
 			return
 		}
@@ -224,6 +227,16 @@ func scanList(db *sqlx.DB, read loadRead) error {
 	return nil
 }
 
+// loadOp is one client operation: the write, for a writeShare of them,
+// else the read.
+func loadOp(db *sqlx.DB, read loadRead, writeShare float64, write string) error {
+	if rand.Float64() < writeShare {
+		_, err := db.Exec(write, rand.Int64N(50)+1)
+		return err
+	}
+	return scanList(db, read)
+}
+
 // runClients runs b.N operations on loadClients goroutines, a writeShare
 // of them the write and the others read, and reports throughput and
 // latency quantiles.
@@ -237,13 +250,9 @@ func runClients(b *testing.B, db *sqlx.DB, read loadRead, writeShare float64, wr
 		var lat []time.Duration
 		for pb.Next() {
 			t0 := time.Now()
-			if rand.Float64() < writeShare {
-				if _, err := db.Exec(write, rand.Int64N(50)+1); err != nil {
-					b.Error(err)
-					return
-				}
-			} else {
-				readList(b, db, read)
+			if err := loadOp(db, read, writeShare, write); err != nil {
+				b.Error(err)
+				return
 			}
 			lat = append(lat, time.Since(t0))
 		}
