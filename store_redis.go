@@ -5,13 +5,16 @@ package cachedpq
 // Key layout (prefix is the engine's namespace, such as "cachedpq"):
 //
 //	<entry key>              the encoded entry; the key is built and prefixed by the engine
-//	<prefix>:stamp:<tag>     the tag's stamp, a decimal uint64 > 0, without a TTL
+//	<prefix>:stamp:<tag>     the tag's stamp, a decimal below 10^19 and above 0, without a TTL
 //	<prefix>:idx:<tag>       sorted set: member = entry key, score = the entry's expiry (unix ms)
 //	<entry key>:lease        a fill lease: "<token>|<stamps>", with a short PX TTL
 //
 // Stamps are decimal so that redis-cli shows them and so that a foreign or
-// corrupt value is detected: anything that is not a decimal uint64 > 0 (or a
-// value of another type) reads as 0, "missing", and readStamps replaces it.
+// corrupt value is detected: anything that is not a stamp as formatStamp
+// writes it (or a value of another type) reads as 0, "missing", and is
+// replaced. Go and lookupScript must agree on that exactly, so stamps stay
+// below 10^19: their text is at most 19 digits with no leading zero, which
+// a Lua pattern checks as surely as strconv does.
 //
 // No key carries a {hash tag}: on Redis Cluster entries, stamps and indexes
 // spread over all masters (one stamp key per table would otherwise pin every
@@ -108,7 +111,7 @@ local v = got[1]
 local stamps, valid = {}, true
 for i = 3, #KEYS do
 	local s = got[i - 1]
-	if not s or #s > 20 or not string.match(s, '^[1-9]%d*$') then
+	if not s or #s > 19 or not string.match(s, '^[1-9]%d*$') then
 		s, valid = false, false
 	end
 	stamps[i - 2] = s
@@ -161,17 +164,20 @@ func (s *redisStore) indexKey(tag string) string { return s.prefix + ":idx:" + t
 // leaseKey is the key of the fill lease on an entry key.
 func leaseKey(key string) string { return key + ":lease" }
 
-// newStamp returns a fresh random stamp; 0 is reserved for "missing".
-func newStamp() uint64 {
-	for {
-		if v := rand.Uint64(); v != 0 {
-			return v
-		}
-	}
-}
+// stampLimit bounds stamps (and lease tokens): at most 19 digits.
+const stampLimit = 10_000_000_000_000_000_000
 
-// parseStamp decodes a stored stamp; anything but a decimal uint64 > 0 is 0.
+// newStamp returns a fresh random stamp in [1, stampLimit); 0 is reserved
+// for "missing".
+func newStamp() uint64 { return 1 + rand.Uint64N(stampLimit-1) }
+
+// parseStamp decodes a stored stamp: the exact text formatStamp writes for
+// a stamp newStamp can return. Anything else (a leading zero, a sign, 20
+// digits) is 0, as lookupScript judges it.
 func parseStamp(s string) uint64 {
+	if len(s) == 0 || len(s) > 19 || s[0] == '0' {
+		return 0
+	}
 	v, err := strconv.ParseUint(s, 10, 64)
 	if err != nil {
 		return 0

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"strconv"
 	"sync/atomic"
@@ -293,29 +294,64 @@ func TestRedisStoreDown(t *testing.T) {
 	}
 }
 
+// stampTexts are values found under stamp keys: stamps as formatStamp
+// writes them, and foreign ones close to them.
+var stampTexts = []string{
+	"1", "7", "9999999999999999999", "4242424242424242424",
+	"0", "", "007", "-1", "+1", "-0", "1.5", "1e5", "0x10", " 1", "1 ", "abc",
+	"10000000000000000000", "18446744073709551615", "18446744073709551616",
+}
+
 func TestParseStamp(t *testing.T) {
 	tests := map[string]uint64{
-		"1": 1, "18446744073709551615": 1<<64 - 1, "0": 0, "": 0, "-1": 0, "+1": 0,
-		"1.5": 0, "0x10": 0, "18446744073709551616": 0, " 1": 0, "abc": 0,
+		"1": 1, "7": 7, "9999999999999999999": stampLimit - 1, "4242424242424242424": 4242424242424242424,
 	}
-	for in, want := range tests {
-		if got := parseStamp(in); got != want {
+	for _, in := range stampTexts {
+		if got, want := parseStamp(in), tests[in]; got != want {
 			t.Errorf("parseStamp(%q) = %d, want %d", in, got, want)
+		}
+	}
+	for range 1000 {
+		if v := newStamp(); v == 0 || v >= stampLimit || parseStamp(formatStamp(v)) != v {
+			t.Fatalf("newStamp() = %d: not a stamp parseStamp reads back", v)
+		}
+	}
+}
+
+// TestStampScriptAgrees checks that lookupScript judges each value under a
+// stamp key as parseStamp does: it keeps the stamps parseStamp reads, and
+// replaces the others. Were they to differ, the script's lease and Go's
+// reading of the same stamp would disagree.
+func TestStampScriptAgrees(t *testing.T) {
+	c := testRedis(t)
+	ctx := testCtx(t)
+	s := newRedisStore(c, testPrefix(t, c))
+	for i, text := range stampTexts {
+		key := fmt.Sprintf("%s:e:%d", s.prefix, i)
+		must(t, c.Set(ctx, s.stampKey("a"), text, 0).Err())
+		_, stamps, _, err := lookupLeaseAs(ctx, s, key, []string{"a"}, time.Minute, false)
+		must(t, err)
+		stored := c.Get(ctx, s.stampKey("a")).Val()
+		if want := parseStamp(text); want != 0 && (stamps[0] != want || stored != text) {
+			t.Errorf("stamp %q: the script read %d and left %q; parseStamp reads %d", text, stamps[0], stored, want)
+		}
+		if parseStamp(text) == 0 && (stamps[0] == 0 || stored != formatStamp(stamps[0])) {
+			t.Errorf("foreign stamp %q: the script read %d and left %q; it should replace it", text, stamps[0], stored)
 		}
 	}
 }
 
 // FuzzParseStamp checks that whatever is stored under a stamp key, a
-// non-zero reading round-trips exactly, so no foreign value can pass for
-// another stamp.
+// non-zero reading is exactly the text formatStamp writes for it, so no
+// foreign value can pass for a stamp: two texts never read as one stamp.
 func FuzzParseStamp(f *testing.F) {
-	for _, s := range []string{"1", "0", "garbage", "18446744073709551615", "-0", "007"} {
+	for _, s := range stampTexts {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
 		v := parseStamp(s)
-		if v != 0 && parseStamp(formatStamp(v)) != v {
-			t.Fatalf("%q -> %d does not round-trip", s, v)
+		if v != 0 && (formatStamp(v) != s || v >= stampLimit) {
+			t.Fatalf("%q reads as %d, which is written %q", s, v, formatStamp(v))
 		}
 	})
 }

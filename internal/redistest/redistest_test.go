@@ -32,7 +32,7 @@ func TestStartAnswersAndCleansUp(t *testing.T) {
 		if err != nil || got["maxmemory"] != "1048576" {
 			t.Fatalf("extra args not applied: %v %v", got, err)
 		}
-		if s.Client() != s.Client() {
+		if c1, c2 := s.Client(), s.Client(); c1 != c2 {
 			t.Fatal("Client is not memoised")
 		}
 	})
