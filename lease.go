@@ -27,6 +27,9 @@ type heldLease struct {
 	// load of a reader who saw the miss; if none comes for it within
 	// leaseClaim, it is given back.
 	taken atomic.Bool
+	// unclaimed gives back a lease a lookup took if no load claims it in
+	// time; the claim stops it, so a load leaves no timer behind.
+	unclaimed atomic.Pointer[time.Timer]
 }
 
 // leaseClaim is how long a lease a lookup took waits for its load.
@@ -59,11 +62,15 @@ func (e *engine) storeLookup(ctx context.Context, key string, tags []string) (*e
 	if holder != lh.token || err != nil {
 		e.withdraw(lh)
 	} else {
-		time.AfterFunc(leaseClaim, func() {
+		t := time.AfterFunc(leaseClaim, func() {
 			if lh.taken.CompareAndSwap(false, true) {
 				e.drop(lh)
 			}
 		})
+		lh.unclaimed.Store(t)
+		if lh.taken.Load() { // claimed before the timer was stored
+			t.Stop()
+		}
 	}
 	return ent, stamps, holder, err
 }
@@ -156,6 +163,9 @@ func (e *engine) claim(token uint64) *heldLease {
 	}
 	v, _ := e.leases.Load(token)
 	if h, ok := v.(*heldLease); ok && h.taken.CompareAndSwap(false, true) {
+		if t := h.unclaimed.Load(); t != nil {
+			t.Stop()
+		}
 		return h
 	}
 	return nil

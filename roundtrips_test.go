@@ -208,6 +208,9 @@ func TestLeaseHeldHereIsClaimed(t *testing.T) {
 	if ent := e.awaitLease(ctx, r, stamps, 0); ent != nil || r.held == nil || r.held.token != holder {
 		t.Fatalf("the load did not claim the lease held here: entry %v, held %+v, holder %d", ent, r.held, holder)
 	}
+	if tm := r.held.unclaimed.Load(); tm == nil || tm.Stop() {
+		t.Fatal("the claim left the timer that gives an unclaimed lease back running")
+	}
 	if e.claim(holder) != nil {
 		t.Fatal("a claimed lease was claimed again")
 	}
