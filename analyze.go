@@ -66,7 +66,12 @@ type analysis struct {
 	writes           []string // tags of tables written by any statement, first-seen order
 	unknownWrite     bool     // CALL, DO, EXECUTE, DROP ... CASCADE, TRUNCATE ... CASCADE, unrecognized statements
 	sessionChange    bool     // SET (also SET LOCAL), RESET, DISCARD, SET ROLE, set_config()
+	sessionLasting   bool     // a session change that outlives the transaction: any but SET LOCAL
 	txControl        bool     // BEGIN, COMMIT, ROLLBACK, SAVEPOINT, SET TRANSACTION, ...
+	txEnd            txEffect // what the string's last BEGIN, COMMIT, ROLLBACK ... leaves
+	txCommits        bool     // a COMMIT or END (with or without AND CHAIN)
+	txRollsBack      bool     // a ROLLBACK or ABORT (not to a savepoint) or PREPARE TRANSACTION
+	commitPrepared   bool     // COMMIT PREPARED: commits writes this connection did not see
 	ddl              bool     // the catalog may have changed
 	cascade          bool     // TRUNCATE ... CASCADE
 	locking          bool     // FOR UPDATE/SHARE/NO KEY UPDATE/KEY SHARE, or LOCK
@@ -74,6 +79,15 @@ type analysis struct {
 	notCacheable     string   // "" when a cached read may be registered, else why not
 	nondeterministic bool     // notCacheable only because of now(), random(), current_user, ...
 }
+
+// txEffect is what transaction control leaves a session in.
+type txEffect uint8
+
+const (
+	txKept   txEffect = iota // no BEGIN, COMMIT, ROLLBACK ...: as before (savepoints, SET TRANSACTION)
+	txOpen                   // in a transaction block: BEGIN, START TRANSACTION, ... AND CHAIN
+	txClosed                 // out of one: COMMIT, END, ROLLBACK, ABORT, PREPARE TRANSACTION
+)
 
 // memoMaxQuery is the longest SQL string the memo keeps; longer strings
 // (bulk inserts with inlined values) are analyzed each time rather than
@@ -852,6 +866,7 @@ func (p *parser) builtinCall(name string, open, e int) {
 	switch {
 	case name == "set_config":
 		p.a.sessionChange = true
+		p.a.sessionLasting = true // is_local may be any expression: assume not
 	case nondetBuiltins[name] || strings.HasPrefix(name, "uuid_generate_"):
 		p.noteNondet(name)
 	case name == "age" && !p.hasTopComma(open, e):
@@ -913,6 +928,7 @@ func (p *parser) control(s, e int) stmtKind {
 	case p.isAny(s, "begin", "start", "commit", "end", "rollback", "abort", "savepoint", "release") ||
 		p.is(s, "prepare") && p.is(s+1, "transaction"):
 		a.txControl = true
+		p.txStatement(s, e)
 		return kindTx
 	case p.is(s, "call"):
 		a.unknownWrite = true
@@ -936,6 +952,41 @@ func (p *parser) control(s, e int) stmtKind {
 	return kindOther
 }
 
+// txStatement records what one transaction-control statement does to the
+// session's transaction: the last such statement of a string decides the
+// state the string leaves behind.
+func (p *parser) txStatement(s, e int) {
+	a := p.a
+	switch {
+	case p.isAny(s, "begin", "start"):
+		a.txEnd = txOpen
+	case p.isAny(s, "commit", "end") && p.is(s+1, "prepared"):
+		a.commitPrepared = true
+	case p.isAny(s, "commit", "end"):
+		a.txCommits = true
+		a.txEnd = p.chainEnd(s, e)
+	case p.isAny(s, "rollback", "abort") && p.isAny(s+1, "to", "prepared"):
+		// to a savepoint, or a prepared transaction: the session's is untouched
+	case p.isAny(s, "rollback", "abort"):
+		a.txRollsBack = true
+		a.txEnd = p.chainEnd(s, e)
+	case p.is(s, "prepare"):
+		a.txRollsBack = true // its writes land at COMMIT PREPARED, which invalidates everything
+		a.txEnd = txClosed
+	}
+}
+
+// chainEnd is the state a COMMIT or ROLLBACK leaves: AND CHAIN opens a new
+// transaction at once.
+func (p *parser) chainEnd(s, e int) txEffect {
+	for j := s + 1; j+1 < e; j++ {
+		if p.is(j, "and") && p.is(j+1, "chain") {
+			return txOpen
+		}
+	}
+	return txClosed
+}
+
 // session analyzes SET, RESET and DISCARD. SET TRANSACTION, SET SESSION
 // CHARACTERISTICS and SET CONSTRAINTS only shape the transaction, so they
 // count as transaction control. SET LOCAL does change what later queries
@@ -953,6 +1004,9 @@ func (p *parser) session(s, e int) stmtKind {
 		return kindTx
 	}
 	p.a.sessionChange = true
+	if !p.is(s, "set") || !p.is(s+1, "local") {
+		p.a.sessionLasting = true
+	}
 	return kindSession
 }
 

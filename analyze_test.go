@@ -284,3 +284,44 @@ func TestExplain(t *testing.T) {
 		t.Error("Explain shares its slices with the memo")
 	}
 }
+
+// TestTransactionEffects: what a string's transaction control leaves the
+// session in, and whether it commits or rolls back, decides when its writes
+// are invalidated; only a SET LOCAL ends with the transaction.
+func TestTransactionEffects(t *testing.T) {
+	tests := []struct {
+		sql                string
+		end                txEffect
+		commits, rollsBack bool
+		lasting            bool
+	}{
+		{sql: `begin`, end: txOpen},
+		{sql: `start transaction isolation level serializable`, end: txOpen},
+		{sql: `commit`, end: txClosed, commits: true},
+		{sql: `END`, end: txClosed, commits: true},
+		{sql: `commit and chain`, end: txOpen, commits: true},
+		{sql: `commit and no chain`, end: txClosed, commits: true},
+		{sql: `rollback`, end: txClosed, rollsBack: true},
+		{sql: `abort and chain`, end: txOpen, rollsBack: true},
+		{sql: `rollback to savepoint s`, end: txKept},
+		{sql: `rollback prepared 'x'`, end: txKept},
+		{sql: `savepoint s; release s`, end: txKept},
+		{sql: `prepare transaction 'x'`, end: txClosed, rollsBack: true},
+		{sql: `begin; update t set a = 1; commit`, end: txClosed, commits: true},
+		{sql: `commit; begin; update t set a = 1`, end: txOpen, commits: true},
+		{sql: `set local work_mem = '1MB'`, end: txKept},
+		{sql: `set local work_mem = '1MB'; set search_path = x`, end: txKept, lasting: true},
+		{sql: `select set_config('a.b', 'c', true)`, end: txKept, lasting: true},
+		{sql: `reset all`, end: txKept, lasting: true},
+	}
+	for _, tt := range tests {
+		a := analyze(tt.sql)
+		if a.txEnd != tt.end || a.txCommits != tt.commits || a.txRollsBack != tt.rollsBack || a.sessionLasting != tt.lasting {
+			t.Errorf("%s: end %d commits %v rolls back %v lasting %v; want %d %v %v %v", tt.sql,
+				a.txEnd, a.txCommits, a.txRollsBack, a.sessionLasting, tt.end, tt.commits, tt.rollsBack, tt.lasting)
+		}
+	}
+	if a := analyze(`commit prepared 'x'`); !a.commitPrepared || a.txCommits || a.txEnd != txKept {
+		t.Errorf("commit prepared: %+v", a)
+	}
+}
