@@ -25,14 +25,21 @@ type catalog struct {
 // catalogCache holds the current catalog of a Connector.
 type catalogCache struct {
 	cur    atomic.Pointer[catalog] // nil until loaded, and after DDL
+	gen    atomic.Uint64           // counts resets: a load that spans one is not kept
 	loadMu sync.Mutex              // serializes loads, so that one conn loads
 }
 
 // reset drops the catalog after DDL; the next write or read reloads it.
-func (cc *catalogCache) reset() { cc.cur.Store(nil) }
+func (cc *catalogCache) reset() {
+	cc.gen.Add(1)
+	cc.cur.Store(nil)
+}
 
 // catalog returns the current catalog, loading it on c if needed. c is
-// free: the engine calls this between statements.
+// free: the engine calls this between statements. On a connection in a
+// transaction the catalog is read on a connection of its own: the
+// transaction's snapshot may predate DDL others committed, or see its own
+// DDL that may yet roll back, and the catalog is shared by every conn.
 func (e *engine) catalog(ctx context.Context, c *conn) (*catalog, error) {
 	if cat := e.cat.cur.Load(); cat != nil {
 		return cat, nil
@@ -42,12 +49,24 @@ func (e *engine) catalog(ctx context.Context, c *conn) (*catalog, error) {
 	if cat := e.cat.cur.Load(); cat != nil {
 		return cat, nil
 	}
-	cat, err := loadCatalog(ctx, c.inner)
+	gen, src := e.cat.gen.Load(), c.inner
+	if c.inTx() {
+		own, err := e.inner.Connect(ctx)
+		if err != nil {
+			e.opts.Logger.Warn("cachedpq: cannot read pg_catalog; writes invalidate everything", "err", err)
+			return nil, err
+		}
+		defer own.Close()
+		src = own
+	}
+	cat, err := loadCatalog(ctx, src)
 	if err != nil {
 		e.opts.Logger.Warn("cachedpq: cannot read pg_catalog; writes invalidate everything", "err", err)
 		return nil, err
 	}
-	e.cat.cur.Store(cat)
+	if e.cat.gen.Load() == gen { // else DDL committed while it loaded: it may predate it
+		e.cat.cur.Store(cat)
+	}
 	return cat, nil
 }
 

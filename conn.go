@@ -31,9 +31,16 @@ type conn struct {
 
 	// rawTx and rawWrites track a transaction opened with a BEGIN statement
 	// rather than BeginTx: its writes are invalidated at its COMMIT.
+	// txUnsure is set when transaction control failed or its outcome is
+	// unknown: a transaction may be open or not, so reads skip the cache and
+	// writes are invalidated at once and again at the next COMMIT.
 	rawTx     bool
+	txUnsure  bool
 	rawWrites writeSet
 }
+
+// inTx reports whether a transaction is or may be open on c.
+func (c *conn) inTx() bool { return c.tx != nil || c.rawTx || c.txUnsure }
 
 func newConn(c *Connector, inner driver.Conn) *conn {
 	return &conn{inner: inner, c: c}

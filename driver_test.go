@@ -456,3 +456,28 @@ func TestInterfaceParityWithLibPQ(t *testing.T) {
 	ws.Close()
 	rs.Close()
 }
+
+// TestLostWritesInvalidate: a write whose connection is lost may have
+// committed, through Exec or through Query (an INSERT ... RETURNING commits
+// at Sync, before its rows arrive), so both invalidate.
+func TestLostWritesInvalidate(t *testing.T) {
+	db, mock := mockDB(t)
+	c, err := ConnectorOf(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mock.ExpectExec(`insert into t values (1)`).WillReturnError(io.ErrUnexpectedEOF)
+	mock.ExpectQuery(`insert into t values (2) returning id`).WillReturnError(io.ErrUnexpectedEOF)
+	if _, err := db.Exec(`insert into t values (1)`); err == nil {
+		t.Fatal("the lost write succeeded")
+	}
+	if n := c.Stats().Invalidations; n != 1 {
+		t.Fatalf("after a lost Exec: %d invalidations, want 1", n)
+	}
+	if _, err := db.Query(`insert into t values (2) returning id`); err == nil {
+		t.Fatal("the lost write succeeded")
+	}
+	if n := c.Stats().Invalidations; n != 2 {
+		t.Fatalf("after a lost Query: %d invalidations, want 2", n)
+	}
+}

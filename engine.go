@@ -184,19 +184,18 @@ func (e *engine) query(ctx context.Context, c *conn, src inner, query string, ar
 	}
 	rows, err := src.innerQuery(ctx, query, args)
 	if err != nil {
+		e.afterStatement(ctx, c, a, err)
 		return nil, err
 	}
-	return newRows(rows, func() { e.afterWrite(ctx, c, a) }), nil
+	return newRows(rows, func() { e.afterWrite(ctx, c, a, false) }), nil
 }
 
 // exec runs a statement and, once it succeeded, invalidates what it wrote:
 // now outside a transaction, at commit inside one.
 func (e *engine) exec(ctx context.Context, c *conn, src inner, query string, args []driver.NamedValue) (driver.Result, error) {
 	res, err := src.innerExec(ctx, query, args)
-	if a := analyze(query); mayWrite(a) && (err == nil || !reportedByServer(err)) {
-		// A failure the server did not report (a lost connection, a
-		// cancelled context) may hide a write that committed.
-		e.afterWrite(ctx, c, a)
+	if a := analyze(query); mayWrite(a) {
+		e.afterStatement(ctx, c, a, err)
 	}
 	return res, err
 }
@@ -211,7 +210,7 @@ func reportedByServer(err error) bool {
 // refuses reports why reads on c must not use the cache, if they must not.
 func (c *conn) refuses() (bypassReason, bool) {
 	switch {
-	case c.tx != nil || c.rawTx:
+	case c.inTx():
 		return bypassTransaction, true
 	case c.dirty:
 		return bypassSession, true

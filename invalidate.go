@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/lib/pq"
@@ -18,6 +17,7 @@ import (
 type writeSet struct {
 	tags []string
 	all  bool // an unknown write: the whole namespace
+	ddl  bool // the catalog may have changed: read it again once this commits
 }
 
 func (w *writeSet) add(tags ...string) {
@@ -31,6 +31,7 @@ func (w *writeSet) add(tags ...string) {
 func (w *writeSet) merge(o *writeSet) {
 	w.add(o.tags...)
 	w.all = w.all || o.all
+	w.ddl = w.ddl || o.ddl
 }
 
 func (w *writeSet) empty() bool { return !w.all && len(w.tags) == 0 }
@@ -51,58 +52,124 @@ func mayWrite(a *analysis) bool {
 		a.ddl || len(a.functions) > 0
 }
 
-// afterWrite runs once a statement succeeded: it notes session changes and
-// invalidates what the statement wrote — now outside a transaction, at
-// commit inside one.
-func (e *engine) afterWrite(ctx context.Context, c *conn, a *analysis) {
-	if a.sessionChange && !strings.HasPrefix(a.normalized, "set local ") {
+// afterStatement runs once a statement that mayWrite has run. err is what
+// it returned: a statement Postgres refused wrote nothing, unless it was
+// one of several in a string that committed some before it failed, or it
+// was transaction control (a refused COMMIT rolled back); any other error
+// (a lost connection) may hide a write that committed.
+func (e *engine) afterStatement(ctx context.Context, c *conn, a *analysis, err error) {
+	switch {
+	case err == nil || !reportedByServer(err):
+		e.afterWrite(ctx, c, a, err != nil)
+	case a.txControl:
+		var w writeSet
+		if a.multi {
+			e.writesOf(ctx, c, a, &w)
+		}
+		e.lostTrack(ctx, c, &w)
+	}
+}
+
+// afterWrite notes what a statement that ran changed: the session, and
+// the tables it wrote, invalidated now outside a transaction, at commit
+// inside one. unsure is true when the statement's outcome is unknown.
+func (e *engine) afterWrite(ctx context.Context, c *conn, a *analysis, unsure bool) {
+	if a.sessionLasting {
 		c.dirty = true // SET LOCAL ends with its transaction, where reads bypass anyway
 	}
 	var w writeSet
 	e.writesOf(ctx, c, a, &w)
 	if a.ddl {
-		e.cat.reset()
-	}
-	if a.txControl && c.tx == nil {
-		e.txStatement(ctx, c, a, &w)
-		return
+		e.cat.reset() // now, for this conn's next statements, and again at commit
+		w.ddl = true
 	}
 	switch {
-	case w.empty():
+	case a.txControl && unsure:
+		e.lostTrack(ctx, c, &w)
+	case a.txControl && c.tx != nil:
+		e.txStatementInTx(ctx, c.tx, a, &w)
+	case a.txControl:
+		e.txStatement(ctx, c, a, &w)
 	case c.tx != nil:
-		c.tx.writes.merge(&w)
+		c.tx.add(ctx, e, &w)
 	case c.rawTx:
 		c.rawWrites.merge(&w)
+	case c.txUnsure:
+		c.rawWrites.merge(&w)
+		e.invalidate(ctx, &w)
 	default:
 		e.invalidate(ctx, &w)
 	}
 }
 
+// lostTrack handles transaction control whose outcome is unknown: a
+// refused COMMIT, a string of statements that failed part way. Writes it
+// may have committed (w, and those of the transaction) are invalidated
+// now, and the connection is unsure whether a transaction is open: its
+// reads skip the cache, and its writes are invalidated both at once and
+// at the next COMMIT, until transaction control tells again.
+func (e *engine) lostTrack(ctx context.Context, c *conn, w *writeSet) {
+	if t := c.tx; t != nil {
+		w.merge(&t.writes)
+		t.writes, t.unsure = writeSet{}, true
+	} else {
+		w.merge(&c.rawWrites)
+		c.rawWrites = writeSet{}
+		c.rawTx, c.txUnsure = false, true
+	}
+	e.invalidate(ctx, w)
+}
+
 // txStatement follows a transaction opened or closed by SQL text (BEGIN,
-// COMMIT, ROLLBACK) instead of BeginTx.
+// COMMIT, ROLLBACK) instead of BeginTx. In a string of several statements,
+// what the string wrote is invalidated at once, since an earlier COMMIT in
+// it may have committed it, and again at the COMMIT of a transaction it
+// leaves open.
 func (e *engine) txStatement(ctx context.Context, c *conn, a *analysis, w *writeSet) {
-	if a.multi {
-		// Which statement committed what cannot be told apart: invalidate
-		// now, again at any later COMMIT, and stop caching on this conn.
-		c.dirty, c.rawTx = true, true
+	var now writeSet // what the statement committed
+	now.merge(w)
+	switch {
+	case a.txCommits:
+		now.merge(&c.rawWrites)
+		c.rawWrites = writeSet{}
+	case a.txRollsBack:
+		c.rawWrites = writeSet{}
+	}
+	now.all = now.all || a.commitPrepared // its writes were not seen here
+	switch a.txEnd {
+	case txOpen:
+		c.rawTx, c.txUnsure = true, false
 		c.rawWrites.merge(w)
-		e.invalidate(ctx, w)
+	case txClosed:
+		c.rawTx, c.txUnsure = false, false
+	default: // savepoints: the state is what it was
+		if c.rawTx || c.txUnsure {
+			c.rawWrites.merge(w)
+		}
+	}
+	e.invalidate(ctx, &now)
+}
+
+// txStatementInTx follows transaction control sent as SQL text inside a
+// BeginTx transaction. A COMMIT there commits what the transaction wrote so
+// far; after a COMMIT or ROLLBACK the session may be outside any
+// transaction while database/sql still holds one, so the transaction turns
+// unsure (see tx.add).
+func (e *engine) txStatementInTx(ctx context.Context, t *tx, a *analysis, w *writeSet) {
+	committed := a.txCommits || a.commitPrepared
+	if !committed && !a.txRollsBack {
+		t.add(ctx, e, w) // savepoints
 		return
 	}
-	switch q := a.normalized; {
-	case strings.HasPrefix(q, "begin"), strings.HasPrefix(q, "start transaction"):
-		c.rawTx = true
-	case strings.HasPrefix(q, "commit prepared"):
-		e.invalidate(ctx, &writeSet{all: true}) // its writes were not seen here
-	case strings.HasPrefix(q, "commit"), strings.HasPrefix(q, "end"):
-		c.rawTx = strings.Contains(q, "and chain") && !strings.Contains(q, "and no chain")
-		e.invalidate(ctx, &c.rawWrites)
-		c.rawWrites = writeSet{}
-	case strings.HasPrefix(q, "rollback to"), strings.HasPrefix(q, "savepoint"), strings.HasPrefix(q, "release"):
-	case strings.HasPrefix(q, "rollback"), strings.HasPrefix(q, "abort"), strings.HasPrefix(q, "prepare transaction"):
-		c.rawTx = strings.Contains(q, "and chain") && !strings.Contains(q, "and no chain")
-		c.rawWrites = writeSet{}
+	var now writeSet
+	if committed {
+		now.merge(&t.writes)
+		now.all = now.all || a.commitPrepared
 	}
+	now.merge(w) // committed by the string, or written after it outside a transaction
+	t.writes, t.unsure = writeSet{}, true
+	t.writes.merge(w) // or written in a transaction the string opened
+	e.invalidate(ctx, &now)
 }
 
 // writesOf adds to w the tags a statement wrote: the tables its text names,
@@ -153,6 +220,9 @@ func (e *engine) unknownWrite(a *analysis, w *writeSet) {
 // depended on them is served again, then reclaims their entries in the
 // background. A failed invalidation is retried until it is confirmed.
 func (e *engine) invalidate(ctx context.Context, w *writeSet) {
+	if w.ddl {
+		e.cat.reset() // it reads the committed catalog from now on
+	}
 	if w.empty() {
 		return
 	}

@@ -14,6 +14,18 @@ type tx struct {
 	conn   *conn
 	ctx    context.Context // kept because Commit has no context; only its values are used
 	writes writeSet
+	// unsure is set once a COMMIT or ROLLBACK sent as SQL text, or a
+	// failed one, may have ended the transaction while database/sql holds
+	// it: writes are then invalidated at once, and again at Commit.
+	unsure bool
+}
+
+// add collects what a statement in the transaction wrote.
+func (t *tx) add(ctx context.Context, e *engine, w *writeSet) {
+	t.writes.merge(w)
+	if t.unsure {
+		e.invalidate(ctx, w)
+	}
 }
 
 func newTx(c *conn, inner driver.Tx, ctx context.Context) *tx {
