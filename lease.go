@@ -59,9 +59,12 @@ func (e *engine) storeLookup(ctx context.Context, key string, tags []string) (*e
 	if ent != nil && sameStamps(ent.stamps, stamps) {
 		e.hot.setAt(h, seq)
 	}
-	if holder != lh.token || err != nil {
+	switch {
+	case err != nil:
+		e.withdrawLost(lh)
+	case holder != lh.token:
 		e.withdraw(lh)
-	} else {
+	default:
 		t := time.AfterFunc(leaseClaim, func() {
 			if lh.taken.CompareAndSwap(false, true) {
 				e.drop(lh)
@@ -148,10 +151,25 @@ func (e *engine) ask(key string) *heldLease {
 
 // withdraw forgets a lease asked for and not granted, unless a reader has
 // claimed it meanwhile: the cache granted it after all (the answer was
-// lost), and that reader's load now owns it.
-func (e *engine) withdraw(h *heldLease) {
+// lost), and that reader's load now owns it. It reports whether it forgot
+// the lease.
+func (e *engine) withdraw(h *heldLease) bool {
 	if h.taken.CompareAndSwap(false, true) {
 		e.leases.CompareAndDelete(h.token, h)
+		return true
+	}
+	return false
+}
+
+// withdrawLost withdraws a lease whose request failed, and gives it back
+// in the background: the cache may have granted it before the answer was
+// lost (the caller's context ended while it was on its way), and left to
+// expire it would make every reader of the key, here and in other
+// processes, wait leaseWait for a load that never comes. The release
+// checks the token, so giving back a lease never granted is harmless.
+func (e *engine) withdrawLost(h *heldLease) {
+	if e.withdraw(h) {
+		e.bg.Go(func() { e.giveBack(h) })
 	}
 }
 
@@ -230,7 +248,7 @@ func (e *engine) takeLease(ctx context.Context, r *read, stamps []uint64) (ent *
 	}
 	switch {
 	case err != nil:
-		e.withdraw(lh)
+		e.withdrawLost(lh)
 		e.fail("lease", err)
 		return nil, false, err
 	case holder == lh.token && lh.taken.CompareAndSwap(false, true):
