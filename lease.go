@@ -249,7 +249,7 @@ func (e *engine) takeLease(ctx context.Context, r *read, stamps []uint64) (ent *
 	switch {
 	case err != nil:
 		e.withdrawLost(lh)
-		e.fail("lease", err)
+		e.fail(lctx, "lease", err)
 		return nil, false, err
 	case holder == lh.token && lh.taken.CompareAndSwap(false, true):
 		r.held = lh
@@ -277,7 +277,7 @@ func (e *engine) takeLease(ctx context.Context, r *read, stamps []uint64) (ent *
 func (e *engine) acquireThenLook(ctx context.Context, r *read, stamps []uint64) (*entry, bool, error) {
 	token, _, err := e.store.acquireLease(ctx, r.key, stampTag(stamps), leaseTTL)
 	if err != nil {
-		e.fail("lease", err)
+		e.fail(ctx, "lease", err)
 		return nil, false, err
 	}
 	if token == 0 {
@@ -339,6 +339,6 @@ func (e *engine) giveBack(h *heldLease) {
 	ctx, cancel := e.cacheCtx(context.Background())
 	defer cancel()
 	if err := e.store.releaseLease(ctx, h.key, h.token); err != nil {
-		e.fail("release lease", err)
+		e.fail(ctx, "release lease", err)
 	}
 }
