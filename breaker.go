@@ -38,7 +38,9 @@ func newGuarded(inner backend, onChange func(from, to gobreaker.State)) *guarded
 			var corrupt errCorruptEntry
 			return err == nil || errors.As(err, &corrupt) // the cache answered
 		},
-		IsExcluded:    func(err error) bool { return errors.Is(err, context.Canceled) },
+		IsExcluded: func(err error) bool {
+			return errors.Is(err, context.Canceled) || errors.Is(err, errCallerGone)
+		},
 		OnStateChange: func(_ string, from, to gobreaker.State) { onChange(from, to) },
 	})}
 }
@@ -52,6 +54,18 @@ func (g *guarded) allow() (func(error), error) {
 	return done, nil
 }
 
+// errCallerGone is what the breaker is told of a call its caller cut short
+// (see callerGone): nothing, as of a cancelled one.
+var errCallerGone = errors.New("cachedpq: cache call cut short by its caller")
+
+// outcome is what the breaker learns from a call under ctx that returned err.
+func outcome(ctx context.Context, err error) error {
+	if err != nil && callerGone(ctx) {
+		return errCallerGone
+	}
+	return err
+}
+
 func (g *guarded) open() bool { return g.cb.State() == gobreaker.StateOpen }
 
 func (g *guarded) lookup(ctx context.Context, key string, tags []string, buf []uint64) (*entry, []uint64, error) {
@@ -60,7 +74,7 @@ func (g *guarded) lookup(ctx context.Context, key string, tags []string, buf []u
 		return nil, nil, err
 	}
 	e, s, err := g.inner.lookup(ctx, key, tags, buf)
-	done(err)
+	done(outcome(ctx, err))
 	return e, s, err
 }
 
@@ -70,28 +84,28 @@ func (g *guarded) readStamps(ctx context.Context, tags []string) ([]uint64, erro
 		return nil, err
 	}
 	s, err := g.inner.readStamps(ctx, tags)
-	done(err)
+	done(outcome(ctx, err))
 	return s, err
 }
 
 func (g *guarded) fill(ctx context.Context, key string, e *entry, ttl time.Duration, tags []string) error {
-	return g.run(func() error { return g.inner.fill(ctx, key, e, ttl, tags) })
+	return g.run(ctx, func() error { return g.inner.fill(ctx, key, e, ttl, tags) })
 }
 
 func (g *guarded) fillReleasing(ctx context.Context, key string, e *entry, ttl time.Duration, tags []string, token uint64) error {
-	return g.run(func() error { return g.inner.(releasingFiller).fillReleasing(ctx, key, e, ttl, tags, token) })
+	return g.run(ctx, func() error { return g.inner.(releasingFiller).fillReleasing(ctx, key, e, ttl, tags, token) })
 }
 
 func (g *guarded) bump(ctx context.Context, tags []string) error {
-	return g.run(func() error { return g.inner.bump(ctx, tags) })
+	return g.run(ctx, func() error { return g.inner.bump(ctx, tags) })
 }
 
 func (g *guarded) purge(ctx context.Context, tags []string) error {
-	return g.run(func() error { return g.inner.purge(ctx, tags) })
+	return g.run(ctx, func() error { return g.inner.purge(ctx, tags) })
 }
 
 func (g *guarded) remove(ctx context.Context, keys ...string) error {
-	return g.run(func() error { return g.inner.remove(ctx, keys...) })
+	return g.run(ctx, func() error { return g.inner.remove(ctx, keys...) })
 }
 
 func (g *guarded) lookupLease(ctx context.Context, key string, tags []string, ttl time.Duration, always bool, token uint64) (*entry, []uint64, uint64, error) {
@@ -100,7 +114,7 @@ func (g *guarded) lookupLease(ctx context.Context, key string, tags []string, tt
 		return nil, nil, 0, err
 	}
 	e, s, tok, err := g.inner.(leaser).lookupLease(ctx, key, tags, ttl, always, token)
-	done(err)
+	done(outcome(ctx, err))
 	return e, s, tok, err
 }
 
@@ -110,20 +124,20 @@ func (g *guarded) acquireLease(ctx context.Context, key, tag string, ttl time.Du
 		return 0, false, err
 	}
 	tok, ok, err := g.inner.acquireLease(ctx, key, tag, ttl)
-	done(err)
+	done(outcome(ctx, err))
 	return tok, ok, err
 }
 
 func (g *guarded) releaseLease(ctx context.Context, key string, token uint64) error {
-	return g.run(func() error { return g.inner.releaseLease(ctx, key, token) })
+	return g.run(ctx, func() error { return g.inner.releaseLease(ctx, key, token) })
 }
 
-func (g *guarded) run(op func() error) error {
+func (g *guarded) run(ctx context.Context, op func() error) error {
 	done, err := g.allow()
 	if err != nil {
 		return err
 	}
 	err = op()
-	done(err)
+	done(outcome(ctx, err))
 	return err
 }

@@ -128,8 +128,8 @@ func (e *engine) breakerChanged(from, to gobreaker.State) {
 }
 
 // fail records a cache failure: counted, logged, handed to the hook. The
-// SQL caller never sees it.
-func (e *engine) fail(op string, err error) {
+// SQL caller never sees it. ctx is the context op ran under.
+func (e *engine) fail(ctx context.Context, op string, err error) {
 	if errors.Is(err, errBreakerOpen) {
 		return
 	}
@@ -138,12 +138,30 @@ func (e *engine) fail(op string, err error) {
 	if e.opts.OnError != nil {
 		e.opts.OnError(err)
 	}
-	if !errors.Is(err, context.Canceled) {
+	if !errors.Is(err, context.Canceled) && !callerGone(ctx) {
 		// While the cache failed for us it may have failed for a writer in
 		// another process, whose invalidation is then late or lost: serve
 		// no hit until the whole namespace has been invalidated.
 		e.markPending(nil)
 	}
+}
+
+// errCacheTimeout is the cause of a cache operation's own deadline. It
+// tells a cache too slow to answer from a caller that stopped waiting.
+var errCacheTimeout = errors.New("cachedpq: cache operation timed out")
+
+// withCacheTimeout bounds a cache operation by d, its own timeout.
+func withCacheTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeoutCause(ctx, d, errCacheTimeout)
+}
+
+// callerGone reports whether ctx, which a cache operation ran under, ended
+// for its caller's reasons (a client that went away, a request's deadline)
+// rather than by the cache's own timeout. An operation so cut short says
+// nothing about the cache: counted as a failure, it would make every
+// process invalidate the whole namespace, and open the breaker.
+func callerGone(ctx context.Context) bool {
+	return ctx.Err() != nil && !errors.Is(context.Cause(ctx), errCacheTimeout)
 }
 
 // cacheCtx bounds one cache operation by the configured timeout. The
@@ -152,7 +170,7 @@ func (e *engine) cacheCtx(ctx context.Context) (context.Context, context.CancelF
 	if !e.shared {
 		return ctx, func() {}
 	}
-	return context.WithTimeout(ctx, e.opts.Timeout)
+	return withCacheTimeout(ctx, e.opts.Timeout)
 }
 
 // lookup reads an entry and the stamps of its tags, and the token of the
@@ -305,7 +323,7 @@ func (e *engine) lookupFailed(ctx context.Context, r *read, stamps []uint64, hol
 		e.opts.Logger.Warn("cachedpq: undecodable cache entry treated as a miss", "key", r.key, "err", err)
 		return e.miss(ctx, r, stamps, holder)
 	}
-	e.fail("lookup", err)
+	e.fail(ctx, "lookup", err)
 	e.bypassed(r.rs, bypassCacheError)
 	return r.run(ctx)
 }
@@ -492,7 +510,7 @@ func (e *engine) readStamps(ctx context.Context, tags []string) ([]uint64, error
 	defer cancel()
 	stamps, err := e.store.readStamps(sctx, tags)
 	if err != nil {
-		e.fail("read stamps", err)
+		e.fail(sctx, "read stamps", err)
 	}
 	return stamps, err
 }
@@ -552,7 +570,7 @@ func (e *engine) store1(r *read, ent *entry, stored func()) {
 		if e.beforeFill != nil {
 			e.beforeFill(r.key)
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), fillTimeout)
+		ctx, cancel := withCacheTimeout(context.Background(), fillTimeout)
 		defer cancel()
 		var token uint64
 		if h := r.held; h != nil && e.leases.CompareAndDelete(h.token, h) {
@@ -578,7 +596,7 @@ func (e *engine) fillNow(ctx context.Context, r *read, ent *entry, ttl time.Dura
 	if err != nil {
 		e.note(r.rs, fillErrorsF)
 		if !errors.Is(err, errUncacheable) && !errors.Is(err, errTooLarge) {
-			e.fail("fill", err)
+			e.fail(ctx, "fill", err)
 		}
 		return
 	}

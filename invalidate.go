@@ -227,8 +227,9 @@ func (e *engine) invalidate(ctx context.Context, w *writeSet) {
 		return
 	}
 	tags := w.list()
-	if err := e.bumpNow(context.WithoutCancel(ctx), tags); err != nil {
-		e.fail("invalidate", err)
+	bctx := context.WithoutCancel(ctx) // the write is done: its caller's end must not stop the bump
+	if err := e.bumpNow(bctx, tags); err != nil {
+		e.fail(bctx, "invalidate", err)
 		e.markPending(tags)
 		return
 	}
@@ -298,9 +299,9 @@ func (e *engine) purgePasses() {
 		}
 		e.purgeMu.Unlock()
 		slices.Sort(tags)
-		ctx, cancel := context.WithTimeout(context.Background(), purgeTimeout)
+		ctx, cancel := withCacheTimeout(context.Background(), purgeTimeout)
 		if err := e.store.purge(ctx, slices.Compact(tags)); err != nil {
-			e.fail("purge", err)
+			e.fail(ctx, "purge", err)
 		}
 		cancel()
 	}

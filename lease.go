@@ -59,9 +59,12 @@ func (e *engine) storeLookup(ctx context.Context, key string, tags []string) (*e
 	if ent != nil && sameStamps(ent.stamps, stamps) {
 		e.hot.setAt(h, seq)
 	}
-	if holder != lh.token || err != nil {
+	switch {
+	case err != nil:
+		e.withdrawLost(lh)
+	case holder != lh.token:
 		e.withdraw(lh)
-	} else {
+	default:
 		t := time.AfterFunc(leaseClaim, func() {
 			if lh.taken.CompareAndSwap(false, true) {
 				e.drop(lh)
@@ -148,10 +151,25 @@ func (e *engine) ask(key string) *heldLease {
 
 // withdraw forgets a lease asked for and not granted, unless a reader has
 // claimed it meanwhile: the cache granted it after all (the answer was
-// lost), and that reader's load now owns it.
-func (e *engine) withdraw(h *heldLease) {
+// lost), and that reader's load now owns it. It reports whether it forgot
+// the lease.
+func (e *engine) withdraw(h *heldLease) bool {
 	if h.taken.CompareAndSwap(false, true) {
 		e.leases.CompareAndDelete(h.token, h)
+		return true
+	}
+	return false
+}
+
+// withdrawLost withdraws a lease whose request failed, and gives it back
+// in the background: the cache may have granted it before the answer was
+// lost (the caller's context ended while it was on its way), and left to
+// expire it would make every reader of the key, here and in other
+// processes, wait leaseWait for a load that never comes. The release
+// checks the token, so giving back a lease never granted is harmless.
+func (e *engine) withdrawLost(h *heldLease) {
+	if e.withdraw(h) {
+		e.bg.Go(func() { e.giveBack(h) })
 	}
 }
 
@@ -230,8 +248,8 @@ func (e *engine) takeLease(ctx context.Context, r *read, stamps []uint64) (ent *
 	}
 	switch {
 	case err != nil:
-		e.withdraw(lh)
-		e.fail("lease", err)
+		e.withdrawLost(lh)
+		e.fail(lctx, "lease", err)
 		return nil, false, err
 	case holder == lh.token && lh.taken.CompareAndSwap(false, true):
 		r.held = lh
@@ -259,7 +277,7 @@ func (e *engine) takeLease(ctx context.Context, r *read, stamps []uint64) (ent *
 func (e *engine) acquireThenLook(ctx context.Context, r *read, stamps []uint64) (*entry, bool, error) {
 	token, _, err := e.store.acquireLease(ctx, r.key, stampTag(stamps), leaseTTL)
 	if err != nil {
-		e.fail("lease", err)
+		e.fail(ctx, "lease", err)
 		return nil, false, err
 	}
 	if token == 0 {
@@ -321,6 +339,6 @@ func (e *engine) giveBack(h *heldLease) {
 	ctx, cancel := e.cacheCtx(context.Background())
 	defer cancel()
 	if err := e.store.releaseLease(ctx, h.key, h.token); err != nil {
-		e.fail("release lease", err)
+		e.fail(ctx, "release lease", err)
 	}
 }

@@ -115,7 +115,7 @@ func (g *lookupGroup) sendShared(key string, c *lookupCall) {
 
 // send runs one lookup under g.timeout.
 func (g *lookupGroup) send(ctx context.Context, key string, tags []string) (*entry, []uint64, uint64, error) {
-	ctx, cancel := context.WithTimeout(ctx, g.timeout)
+	ctx, cancel := withCacheTimeout(ctx, g.timeout)
 	defer cancel()
 	return g.fn(ctx, key, tags)
 }

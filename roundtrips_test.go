@@ -231,3 +231,42 @@ func TestLeaseHeldHereIsClaimed(t *testing.T) {
 		t.Fatalf("the load took a lease held elsewhere: entry %v, held %+v", ent, r.held)
 	}
 }
+
+// slowScripts is a go-redis hook that, while on, delays the reply of every
+// script run by delay after Redis ran it, or until the caller's context
+// ends: the reply of a lookup that took a lease can so be lost.
+type slowScripts struct {
+	on    atomic.Bool
+	delay time.Duration
+}
+
+func (h *slowScripts) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *slowScripts) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		if name := cmd.Name(); !h.on.Load() || name != "evalsha" && name != "eval" {
+			return err
+		}
+		select {
+		case <-time.After(h.delay):
+			return err
+		case <-ctx.Done():
+			cmd.SetErr(ctx.Err())
+			return ctx.Err()
+		}
+	}
+}
+
+func (h *slowScripts) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// slowRedis returns a client of the test Redis whose script replies are
+// delayed while its hook is on, with the cache's scripts already loaded.
+func slowRedis(t *testing.T, delay time.Duration) (*redis.Client, *slowScripts) {
+	c, _ := countedRedis(t)
+	h := &slowScripts{delay: delay}
+	c.AddHook(h)
+	return c, h
+}

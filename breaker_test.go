@@ -1,0 +1,49 @@
+package cachedpq
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+// TestCallerDeadlineIsNoCacheFailure: a lookup cut short by its caller's
+// deadline, well within the cache's own timeout, says nothing about the
+// cache. Counted as a failure, it made this process skip the cache and
+// invalidate the whole namespace for every process, and it counted toward
+// opening the breaker. The cache's own timeout is still a failure.
+func TestCallerDeadlineIsNoCacheFailure(t *testing.T) {
+	tests := []struct {
+		name           string
+		cacheTimeout   time.Duration
+		callerDeadline time.Duration // 0: none
+		failure        bool
+	}{
+		{"caller's deadline", time.Second, 30 * time.Millisecond, false},
+		{"cache timeout", 30 * time.Millisecond, 0, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			const query = `select v from kv where k = $1`
+			rdb, slow := slowRedis(t, 100*time.Millisecond)
+			db, c, _ := engineDB(t, rdb)
+			must(t, c.opts.Registry.Register(query, Policy{TTL: time.Hour}))
+			c.eng.opts.Timeout, c.eng.lookups.timeout = tt.cacheTimeout, tt.cacheTimeout
+
+			slow.on.Store(true)
+			ctx := context.Background()
+			if tt.callerDeadline > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, tt.callerDeadline)
+				defer cancel()
+			}
+			if rows, err := db.QueryContext(ctx, query, 1); err == nil {
+				rows.Close()
+			}
+			slow.on.Store(false)
+			failures := c.eng.breakr.cb.Counts().TotalFailures
+			if pending := c.Stats().Pending; pending != tt.failure || (failures > 0) != tt.failure {
+				t.Errorf("pending %v, breaker failures %d; want a cache failure: %v", pending, failures, tt.failure)
+			}
+		})
+	}
+}
