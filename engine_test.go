@@ -372,3 +372,44 @@ func TestEarlyRefreshRunsInTheBackground(t *testing.T) {
 		}
 	})
 }
+
+// TestReadsAfterCloseStartNothing: sql.DB.Close does not wait for a held
+// sql.Conn, which may read on. Its hits draw early refreshes and its misses
+// fills, but the Connector is closed: nothing may start in the background
+// (the refresh pool is gone for good), and a skipped refresh gives up its
+// claim. The reads are answered all the same.
+func TestReadsAfterCloseStartNothing(t *testing.T) {
+	eachStore(t, func(t *testing.T, rdb redis.UniversalClient) {
+		db, c, _ := engineDB(t, rdb)
+		must(t, c.opts.Registry.Register(`select v from kv where k = $1`, Policy{TTL: time.Hour, Beta: 1e12}))
+		ctx := testCtx(t)
+		sc, err := db.Conn(ctx)
+		must(t, err)
+		defer sc.Close()
+		read := func(k int) string {
+			t.Helper()
+			var v string
+			must(t, sc.QueryRowContext(ctx, `select v from kv where k = $1`, k).Scan(&v))
+			return v
+		}
+		read(1)
+		waitFor(t, func() bool { return c.Stats().Fills == 1 })
+		must(t, db.Close())
+		for range 2 {
+			if got, miss := read(1), read(2); got != "v1" || miss != "v2" {
+				t.Fatalf("after close: %q, %q", got, miss)
+			}
+		}
+		fills := uint64(1) // a Redis fill runs in the background: none after close
+		if rdb == nil {
+			fills = 2 // the in-process store fills inline
+		}
+		if s := c.Stats(); s.Hits < 2 || s.Fills != fills {
+			t.Fatalf("after close: %+v", s.Counters)
+		}
+		c.eng.refreshers.Range(func(key, _ any) bool {
+			t.Fatalf("a skipped refresh kept its claim on %v", key)
+			return false
+		})
+	})
+}
