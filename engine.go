@@ -76,8 +76,8 @@ type engine struct {
 	bgDB   *sql.DB          // background reloads' connections; see background
 
 	bg      sync.WaitGroup // background fills, purges, reloads and retries
-	closing chan struct{}
-	closeMu sync.Once
+	bgMu    sync.RWMutex   // guards starting work on bg against closing: close waits for all it started
+	closing chan struct{}  // closed by close; no background work starts after it
 
 	// beforeFill, if set by a test, runs between the Postgres read and the
 	// cache fill of a miss.
@@ -112,7 +112,11 @@ func newEngine(c *Connector) *engine {
 
 // close stops background work and waits for it.
 func (e *engine) close() {
-	e.closeMu.Do(func() { close(e.closing) })
+	e.bgMu.Lock()
+	if !e.closed() {
+		close(e.closing)
+	}
+	e.bgMu.Unlock()
 	e.bg.Wait()
 	e.bgOnce.Do(func() {}) // no pool opens after this
 	if e.bgDB != nil {
@@ -121,6 +125,30 @@ func (e *engine) close() {
 	if ms, ok := e.store.(*memStore); ok {
 		ms.close()
 	}
+}
+
+// closed reports whether close has begun.
+func (e *engine) closed() bool {
+	select {
+	case <-e.closing:
+		return true
+	default:
+		return false
+	}
+}
+
+// goBackground runs fn on bg unless close has begun, and reports whether
+// it does. A connection database/sql has not closed yet (a held sql.Conn, a
+// query in flight) can still read after close: work it started then would
+// outlive close's wait, on resources close releases.
+func (e *engine) goBackground(fn func()) bool {
+	e.bgMu.RLock()
+	defer e.bgMu.RUnlock()
+	if e.closed() {
+		return false
+	}
+	e.bg.Go(fn)
+	return true
 }
 
 func (e *engine) breakerChanged(from, to gobreaker.State) {
@@ -550,9 +578,7 @@ func (r *registration) ttl(empty bool) time.Duration {
 func (e *engine) store1(r *read, ent *entry, stored func()) {
 	ttl := time.Duration(ent.expires-ent.created) + r.reg.policy.StaleFor
 	if ent.expires <= ent.created {
-		stored()
-		e.releaseLease(r)
-		e.refreshers.Delete(r.key)
+		e.storeNothing(r, stored)
 		return
 	}
 	tags := r.tags[:len(r.tags)-1] // entries are not indexed under the epoch
@@ -566,7 +592,7 @@ func (e *engine) store1(r *read, ent *entry, stored func()) {
 		e.refreshers.Delete(r.key)
 		return
 	}
-	e.bg.Go(func() {
+	started := e.goBackground(func() {
 		if e.beforeFill != nil {
 			e.beforeFill(r.key)
 		}
@@ -580,6 +606,17 @@ func (e *engine) store1(r *read, ent *entry, stored func()) {
 		stored()
 		e.refreshers.Delete(r.key) // only now does a lookup see the new entry
 	})
+	if !started { // closed: the next process to miss fills it
+		e.storeNothing(r, stored)
+	}
+}
+
+// storeNothing ends a load whose entry is not stored: its lease and its
+// refresh claim go.
+func (e *engine) storeNothing(r *read, stored func()) {
+	stored()
+	e.releaseLease(r)
+	e.refreshers.Delete(r.key)
 }
 
 // fillNow stores ent, releasing the fill lease token holds (if not 0).

@@ -372,3 +372,77 @@ func TestEarlyRefreshRunsInTheBackground(t *testing.T) {
 		}
 	})
 }
+
+// TestReadsAfterCloseStartNothing: sql.DB.Close does not wait for a held
+// sql.Conn, which may read on. Its hits draw early refreshes and its misses
+// fills, but the Connector is closed: nothing may start in the background
+// (the refresh pool is gone for good), and a skipped refresh gives up its
+// claim. The reads are answered all the same.
+func TestReadsAfterCloseStartNothing(t *testing.T) {
+	eachStore(t, func(t *testing.T, rdb redis.UniversalClient) {
+		db, c, _ := engineDB(t, rdb)
+		must(t, c.opts.Registry.Register(`select v from kv where k = $1`, Policy{TTL: time.Hour, Beta: 1e12}))
+		ctx := testCtx(t)
+		sc, err := db.Conn(ctx)
+		must(t, err)
+		defer sc.Close()
+		read := func(k int) string {
+			t.Helper()
+			var v string
+			must(t, sc.QueryRowContext(ctx, `select v from kv where k = $1`, k).Scan(&v))
+			return v
+		}
+		read(1)
+		waitFor(t, func() bool { return c.Stats().Fills == 1 })
+		must(t, db.Close())
+		for range 2 {
+			if got, miss := read(1), read(2); got != "v1" || miss != "v2" {
+				t.Fatalf("after close: %q, %q", got, miss)
+			}
+		}
+		fills := uint64(1) // a Redis fill runs in the background: none after close
+		if rdb == nil {
+			fills = 2 // the in-process store fills inline
+		}
+		if s := c.Stats(); s.Hits < 2 || s.Fills != fills {
+			t.Fatalf("after close: %+v", s.Counters)
+		}
+		c.eng.refreshers.Range(func(key, _ any) bool {
+			t.Fatalf("a skipped refresh kept its claim on %v", key)
+			return false
+		})
+	})
+}
+
+// TestForeignIndexIsAMiss: a value of another type under a table's index
+// is foreign bytes in the cache, which cost a miss at most. It used to fail
+// every fill and purge of the table, each failure invalidating the whole
+// namespace.
+func TestForeignIndexIsAMiss(t *testing.T) {
+	rdb := testRedis(t)
+	db, c, _ := engineDB(t, rdb)
+	must(t, c.opts.Registry.Register(`select v from kv where k = $1`, Policy{TTL: time.Hour}))
+	idx := c.opts.Prefix + ":idx:kv"
+	must(t, rdb.Set(testCtx(t), idx, "foreign", 0).Err())
+	for k := 1; k <= 3; k++ {
+		getV(t, db, k)
+	}
+	waitFor(t, func() bool { s := c.Stats(); return s.Fills+s.FillErrors == 3 || s.Pending })
+	if s := c.Stats(); s.Fills != 3 {
+		t.Fatalf("fills over a foreign index: %+v", s)
+	}
+	must(t, rdb.Set(testCtx(t), idx, "foreign", 0).Err())
+	if _, err := db.Exec(`update kv set v = 'new' where k = 1`); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool {
+		s := c.Stats()
+		return rdb.Exists(testCtx(t), idx).Val() == 0 || s.Pending || s.EpochBumps > 0
+	})
+	if s := c.Stats(); s.EpochBumps != 0 || s.Pending {
+		t.Fatalf("a purge over a foreign index failed: %+v", s)
+	}
+	if got := getV(t, db, 1); got != "new" {
+		t.Fatalf("after the write: %q", got)
+	}
+}

@@ -277,8 +277,10 @@ func (e *engine) purgeLater(tags []string) {
 		}
 	}
 	if len(e.purgeTags) > 0 && !e.purging {
-		e.purging = true
-		e.bg.Go(e.purgePasses)
+		e.purging = e.goBackground(e.purgePasses)
+		if !e.purging { // closed: the entries expire in their time
+			e.purgeTags = nil
+		}
 	}
 }
 
@@ -318,8 +320,8 @@ func (e *engine) markPending(tags []string) {
 	}
 	e.unsure.Store(true)
 	if !e.retrying {
-		e.retrying = true
-		e.bg.Go(e.retryPending)
+		// After close no retry starts: this process serves no hit again.
+		e.retrying = e.goBackground(e.retryPending)
 	}
 }
 

@@ -21,16 +21,20 @@ const (
 
 // refreshLater reloads r's entry in the background under the stamps its
 // lookup saw, which were read before the reload's query runs. The caller
-// holds the refresh claim on r's key; the reload ends it.
+// holds the refresh claim on r's key; the reload ends it, or refreshLater
+// if none starts because the Connector is closed (its reload pool with it).
 func (e *engine) refreshLater(r *read, seen []uint64) {
 	lr := *r
 	lr.args = cloneArgs(r.args)
 	stamps := slices.Clone(seen)
-	e.bg.Go(func() {
+	started := e.goBackground(func() {
 		if err := e.reload(&lr, stamps); err != nil {
 			e.opts.Logger.Debug("cachedpq: background refresh failed", "key", lr.key, "err", err)
 		}
 	})
+	if !started {
+		e.refreshers.Delete(r.key)
+	}
 }
 
 // reload loads r as a miss would, on a background connection, and reads

@@ -32,6 +32,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"time"
 	"unsafe"
@@ -361,25 +362,80 @@ func (s *redisStore) fillReleasing(ctx context.Context, key string, val []byte, 
 	if ttl <= 0 {
 		return errBadTTL
 	}
-	now := time.Now()
-	expiry := float64(now.Add(ttl).UnixMilli())
-	horizon := strconv.FormatInt(now.Add(-indexSlack).UnixMilli(), 10)
-	idxTTL := ttl.Truncate(time.Second) + time.Second + indexSlack
+	ix := newIndexing(key, ttl)
 	pipe := s.c.Pipeline()
 	pipe.Set(ctx, key, val, ttl)
 	for _, tag := range tags {
-		idx := s.indexKey(tag)
-		pipe.ZAdd(ctx, idx, redis.Z{Score: expiry, Member: key})
-		pipe.ZRemRangeByScore(ctx, idx, "-inf", "("+horizon)
-		pipe.ExpireNX(ctx, idx, idxTTL) // a new index has no TTL yet
-		pipe.ExpireGT(ctx, idx, idxTTL) // an old one may expire too soon
+		ix.add(ctx, pipe, s.indexKey(tag))
 	}
 	if token != 0 {
 		// EVAL, not EVALSHA: a pipeline cannot retry a script the server
 		// has forgotten, and the server caches it by its hash anyway.
 		pipe.Eval(ctx, releaseSrc, []string{leaseKey(key)}, formatStamp(token))
 	}
+	foreign, err := execIndexing(ctx, pipe)
+	if err != nil || len(foreign) == 0 {
+		return err
+	}
+	return s.reindex(ctx, ix, foreign)
+}
+
+// indexing is what a fill writes to the indexes of its entry's tags.
+type indexing struct {
+	key     string        // the entry key
+	expiry  float64       // the entry's expiry, unix ms: its score
+	horizon string        // members scored before it are trimmed
+	ttl     time.Duration // the least TTL the index keeps
+}
+
+func newIndexing(key string, ttl time.Duration) indexing {
+	now := time.Now()
+	return indexing{
+		key:     key,
+		expiry:  float64(now.Add(ttl).UnixMilli()),
+		horizon: strconv.FormatInt(now.Add(-indexSlack).UnixMilli(), 10),
+		ttl:     ttl.Truncate(time.Second) + time.Second + indexSlack,
+	}
+}
+
+// add queues the indexing of the entry under idx.
+func (ix *indexing) add(ctx context.Context, pipe redis.Pipeliner, idx string) {
+	pipe.ZAdd(ctx, idx, redis.Z{Score: ix.expiry, Member: ix.key})
+	pipe.ZRemRangeByScore(ctx, idx, "-inf", "("+ix.horizon)
+	pipe.ExpireNX(ctx, idx, ix.ttl) // a new index has no TTL yet
+	pipe.ExpireGT(ctx, idx, ix.ttl) // an old one may expire too soon
+}
+
+// reindex replaces the foreign values found under the indexes idxs with
+// indexes of the entry alone. Members another fill added in between are
+// lost with them: their entries are not purged early, which costs memory
+// until they expire, never a stale hit (their stamps see to that).
+func (s *redisStore) reindex(ctx context.Context, ix indexing, idxs []string) error {
+	pipe := s.c.Pipeline()
+	for _, idx := range idxs {
+		pipe.Unlink(ctx, idx)
+		ix.add(ctx, pipe, idx)
+	}
 	return execIgnoring(ctx, pipe)
+}
+
+// execIndexing is execIgnoring for a fill: it also returns, rather than
+// fail on, the keys of the commands that met a value of another type, which
+// can only be foreign values under indexes (SET and EVAL take any key).
+func execIndexing(ctx context.Context, pipe redis.Pipeliner) (foreign []string, err error) {
+	cmds, _ := pipe.Exec(ctx)
+	for _, cmd := range cmds {
+		err := cmd.Err()
+		switch {
+		case isWrongType(err):
+			if k, _ := cmd.Args()[1].(string); !slices.Contains(foreign, k) {
+				foreign = append(foreign, k)
+			}
+		case err != nil && err != redis.Nil:
+			return nil, err
+		}
+	}
+	return foreign, nil
 }
 
 // execIgnoring runs pipe and returns its first error, except the "not
@@ -407,16 +463,17 @@ func (s *redisStore) purge(ctx context.Context, tags []string) error {
 	return nil
 }
 
-// purgeTag empties one index, unlinking the entries it names.
+// purgeTag empties one index, unlinking the entries it names. A foreign
+// value under idx names none: it is unlinked, as an emptied index would be.
 func (s *redisStore) purgeTag(ctx context.Context, idx string) error {
 	left, err := s.c.ZCard(ctx, idx).Result()
 	if err != nil {
-		return err
+		return s.unlinkForeign(ctx, idx, err)
 	}
 	for left > 0 {
 		members, err := s.c.ZPopMin(ctx, idx, min(left, purgeBatch)).Result()
 		if err != nil || len(members) == 0 {
-			return err
+			return s.unlinkForeign(ctx, idx, err)
 		}
 		left -= int64(len(members))
 		if err := s.unlinkMembers(ctx, members); err != nil {
@@ -424,6 +481,15 @@ func (s *redisStore) purgeTag(ctx context.Context, idx string) error {
 		}
 	}
 	return nil
+}
+
+// unlinkForeign unlinks idx if err says it holds a value of another type,
+// and returns any other err.
+func (s *redisStore) unlinkForeign(ctx context.Context, idx string, err error) error {
+	if isWrongType(err) {
+		return s.remove(ctx, idx)
+	}
+	return err
 }
 
 // unlinkMembers unlinks the entry keys named by index members.

@@ -264,6 +264,44 @@ func TestRedisStoreIndex(t *testing.T) {
 	})
 }
 
+// TestRedisStoreForeignIndex plants values of other types under tag
+// indexes: a fill still stores its entry and replaces them with indexes of
+// it, and a purge reads them as empty indexes and unlinks them. Neither
+// fails, which would cost the engine an invalidation of everything.
+func TestRedisStoreForeignIndex(t *testing.T) {
+	c := testRedis(t)
+	plant := func(ctx context.Context, s *redisStore) {
+		must(t, c.Set(ctx, s.indexKey("a"), "foreign", 0).Err())
+		must(t, c.HSet(ctx, s.indexKey("b"), "f", "1").Err())
+	}
+	t.Run("fill", func(t *testing.T) {
+		ctx := testCtx(t)
+		s := newRedisStore(c, testPrefix(t, c))
+		plant(ctx, s)
+		key := s.prefix + ":e:k"
+		must(t, s.fillReleasing(ctx, key, []byte("v"), time.Minute, []string{"a", "b", "c"}, 0))
+		if v, _, _ := s.lookup(ctx, key, nil, nil); string(v) != "v" {
+			t.Fatalf("entry = %q", v)
+		}
+		for _, tag := range []string{"a", "b", "c"} {
+			if members, err := c.ZRange(ctx, s.indexKey(tag), 0, -1).Result(); err != nil || len(members) != 1 || members[0] != key {
+				t.Fatalf("index of %s = %v, %v", tag, members, err)
+			}
+		}
+	})
+	t.Run("purge", func(t *testing.T) {
+		ctx := testCtx(t)
+		s := newRedisStore(c, testPrefix(t, c))
+		key := s.prefix + ":e:k"
+		must(t, s.fill(ctx, key, []byte("v"), time.Minute, []string{"c"}))
+		plant(ctx, s)
+		must(t, s.purge(ctx, []string{"a", "b", "c"}))
+		if left, err := c.Exists(ctx, s.indexKey("a"), s.indexKey("b"), s.indexKey("c"), key).Result(); err != nil || left != 0 {
+			t.Fatalf("%d of the indexes and the entry survived the purge (%v)", left, err)
+		}
+	})
+}
+
 // TestRedisStoreDown checks that every operation reports an error, and
 // neither hangs nor panics, when Redis is gone.
 func TestRedisStoreDown(t *testing.T) {

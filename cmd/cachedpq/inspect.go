@@ -218,32 +218,47 @@ func (st *scanState) add(e *entryInfo) {
 }
 
 // sumTags walks each tag index with ZSCAN and sums the live entries it
-// names. Index members whose entries are gone count only in Indexed.
+// names. Index members whose entries are gone count only in Indexed. A
+// value of another type under an index key is no index (the library
+// replaces it at its next fill or purge): it counts as another key.
 func (st *scanState) sumTags(ctx context.Context, c *redis.Client, prefix string, count int64) error {
 	for _, tag := range st.tags {
-		g := group{Name: tag}
-		key := prefix + ":idx:" + tag
-		var cursor uint64
-		for {
-			kv, next, err := c.ZScan(ctx, key, cursor, "", count).Result()
-			if err != nil {
-				return fmt.Errorf("ZSCAN %s: %w", key, err)
-			}
-			for i := 0; i < len(kv); i += 2 { // member, score, member, score...
-				g.Indexed++
-				if e, ok := st.entries[kv[i]]; ok {
-					g.Entries++
-					g.Bytes += e.Bytes
-					g.Memory += e.Memory
-				}
-			}
-			if cursor = next; cursor == 0 {
-				break
-			}
+		g, err := st.sumTag(ctx, c, prefix+":idx:"+tag, count)
+		switch {
+		case err != nil && strings.Contains(err.Error(), "WRONGTYPE"):
+			st.r.Indexes--
+			st.r.Other++
+		case err != nil:
+			return err
+		default:
+			g.Name = tag
+			st.r.Tags = append(st.r.Tags, g)
 		}
-		st.r.Tags = append(st.r.Tags, g)
 	}
 	return nil
+}
+
+// sumTag sums the entries one index names.
+func (st *scanState) sumTag(ctx context.Context, c *redis.Client, key string, count int64) (group, error) {
+	var g group
+	var cursor uint64
+	for {
+		kv, next, err := c.ZScan(ctx, key, cursor, "", count).Result()
+		if err != nil {
+			return g, fmt.Errorf("ZSCAN %s: %w", key, err)
+		}
+		for i := 0; i < len(kv); i += 2 { // member, score, member, score...
+			g.Indexed++
+			if e, ok := st.entries[kv[i]]; ok {
+				g.Entries++
+				g.Bytes += e.Bytes
+				g.Memory += e.Memory
+			}
+		}
+		if cursor = next; cursor == 0 {
+			return g, nil
+		}
+	}
 }
 
 // finish groups entries per query, sorts, and picks the oldest and newest.
