@@ -66,7 +66,8 @@ func (e *engine) storeLookup(ctx context.Context, key string, tags []string) (*e
 		e.withdraw(lh)
 	default:
 		t := time.AfterFunc(leaseClaim, func() {
-			if lh.taken.CompareAndSwap(false, true) {
+			// After close the client may be closed too: the lease expires.
+			if !e.closed() && lh.taken.CompareAndSwap(false, true) {
 				e.drop(lh)
 			}
 		})
@@ -167,9 +168,10 @@ func (e *engine) withdraw(h *heldLease) bool {
 // expire it would make every reader of the key, here and in other
 // processes, wait leaseWait for a load that never comes. The release
 // checks the token, so giving back a lease never granted is harmless.
+// After close the lease is left to expire.
 func (e *engine) withdrawLost(h *heldLease) {
 	if e.withdraw(h) {
-		e.bg.Go(func() { e.giveBack(h) })
+		e.goBackground(func() { e.giveBack(h) })
 	}
 }
 
