@@ -19,6 +19,8 @@ type catalog struct {
 	cascades  map[string][]string // table -> tables whose rows its UPDATE/DELETE changes through ON ... CASCADE/SET NULL/SET DEFAULT
 	referrers map[string][]string // table -> every table with a foreign key to it (TRUNCATE ... CASCADE)
 	bases     map[string][]string // view or materialized view -> the relations it reads
+	parents   map[string][]string // partition or inheriting table -> its parents
+	children  map[string][]string // partitioned or inherited table -> its partitions and children
 	volatile  map[string]bool     // user function name, bare and schema-qualified -> any overload is volatile
 }
 
@@ -84,6 +86,10 @@ const (
 			and d.refclassid = 'pg_catalog.pg_class'::regclass
 		join pg_catalog.pg_class t on t.oid = d.refobjid
 		where v.relkind in ('v', 'm') and t.oid <> v.oid`
+	inheritQuery = `select c.relname, p.relname
+		from pg_catalog.pg_inherits i
+		join pg_catalog.pg_class c on c.oid = i.inhrelid
+		join pg_catalog.pg_class p on p.oid = i.inhparent`
 	funcQuery = `select n.nspname, p.proname, bool_or(p.provolatile = 'v')
 		from pg_catalog.pg_proc p
 		join pg_catalog.pg_namespace n on n.oid = p.pronamespace
@@ -96,6 +102,8 @@ func loadCatalog(ctx context.Context, ci driver.Conn) (*catalog, error) {
 		cascades:  map[string][]string{},
 		referrers: map[string][]string{},
 		bases:     map[string][]string{},
+		parents:   map[string][]string{},
+		children:  map[string][]string{},
 		volatile:  map[string]bool{},
 	}
 	err := catalogRows(ctx, ci, fkQuery, 4, func(r []driver.Value) {
@@ -108,6 +116,13 @@ func loadCatalog(ctx context.Context, ci driver.Conn) (*catalog, error) {
 	if err == nil {
 		err = catalogRows(ctx, ci, viewQuery, 2, func(r []driver.Value) {
 			cat.bases[textOf(r[0])] = appendNew(cat.bases[textOf(r[0])], textOf(r[1]))
+		})
+	}
+	if err == nil {
+		err = catalogRows(ctx, ci, inheritQuery, 2, func(r []driver.Value) {
+			child, parent := textOf(r[0]), textOf(r[1])
+			cat.parents[child] = appendNew(cat.parents[child], parent)
+			cat.children[parent] = appendNew(cat.children[parent], child)
 		})
 	}
 	if err == nil {
@@ -173,22 +188,51 @@ func catalogRows(ctx context.Context, ci driver.Conn, query string, ncols int, e
 }
 
 // reach returns tags with every table a write to them also changes:
-// foreign-key cascades (all referencing tables for TRUNCATE ... CASCADE)
-// and, for writes through a view, its base tables; transitively.
+// foreign-key cascades (all referencing tables for TRUNCATE ... CASCADE),
+// for writes through a view its base tables, and for a table in a
+// hierarchy of partitions or inheritance its ancestors, whose reads see its
+// rows, and its descendants, whose rows a write to it may change (not its
+// siblings); transitively.
 func (cat *catalog) reach(tags []string, truncateCascade bool) []string {
 	out := slices.Clone(tags)
+	dirs := make([]direction, len(out)) // how out[i] was reached
+	add := func(t string, d direction) {
+		if !slices.Contains(out, t) {
+			out, dirs = append(out, t), append(dirs, d)
+		}
+	}
 	for i := 0; i < len(out); i++ {
-		t := out[i]
+		t, d := out[i], dirs[i]
 		next := cat.cascades[t]
 		if truncateCascade {
 			next = cat.referrers[t]
 		}
 		for _, n := range slices.Concat(next, cat.bases[t]) {
-			out = appendNew(out, n)
+			add(n, anyWay)
+		}
+		if d != down {
+			for _, p := range cat.parents[t] {
+				add(p, up)
+			}
+		}
+		if d != up {
+			for _, c := range cat.children[t] {
+				add(c, down)
+			}
 		}
 	}
 	return out
 }
+
+// direction is how reach came to a table in a hierarchy: from a descendant
+// (up), from an ancestor (down), or otherwise.
+type direction uint8
+
+const (
+	anyWay direction = iota
+	up
+	down
+)
 
 // readTags returns tags with the base relations of every view among them,
 // transitively: an entry of a view depends on its tables.
