@@ -2,6 +2,7 @@ package cachedpq
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 )
@@ -45,5 +46,27 @@ func TestCallerDeadlineIsNoCacheFailure(t *testing.T) {
 				t.Errorf("pending %v, breaker failures %d; want a cache failure: %v", pending, failures, tt.failure)
 			}
 		})
+	}
+}
+
+// TestSharedLookupFailureCountsOnce: readers who share one lookup share
+// its failure, which is one cache error (and one OnError call), not one
+// per reader.
+func TestSharedLookupFailureCountsOnce(t *testing.T) {
+	const query = `select v from kv where k = $1`
+	rdb, slow := slowRedis(t, 100*time.Millisecond)
+	db, c, _ := engineDB(t, rdb)
+	must(t, c.opts.Registry.Register(query, Policy{TTL: time.Hour}))
+	c.eng.opts.Timeout, c.eng.lookups.timeout = 30*time.Millisecond, 30*time.Millisecond
+	slow.on.Store(true)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() { getV(t, db, 1) })
+	}
+	wg.Wait()
+	slow.on.Store(false)
+	failures := c.eng.breakr.cb.Counts().TotalFailures
+	if got := c.Stats().CacheErrors; failures == 0 || got != uint64(failures) {
+		t.Fatalf("%d cache errors for %d failed lookups", got, failures)
 	}
 }

@@ -62,10 +62,11 @@ type engine struct {
 	stats      stats
 	cat        catalogCache
 
-	pendingMu sync.Mutex          // guards pending and retrying
-	pending   map[string]struct{} // tags whose invalidation is not yet confirmed
-	retrying  bool
-	unsure    atomic.Bool // some invalidation is unconfirmed: serve no hit
+	pendingMu  sync.Mutex          // guards pending, pendingGen and retrying
+	pending    map[string]struct{} // tags whose invalidation is not yet confirmed
+	pendingGen uint64              // counts failures marked pending
+	retrying   bool
+	unsure     atomic.Bool // some invalidation is unconfirmed: serve no hit
 
 	purgeMu   sync.Mutex // guards purgeTags and purging
 	purgeTags []string   // tags invalidated since the last purge pass
@@ -101,7 +102,7 @@ func newEngine(c *Connector) *engine {
 		}
 		e.breakr = newGuarded(rb, e.breakerChanged)
 		e.store, e.direct, e.shared = e.breakr, rb, true
-		e.lookups.fn, e.lookups.timeout = e.storeLookup, c.opts.Timeout
+		e.lookups.fn, e.lookups.timeout = e.lookupOnce, c.opts.Timeout
 		e.leasing = rb.leasing()
 	} else {
 		e.store = newMemStore(c.opts.MaxMemory)
@@ -351,9 +352,22 @@ func (e *engine) lookupFailed(ctx context.Context, r *read, stamps []uint64, hol
 		e.opts.Logger.Warn("cachedpq: undecodable cache entry treated as a miss", "key", r.key, "err", err)
 		return e.miss(ctx, r, stamps, holder)
 	}
-	e.fail(ctx, "lookup", err)
+	if !e.shared { // a shared lookup's failure was recorded once, by lookupOnce
+		e.fail(ctx, "lookup", err)
+	}
 	e.bypassed(r.rs, bypassCacheError)
 	return r.run(ctx)
+}
+
+// lookupOnce is storeLookup for the lookup group, which shares one
+// lookup among concurrent readers: its failure is recorded here, once,
+// not once per reader.
+func (e *engine) lookupOnce(ctx context.Context, key string, tags []string) (*entry, []uint64, uint64, error) {
+	ent, stamps, holder, err := e.storeLookup(ctx, key, tags)
+	if err != nil && !errors.As(err, new(errCorruptEntry)) {
+		e.fail(ctx, "lookup", err)
+	}
+	return ent, stamps, holder, err
 }
 
 // serve answers from ent if it is valid: it answers this query, its stamps

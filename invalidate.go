@@ -318,6 +318,7 @@ func (e *engine) markPending(tags []string) {
 	for _, t := range tags {
 		e.pending[t] = struct{}{}
 	}
+	e.pendingGen++
 	e.unsure.Store(true)
 	if !e.retrying {
 		// After close no retry starts: this process serves no hit again.
@@ -335,11 +336,11 @@ func (e *engine) retryPending() {
 			return
 		case <-time.After(wait):
 		}
-		tags := e.pendingTags()
+		tags, gen := e.pendingTags()
 		ctx, cancel := context.WithTimeout(context.Background(), max(e.opts.Timeout, retryMin))
 		err := e.direct.bump(ctx, tags)
 		cancel()
-		if err == nil && e.confirm(tags) {
+		if err == nil && e.confirm(tags, gen) {
 			e.opts.Logger.Info("cachedpq: pending invalidations confirmed", "tags", len(tags))
 			return
 		}
@@ -347,8 +348,9 @@ func (e *engine) retryPending() {
 	}
 }
 
-// pendingTags lists the pending tags and the epoch.
-func (e *engine) pendingTags() []string {
+// pendingTags lists the pending tags and the epoch, and the generation of
+// pending they were read at.
+func (e *engine) pendingTags() ([]string, uint64) {
 	e.pendingMu.Lock()
 	defer e.pendingMu.Unlock()
 	tags := make([]string, 0, len(e.pending)+1)
@@ -357,21 +359,22 @@ func (e *engine) pendingTags() []string {
 			tags = append(tags, t)
 		}
 	}
-	return append(tags, epochTag)
+	return append(tags, epochTag), e.pendingGen
 }
 
-// confirm drops bumped tags from pending; it reports whether none is left,
-// in which case the retry loop ends and hits are served again.
-func (e *engine) confirm(bumped []string) bool {
+// confirm ends the retries once bumped, the pending tags of generation
+// gen, reached the cache, and reports whether it did: hits are served
+// again. A failure marked while the bump was on its way (a new generation)
+// may have come after the bump landed, even for a tag it named, so it
+// needs another.
+func (e *engine) confirm(bumped []string, gen uint64) bool {
 	e.pendingMu.Lock()
 	defer e.pendingMu.Unlock()
-	for _, t := range bumped {
-		delete(e.pending, t)
-	}
 	e.counted(bumped)
-	if len(e.pending) > 0 {
+	if e.pendingGen != gen {
 		return false
 	}
+	clear(e.pending)
 	e.retrying = false
 	e.unsure.Store(false)
 	return true
@@ -399,6 +402,7 @@ func (e *engine) invalidateNow(ctx context.Context, tags []string) error {
 		return nil
 	}
 	if err := e.bumpNow(ctx, tags); err != nil {
+		e.fail(ctx, "invalidate", err)
 		e.markPending(tags)
 		return fmt.Errorf("cachedpq: invalidate: %w", err)
 	}
@@ -408,7 +412,10 @@ func (e *engine) invalidateNow(ctx context.Context, tags []string) error {
 }
 
 // InvalidateQuery removes the entry of one registered query with its
-// arguments. It is safe for concurrent use.
+// arguments. So that a load of it that read Postgres before the change
+// cannot store the old rows afterwards, it also renews the stamps of the
+// tables the query reads (and its Policy.Tags): their other entries miss
+// once, as after InvalidateTables. It is safe for concurrent use.
 func (c *Connector) InvalidateQuery(ctx context.Context, query string, args ...any) error {
 	a := analyze(query)
 	reg := c.eng.reg.lookup(a)
@@ -426,6 +433,9 @@ func (c *Connector) InvalidateQuery(ctx context.Context, query string, args ...a
 	key, _, ok := appendKey(nil, c.eng.opts.Prefix, reg.name, c.eng.id, reg.a, named)
 	if !ok {
 		return errors.New("cachedpq: invalidate: arguments cannot be keyed")
+	}
+	if err := c.eng.invalidateNow(ctx, reg.tags); err != nil {
+		return err
 	}
 	rctx, cancel := c.eng.cacheCtx(ctx)
 	defer cancel()

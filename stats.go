@@ -110,6 +110,24 @@ func (c *counters) snapshot() Counters {
 	return out
 }
 
+// addTo adds c's counts to sum.
+func (c *counters) addTo(sum *counters) {
+	from, to := c.all(), sum.all()
+	for i := range from {
+		to[i].Add(from[i].Load())
+	}
+}
+
+// all lists every counter of c, in a fixed order.
+func (c *counters) all() []*atomic.Uint64 {
+	out := []*atomic.Uint64{&c.hits, &c.negativeHits, &c.misses, &c.stale, &c.expired, &c.foreign,
+		&c.coalesced, &c.earlyRefreshes, &c.staleServed, &c.fills, &c.fillErrors, &c.fillBytesRaw, &c.fillBytes}
+	for i := range c.bypass {
+		out = append(out, &c.bypass[i])
+	}
+	return out
+}
+
 // stats are a Connector's live counters.
 type stats struct {
 	counters
@@ -158,10 +176,18 @@ func (e *engine) snapshot() Stats {
 		out.Breaker = e.breakr.cb.State().String()
 	}
 	out.Pending = e.unsure.Load()
+	byLabel := map[string]*counters{} // queries may share a Policy.Name: add them up
 	e.regs.Range(func(k, v any) bool {
-		out.Queries[k.(*registration).label] = v.(*regState).c.snapshot()
+		label := k.(*registration).label
+		if byLabel[label] == nil {
+			byLabel[label] = new(counters)
+		}
+		v.(*regState).c.addTo(byLabel[label])
 		return true
 	})
+	for label, c := range byLabel {
+		out.Queries[label] = c.snapshot()
+	}
 	return out
 }
 
