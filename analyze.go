@@ -72,6 +72,7 @@ type analysis struct {
 	txCommits        bool     // a COMMIT or END (with or without AND CHAIN)
 	txRollsBack      bool     // a ROLLBACK or ABORT (not to a savepoint) or PREPARE TRANSACTION
 	commitPrepared   bool     // COMMIT PREPARED: commits writes this connection did not see
+	runsCode         bool     // CALL, DO, EXECUTE: code the text does not show, which may change the session too
 	ddl              bool     // the catalog may have changed
 	cascade          bool     // TRUNCATE ... CASCADE
 	locking          bool     // FOR UPDATE/SHARE/NO KEY UPDATE/KEY SHARE, or LOCK
@@ -931,10 +932,10 @@ func (p *parser) control(s, e int) stmtKind {
 		p.txStatement(s, e)
 		return kindTx
 	case p.is(s, "call"):
-		a.unknownWrite = true
+		a.unknownWrite, a.runsCode = true, true
 		return kindCall
 	case p.is(s, "do"):
-		a.unknownWrite = true
+		a.unknownWrite, a.runsCode = true, true
 		return kindDo
 	case p.is(s, "lock"):
 		a.locking = true
@@ -944,7 +945,7 @@ func (p *parser) control(s, e int) stmtKind {
 	case p.is(s, "declare"):
 		p.declare(s+1, e)
 	case p.is(s, "execute"):
-		a.unknownWrite = true // a prepared statement the text does not show
+		a.unknownWrite, a.runsCode = true, true // a prepared statement the text does not show
 	case !p.isAny(s, "show", "listen", "notify", "unlisten", "checkpoint", "load", "vacuum",
 		"analyze", "analyse", "cluster", "reindex", "fetch", "move", "close", "prepare", "deallocate"):
 		a.unknownWrite = true // not recognized: assume the worst

@@ -66,7 +66,11 @@ type Options struct {
 	// the SQL text cannot show: CALL, DO, EXECUTE, DROP ... CASCADE, and
 	// reads that call volatile user functions. It receives the normalized
 	// statement and returns the tables it writes; ok false (or a nil func)
-	// invalidates the whole namespace. It must be safe for concurrent use.
+	// invalidates the whole namespace. A statement it narrows is trusted not
+	// to change the session either; any other CALL, DO, EXECUTE or call of
+	// a volatile function stops its connection from using the cache, since
+	// that code may call set_config (a tenant for row level security, a
+	// time zone) as surely as SET does. It must be safe for concurrent use.
 	UnknownWrites func(statement string) (tables []string, ok bool)
 
 	// Registry holds the registered queries. Nil means the default registry

@@ -18,6 +18,9 @@ type writeSet struct {
 	tags []string
 	all  bool // an unknown write: the whole namespace
 	ddl  bool // the catalog may have changed: read it again once this commits
+	// hidden is set when the statement ran code the driver cannot see (a
+	// volatile user function), which may have changed the session as well.
+	hidden bool
 }
 
 func (w *writeSet) add(tags ...string) {
@@ -74,11 +77,14 @@ func (e *engine) afterStatement(ctx context.Context, c *conn, a *analysis, err e
 // the tables it wrote, invalidated now outside a transaction, at commit
 // inside one. unsure is true when the statement's outcome is unknown.
 func (e *engine) afterWrite(ctx context.Context, c *conn, a *analysis, unsure bool) {
-	if a.sessionLasting {
-		c.dirty = true // SET LOCAL ends with its transaction, where reads bypass anyway
-	}
 	var w writeSet
 	e.writesOf(ctx, c, a, &w)
+	if a.sessionLasting || w.hidden {
+		// SET LOCAL ends with its transaction, where reads bypass anyway; a
+		// function or DO block may call set_config (a tenant for row level
+		// security, a time zone) as surely as SET does.
+		c.dirty = true
+	}
 	if a.ddl {
 		e.cat.reset() // now, for this conn's next statements, and again at commit
 		w.ddl = true
@@ -178,7 +184,7 @@ func (e *engine) txStatementInTx(ctx context.Context, t *tx, a *analysis, w *wri
 func (e *engine) writesOf(ctx context.Context, c *conn, a *analysis, w *writeSet) {
 	truncateCascade := a.cascade && a.kind == kindTruncate && !a.multi
 	if a.unknownWrite && !(truncateCascade && !e.opts.NoCatalog) {
-		e.unknownWrite(a, w)
+		e.unknownWrite(a, w, false)
 		return
 	}
 	if len(a.writes) == 0 && len(a.functions) == 0 {
@@ -194,7 +200,7 @@ func (e *engine) writesOf(ctx context.Context, c *conn, a *analysis, w *writeSet
 		return
 	}
 	if cat.anyVolatile(a.functions) {
-		e.unknownWrite(a, w)
+		e.unknownWrite(a, w, true)
 		return
 	}
 	w.add(cat.reach(a.writes, truncateCascade)...)
@@ -202,7 +208,10 @@ func (e *engine) writesOf(ctx context.Context, c *conn, a *analysis, w *writeSet
 
 // unknownWrite handles a statement whose writes the text cannot show: the
 // tables Options.UnknownWrites names for it, else the whole namespace.
-func (e *engine) unknownWrite(a *analysis, w *writeSet) {
+// A statement UnknownWrites does not narrow also counts as hidden code
+// (see writeSet.hidden) when it is CALL, DO, EXECUTE or calls a volatile
+// function: volatile is true for the latter.
+func (e *engine) unknownWrite(a *analysis, w *writeSet, volatile bool) {
 	if e.opts.UnknownWrites != nil {
 		if tables, ok := e.opts.UnknownWrites(a.normalized); ok {
 			if tags, err := foldTags(tables); err == nil {
@@ -214,6 +223,7 @@ func (e *engine) unknownWrite(a *analysis, w *writeSet) {
 		}
 	}
 	w.all = true
+	w.hidden = a.runsCode || volatile
 }
 
 // invalidate replaces the stamps of the written tags, so no entry that
