@@ -64,7 +64,7 @@ type analysis struct {
 	multi            bool     // more than one statement in the string
 	reads            []string // tags of tables read, first-seen order, no duplicates
 	writes           []string // tags of tables written by any statement, first-seen order
-	unknownWrite     bool     // CALL, DO, EXECUTE, DROP ... CASCADE, TRUNCATE ... CASCADE, unrecognized statements
+	unknownWrite     bool     // CALL, DO, EXECUTE, DROP ... CASCADE, TRUNCATE ... CASCADE, DDL not scoped to named relations (see unscoped), unrecognized statements
 	sessionChange    bool     // SET (also SET LOCAL), RESET, DISCARD, SET ROLE, set_config()
 	sessionLasting   bool     // a session change that outlives the transaction: any but SET LOCAL
 	txControl        bool     // BEGIN, COMMIT, ROLLBACK, SAVEPOINT, SET TRANSACTION, ...
@@ -912,8 +912,11 @@ func (p *parser) utility(s, e int) stmtKind {
 	case p.is(s, "refresh"):
 		p.refresh(s+1, e)
 		return kindDDL
-	case p.isAny(s, "grant", "revoke", "comment", "security", "import", "reassign"):
+	case p.is(s, "comment"):
 		p.a.ddl = true
+		return kindDDL
+	case p.isAny(s, "grant", "revoke", "security", "import", "reassign"):
+		p.a.ddl, p.a.unknownWrite = true, true // privileges, labels, new foreign tables: see unscoped
 		return kindDDL
 	case p.isAny(s, "set", "reset", "discard"):
 		return p.session(s, e)
@@ -1069,6 +1072,20 @@ func (p *parser) relationObject(i int) int {
 	return -1
 }
 
+// unscoped marks DDL on the object at i (after CREATE's modifiers, or
+// after ALTER or DROP) that names no table, view or materialized view
+// whose tag could be written instead. It is the one rule for such DDL:
+// unless the object only guides the planner (an index or extended
+// statistics), it may change what any cached read returns without naming
+// a table (a type's labels, a function's body, a schema's name on the
+// search_path, privileges, policies, a role's settings), so it is an
+// unknown write.
+func (p *parser) unscoped(i int) {
+	if !p.isAny(i, "index", "statistics") && !(p.is(i, "unique") && p.is(i+1, "index")) {
+		p.a.unknownWrite = true
+	}
+}
+
 // create analyzes CREATE. Creating a table or view writes its name: a new
 // relation can shadow another of the same name on the search_path.
 func (p *parser) create(i, e int) stmtKind {
@@ -1078,6 +1095,7 @@ func (p *parser) create(i, e int) stmtKind {
 	}
 	j := p.relationObject(i)
 	if j < 0 {
+		p.unscoped(i)
 		return kindDDL
 	}
 	if p.is(j, "if") {
@@ -1101,6 +1119,7 @@ func (p *parser) alter(i, e int) stmtKind {
 	p.a.ddl = true
 	j := p.relationObject(i)
 	if j < 0 {
+		p.unscoped(i)
 		return kindDDL
 	}
 	if p.is(j, "all") {
@@ -1130,6 +1149,7 @@ func (p *parser) drop(i, e int) stmtKind {
 	}
 	j := p.relationObject(i)
 	if j < 0 {
+		p.unscoped(i)
 		return kindDDL
 	}
 	if p.is(j, "if") {

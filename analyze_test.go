@@ -141,6 +141,69 @@ func TestFlags(t *testing.T) {
 	}
 }
 
+// TestSchemaChanges: DDL either writes the relations it names, changes
+// no result (indexes, statistics, comments), or may change any result
+// without naming a table and is an unknown write. Each is DDL.
+func TestSchemaChanges(t *testing.T) {
+	tests := []struct {
+		q       string
+		unknown bool
+		writes  []string
+	}{
+		{q: "create table t (a int)", writes: []string{"t"}},
+		{q: "alter table t enable row level security", writes: []string{"t"}},
+		{q: "alter table t force row level security", writes: []string{"t"}},
+		{q: "drop view if exists v", writes: []string{"v"}},
+		{q: "create unique index concurrently i on t (a)"},
+		{q: "alter index i rename to j"},
+		{q: "drop index i"},
+		{q: "create statistics s on a, b from t"},
+		{q: "comment on table t is 'x'"},
+		{q: "alter type mood rename value 'sad' to 'unhappy'", unknown: true},
+		{q: "alter type mood add value 'meh'", unknown: true},
+		{q: "create type mood as enum ('a')", unknown: true},
+		{q: "drop type mood", unknown: true},
+		{q: "create domain pos as int check (value > 0)", unknown: true},
+		{q: "alter domain pos add check (value < 10)", unknown: true},
+		{q: "create or replace function f(int) returns int language sql as $$ select 2 $$", unknown: true},
+		{q: "alter function f(int) immutable", unknown: true},
+		{q: "drop function f(int)", unknown: true},
+		{q: "create or replace procedure p() language sql as $$ select 1 $$", unknown: true},
+		{q: "drop procedure p", unknown: true},
+		{q: "create schema s", unknown: true},
+		{q: "alter schema a rename to z", unknown: true},
+		{q: "drop schema s", unknown: true},
+		{q: "grant select on t to r", unknown: true},
+		{q: "revoke select on t from r", unknown: true},
+		{q: "grant r to s", unknown: true},
+		{q: "create policy p on t using (true)", unknown: true},
+		{q: "alter policy p on t using (id > 1)", unknown: true},
+		{q: "drop policy p on t", unknown: true},
+		{q: "create cast (int as mood) with function f(int)", unknown: true},
+		{q: "create operator === (leftarg = int, rightarg = int, function = f)", unknown: true},
+		{q: "create collation c (locale = 'C')", unknown: true},
+		{q: "create extension citext", unknown: true},
+		{q: "alter extension citext update", unknown: true},
+		{q: "alter default privileges grant select on tables to r", unknown: true},
+		{q: "security label on table t is 'x'", unknown: true},
+		{q: "alter role r set search_path = b", unknown: true},
+		{q: "alter user r set search_path = b", unknown: true},
+		{q: "create rule r as on select to t do instead select 1", unknown: true},
+		{q: "create trigger tr after insert on t execute function f()", unknown: true},
+		{q: "alter sequence s restart", unknown: true},
+		{q: "reassign owned by a to b", unknown: true},
+		{q: "import foreign schema s from server x into public", unknown: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.q, func(t *testing.T) {
+			a := analyzeUncached(tt.q)
+			if !a.ddl || a.unknownWrite != tt.unknown || !slices.Equal(a.writes, tt.writes) {
+				t.Errorf("ddl %v unknownWrite %v writes %q, want true %v %q", a.ddl, a.unknownWrite, a.writes, tt.unknown, tt.writes)
+			}
+		})
+	}
+}
+
 func TestCacheability(t *testing.T) {
 	tests := []struct {
 		q      string

@@ -63,8 +63,10 @@ type Options struct {
 	NoCatalog bool
 
 	// UnknownWrites narrows the invalidation of statements whose writes
-	// the SQL text cannot show: CALL, DO, EXECUTE, DROP ... CASCADE, and
-	// reads that call volatile user functions. It receives the normalized
+	// the SQL text cannot show: CALL, DO, EXECUTE, DROP ... CASCADE, schema
+	// changes not scoped to named tables (types, functions, schemas,
+	// privileges, policies, roles), and reads that call volatile user
+	// functions. It receives the normalized
 	// statement and returns the tables it writes; ok false (or a nil func)
 	// invalidates the whole namespace. It must be safe for concurrent use.
 	UnknownWrites func(statement string) (tables []string, ok bool)
