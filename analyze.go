@@ -65,7 +65,7 @@ type analysis struct {
 	reads            []string // tags of tables read, first-seen order, no duplicates
 	writes           []string // tags of tables written by any statement, first-seen order
 	unknownWrite     bool     // CALL, DO, EXECUTE, DROP ... CASCADE, TRUNCATE ... CASCADE, DDL not scoped to named relations (see unscoped), unrecognized statements
-	sessionChange    bool     // SET (also SET LOCAL), RESET, DISCARD, SET ROLE, set_config()
+	sessionChange    bool     // SET (also SET LOCAL), RESET, DISCARD, SET ROLE, set_config(), creating a temporary relation
 	sessionLasting   bool     // a session change that outlives the transaction: any but SET LOCAL
 	txControl        bool     // BEGIN, COMMIT, ROLLBACK, SAVEPOINT, SET TRANSACTION, ...
 	txEnd            txEffect // what the string's last BEGIN, COMMIT, ROLLBACK ... leaves
@@ -519,6 +519,10 @@ func (p *parser) skipWith(s, e int) int {
 // selectInto handles SELECT ... INTO t, which creates a table: a DDL
 // statement that writes t. Otherwise it is a plain SELECT.
 func (p *parser) selectInto(main, e int) stmtKind {
+	if p.isPunct(main, '(') { // (SELECT ... INTO t ...)
+		end := p.closing(main, e)
+		return p.selectInto(p.skipWith(main+1, end), end)
+	}
 	for i := main; i < e; i++ {
 		switch {
 		case p.isPunct(i, '('):
@@ -526,10 +530,12 @@ func (p *parser) selectInto(main, e int) stmtKind {
 		case p.isAny(i, "from", "union", "intersect", "except"):
 			return kindSelect
 		case p.is(i, "into"):
-			j := i + 1
+			j, temp := i+1, false
 			for p.isAny(j, "temp", "temporary", "unlogged", "table", "local", "global") {
+				temp = temp || p.isAny(j, "temp", "temporary")
 				j++
 			}
+			p.created(j, e, temp)
 			p.addWrite(j, e)
 			p.selInto, p.a.ddl = true, true
 			return kindDDL
@@ -1090,17 +1096,21 @@ func (p *parser) unscoped(i int) {
 // relation can shadow another of the same name on the search_path.
 func (p *parser) create(i, e int) stmtKind {
 	p.a.ddl = true
+	temp := false
 	for p.isAny(i, "or", "replace", "global", "local", "temp", "temporary", "unlogged", "recursive") {
+		temp = temp || p.isAny(i, "temp", "temporary")
 		i++
 	}
 	j := p.relationObject(i)
 	if j < 0 {
+		p.created(-1, e, temp)
 		p.unscoped(i)
 		return kindDDL
 	}
 	if p.is(j, "if") {
 		j += 3 // IF NOT EXISTS
 	}
+	p.created(j, e, temp)
 	p.addWrite(j, e)
 	for k := j; k < e; k++ {
 		if p.isPunct(k, '(') {
@@ -1111,6 +1121,21 @@ func (p *parser) create(i, e int) stmtKind {
 		}
 	}
 	return kindDDL
+}
+
+// created notes a relation created by CREATE or SELECT INTO, named at i
+// (-1 for no name), temporary if its statement said so or its schema is
+// pg_temp. A temporary relation shadows a permanent one of the same name
+// on its own connection only, while the cache is shared by all: that
+// connection must not use the cache again, as after SET search_path.
+func (p *parser) created(i, e int, temp bool) {
+	if p.isName(i) {
+		_, _, qualified := p.qualifiedName(i, e)
+		temp = temp || qualified && strings.HasPrefix(p.tagOf(i), "pg_temp")
+	}
+	if temp {
+		p.a.sessionChange, p.a.sessionLasting = true, true
+	}
 }
 
 // alter analyzes ALTER; on a table or view it writes the relation, and

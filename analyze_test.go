@@ -86,6 +86,8 @@ func TestTables(t *testing.T) {
 		{"create materialized view m as select * from u", []string{"u"}, []string{"m"}},
 		{"refresh materialized view concurrently m", nil, []string{"m"}},
 		{"select * into n from t", []string{"t"}, []string{"n"}},
+		{"(select * into n from t)", []string{"t"}, []string{"n"}},
+		{"((with x as (select * from t) select * into n from x))", []string{"t"}, []string{"n"}},
 		{"with x as (update t set a = 1 returning *) select * from x", nil, []string{"t"}},
 		{"with x as (delete from t returning *) insert into u select * from x", nil, []string{"t", "u"}},
 		{"insert into a values (1); update b set x = 1; delete from c", nil, []string{"a", "b", "c"}},
@@ -199,6 +201,51 @@ func TestSchemaChanges(t *testing.T) {
 			a := analyzeUncached(tt.q)
 			if !a.ddl || a.unknownWrite != tt.unknown || !slices.Equal(a.writes, tt.writes) {
 				t.Errorf("ddl %v unknownWrite %v writes %q, want true %v %q", a.ddl, a.unknownWrite, a.writes, tt.unknown, tt.writes)
+			}
+		})
+	}
+}
+
+// TestTemporaryRelations: a temporary relation shadows a permanent one
+// on its connection only, so creating one is a lasting session change;
+// a permanent one is not.
+func TestTemporaryRelations(t *testing.T) {
+	tests := []struct {
+		q    string
+		temp bool
+	}{
+		{"create temp table users (id int)", true},
+		{"create temporary table users (id int) on commit drop", true},
+		{"create local temp table users (id int)", true},
+		{"create global temporary table users (id int)", true},
+		{"create temp table if not exists users as select * from base", true},
+		{"create or replace temp view users as select 1", true},
+		{"create temp sequence s", true},
+		{"create table pg_temp.users (id int)", true},
+		{"create view pg_temp_3.users as select 1", true},
+		{"select * into temp users from base", true},
+		{"select * into temporary table users from base", true},
+		{"select * into local temp users from base", true},
+		{"select * into pg_temp.users from base", true},
+		{"(select * into temp users from base)", true},
+		{"with b as (select 1) select * into temp users from b", true},
+		{"create table users (id int)", false},
+		{"create unlogged table users (id int)", false},
+		{"create view users as select 1", false},
+		{"select * into users from base", false},
+		{"(select * into users from base)", false},
+		{"select * from pg_temp.users", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.q, func(t *testing.T) {
+			a := analyzeUncached(tt.q)
+			if a.sessionChange != tt.temp || a.sessionLasting != tt.temp {
+				t.Errorf("sessionChange %v sessionLasting %v, want %v", a.sessionChange, a.sessionLasting, tt.temp)
+			}
+			if strings.Contains(tt.q, " into ") {
+				if a.kind != kindDDL || !a.ddl || !slices.Equal(a.writes, []string{"users"}) || a.notCacheable == "" {
+					t.Errorf("SELECT INTO: kind %v ddl %v writes %q notCacheable %q", a.kind, a.ddl, a.writes, a.notCacheable)
+				}
 			}
 		})
 	}

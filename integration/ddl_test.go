@@ -1,8 +1,10 @@
 package integration
 
 import (
+	"context"
 	"database/sql"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/lib/pq"
@@ -126,4 +128,43 @@ func redisFor(t *testing.T, store string) redis.UniversalClient {
 		return newRedis(t)
 	}
 	return nil
+}
+
+// tempShadows create a temporary users table or view whose row 1 is named
+// 'temp', shadowing the permanent table on their connection only.
+var tempShadows = []string{
+	`create temp table users (id int8, name text); insert into users values (1, 'temp')`,
+	`create temporary table users as select 1::int8 as id, 'temp'::text as name`,
+	`create local temp table users as select 1::int8 as id, 'temp'::text as name`,
+	`create temp view users as select 1::int8 as id, 'temp'::text as name`,
+	`create table pg_temp.users as select 1::int8 as id, 'temp'::text as name`,
+	`select 1::int8 as id, 'temp'::text as name into temp users`,
+	`(select * into temp users from base)`,
+}
+
+// TestTempTableShadowsOnItsConnection: after creating a temporary users,
+// a connection reads its own rows, not those other connections cached,
+// and leaves them none of its own.
+func TestTempTableShadowsOnItsConnection(t *testing.T) {
+	for _, create := range tempShadows {
+		t.Run(create, func(t *testing.T) {
+			forEachStore(t, func(t *testing.T, env *cacheEnv) {
+				setupUsers(t, env)
+				mustExec(t, env.raw, `create table base as select 1::int8 as id, 'temp'::text as name`)
+				ctx := context.Background()
+				c := env.pinned(t)
+				for _, q := range strings.Split(create, ";") { // the CREATE alone
+					if _, err := c.ExecContext(ctx, q); err != nil {
+						t.Fatalf("%s: %v", q, err)
+					}
+				}
+				env.prime(t, userName, 1) // on other connections
+				var name string
+				if err := c.GetContext(ctx, &name, userName, 1); err != nil || name != "temp" {
+					t.Fatalf("read after %s: %q, %v; want the temporary row", create, name, err)
+				}
+				env.same(t, userName, 1)
+			})
+		})
+	}
 }
