@@ -64,8 +64,8 @@ type analysis struct {
 	multi            bool     // more than one statement in the string
 	reads            []string // tags of tables read, first-seen order, no duplicates
 	writes           []string // tags of tables written by any statement, first-seen order
-	unknownWrite     bool     // CALL, DO, EXECUTE, DROP ... CASCADE, TRUNCATE ... CASCADE, unrecognized statements
-	sessionChange    bool     // SET (also SET LOCAL), RESET, DISCARD, SET ROLE, set_config()
+	unknownWrite     bool     // CALL, DO, EXECUTE, DROP ... CASCADE, TRUNCATE ... CASCADE, DDL not scoped to named relations (see unscoped), unrecognized statements
+	sessionChange    bool     // SET (also SET LOCAL), RESET, DISCARD, SET ROLE, set_config(), creating a temporary relation
 	sessionLasting   bool     // a session change that outlives the transaction: any but SET LOCAL
 	txControl        bool     // BEGIN, COMMIT, ROLLBACK, SAVEPOINT, SET TRANSACTION, ...
 	txEnd            txEffect // what the string's last BEGIN, COMMIT, ROLLBACK ... leaves
@@ -520,6 +520,10 @@ func (p *parser) skipWith(s, e int) int {
 // selectInto handles SELECT ... INTO t, which creates a table: a DDL
 // statement that writes t. Otherwise it is a plain SELECT.
 func (p *parser) selectInto(main, e int) stmtKind {
+	if p.isPunct(main, '(') { // (SELECT ... INTO t ...)
+		end := p.closing(main, e)
+		return p.selectInto(p.skipWith(main+1, end), end)
+	}
 	for i := main; i < e; i++ {
 		switch {
 		case p.isPunct(i, '('):
@@ -527,10 +531,12 @@ func (p *parser) selectInto(main, e int) stmtKind {
 		case p.isAny(i, "from", "union", "intersect", "except"):
 			return kindSelect
 		case p.is(i, "into"):
-			j := i + 1
+			j, temp := i+1, false
 			for p.isAny(j, "temp", "temporary", "unlogged", "table", "local", "global") {
+				temp = temp || p.isAny(j, "temp", "temporary")
 				j++
 			}
+			p.created(j, e, temp)
 			p.addWrite(j, e)
 			p.selInto, p.a.ddl = true, true
 			return kindDDL
@@ -913,8 +919,11 @@ func (p *parser) utility(s, e int) stmtKind {
 	case p.is(s, "refresh"):
 		p.refresh(s+1, e)
 		return kindDDL
-	case p.isAny(s, "grant", "revoke", "comment", "security", "import", "reassign"):
+	case p.is(s, "comment"):
 		p.a.ddl = true
+		return kindDDL
+	case p.isAny(s, "grant", "revoke", "security", "import", "reassign"):
+		p.a.ddl, p.a.unknownWrite = true, true // privileges, labels, new foreign tables: see unscoped
 		return kindDDL
 	case p.isAny(s, "set", "reset", "discard"):
 		return p.session(s, e)
@@ -1070,20 +1079,39 @@ func (p *parser) relationObject(i int) int {
 	return -1
 }
 
+// unscoped marks DDL on the object at i (after CREATE's modifiers, or
+// after ALTER or DROP) that names no table, view or materialized view
+// whose tag could be written instead. It is the one rule for such DDL:
+// unless the object only guides the planner (an index or extended
+// statistics), it may change what any cached read returns without naming
+// a table (a type's labels, a function's body, a schema's name on the
+// search_path, privileges, policies, a role's settings), so it is an
+// unknown write.
+func (p *parser) unscoped(i int) {
+	if !p.isAny(i, "index", "statistics") && !(p.is(i, "unique") && p.is(i+1, "index")) {
+		p.a.unknownWrite = true
+	}
+}
+
 // create analyzes CREATE. Creating a table or view writes its name: a new
 // relation can shadow another of the same name on the search_path.
 func (p *parser) create(i, e int) stmtKind {
 	p.a.ddl = true
+	temp := false
 	for p.isAny(i, "or", "replace", "global", "local", "temp", "temporary", "unlogged", "recursive") {
+		temp = temp || p.isAny(i, "temp", "temporary")
 		i++
 	}
 	j := p.relationObject(i)
 	if j < 0 {
+		p.created(-1, e, temp)
+		p.unscoped(i)
 		return kindDDL
 	}
 	if p.is(j, "if") {
 		j += 3 // IF NOT EXISTS
 	}
+	p.created(j, e, temp)
 	p.addWrite(j, e)
 	for k := j; k < e; k++ {
 		if p.isPunct(k, '(') {
@@ -1096,12 +1124,28 @@ func (p *parser) create(i, e int) stmtKind {
 	return kindDDL
 }
 
+// created notes a relation created by CREATE or SELECT INTO, named at i
+// (-1 for no name), temporary if its statement said so or its schema is
+// pg_temp. A temporary relation shadows a permanent one of the same name
+// on its own connection only, while the cache is shared by all: that
+// connection must not use the cache again, as after SET search_path.
+func (p *parser) created(i, e int, temp bool) {
+	if p.isName(i) {
+		_, _, qualified := p.qualifiedName(i, e)
+		temp = temp || qualified && strings.HasPrefix(p.tagOf(i), "pg_temp")
+	}
+	if temp {
+		p.a.sessionChange, p.a.sessionLasting = true, true
+	}
+}
+
 // alter analyzes ALTER; on a table or view it writes the relation, and
 // RENAME TO writes the new name as well.
 func (p *parser) alter(i, e int) stmtKind {
 	p.a.ddl = true
 	j := p.relationObject(i)
 	if j < 0 {
+		p.unscoped(i)
 		return kindDDL
 	}
 	if p.is(j, "all") {
@@ -1131,6 +1175,7 @@ func (p *parser) drop(i, e int) stmtKind {
 	}
 	j := p.relationObject(i)
 	if j < 0 {
+		p.unscoped(i)
 		return kindDDL
 	}
 	if p.is(j, "if") {

@@ -86,6 +86,8 @@ func TestTables(t *testing.T) {
 		{"create materialized view m as select * from u", []string{"u"}, []string{"m"}},
 		{"refresh materialized view concurrently m", nil, []string{"m"}},
 		{"select * into n from t", []string{"t"}, []string{"n"}},
+		{"(select * into n from t)", []string{"t"}, []string{"n"}},
+		{"((with x as (select * from t) select * into n from x))", []string{"t"}, []string{"n"}},
 		{"with x as (update t set a = 1 returning *) select * from x", nil, []string{"t"}},
 		{"with x as (delete from t returning *) insert into u select * from x", nil, []string{"t", "u"}},
 		{"insert into a values (1); update b set x = 1; delete from c", nil, []string{"a", "b", "c"}},
@@ -136,6 +138,114 @@ func TestFlags(t *testing.T) {
 		t.Run(tt.q, func(t *testing.T) {
 			if a := analyzeUncached(tt.q); !tt.check(a) {
 				t.Errorf("unexpected analysis: %+v", *a)
+			}
+		})
+	}
+}
+
+// TestSchemaChanges: DDL either writes the relations it names, changes
+// no result (indexes, statistics, comments), or may change any result
+// without naming a table and is an unknown write. Each is DDL.
+func TestSchemaChanges(t *testing.T) {
+	tests := []struct {
+		q       string
+		unknown bool
+		writes  []string
+	}{
+		{q: "create table t (a int)", writes: []string{"t"}},
+		{q: "alter table t enable row level security", writes: []string{"t"}},
+		{q: "alter table t force row level security", writes: []string{"t"}},
+		{q: "drop view if exists v", writes: []string{"v"}},
+		{q: "create unique index concurrently i on t (a)"},
+		{q: "alter index i rename to j"},
+		{q: "drop index i"},
+		{q: "create statistics s on a, b from t"},
+		{q: "comment on table t is 'x'"},
+		{q: "alter type mood rename value 'sad' to 'unhappy'", unknown: true},
+		{q: "alter type mood add value 'meh'", unknown: true},
+		{q: "create type mood as enum ('a')", unknown: true},
+		{q: "drop type mood", unknown: true},
+		{q: "create domain pos as int check (value > 0)", unknown: true},
+		{q: "alter domain pos add check (value < 10)", unknown: true},
+		{q: "create or replace function f(int) returns int language sql as $$ select 2 $$", unknown: true},
+		{q: "alter function f(int) immutable", unknown: true},
+		{q: "drop function f(int)", unknown: true},
+		{q: "create or replace procedure p() language sql as $$ select 1 $$", unknown: true},
+		{q: "drop procedure p", unknown: true},
+		{q: "create schema s", unknown: true},
+		{q: "alter schema a rename to z", unknown: true},
+		{q: "drop schema s", unknown: true},
+		{q: "grant select on t to r", unknown: true},
+		{q: "revoke select on t from r", unknown: true},
+		{q: "grant r to s", unknown: true},
+		{q: "create policy p on t using (true)", unknown: true},
+		{q: "alter policy p on t using (id > 1)", unknown: true},
+		{q: "drop policy p on t", unknown: true},
+		{q: "create cast (int as mood) with function f(int)", unknown: true},
+		{q: "create operator === (leftarg = int, rightarg = int, function = f)", unknown: true},
+		{q: "create collation c (locale = 'C')", unknown: true},
+		{q: "create extension citext", unknown: true},
+		{q: "alter extension citext update", unknown: true},
+		{q: "alter default privileges grant select on tables to r", unknown: true},
+		{q: "security label on table t is 'x'", unknown: true},
+		{q: "alter role r set search_path = b", unknown: true},
+		{q: "alter user r set search_path = b", unknown: true},
+		{q: "create rule r as on select to t do instead select 1", unknown: true},
+		{q: "create trigger tr after insert on t execute function f()", unknown: true},
+		{q: "alter sequence s restart", unknown: true},
+		{q: "reassign owned by a to b", unknown: true},
+		{q: "import foreign schema s from server x into public", unknown: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.q, func(t *testing.T) {
+			a := analyzeUncached(tt.q)
+			if !a.ddl || a.unknownWrite != tt.unknown || !slices.Equal(a.writes, tt.writes) {
+				t.Errorf("ddl %v unknownWrite %v writes %q, want true %v %q", a.ddl, a.unknownWrite, a.writes, tt.unknown, tt.writes)
+			}
+		})
+	}
+}
+
+// TestTemporaryRelations: a temporary relation shadows a permanent one
+// on its connection only, so creating one is a lasting session change;
+// a permanent one is not.
+func TestTemporaryRelations(t *testing.T) {
+	tests := []struct {
+		q    string
+		temp bool
+	}{
+		{"create temp table users (id int)", true},
+		{"create temporary table users (id int) on commit drop", true},
+		{"create local temp table users (id int)", true},
+		{"create global temporary table users (id int)", true},
+		{"create temp table if not exists users as select * from base", true},
+		{"create or replace temp view users as select 1", true},
+		{"create temp sequence s", true},
+		{"create table pg_temp.users (id int)", true},
+		{"create view pg_temp_3.users as select 1", true},
+		{"select * into temp users from base", true},
+		{"select * into temporary table users from base", true},
+		{"select * into local temp users from base", true},
+		{"select * into pg_temp.users from base", true},
+		{"(select * into temp users from base)", true},
+		{"with b as (select 1) select * into temp users from b", true},
+		{"create table users (id int)", false},
+		{"create unlogged table users (id int)", false},
+		{"create view users as select 1", false},
+		{"select * into users from base", false},
+		{"(select * into users from base)", false},
+		{"select * from pg_temp.users", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.q, func(t *testing.T) {
+			a := analyzeUncached(tt.q)
+			if a.sessionChange != tt.temp || a.sessionLasting != tt.temp {
+				t.Errorf("sessionChange %v sessionLasting %v, want %v", a.sessionChange, a.sessionLasting, tt.temp)
+			}
+			if strings.Contains(tt.q, " into ") {
+				if a.kind != kindDDL || !a.ddl || !slices.Equal(a.writes, []string{"users"}) || a.notCacheable == "" {
+					t.Errorf("SELECT INTO: kind %v ddl %v writes %q notCacheable %q", a.kind, a.ddl, a.writes, a.notCacheable)
+				}
 			}
 		})
 	}

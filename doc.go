@@ -51,7 +51,8 @@
 // foreign keys with ON DELETE/UPDATE actions, TRUNCATE ... CASCADE, writes
 // through views, and the base tables of views that registered queries
 // read. A statement whose effects the text cannot show (CALL, DO, a
-// volatile user function) invalidates the whole namespace.
+// volatile user function, DDL on types, functions, schemas, privileges or
+// policies) invalidates the whole namespace.
 //
 // # Consistency
 //

@@ -49,13 +49,19 @@ func newEnv(t *testing.T, store string) *cacheEnv {
 func newEnvWith(t *testing.T, rdb redis.UniversalClient) *cacheEnv {
 	t.Helper()
 	schema := newSchema(t)
+	return newEnvDSN(t, rdb, schema, baseDSN()+" search_path="+schema)
+}
+
+// newEnvDSN opens a cached DB and a raw one on dsn, whose search_path
+// starts with schema.
+func newEnvDSN(t *testing.T, rdb redis.UniversalClient, schema, dsn string) *cacheEnv {
+	t.Helper()
 	env := &cacheEnv{
 		reg:    cachedpq.NewRegistry(),
 		rdb:    rdb,
 		prefix: fmt.Sprintf("cpqtest%d_%d", time.Now().UnixNano()%1e9, prefixSeq.Add(1)),
 		schema: schema,
 	}
-	dsn := baseDSN() + " search_path=" + schema
 	conn, err := cachedpq.NewConnector(dsn, cachedpq.Options{
 		Redis: rdb, Prefix: env.prefix, Registry: env.reg, Timeout: time.Second,
 	})
