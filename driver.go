@@ -109,9 +109,29 @@ func NewConnector(dsn string, opts Options) (*Connector, error) {
 		owned = redis.NewClient(ropts)
 		opts.Redis = owned
 	}
+	if err := readsFromPrimaries(opts.Redis); err != nil {
+		return nil, err
+	}
+	if cfg.Runtime["standard_conforming_strings"] == "off" {
+		return nil, errors.New("cachedpq: standard_conforming_strings=off is not supported: the SQL analysis reads backslashes in strings as Postgres does when it is on")
+	}
 	c := newConnector(inner, opts, newIdentity(cfg))
 	c.owned = owned
 	return c, nil
+}
+
+// readsFromPrimaries refuses a Cluster client that reads from replicas:
+// a replica that lags its primary answers a stamp from before a write,
+// and the entry that write voided would be served, even to the writer.
+func readsFromPrimaries(c redis.UniversalClient) error {
+	cc, ok := c.(*redis.ClusterClient)
+	if !ok {
+		return nil
+	}
+	if o := cc.Options(); o.ReadOnly || o.RouteByLatency || o.RouteRandomly {
+		return errors.New("cachedpq: a Redis Cluster client that reads from replicas (ReadOnly, RouteByLatency, RouteRandomly) could serve invalidated entries; use one that reads from primaries")
+	}
+	return nil
 }
 
 // Wrap returns a Connector that caches over any other driver.Connector,

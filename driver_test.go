@@ -15,6 +15,7 @@ import (
 
 	"github.com/DATA-DOG/go-sqlmock"
 	"github.com/lib/pq"
+	"github.com/redis/go-redis/v9"
 )
 
 func TestParseDSN(t *testing.T) {
@@ -64,6 +65,7 @@ func TestBadDSNFailsAtOpen(t *testing.T) {
 		{"dbname=d cache_prefix=''", "cache_prefix"},
 		{"postgres://h/d?cache_tiemout=1s", "cache_tiemout"},
 		{"dbname=d sslmode=bogus", "sslmode"},
+		{"dbname=d standard_conforming_strings=off", "standard_conforming_strings"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.mention, func(t *testing.T) {
@@ -479,5 +481,19 @@ func TestLostWritesInvalidate(t *testing.T) {
 	}
 	if n := c.Stats().Invalidations; n != 2 {
 		t.Fatalf("after a lost Query: %d invalidations, want 2", n)
+	}
+}
+
+// TestClusterReadingReplicasIsRefused: stamps read from a lagging replica
+// would validate entries a write voided.
+func TestClusterReadingReplicasIsRefused(t *testing.T) {
+	for _, o := range []redis.ClusterOptions{{ReadOnly: true}, {RouteByLatency: true}, {RouteRandomly: true}, {}} {
+		o.Addrs = []string{"127.0.0.1:1"}
+		cc := redis.NewClusterClient(&o)
+		_, err := NewConnector("dbname=d", Options{Redis: cc})
+		cc.Close()
+		if replicas := o.ReadOnly || o.RouteByLatency || o.RouteRandomly; (err != nil) != replicas {
+			t.Errorf("%+v: NewConnector error %v", o, err)
+		}
 	}
 }
