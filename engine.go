@@ -355,7 +355,11 @@ func (e *engine) lookupFailed(ctx context.Context, r *read, stamps []uint64, hol
 	if !e.shared { // a shared lookup's failure was recorded once, by lookupOnce
 		e.fail(ctx, "lookup", err)
 	}
-	e.bypassed(r.rs, bypassCacheError)
+	why := bypassCacheError
+	if errors.Is(err, errBreakerOpen) { // half-open, and the probes are out
+		why = bypassBreakerOpen
+	}
+	e.bypassed(r.rs, why)
 	return r.run(ctx)
 }
 
