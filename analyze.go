@@ -585,6 +585,7 @@ func (p *parser) queryRefs(s, e int) {
 			}
 		case p.is(i, "with"):
 			p.withNames(i, p.scopeEnd(groups, e))
+			p.nestedDML(i, p.scopeEnd(groups, e))
 		case p.is(i, "from") && p.tableFrom(i, groups):
 			p.fromList(i+1, e)
 		case p.isAny(i, "join", "table"):
@@ -594,6 +595,20 @@ func (p *parser) queryRefs(s, e int) {
 		case p.isName(i):
 			p.call(i, e)
 		}
+	}
+}
+
+// nestedDML records the target of a data-modifying statement that follows
+// the WITH at i inside parentheses: (WITH b AS (...) DELETE FROM t ...)
+// writes t as much as (DELETE FROM t ...). It runs after withNames, so
+// that the statement's USING sees the WITH names.
+func (p *parser) nestedDML(i, scope int) {
+	if !p.isPunct(i-1, '(') {
+		return
+	}
+	main := p.skipWith(i, scope)
+	if p.isAny(main, "insert", "update", "delete", "merge") {
+		p.dml(main, scope)
 	}
 }
 
