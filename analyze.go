@@ -435,6 +435,22 @@ func (p *parser) addWrite(i, end int) (next int) {
 	return next
 }
 
+// addTarget records the written relation at i, written name, ONLY name or
+// ONLY ( name ), and returns the index after it.
+func (p *parser) addTarget(i, e int) (next int) {
+	if !p.is(i, "only") {
+		return p.addWrite(i, e)
+	}
+	if !p.isPunct(i+1, '(') {
+		return p.addWrite(i+1, e)
+	}
+	next = p.addWrite(i+2, e)
+	if p.isPunct(next, ')') {
+		next++
+	}
+	return next
+}
+
 // addRead records a read relation named at i unless a CTE of the same name
 // is in scope, and notes temporary and catalog tables.
 func (p *parser) addRead(i, last int, qualified bool) {
@@ -545,10 +561,7 @@ func (p *parser) dml(i, e int) {
 	if p.isAny(i, "insert", "merge") || p.is(i, "delete") {
 		j++ // INTO / FROM
 	}
-	if p.is(j, "only") {
-		j++
-	}
-	next := p.addWrite(j, e)
+	next := p.addTarget(j, e)
 	if !p.isAny(i, "delete", "merge") {
 		return
 	}
@@ -1031,10 +1044,7 @@ func (p *parser) truncate(i, e int) {
 		i++
 	}
 	for i < e {
-		if p.is(i, "only") {
-			i++
-		}
-		i = p.addWrite(i, e)
+		i = p.addTarget(i, e)
 		if p.isPunct(i, '*') {
 			i++
 		}

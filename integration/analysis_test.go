@@ -25,3 +25,15 @@ func TestNestedWithDMLInvalidates(t *testing.T) {
 	writeThrough(t, `with d as (with b as (select 1) update users set name = 'changed' where id = 1 returning *)
 		select count(*) from d`)
 }
+
+// TestOnlyParenthesizedInvalidates: ONLY ( name ) hid the target of
+// UPDATE, DELETE and TRUNCATE.
+func TestOnlyParenthesizedInvalidates(t *testing.T) {
+	for _, write := range []string{
+		`update only (users) set name = 'changed' where id = 1`,
+		`delete from only (users) where id = 1`,
+		`truncate only (users)`,
+	} {
+		t.Run(write, func(t *testing.T) { writeThrough(t, write) })
+	}
+}
