@@ -1060,11 +1060,12 @@ func (p *parser) truncate(i, e int) {
 	}
 }
 
-// copyStmt analyzes COPY t FROM (a write), COPY t TO and COPY (query) TO
-// (reads).
+// copyStmt analyzes COPY t FROM (a write), COPY t TO (a read) and
+// COPY (statement) TO, which runs the statement: a query reads, and
+// INSERT/UPDATE/DELETE ... RETURNING writes.
 func (p *parser) copyStmt(i, e int) stmtKind {
 	if p.isPunct(i, '(') {
-		p.queryRefs(i+1, p.closing(i, e))
+		p.statement(i+1, p.closing(i, e))
 		return kindCopyTo
 	}
 	if !p.isName(i) {

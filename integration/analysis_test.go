@@ -37,3 +37,9 @@ func TestOnlyParenthesizedInvalidates(t *testing.T) {
 		t.Run(write, func(t *testing.T) { writeThrough(t, write) })
 	}
 }
+
+// TestCopyDMLInvalidates: COPY (DML RETURNING ...) TO runs the DML; it
+// was taken for a read.
+func TestCopyDMLInvalidates(t *testing.T) {
+	writeThrough(t, `copy (update users set name = 'changed' where id = 1 returning *) to '/dev/null'`)
+}
