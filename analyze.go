@@ -16,6 +16,8 @@ import (
 	"hash/maphash"
 	"strings"
 	"sync"
+	"unicode"
+	"unicode/utf16"
 
 	"github.com/zeebo/xxh3"
 )
@@ -184,6 +186,7 @@ type parser struct {
 	nondet  string // the first non-deterministic built-in seen
 	temp    bool   // a pg_temp table is referenced
 	catalog bool   // a system catalog is read
+	opaque  bool   // a U&"" name has an escape character the analysis cannot read
 	selInto bool   // SELECT ... INTO creates a table
 }
 
@@ -337,9 +340,27 @@ func (p *parser) tagOf(i int) string {
 	s = strings.TrimSuffix(s, `"`)
 	s = strings.ReplaceAll(s, `""`, `"`)
 	if uni {
-		s = decodeUnicodeEscapes(s)
+		s = decodeUnicodeEscapes(s, p.uescape(i))
 	}
 	return s
+}
+
+// uescape returns the escape character of the U&"" name at i: \ unless a
+// UESCAPE 'c' clause follows. A clause spelled otherwise (E'\041') makes
+// the statement opaque, and the name keeps its raw text.
+func (p *parser) uescape(i int) byte {
+	if !p.is(i+1, "uescape") || i+2 >= len(p.toks) {
+		return '\\'
+	}
+	s := p.text(i + 2)
+	switch {
+	case len(s) == 3 && s[0] == '\'' && s[2] == '\'' && s[1] != '\'':
+		return s[1]
+	case len(s) == 5 && s[:2] == "$$" && s[3:] == "$$":
+		return s[2]
+	}
+	p.opaque, p.a.unknownWrite = true, true
+	return 0
 }
 
 // asciiLower folds ASCII letters, leaving other bytes (UTF-8) alone as the
@@ -357,31 +378,59 @@ func asciiLower(s string) string {
 	return s
 }
 
-// decodeUnicodeEscapes decodes \XXXX, \+XXXXXX and \\ in a U&"" name with
-// the default escape byte. (A UESCAPE clause is not honoured; such names
-// keep their raw text, which can only over-distinguish.)
-func decodeUnicodeEscapes(s string) string {
+// decodeUnicodeEscapes decodes a U&"" name as the server does
+// (str_udeescape): the escape byte esc followed by esc, by XXXX or by
+// +XXXXXX, UTF-16 surrogate pairs joined. A name the server rejects keeps
+// its raw text (also when esc is 0): the statement fails anyway.
+func decodeUnicodeEscapes(s string, esc byte) string {
 	var b strings.Builder
+	var high rune // a first surrogate waiting for its second
 	for i := 0; i < len(s); i++ {
-		if s[i] != '\\' {
-			b.WriteByte(s[i])
+		r, n := rune(s[i]), 0
+		if esc != 0 && s[i] == esc {
+			if r, n = unicodeEscape(s, i, esc); n == 0 {
+				return s
+			}
+		}
+		switch {
+		case high != 0 && !utf16.IsSurrogate(r):
+			return s
+		case high != 0 && r >= 0xDC00:
+			r, high = utf16.DecodeRune(high, r), 0
+		case high != 0 || r >= 0xDC00 && r <= 0xDFFF:
+			return s // a second surrogate alone
+		case utf16.IsSurrogate(r):
+			high, i = r, i+n
 			continue
 		}
-		n := 4
-		if i+1 < len(s) && s[i+1] == '+' {
-			n = 7
-		}
-		if r, ok := parseHexRune(s, i+1, n); ok {
-			b.WriteRune(r)
-			i += n
-		} else if i+1 < len(s) && s[i+1] == '\\' {
-			b.WriteByte('\\')
-			i++
+		if n == 0 {
+			b.WriteByte(s[i])
 		} else {
-			return s
+			b.WriteRune(r)
 		}
+		i += n
+	}
+	if high != 0 {
+		return s
 	}
 	return b.String()
+}
+
+// unicodeEscape reads the escape at s[i] (which is esc) and returns its
+// code point and how many bytes follow esc, or 0 bytes when it is invalid.
+func unicodeEscape(s string, i int, esc byte) (r rune, n int) {
+	if i+1 < len(s) && s[i+1] == esc {
+		return rune(esc), 1
+	}
+	n = 4
+	if i+1 < len(s) && s[i+1] == '+' {
+		n = 7
+	}
+	r, ok := parseHexRune(s, i+1, n)
+	if !ok || r == 0 || r > unicode.MaxRune {
+		return 0, 0
+	}
+	return r, n
 }
 
 // parseHexRune reads n bytes at s[i:] as hex ('+' first when n is 7).
@@ -408,11 +457,21 @@ func parseHexRune(s string, i, n int) (rune, bool) {
 // qualifiedName reads name(.name)* at i and returns the index of its last
 // part, the index after it, and whether the name had a schema.
 func (p *parser) qualifiedName(i, end int) (last, next int, qualified bool) {
-	last = i
-	for last+2 < end && p.isPunct(last+1, '.') && p.isName(last+2) {
-		last += 2
+	last, next = i, p.afterName(i)
+	for next+1 < end && p.isPunct(next, '.') && p.isName(next+1) {
+		last, next = next+1, p.afterName(next+1)
 	}
-	return last, last + 1, last > i
+	return last, next, last > i
+}
+
+// afterName returns the index after the name token i and its UESCAPE
+// clause, if any.
+func (p *parser) afterName(i int) int {
+	if p.toks[i].kind == tokQIdent && p.is(i+1, "uescape") && i+2 < len(p.toks) &&
+		p.toks[i+2].kind == tokString {
+		return i + 3
+	}
+	return i + 1
 }
 
 // addUnique appends s to list unless present.
@@ -1235,6 +1294,8 @@ func (p *parser) cacheability() (reason string, nondet bool) {
 		return "reads a temporary table", false
 	case p.catalog:
 		return "reads a system catalog", false
+	case p.opaque:
+		return "a U&\"\" name the analysis cannot decode", false
 	case p.nondet != "":
 		return "calls non-deterministic or session-dependent " + p.nondet, true
 	}

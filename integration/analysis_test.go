@@ -43,3 +43,9 @@ func TestOnlyParenthesizedInvalidates(t *testing.T) {
 func TestCopyDMLInvalidates(t *testing.T) {
 	writeThrough(t, `copy (update users set name = 'changed' where id = 1 returning *) to '/dev/null'`)
 }
+
+// TestUescapeNameInvalidates: a U&"" name with a UESCAPE clause was
+// tagged with its raw text.
+func TestUescapeNameInvalidates(t *testing.T) {
+	writeThrough(t, `update U&"!0075sers" UESCAPE '!' set name = 'changed' where id = 1`)
+}
