@@ -77,7 +77,7 @@ type analysis struct {
 	ddl              bool     // the catalog may have changed
 	cascade          bool     // TRUNCATE ... CASCADE
 	locking          bool     // FOR UPDATE/SHARE/NO KEY UPDATE/KEY SHARE, or LOCK
-	functions        []string // user functions called, lower-cased as written, built-ins left out
+	functions        []string // user functions called, each part of the name as a tag, dot-joined; built-ins left out
 	notCacheable     string   // "" when a cached read may be registered, else why not
 	nondeterministic bool     // notCacheable only because of now(), random(), current_user, ...
 }
@@ -941,11 +941,20 @@ func (p *parser) function(i, last int, qualified bool, open, e int) {
 			return
 		}
 	}
-	full := name
-	if qualified {
-		full = asciiLower(p.src[p.toks[i].start:p.toks[last].end])
+	p.a.functions = addUnique(p.a.functions, p.funcName(i, last))
+}
+
+// funcName returns the name of the function named by tokens i..last as
+// the catalog spells it: each part a tag, joined by dots.
+func (p *parser) funcName(i, last int) string {
+	if i == last {
+		return p.tagOf(i)
 	}
-	p.a.functions = addUnique(p.a.functions, full)
+	parts := make([]string, 0, 3)
+	for k := i; k <= last; k = p.afterName(k) + 1 {
+		parts = append(parts, p.tagOf(k))
+	}
+	return strings.Join(parts, ".")
 }
 
 // builtinCall notes calls of built-ins that make a query uncacheable.

@@ -152,6 +152,9 @@ func TestFlags(t *testing.T) {
 		{"select my_fn(a), public.other(b), count(*), pg_catalog.lower(c) from t", func(a *analysis) bool {
 			return slices.Equal(a.functions, []string{"my_fn", "public.other"})
 		}},
+		{`select "myschema"."bump"(), myschema . other(), "S".F(), a.b.c()`, func(a *analysis) bool {
+			return slices.Equal(a.functions, []string{"myschema.bump", "myschema.other", "S.f", "a.b.c"})
+		}},
 		{"  ;; -- nothing\n", func(a *analysis) bool { return a.kind == kindEmpty && !a.multi }},
 	}
 	for _, tt := range tests {

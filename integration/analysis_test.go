@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"fmt"
 	"testing"
 )
 
@@ -48,4 +49,22 @@ func TestCopyDMLInvalidates(t *testing.T) {
 // tagged with its raw text.
 func TestUescapeNameInvalidates(t *testing.T) {
 	writeThrough(t, `update U&"!0075sers" UESCAPE '!' set name = 'changed' where id = 1`)
+}
+
+// TestQualifiedVolatileCallInvalidates: a volatile function called through
+// a schema-qualified name was recorded as its raw text, quotes and spaces
+// included, so the catalog did not know it and its writes went unseen.
+func TestQualifiedVolatileCallInvalidates(t *testing.T) {
+	for _, call := range []string{`select "%s"."bump"()`, `select %s . bump()`} {
+		t.Run(call, func(t *testing.T) {
+			forEachStore(t, func(t *testing.T, env *cacheEnv) {
+				setupUsers(t, env)
+				mustExec(t, env.raw, `create function bump() returns int volatile language sql as
+					$$ update users set name = name || '+' where id = 1; select 1 $$`)
+				env.prime(t, userName, 1)
+				env.same(t, fmt.Sprintf(call, env.schema))
+				env.same(t, userName, 1)
+			})
+		})
+	}
 }
