@@ -666,6 +666,8 @@ func (p *parser) queryRefs(s, e int) {
 			p.lockingClause(i)
 		case p.isName(i):
 			p.call(i, e)
+		case p.toks[i].kind == tokString:
+			p.timeLiteral(i)
 		}
 	}
 }
@@ -903,6 +905,83 @@ var notCalls = map[string]bool{
 	"search": true, "cycle": true, "ordinality": true, "nulls": true, "default": true,
 }
 
+// timeTypes are the types before a literal (date 'today', timestamp(3)
+// with time zone 'now') that read the special values below.
+var timeTypes = map[string]bool{"date": true, "time": true, "timetz": true, "timestamp": true,
+	"timestamptz": true, "zone": true}
+
+// specialTimes are the date/time inputs the server reads as of the moment
+// it parses them.
+var specialTimes = []string{"now", "today", "tomorrow", "yesterday"}
+
+// timeLiteral notes the string literal at i as non-deterministic when it
+// holds a special time value and is cast ('now'::date, CAST('now' AS
+// date), ('now')::date) or typed (date 'today'). An untyped comparison
+// (status = 'today') is left alone.
+func (p *parser) timeLiteral(i int) {
+	value, known := p.stringValue(i)
+	if known && !hasSpecialTime(value) {
+		return
+	}
+	prev, next := i-1, i+1
+	for p.isPunct(prev, '(') && p.isPunct(next, ')') {
+		prev, next = prev-1, next+1
+	}
+	cast := next < len(p.toks) && p.text(next) == "::" ||
+		p.is(next, "as") && p.isPunct(prev, '(') && p.is(prev-1, "cast")
+	if !cast && !p.typedLiteral(i) {
+		return
+	}
+	if known {
+		p.noteNondet("'" + strings.ToLower(strings.TrimSpace(value)) + "'")
+	} else {
+		p.noteNondet(p.text(i))
+	}
+}
+
+// typedLiteral reports whether a date/time type name comes before the
+// literal at i.
+func (p *parser) typedLiteral(i int) bool {
+	j := i - 1
+	if p.isPunct(j, ')') && p.isPunct(j-2, '(') {
+		j -= 3 // timestamp(3) 'now'
+	}
+	return p.isName(j) && timeTypes[p.tagOf(j)]
+}
+
+// stringValue returns the content of the string literal at i, and false
+// when escapes hide it (E'\x6eow', U&'...').
+func (p *parser) stringValue(i int) (string, bool) {
+	s := p.text(i)
+	switch lower(s[0]) {
+	case 'e':
+		return s, !strings.Contains(s, "\\") && len(s) >= 3
+	case 'u':
+		return s, false
+	case 'n':
+		s = s[1:]
+	case '$':
+		tag := s[:strings.IndexByte(s[1:], '$')+2]
+		return strings.TrimSuffix(s[len(tag):], tag), true
+	}
+	return strings.Trim(s, "'"), true
+}
+
+// hasSpecialTime reports whether a date/time input holds a word the
+// server reads as of now; words are runs of letters, as its parser splits
+// them ('tomorrow 10:00', ' Today ').
+func hasSpecialTime(value string) bool {
+	words := strings.FieldsFunc(value, func(r rune) bool { return !unicode.IsLetter(r) })
+	for _, w := range words {
+		for _, t := range specialTimes {
+			if strings.EqualFold(w, t) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // notCallAfter are tokens after which a name followed by ( is a relation,
 // alias or type, not a call.
 var notCallAfter = []string{"::", "as", "into", "table", "only", "references", "."}
@@ -910,6 +989,10 @@ var notCallAfter = []string{"::", "as", "into", "table", "only", "references", "
 // call checks the name at i for a function call or a non-deterministic
 // keyword such as current_user.
 func (p *parser) call(i, e int) {
+	if p.is(i-1, "tablesample") || p.is(i, "repeatable") && p.isPunct(i-1, ')') {
+		p.tableSample(i, e)
+		return
+	}
 	if i > 0 {
 		for _, t := range notCallAfter {
 			if strings.EqualFold(p.text(i-1), t) {
@@ -929,6 +1012,19 @@ func (p *parser) call(i, e int) {
 		return // WITH x(a, b) AS (...): column names, not a call
 	}
 	p.function(i, last, qualified, next, e)
+}
+
+// tableSample notes TABLESAMPLE method(...) at i, which picks other rows
+// at each execution unless REPEATABLE (seed) follows. Neither the method
+// nor REPEATABLE is a function call.
+func (p *parser) tableSample(i, e int) {
+	if p.is(i, "repeatable") {
+		return
+	}
+	_, next, _ := p.qualifiedName(i, e)
+	if !p.is(p.closing(next, e)+1, "repeatable") {
+		p.noteNondet("tablesample " + p.tagOf(i))
+	}
 }
 
 // function records a call of the function named by tokens i..last.

@@ -155,6 +155,7 @@ func TestFlags(t *testing.T) {
 		{`select "myschema"."bump"(), myschema . other(), "S".F(), a.b.c()`, func(a *analysis) bool {
 			return slices.Equal(a.functions, []string{"myschema.bump", "myschema.other", "S.f", "a.b.c"})
 		}},
+		{"select * from t tablesample system (1) repeatable (2)", func(a *analysis) bool { return a.functions == nil }},
 		{"  ;; -- nothing\n", func(a *analysis) bool { return a.kind == kindEmpty && !a.multi }},
 	}
 	for _, tt := range tests {
@@ -215,6 +216,23 @@ func TestCacheability(t *testing.T) {
 		{"select age(a, b) from t", "", false},
 		{"select pg_catalog.now()", "now", true},
 		{`select "user" from t`, "", false},
+		{"select 'now'::timestamptz::text", "'now'", true},
+		{"select date 'today'", "'today'", true},
+		{"select timestamp 'tomorrow'", "'tomorrow'", true},
+		{"select * from t where d > 'yesterday'::date", "'yesterday'", true},
+		{"select CAST(' Now ' AS timestamptz)", "'now'", true},
+		{"select cast(('now') as date), 1", "'now'", true},
+		{"select ('today')::date", "'today'", true},
+		{"select timestamp(3) with time zone 'now'", "'now'", true},
+		{"select pg_catalog.timestamptz 'tomorrow 10:00'", "'tomorrow 10:00'", true},
+		{"select timestamptz $$now$$", "'now'", true},
+		{`select E'\x6eow'::date`, `E'\x6eow'`, true},
+		{"select * from t where status = 'today'", "", false},
+		{"select * from t where name like 'today' and a = 'now'", "", false},
+		{"select 'now' as x, date '2024-01-01', 'snowy'::text", "", false},
+		{"select * from t tablesample system(10)", "tablesample", true},
+		{"select * from t tablesample bernoulli (10) where a = 1", "tablesample", true},
+		{"select * from t tablesample bernoulli (10) repeatable (7)", "", false},
 		{"select t.user from t", "", false},
 	}
 	for _, tt := range tests {
