@@ -16,6 +16,8 @@ import (
 	"hash/maphash"
 	"strings"
 	"sync"
+	"unicode"
+	"unicode/utf16"
 
 	"github.com/zeebo/xxh3"
 )
@@ -76,7 +78,7 @@ type analysis struct {
 	ddl              bool     // the catalog may have changed
 	cascade          bool     // TRUNCATE ... CASCADE
 	locking          bool     // FOR UPDATE/SHARE/NO KEY UPDATE/KEY SHARE, or LOCK
-	functions        []string // user functions called, lower-cased as written, built-ins left out
+	functions        []string // user functions called, each part of the name as a tag, dot-joined; built-ins left out
 	notCacheable     string   // "" when a cached read may be registered, else why not
 	nondeterministic bool     // notCacheable only because of now(), random(), current_user, ...
 }
@@ -185,6 +187,7 @@ type parser struct {
 	nondet  string // the first non-deterministic built-in seen
 	temp    bool   // a pg_temp table is referenced
 	catalog bool   // a system catalog is read
+	opaque  bool   // a U&"" name has an escape character the analysis cannot read
 	selInto bool   // SELECT ... INTO creates a table
 }
 
@@ -338,9 +341,27 @@ func (p *parser) tagOf(i int) string {
 	s = strings.TrimSuffix(s, `"`)
 	s = strings.ReplaceAll(s, `""`, `"`)
 	if uni {
-		s = decodeUnicodeEscapes(s)
+		s = decodeUnicodeEscapes(s, p.uescape(i))
 	}
 	return s
+}
+
+// uescape returns the escape character of the U&"" name at i: \ unless a
+// UESCAPE 'c' clause follows. A clause spelled otherwise (E'\041') makes
+// the statement opaque, and the name keeps its raw text.
+func (p *parser) uescape(i int) byte {
+	if !p.is(i+1, "uescape") || i+2 >= len(p.toks) {
+		return '\\'
+	}
+	s := p.text(i + 2)
+	switch {
+	case len(s) == 3 && s[0] == '\'' && s[2] == '\'' && s[1] != '\'':
+		return s[1]
+	case len(s) == 5 && s[:2] == "$$" && s[3:] == "$$":
+		return s[2]
+	}
+	p.opaque, p.a.unknownWrite = true, true
+	return 0
 }
 
 // asciiLower folds ASCII letters, leaving other bytes (UTF-8) alone as the
@@ -358,31 +379,59 @@ func asciiLower(s string) string {
 	return s
 }
 
-// decodeUnicodeEscapes decodes \XXXX, \+XXXXXX and \\ in a U&"" name with
-// the default escape byte. (A UESCAPE clause is not honoured; such names
-// keep their raw text, which can only over-distinguish.)
-func decodeUnicodeEscapes(s string) string {
+// decodeUnicodeEscapes decodes a U&"" name as the server does
+// (str_udeescape): the escape byte esc followed by esc, by XXXX or by
+// +XXXXXX, UTF-16 surrogate pairs joined. A name the server rejects keeps
+// its raw text (also when esc is 0): the statement fails anyway.
+func decodeUnicodeEscapes(s string, esc byte) string {
 	var b strings.Builder
+	var high rune // a first surrogate waiting for its second
 	for i := 0; i < len(s); i++ {
-		if s[i] != '\\' {
-			b.WriteByte(s[i])
+		r, n := rune(s[i]), 0
+		if esc != 0 && s[i] == esc {
+			if r, n = unicodeEscape(s, i, esc); n == 0 {
+				return s
+			}
+		}
+		switch {
+		case high != 0 && !utf16.IsSurrogate(r):
+			return s
+		case high != 0 && r >= 0xDC00:
+			r, high = utf16.DecodeRune(high, r), 0
+		case high != 0 || r >= 0xDC00 && r <= 0xDFFF:
+			return s // a second surrogate alone
+		case utf16.IsSurrogate(r):
+			high, i = r, i+n
 			continue
 		}
-		n := 4
-		if i+1 < len(s) && s[i+1] == '+' {
-			n = 7
-		}
-		if r, ok := parseHexRune(s, i+1, n); ok {
-			b.WriteRune(r)
-			i += n
-		} else if i+1 < len(s) && s[i+1] == '\\' {
-			b.WriteByte('\\')
-			i++
+		if n == 0 {
+			b.WriteByte(s[i])
 		} else {
-			return s
+			b.WriteRune(r)
 		}
+		i += n
+	}
+	if high != 0 {
+		return s
 	}
 	return b.String()
+}
+
+// unicodeEscape reads the escape at s[i] (which is esc) and returns its
+// code point and how many bytes follow esc, or 0 bytes when it is invalid.
+func unicodeEscape(s string, i int, esc byte) (r rune, n int) {
+	if i+1 < len(s) && s[i+1] == esc {
+		return rune(esc), 1
+	}
+	n = 4
+	if i+1 < len(s) && s[i+1] == '+' {
+		n = 7
+	}
+	r, ok := parseHexRune(s, i+1, n)
+	if !ok || r == 0 || r > unicode.MaxRune {
+		return 0, 0
+	}
+	return r, n
 }
 
 // parseHexRune reads n bytes at s[i:] as hex ('+' first when n is 7).
@@ -409,11 +458,21 @@ func parseHexRune(s string, i, n int) (rune, bool) {
 // qualifiedName reads name(.name)* at i and returns the index of its last
 // part, the index after it, and whether the name had a schema.
 func (p *parser) qualifiedName(i, end int) (last, next int, qualified bool) {
-	last = i
-	for last+2 < end && p.isPunct(last+1, '.') && p.isName(last+2) {
-		last += 2
+	last, next = i, p.afterName(i)
+	for next+1 < end && p.isPunct(next, '.') && p.isName(next+1) {
+		last, next = next+1, p.afterName(next+1)
 	}
-	return last, last + 1, last > i
+	return last, next, last > i
+}
+
+// afterName returns the index after the name token i and its UESCAPE
+// clause, if any.
+func (p *parser) afterName(i int) int {
+	if p.toks[i].kind == tokQIdent && p.is(i+1, "uescape") && i+2 < len(p.toks) &&
+		p.toks[i+2].kind == tokString {
+		return i + 3
+	}
+	return i + 1
 }
 
 // addUnique appends s to list unless present.
@@ -433,6 +492,22 @@ func (p *parser) addWrite(i, end int) (next int) {
 	}
 	last, next, _ := p.qualifiedName(i, end)
 	p.a.writes = addUnique(p.a.writes, p.tagOf(last))
+	return next
+}
+
+// addTarget records the written relation at i, written name, ONLY name or
+// ONLY ( name ), and returns the index after it.
+func (p *parser) addTarget(i, e int) (next int) {
+	if !p.is(i, "only") {
+		return p.addWrite(i, e)
+	}
+	if !p.isPunct(i+1, '(') {
+		return p.addWrite(i+1, e)
+	}
+	next = p.addWrite(i+2, e)
+	if p.isPunct(next, ')') {
+		next++
+	}
 	return next
 }
 
@@ -552,10 +627,7 @@ func (p *parser) dml(i, e int) {
 	if p.isAny(i, "insert", "merge") || p.is(i, "delete") {
 		j++ // INTO / FROM
 	}
-	if p.is(j, "only") {
-		j++
-	}
-	next := p.addWrite(j, e)
+	next := p.addTarget(j, e)
 	if !p.isAny(i, "delete", "merge") {
 		return
 	}
@@ -592,6 +664,7 @@ func (p *parser) queryRefs(s, e int) {
 			}
 		case p.is(i, "with"):
 			p.withNames(i, p.scopeEnd(groups, e))
+			p.nestedDML(i, p.scopeEnd(groups, e))
 		case p.is(i, "from") && p.tableFrom(i, groups):
 			p.fromList(i+1, e)
 		case p.isAny(i, "join", "table"):
@@ -600,7 +673,23 @@ func (p *parser) queryRefs(s, e int) {
 			p.lockingClause(i)
 		case p.isName(i):
 			p.call(i, e)
+		case p.toks[i].kind == tokString:
+			p.timeLiteral(i)
 		}
+	}
+}
+
+// nestedDML records the target of a data-modifying statement that follows
+// the WITH at i inside parentheses: (WITH b AS (...) DELETE FROM t ...)
+// writes t as much as (DELETE FROM t ...). It runs after withNames, so
+// that the statement's USING sees the WITH names.
+func (p *parser) nestedDML(i, scope int) {
+	if !p.isPunct(i-1, '(') {
+		return
+	}
+	main := p.skipWith(i, scope)
+	if p.isAny(main, "insert", "update", "delete", "merge") {
+		p.dml(main, scope)
 	}
 }
 
@@ -823,6 +912,83 @@ var notCalls = map[string]bool{
 	"search": true, "cycle": true, "ordinality": true, "nulls": true, "default": true,
 }
 
+// timeTypes are the types before a literal (date 'today', timestamp(3)
+// with time zone 'now') that read the special values below.
+var timeTypes = map[string]bool{"date": true, "time": true, "timetz": true, "timestamp": true,
+	"timestamptz": true, "zone": true}
+
+// specialTimes are the date/time inputs the server reads as of the moment
+// it parses them.
+var specialTimes = []string{"now", "today", "tomorrow", "yesterday"}
+
+// timeLiteral notes the string literal at i as non-deterministic when it
+// holds a special time value and is cast ('now'::date, CAST('now' AS
+// date), ('now')::date) or typed (date 'today'). An untyped comparison
+// (status = 'today') is left alone.
+func (p *parser) timeLiteral(i int) {
+	value, known := p.stringValue(i)
+	if known && !hasSpecialTime(value) {
+		return
+	}
+	prev, next := i-1, i+1
+	for p.isPunct(prev, '(') && p.isPunct(next, ')') {
+		prev, next = prev-1, next+1
+	}
+	cast := next < len(p.toks) && p.text(next) == "::" ||
+		p.is(next, "as") && p.isPunct(prev, '(') && p.is(prev-1, "cast")
+	if !cast && !p.typedLiteral(i) {
+		return
+	}
+	if known {
+		p.noteNondet("'" + strings.ToLower(strings.TrimSpace(value)) + "'")
+	} else {
+		p.noteNondet(p.text(i))
+	}
+}
+
+// typedLiteral reports whether a date/time type name comes before the
+// literal at i.
+func (p *parser) typedLiteral(i int) bool {
+	j := i - 1
+	if p.isPunct(j, ')') && p.isPunct(j-2, '(') {
+		j -= 3 // timestamp(3) 'now'
+	}
+	return p.isName(j) && timeTypes[p.tagOf(j)]
+}
+
+// stringValue returns the content of the string literal at i, and false
+// when escapes hide it (E'\x6eow', U&'...').
+func (p *parser) stringValue(i int) (string, bool) {
+	s := p.text(i)
+	switch lower(s[0]) {
+	case 'e':
+		return s, !strings.Contains(s, "\\") && len(s) >= 3
+	case 'u':
+		return s, false
+	case 'n':
+		s = s[1:]
+	case '$':
+		tag := s[:strings.IndexByte(s[1:], '$')+2]
+		return strings.TrimSuffix(s[len(tag):], tag), true
+	}
+	return strings.Trim(s, "'"), true
+}
+
+// hasSpecialTime reports whether a date/time input holds a word the
+// server reads as of now; words are runs of letters, as its parser splits
+// them ('tomorrow 10:00', ' Today ').
+func hasSpecialTime(value string) bool {
+	words := strings.FieldsFunc(value, func(r rune) bool { return !unicode.IsLetter(r) })
+	for _, w := range words {
+		for _, t := range specialTimes {
+			if strings.EqualFold(w, t) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // notCallAfter are tokens after which a name followed by ( is a relation,
 // alias or type, not a call.
 var notCallAfter = []string{"::", "as", "into", "table", "only", "references", "."}
@@ -830,6 +996,10 @@ var notCallAfter = []string{"::", "as", "into", "table", "only", "references", "
 // call checks the name at i for a function call or a non-deterministic
 // keyword such as current_user.
 func (p *parser) call(i, e int) {
+	if p.is(i-1, "tablesample") || p.is(i, "repeatable") && p.isPunct(i-1, ')') {
+		p.tableSample(i, e)
+		return
+	}
 	if i > 0 {
 		for _, t := range notCallAfter {
 			if strings.EqualFold(p.text(i-1), t) {
@@ -851,6 +1021,19 @@ func (p *parser) call(i, e int) {
 	p.function(i, last, qualified, next, e)
 }
 
+// tableSample notes TABLESAMPLE method(...) at i, which picks other rows
+// at each execution unless REPEATABLE (seed) follows. Neither the method
+// nor REPEATABLE is a function call.
+func (p *parser) tableSample(i, e int) {
+	if p.is(i, "repeatable") {
+		return
+	}
+	_, next, _ := p.qualifiedName(i, e)
+	if !p.is(p.closing(next, e)+1, "repeatable") {
+		p.noteNondet("tablesample " + p.tagOf(i))
+	}
+}
+
 // function records a call of the function named by tokens i..last.
 func (p *parser) function(i, last int, qualified bool, open, e int) {
 	name := p.tagOf(last)
@@ -861,11 +1044,20 @@ func (p *parser) function(i, last int, qualified bool, open, e int) {
 			return
 		}
 	}
-	full := name
-	if qualified {
-		full = asciiLower(p.src[p.toks[i].start:p.toks[last].end])
+	p.a.functions = addUnique(p.a.functions, p.funcName(i, last))
+}
+
+// funcName returns the name of the function named by tokens i..last as
+// the catalog spells it: each part a tag, joined by dots.
+func (p *parser) funcName(i, last int) string {
+	if i == last {
+		return p.tagOf(i)
 	}
-	p.a.functions = addUnique(p.a.functions, full)
+	parts := make([]string, 0, 3)
+	for k := i; k <= last; k = p.afterName(k) + 1 {
+		parts = append(parts, p.tagOf(k))
+	}
+	return strings.Join(parts, ".")
 }
 
 // builtinCall notes calls of built-ins that make a query uncacheable.
@@ -1026,10 +1218,7 @@ func (p *parser) truncate(i, e int) {
 		i++
 	}
 	for i < e {
-		if p.is(i, "only") {
-			i++
-		}
-		i = p.addWrite(i, e)
+		i = p.addTarget(i, e)
 		if p.isPunct(i, '*') {
 			i++
 		}
@@ -1045,11 +1234,12 @@ func (p *parser) truncate(i, e int) {
 	}
 }
 
-// copyStmt analyzes COPY t FROM (a write), COPY t TO and COPY (query) TO
-// (reads).
+// copyStmt analyzes COPY t FROM (a write), COPY t TO (a read) and
+// COPY (statement) TO, which runs the statement: a query reads, and
+// INSERT/UPDATE/DELETE ... RETURNING writes.
 func (p *parser) copyStmt(i, e int) stmtKind {
 	if p.isPunct(i, '(') {
-		p.queryRefs(i+1, p.closing(i, e))
+		p.statement(i+1, p.closing(i, e))
 		return kindCopyTo
 	}
 	if !p.isName(i) {
@@ -1255,6 +1445,8 @@ func (p *parser) cacheability() (reason string, nondet bool) {
 		return "reads a temporary table", false
 	case p.catalog:
 		return "reads a system catalog", false
+	case p.opaque:
+		return "a U&\"\" name the analysis cannot decode", false
 	case p.nondet != "":
 		return "calls non-deterministic or session-dependent " + p.nondet, true
 	}

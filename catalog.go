@@ -247,7 +247,7 @@ func (cat *catalog) readTags(tags []string) []string {
 }
 
 // anyVolatile reports whether one of the functions, as the analysis wrote
-// them (lower-cased, schema-qualified if written so), is a volatile user
+// them (tags, schema-qualified if written so), is a volatile user
 // function.
 func (cat *catalog) anyVolatile(fns []string) bool {
 	for _, f := range fns {
