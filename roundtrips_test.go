@@ -238,6 +238,7 @@ func TestLeaseHeldHereIsClaimed(t *testing.T) {
 type slowScripts struct {
 	on    atomic.Bool
 	delay time.Duration
+	cut   atomic.Int32 // scripts whose context ended before their delay
 }
 
 func (h *slowScripts) DialHook(next redis.DialHook) redis.DialHook { return next }
@@ -252,6 +253,7 @@ func (h *slowScripts) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 		case <-time.After(h.delay):
 			return err
 		case <-ctx.Done():
+			h.cut.Add(1)
 			cmd.SetErr(ctx.Err())
 			return ctx.Err()
 		}
