@@ -51,6 +51,7 @@ type recordingRows struct {
 	keeping bool           // false once the result cannot be stored
 	eof     bool           // inner returned io.EOF
 	closed  bool
+	drained error // what inner's Next returned when drain stopped on an error
 }
 
 // recordSlabRows is how many rows share one allocation of values.
@@ -148,7 +149,9 @@ func copyValue(v driver.Value) (c driver.Value, ok bool) {
 
 // Close completes a result the caller left early (QueryRow reads one row)
 // by draining inner within the limits, closes inner and reports the
-// snapshot. It returns inner's Close error as it is.
+// snapshot. It returns what lib/pq's Close would: the first error met
+// while reading the rest of the result (Postgres may raise one after the
+// rows the caller read), else inner's Close error, as they are.
 func (r *recordingRows) Close() error {
 	if r.closed {
 		return r.inner.Close()
@@ -162,17 +165,23 @@ func (r *recordingRows) Close() error {
 		r.snap.rows = nil
 	}
 	r.done(&r.snap, complete)
+	if r.drained != nil {
+		return r.drained
+	}
 	return err
 }
 
-// drain reads the rest of the result while it can still be stored.
+// drain reads the rest of the result while it can still be stored. An
+// error stops recording, and is kept for Close.
 func (r *recordingRows) drain() {
 	if r.eof || !r.keeping {
 		return
 	}
 	dest := make([]driver.Value, len(r.snap.columns))
 	for r.keeping && !r.eof {
-		_ = r.Next(dest) // Next records the outcome; nobody waits for it here
+		if err := r.Next(dest); err != nil && err != io.EOF {
+			r.drained = err
+		}
 	}
 }
 
