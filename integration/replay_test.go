@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"database/sql"
 	"errors"
 	"reflect"
 	"testing"
@@ -85,6 +86,72 @@ func TestErrorPartWayThroughResult(t *testing.T) {
 		}
 		if s := env.stats(); s.Fills != 0 || s.Hits != 0 {
 			t.Fatalf("a failed result was cached: %+v", s)
+		}
+	})
+}
+
+// scribbler is a sql.Scanner that writes into the bytes it is given, as
+// a caller may until the next Next.
+type scribbler struct{}
+
+func (scribbler) Scan(src any) error {
+	if b, ok := src.([]byte); ok {
+		for i := range b {
+			b[i] = 'Y'
+		}
+	}
+	return nil
+}
+
+// scribble reads q(args), overwriting each value in place: through
+// sql.RawBytes in its first column and a scribbler in its second.
+func scribble(t *testing.T, db *sqlx.DB, q string, args ...any) {
+	t.Helper()
+	rows, err := db.Query(q, args...)
+	if err != nil {
+		t.Fatalf("%s: %v", q, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var raw sql.RawBytes
+		if err := rows.Scan(&raw, scribbler{}); err != nil {
+			t.Fatal(err)
+		}
+		for i := range raw {
+			raw[i] = 'X'
+		}
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestWritingIntoScannedBytesSparesTheCache: a caller may write into the
+// []byte values it scanned into sql.RawBytes or a Scanner, which
+// database/sql does not copy. A hit handed out the snapshot's own bytes,
+// so every later hit returned what the caller wrote (through the decode
+// memo on Redis); a miss must keep its recording apart from them too.
+func TestWritingIntoScannedBytesSparesTheCache(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		mustExec(t, env.raw, `create table docs (id int8 primary key, doc jsonb, score numeric(8,2));
+			insert into docs select g, jsonb_build_object('id', g, 'tags', array['a', 'b']), g * 1.25
+			from generate_series(1, 5) g`)
+		for _, q := range []string{
+			`select doc, score from docs where id <= $1 order by id`,
+			`select score, doc from docs where id <= $1 order by id`,
+		} {
+			env.register(t, q, cachedpq.Policy{})
+			fills, hits := env.stats().Fills, env.stats().Hits
+			scribble(t, env.db, q, 3) // the miss
+			env.waitFills(t, fills+1)
+			env.same(t, q, 3)
+			for range 2 {
+				scribble(t, env.db, q, 3)
+				env.same(t, q, 3)
+			}
+			if got := env.stats().Hits - hits; got != 5 {
+				t.Fatalf("%d hits of 5: %+v", got, env.stats())
+			}
 		}
 	})
 }
