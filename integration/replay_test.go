@@ -3,8 +3,12 @@ package integration
 import (
 	"database/sql"
 	"errors"
+	"os"
+	"os/exec"
 	"reflect"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"
@@ -154,4 +158,54 @@ func TestWritingIntoScannedBytesSparesTheCache(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestTimetzAcrossLocalZones: lib/pq, through time.Parse, places a timetz
+// value in time.Local when Local has its offset. The codec stored that
+// location as "Local", so a process in another zone read the value in its
+// own Local (+0009 LMT in Europe/Paris for a +00 value) where its lib/pq
+// gives a fixed +00 zone. A process with TZ=UTC fills the entry; one with
+// TZ=Europe/Paris must then hit it and answer as its lib/pq does.
+func TestTimetzAcrossLocalZones(t *testing.T) {
+	if os.Getenv("CACHEDPQ_TZ_CHILD") != "" {
+		return // run by timetzChild only
+	}
+	rdb := newRedis(t)
+	env := newEnvWith(t, rdb)
+	for _, tz := range []string{"UTC", "Europe/Paris", "UTC"} {
+		cmd := exec.Command(os.Args[0], "-test.run", "^TestTimetzChild$", "-test.count=1", "-test.v")
+		cmd.Env = append(os.Environ(), "TZ="+tz, "CACHEDPQ_TZ_CHILD="+env.prefix+" "+env.schema)
+		if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "hits=") {
+			t.Fatalf("TZ=%s: %v\n%s", tz, err, out)
+		}
+	}
+}
+
+// TestTimetzChild is TestTimetzAcrossLocalZones in one process.
+func TestTimetzChild(t *testing.T) {
+	arg := os.Getenv("CACHEDPQ_TZ_CHILD")
+	if arg == "" {
+		t.Skip("run by TestTimetzAcrossLocalZones")
+	}
+	prefix, schema, _ := strings.Cut(arg, " ")
+	reg := cachedpq.NewRegistry()
+	q := `select '12:00:00+00'::timetz, '12:00:00+01'::timetz, '24:00:00+00'::timetz from generate_series(1, $1::int)`
+	if err := reg.Register(q, cachedpq.Policy{TTL: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	dsn := baseDSN() + " search_path=" + schema
+	conn, err := cachedpq.NewConnector(dsn, cachedpq.Options{Redis: newRedis(t), Prefix: prefix, Registry: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := &cacheEnv{db: sqlx.NewDb(sql.OpenDB(conn), "cachedpq"), conn: conn}
+	env.raw = sqlx.MustOpen("postgres", dsn)
+	defer env.db.Close()
+	defer env.raw.Close()
+	got := env.same(t, q, 1)
+	t.Logf("TZ=%s %v hits=%d", os.Getenv("TZ"), got, env.stats().Hits)
+	if os.Getenv("TZ") != "UTC" && env.stats().Hits != 1 {
+		t.Fatalf("not a hit: %+v", env.stats())
+	}
+	time.Sleep(100 * time.Millisecond) // let a fill finish before the process ends
 }
