@@ -18,7 +18,9 @@ package cachedpq
 // The payload is the prefix as it is, then structure and heaps: as they
 // are, or (as flags say) as the compressed length of the structure, the
 // structure compressed, and the heaps compressed. Version 1 compressed the
-// whole body in one block; it is rejected as corrupt.
+// whole body in one block, and version 2 stored time.Local by name, which
+// another process read as its own, other, zone: both are rejected as
+// corrupt, so that they are misses.
 //
 // The prefix tells a decoder, before it decompresses anything, the size of
 // everything a snapshot needs: it makes one allocation (see arena) and
@@ -56,7 +58,7 @@ var errCorrupt = errors.New("cachedpq: corrupt cache entry")
 const (
 	codecMagic0   = 0xC7 // 0xC7 0x50: no text encoding starts with this pair
 	codecMagic1   = 0x50
-	codecVersion  = 2 // 2: the body prefix is stored uncompressed
+	codecVersion  = 3 // 2: the body prefix is stored uncompressed; 3: time.Local as an offset
 	codecHeadLen  = 4
 	codecSumLen   = 8
 	codecCheckLen = 16
@@ -121,8 +123,15 @@ type kindCounts struct {
 type encoder struct {
 	vals, strs, bins, body []byte
 	block                  []byte // the compressed structure block
-	locs                   []*time.Location
+	locs                   []encLoc
 	counts                 kindCounts
+}
+
+// encLoc is an entry of the location table being encoded: a location,
+// or (code.kind locLocal) time.Local with the offset its values had.
+type encLoc struct {
+	loc  *time.Location
+	code locCode
 }
 
 var encoderPool = sync.Pool{New: func() any { return new(encoder) }}
@@ -221,7 +230,7 @@ func (enc *encoder) bytesValue(v []byte) {
 // drops any monotonic reading, and its Location as an index into the
 // entry's location table.
 func (enc *encoder) timeValue(t time.Time) error {
-	idx, err := enc.locIndex(t.Location())
+	idx, err := enc.locIndex(t)
 	if err != nil {
 		return err
 	}
@@ -232,18 +241,32 @@ func (enc *encoder) timeValue(t time.Time) error {
 	return nil
 }
 
-// locIndex finds or adds loc in the entry's location table. Results hold
-// one or two locations, so a linear scan beats a map.
-func (enc *encoder) locIndex(loc *time.Location) (int, error) {
+// locIndex finds or adds t's location in the entry's location table.
+// Results hold one or two locations, so a linear scan beats a map.
+//
+// time.Local is stored as the offset t has in it, never by name: each
+// process has its own Local, and lib/pq, through time.Parse, places a
+// timetz value in time.Local only when Local has the value's offset at
+// its instant, else in a fixed zone. The decoder redoes that choice.
+func (enc *encoder) locIndex(t time.Time) (int, error) {
+	loc, local := t.Location(), locCode{kind: locLocal}
+	if loc == time.Local {
+		_, off := t.Zone()
+		local.offset = int64(off)
+	}
 	for i, l := range enc.locs {
-		if l == loc {
+		if l.loc == loc && (loc != time.Local || l.code == local) {
 			return i, nil
 		}
 	}
-	if _, ok := classifyLocation(loc); !ok {
+	code, ok := local, true
+	if loc != time.Local {
+		code, ok = classifyLocation(loc)
+	}
+	if !ok {
 		return 0, fmt.Errorf("%w: time.Location %q is neither UTC, Local, a tz database zone nor a fixed zone", errUncacheable, loc)
 	}
-	enc.locs = append(enc.locs, loc)
+	enc.locs = append(enc.locs, encLoc{loc, code})
 	return len(enc.locs) - 1, nil
 }
 
@@ -267,9 +290,8 @@ func (enc *encoder) assemble(e *entry) (prefixLen int) {
 		b = appendColumn(b, &e.snap.columns[i])
 	}
 	b = binary.AppendUvarint(b, uint64(len(enc.locs)))
-	for _, loc := range enc.locs {
-		code, _ := classifyLocation(loc)
-		b = code.append(b)
+	for _, l := range enc.locs {
+		b = l.code.append(b)
 	}
 	b = append(b, enc.vals...)
 	b = append(b, enc.strs...)
@@ -811,14 +833,17 @@ func (d *decoder) locations() error {
 				code.name = unsafe.String(&name[0], len(name))
 			}
 		}
-		if code.kind == locFixed {
+		if code.kind == locFixed || code.kind == locLocal {
 			code.offset = d.r.varint()
 		}
 		loc, immortal, err := code.location()
 		if err != nil {
 			return err
 		}
-		d.locs.add(loc, immortal)
+		d.locs.add(tableLoc{loc: loc}, immortal)
+		if code.kind == locLocal {
+			d.locs.addLocal(code.offset)
+		}
 	}
 	return nil
 }
@@ -853,7 +878,7 @@ func (d *decoder) fastValue(dst *driver.Value) bool {
 		if n == 0 || m == 0 || loc == nil || nsec >= 1e9 {
 			return false
 		}
-		put(dst, d.slabs.time(time.Unix(zigzag(sec), int64(nsec)).In(loc), &d.r))
+		put(dst, d.slabs.time(loc.in(time.Unix(zigzag(sec), int64(nsec))), &d.r))
 		at += n + m
 	default:
 		return false
@@ -907,38 +932,72 @@ func (d *decoder) time() driver.Value {
 		d.r.bad = true
 		return nil
 	}
-	return d.slabs.time(time.Unix(sec, int64(nsec)).In(loc), &d.r)
+	return d.slabs.time(loc.in(time.Unix(sec, int64(nsec))), &d.r)
 }
 
 // locTable holds the locations of one body, without allocating for the
 // usual one or two, and those of them that nothing keeps alive (see
 // arena).
 type locTable struct {
-	small  [4]*time.Location
-	more   []*time.Location
+	small  [4]tableLoc
+	more   []tableLoc
 	n      int
 	mortal []*time.Location
 }
 
-func (t *locTable) add(loc *time.Location, immortal bool) {
+// tableLoc is a decoded location. For a stored time.Local, loc is the
+// fixed zone of the stored offset and local is time.Local: a value goes
+// to whichever time.Parse would choose in this process.
+type tableLoc struct {
+	loc, local *time.Location
+	offset     int
+}
+
+// in returns t in l.
+func (l *tableLoc) in(t time.Time) time.Time {
+	if l.local != nil {
+		if lt := t.In(l.local); zoneOffset(lt) == l.offset {
+			return lt
+		}
+	}
+	return t.In(l.loc)
+}
+
+func zoneOffset(t time.Time) int {
+	_, off := t.Zone()
+	return off
+}
+
+func (t *locTable) add(l tableLoc, immortal bool) {
 	if t.n < len(t.small) {
-		t.small[t.n] = loc
+		t.small[t.n] = l
 	} else {
-		t.more = append(t.more, loc)
+		t.more = append(t.more, l)
 	}
 	t.n++
 	if !immortal {
-		t.mortal = append(t.mortal, loc)
+		t.mortal = append(t.mortal, l.loc)
+	}
+}
+
+// addLocal makes the last location added time.Local wherever time.Local
+// has offset, keeping time.Local alive if it has been replaced since
+// start-up.
+func (t *locTable) addLocal(offset int64) {
+	l := t.at(uint64(t.n - 1))
+	l.local, l.offset = time.Local, int(offset)
+	if !pinned(time.Local) {
+		t.mortal = append(t.mortal, time.Local)
 	}
 }
 
 // at returns location idx, or nil if there is none.
-func (t *locTable) at(idx uint64) *time.Location {
+func (t *locTable) at(idx uint64) *tableLoc {
 	switch {
 	case idx < uint64(min(t.n, len(t.small))):
-		return t.small[idx]
+		return &t.small[idx]
 	case idx < uint64(t.n):
-		return t.more[idx-uint64(len(t.small))]
+		return &t.more[idx-uint64(len(t.small))]
 	}
 	return nil
 }
@@ -1231,7 +1290,7 @@ func boxAt(typ, data unsafe.Pointer) (v driver.Value) {
 // Location kinds in the location table.
 const (
 	locUTC   byte = iota
-	locLocal      // time.Local
+	locLocal      // time.Local where it has the offset stored, else a fixed zone
 	locNamed      // a tz database zone, reloaded by name
 	locFixed      // time.FixedZone(name, offset)
 )
@@ -1249,7 +1308,7 @@ func (c locCode) append(b []byte) []byte {
 		b = binary.AppendUvarint(b, uint64(len(c.name)))
 		b = append(b, c.name...)
 	}
-	if c.kind == locFixed {
+	if c.kind == locFixed || c.kind == locLocal {
 		b = binary.AppendVarint(b, c.offset)
 	}
 	return b
@@ -1262,8 +1321,12 @@ func (c locCode) location() (loc *time.Location, immortal bool, err error) {
 	switch c.kind {
 	case locUTC:
 		return time.UTC, pinned(time.UTC), nil
-	case locLocal:
-		return time.Local, pinned(time.Local), nil
+	case locLocal: // the fixed zone; see locTable.addLocal
+		if c.offset < -maxZoneOffset || c.offset > maxZoneOffset {
+			return nil, false, corrupt("zone offset %d out of range", c.offset)
+		}
+		loc, cached := fixedZone("", int(c.offset))
+		return loc, cached, nil
 	case locNamed:
 		if c.name == "" || c.name == "UTC" || c.name == "Local" {
 			return nil, false, corrupt("location name %q stored as a zone", c.name)
@@ -1355,7 +1418,7 @@ func classifyLocation(loc *time.Location) (locCode, bool) {
 	case time.UTC:
 		return locCode{kind: locUTC}, true
 	case time.Local:
-		return locCode{kind: locLocal}, true
+		return locCode{}, false // stored by offset: see encoder.locIndex
 	}
 	if v, ok := classified.Load(loc); ok {
 		code, ok := v.(locCode)

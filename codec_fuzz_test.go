@@ -216,15 +216,19 @@ func FuzzFastValue(f *testing.F) {
 }
 
 // valueDecoder is a decoder positioned at body, with 300-byte heaps, room
-// for one value of each kind and two locations, UTC and a fixed zone.
+// for one value of each kind and three locations, UTC, a fixed zone and
+// time.Local stored with that zone's offset.
 func valueDecoder(t *testing.T, body []byte) *decoder {
 	heap := []byte(strings.Repeat("0123456789", 30))
 	d := &decoder{r: reader{b: body}, strs: string(heap), bins: heap}
 	a := newArena(arenaSize(shape{}, kindCounts{1, 1, 1, 1, 1}, 0))
 	d.counts = kindCounts{1, 1, 1, 1, 1}
 	d.slabs = newSlabs(&a, d.counts)
-	d.locs.add(time.UTC, true)
-	d.locs.add(pqFixed, true)
+	d.locs.add(tableLoc{loc: time.UTC}, true)
+	d.locs.add(tableLoc{loc: pqFixed}, true)
+	_, off := time.Time{}.In(pqFixed).Zone()
+	d.locs.add(tableLoc{loc: pqFixed}, true)
+	d.locs.addLocal(int64(off))
 	return d
 }
 

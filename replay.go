@@ -12,6 +12,7 @@ import (
 	"io"
 	"reflect"
 	"time"
+	"unsafe"
 )
 
 var (
@@ -51,6 +52,7 @@ type recordingRows struct {
 	keeping bool           // false once the result cannot be stored
 	eof     bool           // inner returned io.EOF
 	closed  bool
+	drained error // what inner's Next returned when drain stopped on an error
 }
 
 // recordSlabRows is how many rows share one allocation of values.
@@ -148,7 +150,9 @@ func copyValue(v driver.Value) (c driver.Value, ok bool) {
 
 // Close completes a result the caller left early (QueryRow reads one row)
 // by draining inner within the limits, closes inner and reports the
-// snapshot. It returns inner's Close error as it is.
+// snapshot. It returns what lib/pq's Close would: the first error met
+// while reading the rest of the result (Postgres may raise one after the
+// rows the caller read), else inner's Close error, as they are.
 func (r *recordingRows) Close() error {
 	if r.closed {
 		return r.inner.Close()
@@ -162,17 +166,23 @@ func (r *recordingRows) Close() error {
 		r.snap.rows = nil
 	}
 	r.done(&r.snap, complete)
+	if r.drained != nil {
+		return r.drained
+	}
 	return err
 }
 
-// drain reads the rest of the result while it can still be stored.
+// drain reads the rest of the result while it can still be stored. An
+// error stops recording, and is kept for Close.
 func (r *recordingRows) drain() {
 	if r.eof || !r.keeping {
 		return
 	}
 	dest := make([]driver.Value, len(r.snap.columns))
 	for r.keeping && !r.eof {
-		_ = r.Next(dest) // Next records the outcome; nobody waits for it here
+		if err := r.Next(dest); err != nil && err != io.EOF {
+			r.drained = err
+		}
 	}
 }
 
@@ -291,6 +301,12 @@ type replayRows struct {
 	next   int // index of the row Next returns
 	names  []string
 	inline [8]string // names of a result of up to 8 columns, saving an allocation
+
+	// The current row's []byte values: their bytes, and the slice headers
+	// the values in dest point to. Both are reused from row to row.
+	buf     []byte
+	bins    [][]byte
+	binsBuf [8][]byte // bins of a row with up to 8 []byte values, saving an allocation
 }
 
 // newReplayRows returns rows that replay s from its first row.
@@ -313,15 +329,73 @@ func (r *replayRows) Columns() []string {
 	return r.names
 }
 
-// Next copies the next row's values into dest. They are shared with other
-// readers as they are; database/sql copies []byte values on Scan.
+// Next copies the next row's values into dest. []byte values are copies
+// the rows own, valid until the next call, as lib/pq's are: database/sql
+// hands them to sql.RawBytes and Scanners as they are, and a caller may
+// write into them, while the snapshot's are shared by every reader.
 func (r *replayRows) Next(dest []driver.Value) error {
 	if r.next >= len(r.s.rows) {
 		return io.EOF
 	}
-	copy(dest, r.s.rows[r.next])
+	row := r.s.rows[r.next]
 	r.next++
+	copy(dest, row)
+	if vals, n := bytesIn(dest); n > 0 {
+		r.copyBytes(dest, vals, n)
+	}
 	return nil
+}
+
+// bytesIn counts the non-empty []byte values in row, and their bytes.
+func bytesIn(row []driver.Value) (vals, n int) {
+	for _, v := range row {
+		if b, ok := v.([]byte); ok && len(b) > 0 {
+			vals, n = vals+1, n+len(b)
+		}
+	}
+	return vals, n
+}
+
+// copyBytes replaces each non-empty []byte value in dest, vals values of
+// n bytes in all, with a copy in r.buf. The copies are capped, so that an
+// append by a caller cannot reach the next one, and boxed in place (see
+// boxAt) from r.bins, so that no value costs an allocation: the next call
+// rewrites both, as lib/pq's next row overwrites its read buffer. (An
+// empty value has no room to write into, and is left as it is.)
+func (r *replayRows) copyBytes(dest []driver.Value, vals, n int) {
+	buf := r.room(n)
+	switch {
+	case vals > cap(r.bins) && vals <= len(r.binsBuf):
+		r.bins = r.binsBuf[:0]
+	case vals > cap(r.bins):
+		r.bins = make([][]byte, 0, vals)
+	}
+	r.bins = r.bins[:0]
+	for i, v := range dest {
+		b, ok := v.([]byte)
+		if !ok || len(b) == 0 {
+			continue
+		}
+		c := buf[:len(b):len(b)]
+		copy(c, b)
+		buf = buf[len(b):]
+		r.bins = append(r.bins, c)
+		dest[i] = boxAt(bytesType, unsafe.Pointer(&r.bins[len(r.bins)-1]))
+	}
+}
+
+// room returns n bytes of r.buf, growing it if it is smaller. While rows
+// remain it grows to twice the need, so that rows of about one size share
+// one allocation.
+func (r *replayRows) room(n int) []byte {
+	if n > cap(r.buf) {
+		size := max(n, 2*cap(r.buf))
+		if r.next < len(r.s.rows) {
+			size = max(size, 2*n)
+		}
+		r.buf = make([]byte, size)
+	}
+	return r.buf[:n]
 }
 
 // Close ends the replay; there is nothing to release.
