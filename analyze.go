@@ -303,14 +303,27 @@ func (p *parser) closing(i, end int) int {
 }
 
 // statements splits the tokens on top-level semicolons and analyzes each.
+// The semicolons of a BEGIN ATOMIC ... END function body do not split: the
+// body is part of its CREATE FUNCTION, and its END is no COMMIT.
 func (p *parser) statements() {
 	start, depth, count := 0, 0, 0
+	atomic, cases := false, 0 // in a BEGIN ATOMIC body, and its open CASEs
 	for i := 0; i <= len(p.toks); i++ {
 		switch {
 		case i < len(p.toks) && (p.isPunct(i, '(') || p.isPunct(i, '[')):
 			depth++
 		case i < len(p.toks) && (p.isPunct(i, ')') || p.isPunct(i, ']')):
 			depth--
+		case !atomic && i > start && p.is(i, "begin") && p.is(i+1, "atomic"):
+			atomic, cases = true, 0
+		case atomic && p.is(i, "case"):
+			cases++
+		case atomic && p.is(i, "end"):
+			if cases--; cases < 0 {
+				atomic = false
+			}
+		case atomic && i < len(p.toks):
+			// inside the body: no split
 		case i == len(p.toks) || (depth <= 0 && p.isPunct(i, ';')):
 			if i > start {
 				k := p.statement(start, i)
@@ -936,8 +949,8 @@ func (p *parser) timeLiteral(i int) {
 	}
 	cast := next < len(p.toks) && p.text(next) == "::" ||
 		p.is(next, "as") && p.isPunct(prev, '(') && p.is(prev-1, "cast")
-	if !cast && !p.typedLiteral(i) {
-		return
+	if !(cast && p.isName(next+1) && timeTypes[p.tagOf(next+1)]) && !p.typedLiteral(i) {
+		return // 'today'::text is only text
 	}
 	if known {
 		p.noteNondet("'" + strings.ToLower(strings.TrimSpace(value)) + "'")
@@ -1325,8 +1338,20 @@ func (p *parser) created(i, e int, temp bool) {
 		temp = temp || qualified && strings.HasPrefix(p.tagOf(i), "pg_temp")
 	}
 	if temp {
-		p.a.sessionChange, p.a.sessionLasting = true, true
+		p.a.sessionChange = true
+		// ON COMMIT DROP ends with its transaction, like SET LOCAL.
+		p.a.sessionLasting = p.a.sessionLasting || !p.onCommitDrop(i, e)
 	}
+}
+
+// onCommitDrop reports whether ON COMMIT DROP follows i in the statement.
+func (p *parser) onCommitDrop(i, e int) bool {
+	for k := max(i, 0); k+2 < e; k++ {
+		if p.is(k, "on") && p.is(k+1, "commit") && p.is(k+2, "drop") {
+			return true
+		}
+	}
+	return false
 }
 
 // alter analyzes ALTER; on a table or view it writes the relation, and

@@ -241,7 +241,7 @@ func TestTemporaryRelations(t *testing.T) {
 		temp bool
 	}{
 		{"create temp table users (id int)", true},
-		{"create temporary table users (id int) on commit drop", true},
+		{"create temporary table users (id int) on commit drop", false}, // lasts as long as SET LOCAL
 		{"create local temp table users (id int)", true},
 		{"create global temporary table users (id int)", true},
 		{"create temp table if not exists users as select * from base", true},
@@ -265,7 +265,8 @@ func TestTemporaryRelations(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.q, func(t *testing.T) {
 			a := analyzeUncached(tt.q)
-			if a.sessionChange != tt.temp || a.sessionLasting != tt.temp {
+			onCommitDrop := strings.HasSuffix(tt.q, "on commit drop")
+			if a.sessionChange != (tt.temp || onCommitDrop) || a.sessionLasting != tt.temp {
 				t.Errorf("sessionChange %v sessionLasting %v, want %v", a.sessionChange, a.sessionLasting, tt.temp)
 			}
 			if strings.Contains(tt.q, " into ") {
@@ -479,5 +480,33 @@ func TestTransactionEffects(t *testing.T) {
 	}
 	if a := analyze(`commit prepared 'x'`); !a.commitPrepared || a.txCommits || a.txEnd != txKept {
 		t.Errorf("commit prepared: %+v", a)
+	}
+}
+
+// TestReviewedAnalysis: a BEGIN ATOMIC body is one statement with its
+// CREATE FUNCTION (its END is no COMMIT), and only a date/time cast of
+// 'now' or 'today' is non-deterministic.
+func TestReviewedAnalysis(t *testing.T) {
+	a := analyzeUncached(`create function f() returns int language sql begin atomic select case when true then 1 end; select 2; end`)
+	if a.multi || a.txControl || a.txCommits || a.txEnd != txKept {
+		t.Errorf("BEGIN ATOMIC: multi %v txControl %v commits %v end %v", a.multi, a.txControl, a.txCommits, a.txEnd)
+	}
+	a = analyzeUncached(`begin; create function f() returns int language sql begin atomic select 1; end; update t set a = 1`)
+	if !a.multi || a.txEnd != txOpen || a.txCommits || !slices.Contains(a.writes, "t") {
+		t.Errorf("BEGIN ATOMIC in a transaction: multi %v end %v commits %v writes %v", a.multi, a.txEnd, a.txCommits, a.writes)
+	}
+	for q, nondet := range map[string]bool{
+		`select 'today'::text from t`:                false,
+		`select '{"when":"now"}'::jsonb from t`:      false,
+		`select cast('now' as text) from t`:          false,
+		`select 'now'::timestamptz from t`:           true,
+		`select cast('today' as date) from t`:        true,
+		`select 'now'::timestamp with time zone`:     true,
+		`select * from t where d > date 'tomorrow'`:  true,
+		`select * from t where status = 'yesterday'`: false,
+	} {
+		if got := analyzeUncached(q).nondeterministic; got != nondet {
+			t.Errorf("%s: nondeterministic %v, want %v", q, got, nondet)
+		}
 	}
 }

@@ -109,6 +109,12 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 	if err != nil {
 		return nil, err
 	}
+	if c.rawTx || c.txUnsure {
+		// lib/pq began, so no transaction was open: the one text control
+		// left behind has ended unseen, and its writes may have committed.
+		c.c.eng.invalidate(ctx, &c.rawWrites)
+		c.rawTx, c.txUnsure, c.rawWrites = false, false, writeSet{}
+	}
 	c.tx = newTx(c, inner, ctx)
 	return c.tx, nil
 }

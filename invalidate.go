@@ -15,9 +15,10 @@ import (
 
 // writeSet collects the tags a statement or transaction wrote.
 type writeSet struct {
-	tags []string
-	all  bool // an unknown write: the whole namespace
-	ddl  bool // the catalog may have changed: read it again once this commits
+	tags  []string
+	named []string // the tables the statements name, before the catalog's reach
+	all   bool     // an unknown write: the whole namespace
+	ddl   bool     // the catalog may have changed: read it again once this commits
 	// hidden is set when the statement ran code the driver cannot see (a
 	// volatile user function), which may have changed the session as well.
 	hidden bool
@@ -33,6 +34,11 @@ func (w *writeSet) add(tags ...string) {
 
 func (w *writeSet) merge(o *writeSet) {
 	w.add(o.tags...)
+	for _, t := range o.named {
+		if !slices.Contains(w.named, t) {
+			w.named = append(w.named, t)
+		}
+	}
 	w.all = w.all || o.all
 	w.ddl = w.ddl || o.ddl
 }
@@ -115,13 +121,32 @@ func (e *engine) afterWrite(ctx context.Context, c *conn, a *analysis, unsure bo
 // reads skip the cache, and its writes are invalidated both at once and
 // at the next COMMIT, until transaction control tells again.
 func (e *engine) lostTrack(ctx context.Context, c *conn, w *writeSet) {
+	// The writes stay pending too: the transaction may live on (an error
+	// in a savepoint it rolls back to) and commit them later.
 	if t := c.tx; t != nil {
+		t.writes.merge(w)
+		t.unsure = true
 		w.merge(&t.writes)
-		t.writes, t.unsure = writeSet{}, true
 	} else {
-		w.merge(&c.rawWrites)
-		c.rawWrites = writeSet{}
+		c.rawWrites.merge(w)
 		c.rawTx, c.txUnsure = false, true
+		w.merge(&c.rawWrites)
+	}
+	e.invalidate(ctx, w)
+}
+
+// committed invalidates what a transaction wrote, once it committed. A
+// transaction that ran DDL reached its tables through the catalog as it was
+// before (a view, foreign key or partition of its own was not in it): they
+// are reached again through the committed catalog.
+func (e *engine) committed(ctx context.Context, c *conn, w *writeSet) {
+	if w.ddl && !e.opts.NoCatalog {
+		e.cat.reset()
+		if cat, err := e.catalog(ctx, c); err != nil {
+			w.all = true
+		} else {
+			w.add(cat.reach(w.named, false)...)
+		}
 	}
 	e.invalidate(ctx, w)
 }
@@ -153,7 +178,7 @@ func (e *engine) txStatement(ctx context.Context, c *conn, a *analysis, w *write
 			c.rawWrites.merge(w)
 		}
 	}
-	e.invalidate(ctx, &now)
+	e.committed(ctx, c, &now) // with the state updated: the catalog is read where it is committed
 }
 
 // txStatementInTx follows transaction control sent as SQL text inside a
@@ -175,13 +200,14 @@ func (e *engine) txStatementInTx(ctx context.Context, t *tx, a *analysis, w *wri
 	now.merge(w) // committed by the string, or written after it outside a transaction
 	t.writes, t.unsure = writeSet{}, true
 	t.writes.merge(w) // or written in a transaction the string opened
-	e.invalidate(ctx, &now)
+	e.committed(ctx, t.conn, &now)
 }
 
 // writesOf adds to w the tags a statement wrote: the tables its text names,
 // the tables foreign keys cascade to, the base tables of written views, and
 // the whole namespace for writes the text cannot show.
 func (e *engine) writesOf(ctx context.Context, c *conn, a *analysis, w *writeSet) {
+	w.merge(&writeSet{named: a.writes})
 	truncateCascade := a.cascade && a.kind == kindTruncate && !a.multi
 	if a.unknownWrite && !(truncateCascade && !e.opts.NoCatalog) {
 		e.unknownWrite(a, w, false)

@@ -40,7 +40,7 @@ func (t *tx) Commit() error {
 	if err == nil || !reportedByServer(err) {
 		// Also when the outcome is unknown (the connection broke during
 		// COMMIT): invalidating too much is safe, too little is not.
-		t.conn.c.eng.invalidate(context.WithoutCancel(t.ctx), &t.writes)
+		t.conn.c.eng.committed(context.WithoutCancel(t.ctx), t.conn, &t.writes)
 	}
 	return err
 }

@@ -1,0 +1,165 @@
+package integration
+
+import (
+	"context"
+	"testing"
+
+	"github.com/cachedpq/cachedpq"
+)
+
+// TestBeginAtomicInTextTransaction: the END of a BEGIN ATOMIC function body
+// is no COMMIT, so the transaction opened by text stays open: its write is
+// neither cached by its connection nor left uninvalidated at COMMIT.
+func TestBeginAtomicInTextTransaction(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		setupUsers(t, env)
+		ctx := context.Background()
+		c := env.pinned(t)
+		for _, stmt := range []string{
+			`begin`,
+			`create function f() returns int language sql begin atomic select 1; end`,
+			`update users set name = 'uncommitted' where id = 1`,
+		} {
+			if _, err := c.ExecContext(ctx, stmt); err != nil {
+				t.Fatalf("%s: %v", stmt, err)
+			}
+		}
+		var name string
+		if err := c.GetContext(ctx, &name, userName, 1); err != nil || name != "uncommitted" {
+			t.Fatalf("in the transaction: %q %v", name, err)
+		}
+		if got := env.same(t, userName, 1); got[0] != "[user1]" {
+			t.Fatalf("another connection read %v", got)
+		}
+		if _, err := c.ExecContext(ctx, `commit`); err != nil {
+			t.Fatal(err)
+		}
+		if got := env.same(t, userName, 1); got[0] != "[uncommitted]" {
+			t.Fatalf("after commit: %v", got)
+		}
+	})
+}
+
+// TestSavepointRecoveryKeepsWrites: an error inside a savepoint the
+// transaction rolls back to does not end it; what it wrote before is
+// invalidated at its COMMIT still.
+func TestSavepointRecoveryKeepsWrites(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		setupUsers(t, env)
+		mustExec(t, env.raw, `create table u (x int primary key); insert into u values (1)`)
+		ctx := context.Background()
+		steps := func(exec func(string) error, commit func() error) {
+			if err := exec(`update users set name = 'recovered' where id = 1`); err != nil {
+				t.Fatal(err)
+			}
+			if err := exec(`savepoint s; insert into u values (1)`); err == nil {
+				t.Fatal("duplicate key accepted")
+			}
+			if err := exec(`rollback to savepoint s`); err != nil {
+				t.Fatal(err)
+			}
+			env.prime(t, userName, 1) // another connection caches the committed row
+			if err := commit(); err != nil {
+				t.Fatal(err)
+			}
+			if got := env.same(t, userName, 1); got[0] != "[recovered]" {
+				t.Fatalf("after commit: %v", got)
+			}
+			mustExec(t, env.db, `update users set name = 'user1' where id = 1`)
+			env.same(t, userName, 1)
+		}
+		c := env.pinned(t)
+		exec := func(q string) error { _, err := c.ExecContext(ctx, q); return err }
+		if err := exec(`begin`); err != nil {
+			t.Fatal(err)
+		}
+		steps(exec, func() error { return exec(`commit`) })
+
+		tx, err := env.db.Beginx()
+		if err != nil {
+			t.Fatal(err)
+		}
+		steps(func(q string) error { _, err := tx.Exec(q); return err }, tx.Commit)
+	})
+}
+
+// TestWriteThroughOwnViewInTransaction: a write through a view created in
+// the same transaction reaches the view's table, though the catalog read
+// before the commit cannot show the view.
+func TestWriteThroughOwnViewInTransaction(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		mustExec(t, env.raw, `create table base (x int); insert into base values (1)`)
+		q := `select count(*) from base`
+		env.register(t, q, cachedpq.Policy{})
+		env.prime(t, q)
+		tx, err := env.db.Beginx()
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustExec(t, tx, `create view bv as select * from base`)
+		mustExec(t, tx, `insert into bv values (2)`)
+		if err := tx.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		if got := env.same(t, q); got[0] != "[2]" {
+			t.Fatalf("after commit: %v", got)
+		}
+	})
+}
+
+// TestOnCommitDropKeepsTheConnectionCacheable: a temporary table dropped
+// at commit shadows nothing afterwards, so the connection keeps hitting.
+func TestOnCommitDropKeepsTheConnectionCacheable(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		setupUsers(t, env)
+		env.prime(t, userName, 1)
+		ctx := context.Background()
+		c := env.pinned(t)
+		tx, err := c.BeginTxx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustExec(t, tx, `create temp table staging (x int) on commit drop`)
+		if err := tx.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		hits := env.stats().Hits
+		var name string
+		if err := c.GetContext(ctx, &name, userName, 1); err != nil || env.stats().Hits != hits+1 {
+			t.Fatalf("after the dropped staging table: %q %v, bypass %v", name, err, env.stats().Bypass)
+		}
+	})
+}
+
+// TestBeginTxEndsUnsure: a connection unsure whether a transaction is open
+// (after a refused COMMIT) knows again once BeginTx succeeds, which lib/pq
+// allows only outside one.
+func TestBeginTxEndsUnsure(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		setupUsers(t, env)
+		mustExec(t, env.raw, `create table d (x int unique deferrable initially deferred)`)
+		env.prime(t, userName, 1)
+		ctx := context.Background()
+		c := env.pinned(t)
+		for _, stmt := range []string{`begin`, `insert into d values (1), (1)`} {
+			if _, err := c.ExecContext(ctx, stmt); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := c.ExecContext(ctx, `commit`); err == nil {
+			t.Fatal("the deferred check passed")
+		}
+		tx, err := c.BeginTxx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		hits := env.stats().Hits
+		var name string
+		if err := c.GetContext(ctx, &name, userName, 1); err != nil || env.stats().Hits != hits+1 {
+			t.Fatalf("after BeginTx: %q %v, bypass %v", name, err, env.stats().Bypass)
+		}
+	})
+}
