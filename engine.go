@@ -391,9 +391,12 @@ func (e *engine) serve(r *read, ent *entry, stamps []uint64, now int64) (driver.
 		return nil, false
 	}
 	if now >= ent.expires {
-		if now < ent.expires+int64(r.reg.policy.StaleFor) && !e.claimRefresh(r.key) {
-			e.note(r.rs, staleServedF)
-			return newReplayRows(&ent.snap), true
+		if now < ent.expires+int64(r.reg.policy.StaleFor) {
+			if !e.claimRefresh(r.key) {
+				e.note(r.rs, staleServedF)
+				return newReplayRows(&ent.snap), true
+			}
+			e.note(r.rs, earlyRefreshesF) // this reader reloads while the others are served
 		}
 		e.note(r.rs, expiredF)
 		return nil, false
@@ -506,7 +509,9 @@ func (e *engine) lead(ctx context.Context, f *flight, id string, r *read, seen [
 	}
 	if ent := e.awaitLease(ctx, r, stamps, holder); ent != nil {
 		end(ent)
-		e.note(r.rs, hitsF)
+		if r.replaces == 0 { // a reader, not an early refresh, is served it
+			e.note(r.rs, hitsF)
+		}
 		return newReplayRows(&ent.snap), nil
 	}
 	stop := context.AfterFunc(ctx, f.leave)
@@ -520,7 +525,8 @@ func (e *engine) lead(ctx context.Context, f *flight, id string, r *read, seen [
 	}
 	e.note(r.rs, missesF)
 	lim := recordLimits{maxRows: r.reg.policy.MaxRows, maxBytes: r.reg.policy.MaxBytes}
-	rec := newRecordingRows(rows, lim, func(s *snapshot, complete bool) {
+	ran := time.Since(start)
+	rec := newRecordingRows(rows, lim, func(s *snapshot, complete bool, spent time.Duration) {
 		stop()
 		if !complete {
 			end(nil)
@@ -528,7 +534,7 @@ func (e *engine) lead(ctx context.Context, f *flight, id string, r *read, seen [
 			e.releaseLease(r)
 			return
 		}
-		ent := e.newEntry(r.reg, r.check, stamps, start, s)
+		ent := e.newEntry(r.reg, r.check, stamps, start, ran+spent, s)
 		e.stats.dbLat.observe(time.Duration(ent.delta))
 		// Readers who come while the entry is being stored get it from the
 		// flight, rather than miss the cache and wait for our lease.
@@ -563,15 +569,14 @@ func (e *engine) readStamps(ctx context.Context, tags []string) ([]uint64, error
 
 // newEntry stamps a recorded result with what it answers and how long it
 // may be served.
-func (e *engine) newEntry(reg *registration, check [16]byte, stamps []uint64, start time.Time, s *snapshot) *entry {
-	now := time.Now()
+func (e *engine) newEntry(reg *registration, check [16]byte, stamps []uint64, start time.Time, took time.Duration, s *snapshot) *entry {
 	ttl := reg.ttl(len(s.rows) == 0)
 	return &entry{
 		check:   check,
 		stamps:  stamps,
 		created: start.UnixNano(),
 		expires: start.Add(ttl).UnixNano(),
-		delta:   int64(now.Sub(start)),
+		delta:   int64(took), // XFetch's δ: the query's time
 		snap:    *s,
 	}
 }

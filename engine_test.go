@@ -446,3 +446,55 @@ func TestForeignIndexIsAMiss(t *testing.T) {
 		t.Fatalf("after the write: %q", got)
 	}
 }
+
+// TestRefreshOverABareDriver: an early refresh over a Wrap whose inner
+// connections cannot run a query directly is skipped (the entry reloads
+// when it expires); it panicked in its background goroutine.
+func TestRefreshOverABareDriver(t *testing.T) {
+	reg := NewRegistry()
+	must(t, reg.Register(`select x from t`, Policy{TTL: time.Hour, Beta: 1e12}))
+	c := Wrap(&fakeConnector{bare: true}, Options{NoCatalog: true, Registry: reg})
+	db := sql.OpenDB(c)
+	defer db.Close()
+	for range 3 {
+		var x int64
+		must(t, db.QueryRow(`select x from t`).Scan(&x))
+		c.eng.bg.Wait()
+	}
+	c.eng.refreshers.Range(func(k, _ any) bool {
+		t.Fatalf("a skipped refresh kept its claim on %v", k)
+		return false
+	})
+}
+
+// TestStaleWindowReloadIsARefresh: the reader that reloads an expired
+// entry while the others are served it within StaleFor counts as an early
+// refresh, as the counter's documentation says.
+func TestStaleWindowReloadIsARefresh(t *testing.T) {
+	db, c, _ := engineDB(t, nil)
+	must(t, c.opts.Registry.Register(`select v from kv where k = $1`,
+		Policy{TTL: 50 * time.Millisecond, Jitter: -1, StaleFor: time.Hour}))
+	getV(t, db, 1)
+	time.Sleep(100 * time.Millisecond)
+	getV(t, db, 1)
+	if s := c.Stats(); s.EarlyRefreshes != 1 {
+		t.Fatalf("early refreshes %d, want 1: %+v", s.EarlyRefreshes, s.Counters)
+	}
+}
+
+// TestLoadTimeIsTheQuerys: XFetch's δ and the load-duration metric are the
+// time to the last row, not the time the caller spends between rows.
+func TestLoadTimeIsTheQuerys(t *testing.T) {
+	db, c, _ := engineDB(t, nil)
+	must(t, c.opts.Registry.Register(`select v from kv where k <= $1 order by k`, Policy{TTL: time.Hour}))
+	rows, err := db.Query(`select v from kv where k <= $1 order by k`, 3)
+	must(t, err)
+	for rows.Next() {
+		time.Sleep(50 * time.Millisecond) // the application's own work
+	}
+	must(t, rows.Err())
+	must(t, rows.Close())
+	if p99 := c.Stats().DBLatency.P99; p99 >= 100*time.Millisecond {
+		t.Fatalf("load time %v counts the caller's 150 ms between rows", p99)
+	}
+}

@@ -305,8 +305,8 @@ func (e *engine) leasedEntry(ctx context.Context, r *read, stamps []uint64) (ent
 	switch {
 	case err != nil, !sameStamps(stamps, now):
 		return nil, false
-	case usable(r, ent, stamps, now):
-		return ent, false
+	case usable(r, ent, stamps, now) && ent.created > r.replaces:
+		return ent, false // (an early refresh waits for a newer entry than the one it replaces)
 	}
 	return nil, true
 }

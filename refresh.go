@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
+	"errors"
 	"io"
 	"slices"
 	"time"
@@ -49,6 +50,10 @@ func (e *engine) reload(r *read, seen []uint64) error {
 	}
 	defer bc.Close()
 	return bc.Raw(func(dc any) error {
+		if _, ok := dc.(driver.QueryerContext); !ok { // a Wrap over a driver without it
+			e.refreshers.Delete(r.key)
+			return errNoRefresh
+		}
 		r.src = &conn{inner: dc.(driver.Conn)} // its inner methods bypass the cache
 		id := flightID(r.key, seen)
 		f, leader := e.flights.join(id, ctx)
@@ -63,6 +68,10 @@ func (e *engine) reload(r *read, seen []uint64) error {
 		return drain(rows)
 	})
 }
+
+// errNoRefresh reports an inner driver whose connections cannot run a
+// query directly; its entries are reloaded when they expire instead.
+var errNoRefresh = errors.New("cachedpq: the inner connection has no QueryContext: no early refresh")
 
 // background returns the pool of background reloads, opening it at first
 // use over the Connector's lib/pq connector.

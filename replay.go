@@ -44,13 +44,14 @@ type recordLimits struct {
 type recordingRows struct {
 	inner driver.Rows
 	lim   recordLimits
-	done  func(s *snapshot, complete bool)
+	done  func(s *snapshot, complete bool, spent time.Duration)
 
 	snap    snapshot
 	size    int            // approxSize of snap so far
 	slab    []driver.Value // unused tail of the current row slab
 	keeping bool           // false once the result cannot be stored
 	eof     bool           // inner returned io.EOF
+	spent   time.Duration  // in inner's Next: the query's time, not the caller's between rows
 	closed  bool
 	drained error // what inner's Next returned when drain stopped on an error
 }
@@ -61,8 +62,9 @@ const recordSlabRows = 64
 // newRecordingRows wraps inner. done is called exactly once, by Close,
 // with the snapshot and whether it is the whole result: read to io.EOF
 // without error, within lim, with no further result set, and holding only
-// values the codec can store.
-func newRecordingRows(inner driver.Rows, lim recordLimits, done func(s *snapshot, complete bool)) driver.Rows {
+// values the codec can store; spent is the time inner's Next took (what
+// the caller does between rows is not the query's time).
+func newRecordingRows(inner driver.Rows, lim recordLimits, done func(s *snapshot, complete bool, spent time.Duration)) driver.Rows {
 	r := &recordingRows{inner: inner, lim: lim, done: done}
 	r.snap.columns, r.keeping = describeColumns(inner)
 	r.size = r.snap.approxSize()
@@ -75,7 +77,9 @@ func (r *recordingRows) Columns() []string { return r.inner.Columns() }
 // Next reads the next row into dest and keeps a copy of it. Errors from
 // inner, io.EOF included, are returned as they are.
 func (r *recordingRows) Next(dest []driver.Value) error {
+	start := time.Now()
 	err := r.inner.Next(dest)
+	r.spent += time.Since(start)
 	switch err {
 	case nil:
 		r.keep(dest)
@@ -165,7 +169,7 @@ func (r *recordingRows) Close() error {
 	if !complete {
 		r.snap.rows = nil
 	}
-	r.done(&r.snap, complete)
+	r.done(&r.snap, complete, r.spent)
 	if r.drained != nil {
 		return r.drained
 	}

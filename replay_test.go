@@ -82,7 +82,7 @@ type recorder struct {
 	complete bool
 }
 
-func (r *recorder) done(s *snapshot, complete bool) {
+func (r *recorder) done(s *snapshot, complete bool, _ time.Duration) {
 	r.calls++
 	r.snap, r.complete = s, complete
 }
