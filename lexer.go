@@ -32,6 +32,25 @@ type token struct {
 type lexer struct {
 	src string
 	pos int
+	run opRun // the last operator run scanned, split into several tokens
+}
+
+// opRun is a run of operator characters without any that let an operator
+// end in + or - (see operator): it splits into tokens, each ending at its
+// last character that is not + or -. Remembering the run keeps a long one
+// from being scanned again for each of its tokens (quadratic time on a
+// string of a few thousand +, which FuzzLex found).
+type opRun struct {
+	start, end int // src[start:end]
+	lastKeep   int // index of its last character not + or -, or -1
+}
+
+// tokenEnd is the end of the run's token that starts at pos.
+func (r opRun) tokenEnd(pos int) int {
+	if r.lastKeep >= pos {
+		return r.lastKeep + 1
+	}
+	return pos + 1
 }
 
 // newLexer returns a lexer positioned at the start of src.
@@ -246,6 +265,10 @@ func (l *lexer) skipWhile(f func(byte) bool) {
 // unless it contains one of ~ ! @ # % ^ & | ` ?.
 func (l *lexer) operator() {
 	start := l.pos
+	if start > l.run.start && start < l.run.end { // the rest of a run already scanned
+		l.pos = l.run.tokenEnd(start)
+		return
+	}
 	for l.pos < len(l.src) && isOpChar(l.src[l.pos]) {
 		if l.pos > start && (l.src[l.pos] == '-' && l.peek(1) == '-' ||
 			l.src[l.pos] == '/' && l.peek(1) == '*') {
@@ -253,9 +276,17 @@ func (l *lexer) operator() {
 		}
 		l.pos++
 	}
-	for l.pos-start > 1 && (l.src[l.pos-1] == '+' || l.src[l.pos-1] == '-') && !hasSpecialOp(l.src[start:l.pos]) {
-		l.pos--
+	if hasSpecialOp(l.src[start:l.pos]) {
+		return // one operator, whatever it ends in
 	}
+	l.run = opRun{start: start, end: l.pos, lastKeep: -1}
+	for i := l.pos - 1; i >= start; i-- {
+		if l.src[i] != '+' && l.src[i] != '-' {
+			l.run.lastKeep = i
+			break
+		}
+	}
+	l.pos = l.run.tokenEnd(start)
 }
 
 // punct scans punctuation; :: (cast) and := are single tokens. (=> is an

@@ -2,6 +2,7 @@ package cachedpq
 
 import (
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -78,5 +79,27 @@ func TestLexAllocs(t *testing.T) {
 	})
 	if n != 0 {
 		t.Errorf("lexing allocates %v times", n)
+	}
+}
+
+// TestLongOperatorRunIsScannedOnce: a run of thousands of + splits into
+// as many tokens, all cut from the one scan of the run; scanning the rest
+// of the run again for each token took seconds for the 4,000 + that
+// FuzzLex found (testdata/fuzz/FuzzLex keeps them).
+func TestLongOperatorRunIsScannedOnce(t *testing.T) {
+	src := strings.Repeat("+", 1<<12) + "=" + strings.Repeat("+", 1<<12)
+	l := newLexer(src)
+	var toks []string
+	for tok := l.next(); tok.kind != tokEOF; tok = l.next() {
+		if l.run.start != 0 || l.run.end != len(src) {
+			t.Fatalf("token %d: the run was scanned again from %d", len(toks), l.run.start)
+		}
+		toks = append(toks, src[tok.start:tok.end])
+	}
+	// As Postgres reads it: an operator without ~ ! @ # % ^ & | ` ? ends
+	// at its last character that is not + or -.
+	want := append([]string{src[:1<<12+1]}, slices.Repeat([]string{"+"}, 1<<12)...)
+	if !slices.Equal(toks, want) {
+		t.Fatalf("%d tokens, want %d", len(toks), len(want))
 	}
 }
