@@ -222,19 +222,30 @@ func (e *engine) query(ctx context.Context, c *conn, src inner, query string, ar
 		rs := e.state(reg)
 		if why, ok := c.refuses(); ok {
 			e.bypassed(rs, why)
-			return src.innerQuery(ctx, query, args)
+			return e.uncached(ctx, c, src, a, query, args)
 		}
 		return e.cached(ctx, c, &read{reg: reg, rs: rs, src: src, query: query, args: args})
 	}
+	return e.uncached(ctx, c, src, a, query, args)
+}
+
+// uncached runs a query on Postgres. One that may write (a writable CTE, a
+// volatile function, even in a registered read the cache let pass) has
+// what it did noted before its rows' Close returns, with the first error
+// they met: an error after a COMMIT in a string of statements is no
+// success.
+func (e *engine) uncached(ctx context.Context, c *conn, src inner, a *analysis, query string, args []driver.NamedValue) (driver.Rows, error) {
 	if !mayWrite(a) {
 		return src.innerQuery(ctx, query, args)
 	}
-	rows, err := src.innerQuery(ctx, query, args)
+	inner, err := src.innerQuery(ctx, query, args)
 	if err != nil {
 		e.afterStatement(ctx, c, a, err)
 		return nil, err
 	}
-	return newRows(rows, func() { e.afterWrite(ctx, c, a, false) }), nil
+	r := newRows(inner, nil)
+	r.onClose = func() { e.afterStatement(ctx, c, a, r.err) }
+	return r, nil
 }
 
 // exec runs a statement and, once it succeeded, invalidates what it wrote:
@@ -298,7 +309,7 @@ type read struct {
 func (e *engine) cached(ctx context.Context, c *conn, r *read) (driver.Rows, error) {
 	if why, ok := e.skip(ctx, c, r); ok {
 		e.bypassed(r.rs, why)
-		return r.run(ctx)
+		return e.uncached(ctx, c, r.src, r.reg.a, r.query, r.args)
 	}
 	var kb [128]byte
 	kbytes, check, ok := appendKey(kb[:0], e.opts.Prefix, r.reg.name, e.id, r.reg.a, r.args)

@@ -70,21 +70,21 @@ func (e *engine) afterStatement(ctx context.Context, c *conn, a *analysis, err e
 	switch {
 	case err == nil || !reportedByServer(err):
 		e.afterWrite(ctx, c, a, err != nil)
-	case a.txControl:
+	case a.txControl && a.multi:
+		// Some of the string ran: a COMMIT in it may have made its writes,
+		// its DDL and its session changes last.
 		var w writeSet
-		if a.multi {
-			e.writesOf(ctx, c, a, &w)
-		}
+		e.noteEffects(ctx, c, a, &w)
 		e.lostTrack(ctx, c, &w)
+	case a.txControl:
+		e.refused(ctx, c, a)
 	}
 }
 
-// afterWrite notes what a statement that ran changed: the session, and
-// the tables it wrote, invalidated now outside a transaction, at commit
-// inside one. unsure is true when the statement's outcome is unknown.
-func (e *engine) afterWrite(ctx context.Context, c *conn, a *analysis, unsure bool) {
-	var w writeSet
-	e.writesOf(ctx, c, a, &w)
+// noteEffects adds what a statement wrote to w, and notes what else it
+// changed: its connection's session, the catalog.
+func (e *engine) noteEffects(ctx context.Context, c *conn, a *analysis, w *writeSet) {
+	e.writesOf(ctx, c, a, w)
 	if a.sessionLasting || w.hidden {
 		// SET LOCAL ends with its transaction, where reads bypass anyway; a
 		// function or DO block may call set_config (a tenant for row level
@@ -95,6 +95,14 @@ func (e *engine) afterWrite(ctx context.Context, c *conn, a *analysis, unsure bo
 		e.cat.reset() // now, for this conn's next statements, and again at commit
 		w.ddl = true
 	}
+}
+
+// afterWrite notes what a statement that ran changed: the session, and
+// the tables it wrote, invalidated now outside a transaction, at commit
+// inside one. unsure is true when the statement's outcome is unknown.
+func (e *engine) afterWrite(ctx context.Context, c *conn, a *analysis, unsure bool) {
+	var w writeSet
+	e.noteEffects(ctx, c, a, &w)
 	switch {
 	case a.txControl && unsure:
 		e.lostTrack(ctx, c, &w)
@@ -111,6 +119,21 @@ func (e *engine) afterWrite(ctx context.Context, c *conn, a *analysis, unsure bo
 		e.invalidate(ctx, &w)
 	default:
 		e.invalidate(ctx, &w)
+	}
+}
+
+// refused follows one transaction-control statement that Postgres refused
+// as SQL text. Where it ends is known: a refused COMMIT, ROLLBACK or
+// PREPARE TRANSACTION ends the transaction without committing it (a
+// deferred check failed, say), a refused BEGIN or SAVEPOINT leaves things
+// as they were. Only AND CHAIN, and text inside a BeginTx transaction,
+// leave the connection unsure.
+func (e *engine) refused(ctx context.Context, c *conn, a *analysis) {
+	switch {
+	case c.tx != nil || a.txEnd == txOpen && (a.txCommits || a.txRollsBack):
+		e.lostTrack(ctx, c, &writeSet{})
+	case a.txCommits || a.txRollsBack:
+		c.rawTx, c.txUnsure, c.rawWrites = false, false, writeSet{}
 	}
 }
 

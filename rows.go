@@ -23,6 +23,7 @@ type rows struct {
 	inner   driver.Rows
 	onClose func()
 	closed  bool
+	err     error // the first error other than io.EOF the rows met
 }
 
 func newRows(inner driver.Rows, onClose func()) *rows {
@@ -33,11 +34,19 @@ func newRows(inner driver.Rows, onClose func()) *rows {
 func (r *rows) Columns() []string { return r.inner.Columns() }
 
 // Next reads the next row from the inner rows.
-func (r *rows) Next(dest []driver.Value) error { return r.inner.Next(dest) }
+func (r *rows) Next(dest []driver.Value) error { return r.met(r.inner.Next(dest)) }
+
+// met remembers the first error other than io.EOF, for the hook.
+func (r *rows) met(err error) error {
+	if err != nil && err != io.EOF && r.err == nil {
+		r.err = err
+	}
+	return err
+}
 
 // Close closes the inner rows, then runs the hook once.
 func (r *rows) Close() error {
-	err := r.inner.Close()
+	err := r.met(r.inner.Close())
 	if !r.closed {
 		r.closed = true
 		if r.onClose != nil {
@@ -58,7 +67,7 @@ func (r *rows) HasNextResultSet() bool {
 // NextResultSet advances the inner rows to their next result set.
 func (r *rows) NextResultSet() error {
 	if n, ok := r.inner.(driver.RowsNextResultSet); ok {
-		return n.NextResultSet()
+		return r.met(n.NextResultSet())
 	}
 	return io.EOF
 }

@@ -163,3 +163,105 @@ func TestBeginTxEndsUnsure(t *testing.T) {
 		}
 	})
 }
+
+// TestFailedStringStillChangesTheSession: a string that commits and then
+// fails made its temporary table and its view last: the connection stops
+// using the cache, and writes through the view reach its table.
+func TestFailedStringStillChangesTheSession(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		setupUsers(t, env)
+		env.prime(t, userName, 1)
+		ctx := context.Background()
+		c := env.pinned(t)
+		if _, err := c.ExecContext(ctx, `create temp table users (id int8, name text); insert into users values (1, 'temp');
+			create view uv as select * from `+env.schema+`.users; commit; select 1/0`); err == nil {
+			t.Fatal("division by zero succeeded")
+		}
+		tx, err := c.BeginTxx(ctx, nil) // the connection knows again where it stands
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		var name string
+		if err := c.GetContext(ctx, &name, userName, 1); err != nil || name != "temp" {
+			t.Fatalf("the connection with the temporary table read %q, %v", name, err)
+		}
+		env.same(t, userName, 1) // and did not fill the cache with it
+		if _, err := c.ExecContext(ctx, `update uv set name = 'changed' where id = 1`); err != nil {
+			t.Fatal(err)
+		}
+		if got := env.same(t, userName, 1); got[0] != "[changed]" {
+			t.Fatalf("after a write through the string's view: %v", got)
+		}
+	})
+}
+
+// TestBypassedRegisteredReadStillWrites: a registered read that calls a
+// volatile function goes around the cache, and what the function wrote is
+// invalidated like any write.
+func TestBypassedRegisteredReadStillWrites(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		setupUsers(t, env)
+		mustExec(t, env.raw, `create function touch(i int8) returns text language sql volatile as
+			$$ update users set name = 'touched' where id = i returning name $$`)
+		env.register(t, `select touch($1)`, cachedpq.Policy{})
+		env.prime(t, userName, 1)
+		var s string
+		if err := env.db.Get(&s, `select touch($1)`, 1); err != nil || s != "touched" {
+			t.Fatalf("%q %v", s, err)
+		}
+		if got := env.same(t, userName, 1); got[0] != "[touched]" {
+			t.Fatalf("after the function's write: %v", got)
+		}
+	})
+}
+
+// TestErrorInQueryRowsKeepsTheTransaction: an error met in the rows of a
+// string run through Query is no success: its COMMIT did not run, and the
+// transaction its BEGIN opened stays open (aborted) until ROLLBACK.
+func TestErrorInQueryRowsKeepsTheTransaction(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		setupUsers(t, env)
+		env.prime(t, userName, 1)
+		ctx := context.Background()
+		c := env.pinned(t)
+		rows, err := c.QueryContext(ctx, `select 1; begin; select 1/0; commit`)
+		if err == nil {
+			for rows.NextResultSet() {
+				for rows.Next() {
+				}
+			}
+			rows.Close()
+		}
+		hits := env.stats().Hits
+		var name string
+		c.GetContext(ctx, &name, userName, 1) // Postgres refuses: the transaction is aborted
+		if env.stats().Hits != hits {
+			t.Fatalf("a connection in an aborted transaction was served %q from the cache", name)
+		}
+		if _, err := c.ExecContext(ctx, `rollback`); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// TestRefusedSavepointKeepsHitting: a SAVEPOINT refused outside a
+// transaction leaves the connection as it was, cacheable.
+func TestRefusedSavepointKeepsHitting(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		setupUsers(t, env)
+		env.prime(t, userName, 1)
+		ctx := context.Background()
+		c := env.pinned(t)
+		if _, err := c.ExecContext(ctx, `savepoint s`); err == nil {
+			t.Fatal("a savepoint outside a transaction was accepted")
+		}
+		hits := env.stats().Hits
+		var name string
+		if err := c.GetContext(ctx, &name, userName, 1); err != nil || env.stats().Hits != hits+1 {
+			t.Fatalf("after the refused savepoint: %q %v, bypass %v", name, err, env.stats().Bypass)
+		}
+	})
+}
