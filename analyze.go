@@ -314,7 +314,7 @@ func (p *parser) statements() {
 			depth++
 		case i < len(p.toks) && (p.isPunct(i, ')') || p.isPunct(i, ']')):
 			depth--
-		case !atomic && i > start && p.is(i, "begin") && p.is(i+1, "atomic"):
+		case !atomic && i > start && p.is(start, "create") && p.is(i, "begin") && p.is(i+1, "atomic"):
 			atomic, cases = true, 0
 		case atomic && p.is(i, "case"):
 			cases++
@@ -928,7 +928,8 @@ var notCalls = map[string]bool{
 // timeTypes are the types before a literal (date 'today', timestamp(3)
 // with time zone 'now') that read the special values below.
 var timeTypes = map[string]bool{"date": true, "time": true, "timetz": true, "timestamp": true,
-	"timestamptz": true, "zone": true}
+	"timestamptz": true, "zone": true, "daterange": true, "tsrange": true, "tstzrange": true,
+	"datemultirange": true, "tsmultirange": true, "tstzmultirange": true}
 
 // specialTimes are the date/time inputs the server reads as of the moment
 // it parses them.
@@ -949,7 +950,7 @@ func (p *parser) timeLiteral(i int) {
 	}
 	cast := next < len(p.toks) && p.text(next) == "::" ||
 		p.is(next, "as") && p.isPunct(prev, '(') && p.is(prev-1, "cast")
-	if !(cast && p.isName(next+1) && timeTypes[p.tagOf(next+1)]) && !p.typedLiteral(i) {
+	if !(cast && !p.castsToText(next)) && !p.typedLiteral(i) {
 		return // 'today'::text is only text
 	}
 	if known {
@@ -958,6 +959,28 @@ func (p *parser) timeLiteral(i int) {
 		p.noteNondet(p.text(i))
 	}
 }
+
+// castsToText reports whether the chain of casts starting at the :: or AS
+// at j converts only to types that read no date or time: 'today'::text is
+// text, but 'now'::text::timestamptz and '[now,)'::tstzrange read the
+// clock.
+func (p *parser) castsToText(j int) bool {
+	for j+1 < len(p.toks) && (p.text(j) == "::" || p.is(j, "as")) {
+		if !p.isName(j + 1) {
+			return false
+		}
+		last, next, _ := p.qualifiedName(j+1, len(p.toks)) // pg_catalog.timestamptz
+		if !textTypes[p.tagOf(last)] {
+			return false
+		}
+		j = next
+	}
+	return true
+}
+
+// textTypes are the cast targets that keep 'now' a plain string.
+var textTypes = map[string]bool{"text": true, "varchar": true, "char": true, "character": true,
+	"bpchar": true, "name": true, "json": true, "jsonb": true, "citext": true, "bytea": true}
 
 // typedLiteral reports whether a date/time type name comes before the
 // literal at i.
@@ -1180,7 +1203,8 @@ func (p *parser) txStatement(s, e int) {
 	case p.isAny(s, "commit", "end"):
 		a.txCommits = true
 		a.txEnd = p.chainEnd(s, e)
-	case p.isAny(s, "rollback", "abort") && p.isAny(s+1, "to", "prepared"):
+	case p.isAny(s, "rollback", "abort") && (p.isAny(s+1, "to", "prepared") ||
+		p.isAny(s+1, "work", "transaction") && p.is(s+2, "to")):
 		// to a savepoint, or a prepared transaction: the session's is untouched
 	case p.isAny(s, "rollback", "abort"):
 		a.txRollsBack = true

@@ -491,6 +491,13 @@ func TestReviewedAnalysis(t *testing.T) {
 	if a.multi || a.txControl || a.txCommits || a.txEnd != txKept {
 		t.Errorf("BEGIN ATOMIC: multi %v txControl %v commits %v end %v", a.multi, a.txControl, a.txCommits, a.txEnd)
 	}
+	a = analyzeUncached(`begin; update t set a = 1; select begin atomic from r; commit`)
+	if a.txEnd != txClosed || !a.txCommits {
+		t.Errorf("a column named begin, aliased atomic: end %v commits %v", a.txEnd, a.txCommits)
+	}
+	if a := analyzeUncached(`rollback work to savepoint s`); a.txRollsBack || a.txEnd != txKept {
+		t.Errorf("ROLLBACK WORK TO: rolls back %v end %v", a.txRollsBack, a.txEnd)
+	}
 	a = analyzeUncached(`begin; create function f() returns int language sql begin atomic select 1; end; update t set a = 1`)
 	if !a.multi || a.txEnd != txOpen || a.txCommits || !slices.Contains(a.writes, "t") {
 		t.Errorf("BEGIN ATOMIC in a transaction: multi %v end %v commits %v writes %v", a.multi, a.txEnd, a.txCommits, a.writes)
@@ -504,6 +511,13 @@ func TestReviewedAnalysis(t *testing.T) {
 		`select 'now'::timestamp with time zone`:     true,
 		`select * from t where d > date 'tomorrow'`:  true,
 		`select * from t where status = 'yesterday'`: false,
+		`select 'now'::pg_catalog.timestamptz`:       true,
+		`select cast('now' as pg_catalog.timestamp)`: true,
+		`select '[today,)'::daterange`:               true,
+		`select '[now,)'::tstzrange`:                 true,
+		`select 'now'::text::timestamptz`:            true,
+		`select 'now'::character varying`:            false,
+		`select 'now'::pg_catalog.text`:              false,
 	} {
 		if got := analyzeUncached(q).nondeterministic; got != nondet {
 			t.Errorf("%s: nondeterministic %v, want %v", q, got, nondet)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"database/sql/driver"
 	"errors"
+
+	"github.com/lib/pq"
 )
 
 // conn implements exactly the optional interfaces of lib/pq's connection.
@@ -109,14 +111,21 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 	if err != nil {
 		return nil, err
 	}
+	t := newTx(c, inner, ctx)
 	if c.rawTx || c.txUnsure {
-		// lib/pq began, so no transaction was open: the one text control
+		// lib/pq begins only outside a transaction: the one text control
 		// left behind has ended unseen, and its writes may have committed.
 		c.c.eng.invalidate(ctx, &c.rawWrites)
+		if _, libpq := c.c.inner.(*pq.Connector); !libpq {
+			// Another driver's BEGIN may have joined the open transaction:
+			// its Commit commits them.
+			t.writes.merge(&c.rawWrites)
+			t.unsure = true
+		}
 		c.rawTx, c.txUnsure, c.rawWrites = false, false, writeSet{}
 	}
-	c.tx = newTx(c, inner, ctx)
-	return c.tx, nil
+	c.tx = t
+	return t, nil
 }
 
 // errTxOptions mirrors database/sql's refusal of options that a driver

@@ -497,3 +497,14 @@ func TestClusterReadingReplicasIsRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestFatalErrorIsAnUnknownOutcome: a FATAL error ends the session, and a
+// COMMIT it cut short may have committed: it is not a refusal.
+func TestFatalErrorIsAnUnknownOutcome(t *testing.T) {
+	if reportedByServer(&pq.Error{Severity: "FATAL", Code: "57P01"}) {
+		t.Fatal("a FATAL error counted as a statement Postgres refused")
+	}
+	if !reportedByServer(&pq.Error{Severity: "ERROR", Code: "23505"}) {
+		t.Fatal("an ERROR did not count as a refusal")
+	}
+}

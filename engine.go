@@ -262,7 +262,10 @@ func (e *engine) exec(ctx context.Context, c *conn, src inner, query string, arg
 // failed and, outside a transaction, wrote nothing.
 func reportedByServer(err error) bool {
 	var pqErr *pq.Error
-	return errors.As(err, &pqErr)
+	// A FATAL error ends the session: a COMMIT it cut short (a backend
+	// terminated while waiting for a synchronous replica) may have
+	// committed locally, so its outcome is unknown.
+	return errors.As(err, &pqErr) && !pqErr.Fatal()
 }
 
 // refuses reports why reads on c must not use the cache, if they must not.

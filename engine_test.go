@@ -3,6 +3,7 @@ package cachedpq
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"fmt"
 	"os"
 	"sync"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lib/pq"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -496,5 +498,66 @@ func TestLoadTimeIsTheQuerys(t *testing.T) {
 	must(t, rows.Close())
 	if p99 := c.Stats().DBLatency.P99; p99 >= 100*time.Millisecond {
 		t.Fatalf("load time %v counts the caller's 150 ms between rows", p99)
+	}
+}
+
+// joiningConnector hands out connections whose Begin sends BEGIN as
+// text, as many drivers do: inside a transaction opened by text it joins
+// that transaction (Postgres only warns), where lib/pq would refuse.
+type joiningConnector struct{ driver.Connector }
+
+func (c joiningConnector) Connect(ctx context.Context) (driver.Conn, error) {
+	inner, err := c.Connector.Connect(ctx)
+	return joiningConn{inner}, err
+}
+
+type joiningConn struct{ inner driver.Conn }
+
+func (c joiningConn) Prepare(q string) (driver.Stmt, error) { return c.inner.Prepare(q) }
+func (c joiningConn) Close() error                          { return c.inner.Close() }
+func (c joiningConn) Begin() (driver.Tx, error)             { return joiningTx{c}, c.exec("begin") }
+func (c joiningConn) exec(q string) error {
+	_, err := c.ExecContext(context.Background(), q, nil)
+	return err
+}
+func (c joiningConn) ExecContext(ctx context.Context, q string, args []driver.NamedValue) (driver.Result, error) {
+	return c.inner.(driver.ExecerContext).ExecContext(ctx, q, args)
+}
+func (c joiningConn) QueryContext(ctx context.Context, q string, args []driver.NamedValue) (driver.Rows, error) {
+	return c.inner.(driver.QueryerContext).QueryContext(ctx, q, args)
+}
+
+type joiningTx struct{ c joiningConn }
+
+func (t joiningTx) Commit() error   { return t.c.exec("commit") }
+func (t joiningTx) Rollback() error { return t.c.exec("rollback") }
+
+// TestBeginTxJoiningATextTransaction: over a driver whose BeginTx joins a
+// transaction opened by text, the text transaction's writes are
+// invalidated at the Commit that commits them, not only before it.
+func TestBeginTxJoiningATextTransaction(t *testing.T) {
+	_, c0, _ := engineDB(t, nil)
+	pc, err := pq.NewConnector(pqDSN(t) + " search_path=" + c0.opts.Prefix)
+	must(t, err)
+	reg := NewRegistry()
+	must(t, reg.Register(`select v from kv where k = $1`, Policy{TTL: time.Hour}))
+	db := sql.OpenDB(Wrap(joiningConnector{pc}, Options{Registry: reg}))
+	defer db.Close()
+	ctx := context.Background()
+	sc, err := db.Conn(ctx)
+	must(t, err)
+	defer sc.Close()
+	for _, q := range []string{`begin`, `update kv set v = 'joined' where k = 1`} {
+		_, err := sc.ExecContext(ctx, q)
+		must(t, err)
+	}
+	tx, err := sc.BeginTx(ctx, nil)
+	must(t, err)
+	if got := getV(t, db, 1); got != "v1" { // another connection caches the committed row
+		t.Fatalf("before commit: %q", got)
+	}
+	must(t, tx.Commit())
+	if got := getV(t, db, 1); got != "joined" {
+		t.Fatalf("after the commit: %q", got)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/lib/pq"
@@ -123,19 +124,25 @@ func (e *engine) afterWrite(ctx context.Context, c *conn, a *analysis, unsure bo
 }
 
 // refused follows one transaction-control statement that Postgres refused
-// as SQL text. Where it ends is known: a refused COMMIT, ROLLBACK or
-// PREPARE TRANSACTION ends the transaction without committing it (a
-// deferred check failed, say), a refused BEGIN or SAVEPOINT leaves things
-// as they were. Only AND CHAIN, and text inside a BeginTx transaction,
-// leave the connection unsure.
+// as SQL text. Where a refused COMMIT or PREPARE TRANSACTION leaves the
+// session is known: the transaction ended without committing (a deferred
+// check failed, say); a refused BEGIN or SAVEPOINT leaves things as they
+// were. The rest (a refused ROLLBACK, AND CHAIN, text inside a BeginTx
+// transaction) leaves the connection unsure. (A FATAL error is no refusal:
+// see reportedByServer.)
 func (e *engine) refused(ctx context.Context, c *conn, a *analysis) {
 	switch {
-	case c.tx != nil || a.txEnd == txOpen && (a.txCommits || a.txRollsBack):
+	case !a.txCommits && !a.txRollsBack:
+		// BEGIN, SAVEPOINT, RELEASE, ROLLBACK TO: as it was
+	case c.tx == nil && a.txEnd == txClosed && (a.txCommits || isPrepare(a)):
+		c.rawTx, c.txUnsure, c.rawWrites = false, false, writeSet{} // ended, committing nothing
+	default:
 		e.lostTrack(ctx, c, &writeSet{})
-	case a.txCommits || a.txRollsBack:
-		c.rawTx, c.txUnsure, c.rawWrites = false, false, writeSet{}
 	}
 }
+
+// isPrepare reports a PREPARE TRANSACTION.
+func isPrepare(a *analysis) bool { return strings.HasPrefix(a.normalized, "prepare transaction") }
 
 // lostTrack handles transaction control whose outcome is unknown: a
 // refused COMMIT, a string of statements that failed part way. Writes it

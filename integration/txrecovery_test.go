@@ -265,3 +265,36 @@ func TestRefusedSavepointKeepsHitting(t *testing.T) {
 		}
 	})
 }
+
+// TestRefusedRollbackToKeepsTheTransaction: a refused ROLLBACK WORK TO
+// SAVEPOINT (no such savepoint) leaves the transaction open: its writes are
+// still invalidated at its COMMIT, and its reads never touch the cache.
+func TestRefusedRollbackToKeepsTheTransaction(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		setupUsers(t, env)
+		env.prime(t, userName, 1)
+		ctx := context.Background()
+		c := env.pinned(t)
+		for _, stmt := range []string{`begin`, `update users set name = 'in tx' where id = 1`, `savepoint s`} {
+			if _, err := c.ExecContext(ctx, stmt); err != nil {
+				t.Fatalf("%s: %v", stmt, err)
+			}
+		}
+		if _, err := c.ExecContext(ctx, `rollback work to savepoint nosuch`); err == nil {
+			t.Fatal("a rollback to a missing savepoint was accepted")
+		}
+		if _, err := c.ExecContext(ctx, `rollback to savepoint s`); err != nil {
+			t.Fatal(err)
+		}
+		var name string
+		if err := c.GetContext(ctx, &name, userName, 1); err != nil || name != "in tx" {
+			t.Fatalf("in the transaction: %q %v", name, err)
+		}
+		if _, err := c.ExecContext(ctx, `commit`); err != nil {
+			t.Fatal(err)
+		}
+		if got := env.same(t, userName, 1); got[0] != "[in tx]" {
+			t.Fatalf("after commit: %v", got)
+		}
+	})
+}
