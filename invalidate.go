@@ -71,6 +71,9 @@ func (e *engine) afterStatement(ctx context.Context, c *conn, a *analysis, err e
 	switch {
 	case err == nil || !reportedByServer(err):
 		e.afterWrite(ctx, c, a, err != nil)
+	case notRun(err):
+		// Postgres parses a whole string before it runs any of it: nothing
+		// changed, and the state is as it was.
 	case a.txControl && a.multi:
 		// Some of the string ran: a COMMIT in it may have made its writes,
 		// its DDL and its session changes last.
@@ -78,7 +81,7 @@ func (e *engine) afterStatement(ctx context.Context, c *conn, a *analysis, err e
 		e.noteEffects(ctx, c, a, &w)
 		e.lostTrack(ctx, c, &w)
 	case a.txControl:
-		e.refused(ctx, c, a)
+		e.refused(ctx, c, a, err)
 	}
 }
 
@@ -130,15 +133,33 @@ func (e *engine) afterWrite(ctx context.Context, c *conn, a *analysis, unsure bo
 // were. The rest (a refused ROLLBACK, AND CHAIN, text inside a BeginTx
 // transaction) leaves the connection unsure. (A FATAL error is no refusal:
 // see reportedByServer.)
-func (e *engine) refused(ctx context.Context, c *conn, a *analysis) {
+func (e *engine) refused(ctx context.Context, c *conn, a *analysis, err error) {
 	switch {
 	case !a.txCommits && !a.txRollsBack:
 		// BEGIN, SAVEPOINT, RELEASE, ROLLBACK TO: as it was
-	case c.tx == nil && a.txEnd == txClosed && (a.txCommits || isPrepare(a)):
+	case c.tx == nil && a.txEnd == txClosed && (a.txCommits || isPrepare(a)) && failedAtCommit(err):
 		c.rawTx, c.txUnsure, c.rawWrites = false, false, writeSet{} // ended, committing nothing
 	default:
 		e.lostTrack(ctx, c, &writeSet{})
 	}
+}
+
+// notRun reports a syntax error in the statement text itself, which
+// Postgres raises before it runs any statement of the string (also, with
+// no position, for a string of several statements sent with arguments,
+// which lib/pq prepares). A syntax error in SQL that a function runs
+// points into that SQL instead (InternalPosition).
+func notRun(err error) bool {
+	var pqErr *pq.Error
+	return errors.As(err, &pqErr) && pqErr.Code == "42601" && pqErr.InternalPosition == ""
+}
+
+// failedAtCommit reports an error a COMMIT raises as it commits, after
+// which the transaction is over: a deferred constraint (class 23) or a
+// serialization failure (class 40).
+func failedAtCommit(err error) bool {
+	var pqErr *pq.Error
+	return errors.As(err, &pqErr) && (pqErr.Code.Class() == "23" || pqErr.Code.Class() == "40")
 }
 
 // isPrepare reports a PREPARE TRANSACTION.

@@ -298,3 +298,54 @@ func TestRefusedRollbackToKeepsTheTransaction(t *testing.T) {
 		}
 	})
 }
+
+// TestSyntaxErrorRunsNothing: Postgres parses a whole string before it
+// runs any of it, so a syntax error changes nothing: a misspelt COMMIT
+// leaves its transaction open (aborted, until ROLLBACK TO brings it back),
+// and a string that never ran leaves its connection cacheable.
+func TestSyntaxErrorRunsNothing(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		setupUsers(t, env)
+		env.prime(t, userName, 1)
+		ctx := context.Background()
+		c := env.pinned(t)
+		for _, q := range []struct {
+			sql  string
+			args []any
+		}{
+			{`begin; update users set name = $1 where id = 2; commit`, []any{"x"}},
+			{`begin; update users set name = 'x' where id = 2; commit; selec 1`, nil},
+		} {
+			if _, err := c.ExecContext(ctx, q.sql, q.args...); err == nil {
+				t.Fatalf("%s accepted", q.sql)
+			}
+			hits := env.stats().Hits
+			var name string
+			if err := c.GetContext(ctx, &name, userName, 1); err != nil || env.stats().Hits != hits+1 {
+				t.Fatalf("after %s: %q %v, bypass %v", q.sql, name, err, env.stats().Bypass)
+			}
+		}
+
+		for _, s := range []string{`begin`, `update users set name = 'uncommitted' where id = 1`, `savepoint s`} {
+			if _, err := c.ExecContext(ctx, s); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := c.ExecContext(ctx, `commit and chian`); err == nil {
+			t.Fatal("a misspelt commit was accepted")
+		}
+		if _, err := c.ExecContext(ctx, `rollback to savepoint s`); err != nil {
+			t.Fatal(err)
+		}
+		var name string
+		if err := c.GetContext(ctx, &name, userName, 1); err != nil || name != "uncommitted" {
+			t.Fatalf("in the transaction: %q %v", name, err)
+		}
+		if got := env.same(t, userName, 1); got[0] != "[user1]" {
+			t.Fatalf("another connection read %v", got)
+		}
+		if _, err := c.ExecContext(ctx, `rollback`); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
