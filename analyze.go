@@ -73,6 +73,7 @@ type analysis struct {
 	txEnd            txEffect // what the string's last BEGIN, COMMIT, ROLLBACK ... leaves
 	txCommits        bool     // a COMMIT or END (with or without AND CHAIN)
 	txRollsBack      bool     // a ROLLBACK or ABORT (not to a savepoint) or PREPARE TRANSACTION
+	txPrepares       bool     // a PREPARE TRANSACTION
 	commitPrepared   bool     // COMMIT PREPARED: commits writes this connection did not see
 	runsCode         bool     // CALL, DO, EXECUTE: code the text does not show, which may change the session too
 	ddl              bool     // the catalog may have changed
@@ -1210,7 +1211,7 @@ func (p *parser) txStatement(s, e int) {
 		a.txRollsBack = true
 		a.txEnd = p.chainEnd(s, e)
 	case p.is(s, "prepare"):
-		a.txRollsBack = true // its writes land at COMMIT PREPARED, which invalidates everything
+		a.txRollsBack, a.txPrepares = true, true // its writes land at COMMIT PREPARED, which invalidates everything
 		a.txEnd = txClosed
 	}
 }

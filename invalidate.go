@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/lib/pq"
@@ -137,7 +136,7 @@ func (e *engine) refused(ctx context.Context, c *conn, a *analysis, err error) {
 	switch {
 	case !a.txCommits && !a.txRollsBack:
 		// BEGIN, SAVEPOINT, RELEASE, ROLLBACK TO: as it was
-	case c.tx == nil && a.txEnd == txClosed && (a.txCommits || isPrepare(a)) && failedAtCommit(err):
+	case c.tx == nil && a.txEnd == txClosed && (a.txCommits || a.txPrepares) && failedAtCommit(err):
 		c.rawTx, c.txUnsure, c.rawWrites = false, false, writeSet{} // ended, committing nothing
 	default:
 		e.lostTrack(ctx, c, &writeSet{})
@@ -161,9 +160,6 @@ func failedAtCommit(err error) bool {
 	var pqErr *pq.Error
 	return errors.As(err, &pqErr) && (pqErr.Code.Class() == "23" || pqErr.Code.Class() == "40")
 }
-
-// isPrepare reports a PREPARE TRANSACTION.
-func isPrepare(a *analysis) bool { return strings.HasPrefix(a.normalized, "prepare transaction") }
 
 // lostTrack handles transaction control whose outcome is unknown: a
 // refused COMMIT, a string of statements that failed part way. Writes it
@@ -198,6 +194,7 @@ func (e *engine) committed(ctx context.Context, c *conn, w *writeSet) {
 		} else {
 			w.add(cat.reach(w.named, false)...)
 		}
+		w.ddl = false // the catalog just read is the committed one: invalidate need not drop it
 	}
 	e.invalidate(ctx, w)
 }
