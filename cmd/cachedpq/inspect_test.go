@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"os"
 	"testing"
 	"time"
 
@@ -19,6 +20,9 @@ func TestInspectForeignIndex(t *testing.T) {
 	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
 	defer c.Close()
 	if err := c.Ping(ctx).Err(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("redis unreachable under CI=true: %v", err)
+		}
 		t.Skipf("redis: %v", err)
 	}
 	var b [6]byte
