@@ -15,15 +15,11 @@ func TestBeginAtomicInTextTransaction(t *testing.T) {
 		setupUsers(t, env)
 		ctx := context.Background()
 		c := env.pinned(t)
-		for _, stmt := range []string{
+		execOn(t, c,
 			`begin`,
 			`create function f() returns int language sql begin atomic select 1; end`,
 			`update users set name = 'uncommitted' where id = 1`,
-		} {
-			if _, err := c.ExecContext(ctx, stmt); err != nil {
-				t.Fatalf("%s: %v", stmt, err)
-			}
-		}
+		)
 		var name string
 		if err := c.GetContext(ctx, &name, userName, 1); err != nil || name != "uncommitted" {
 			t.Fatalf("in the transaction: %q %v", name, err)
@@ -123,11 +119,7 @@ func TestOnCommitDropKeepsTheConnectionCacheable(t *testing.T) {
 		if err := tx.Commit(); err != nil {
 			t.Fatal(err)
 		}
-		hits := env.stats().Hits
-		var name string
-		if err := c.GetContext(ctx, &name, userName, 1); err != nil || env.stats().Hits != hits+1 {
-			t.Fatalf("after the dropped staging table: %q %v, bypass %v", name, err, env.stats().Bypass)
-		}
+		env.hitsOn(t, c, "the dropped staging table")
 	})
 }
 
@@ -141,11 +133,7 @@ func TestBeginTxEndsUnsure(t *testing.T) {
 		env.prime(t, userName, 1)
 		ctx := context.Background()
 		c := env.pinned(t)
-		for _, stmt := range []string{`begin`, `insert into d values (1), (1)`} {
-			if _, err := c.ExecContext(ctx, stmt); err != nil {
-				t.Fatal(err)
-			}
-		}
+		execOn(t, c, `begin`, `insert into d values (1), (1)`)
 		if _, err := c.ExecContext(ctx, `commit`); err == nil {
 			t.Fatal("the deferred check passed")
 		}
@@ -156,11 +144,7 @@ func TestBeginTxEndsUnsure(t *testing.T) {
 		if err := tx.Commit(); err != nil {
 			t.Fatal(err)
 		}
-		hits := env.stats().Hits
-		var name string
-		if err := c.GetContext(ctx, &name, userName, 1); err != nil || env.stats().Hits != hits+1 {
-			t.Fatalf("after BeginTx: %q %v, bypass %v", name, err, env.stats().Bypass)
-		}
+		env.hitsOn(t, c, "BeginTx")
 	})
 }
 
@@ -258,11 +242,7 @@ func TestRefusedSavepointKeepsHitting(t *testing.T) {
 		if _, err := c.ExecContext(ctx, `savepoint s`); err == nil {
 			t.Fatal("a savepoint outside a transaction was accepted")
 		}
-		hits := env.stats().Hits
-		var name string
-		if err := c.GetContext(ctx, &name, userName, 1); err != nil || env.stats().Hits != hits+1 {
-			t.Fatalf("after the refused savepoint: %q %v, bypass %v", name, err, env.stats().Bypass)
-		}
+		env.hitsOn(t, c, "the refused savepoint")
 	})
 }
 
@@ -275,11 +255,7 @@ func TestRefusedRollbackToKeepsTheTransaction(t *testing.T) {
 		env.prime(t, userName, 1)
 		ctx := context.Background()
 		c := env.pinned(t)
-		for _, stmt := range []string{`begin`, `update users set name = 'in tx' where id = 1`, `savepoint s`} {
-			if _, err := c.ExecContext(ctx, stmt); err != nil {
-				t.Fatalf("%s: %v", stmt, err)
-			}
-		}
+		execOn(t, c, `begin`, `update users set name = 'in tx' where id = 1`, `savepoint s`)
 		if _, err := c.ExecContext(ctx, `rollback work to savepoint nosuch`); err == nil {
 			t.Fatal("a rollback to a missing savepoint was accepted")
 		}
@@ -319,18 +295,10 @@ func TestSyntaxErrorRunsNothing(t *testing.T) {
 			if _, err := c.ExecContext(ctx, q.sql, q.args...); err == nil {
 				t.Fatalf("%s accepted", q.sql)
 			}
-			hits := env.stats().Hits
-			var name string
-			if err := c.GetContext(ctx, &name, userName, 1); err != nil || env.stats().Hits != hits+1 {
-				t.Fatalf("after %s: %q %v, bypass %v", q.sql, name, err, env.stats().Bypass)
-			}
+			env.hitsOn(t, c, q.sql)
 		}
 
-		for _, s := range []string{`begin`, `update users set name = 'uncommitted' where id = 1`, `savepoint s`} {
-			if _, err := c.ExecContext(ctx, s); err != nil {
-				t.Fatal(err)
-			}
-		}
+		execOn(t, c, `begin`, `update users set name = 'uncommitted' where id = 1`, `savepoint s`)
 		if _, err := c.ExecContext(ctx, `commit and chian`); err == nil {
 			t.Fatal("a misspelt commit was accepted")
 		}

@@ -41,6 +41,26 @@ func (env *cacheEnv) pinned(t *testing.T) *sqlx.Conn {
 	return c
 }
 
+// execOn runs stmts on c in turn, failing the test at the first error.
+func execOn(t *testing.T, c *sqlx.Conn, stmts ...string) {
+	t.Helper()
+	for _, stmt := range stmts {
+		if _, err := c.ExecContext(context.Background(), stmt); err != nil {
+			t.Fatalf("%s: %v", stmt, err)
+		}
+	}
+}
+
+// hitsOn reads user 1 on c and fails the test unless the cache served it.
+func (env *cacheEnv) hitsOn(t *testing.T, c *sqlx.Conn, after string) {
+	t.Helper()
+	hits := env.stats().Hits
+	var name string
+	if err := c.GetContext(context.Background(), &name, userName, 1); err != nil || env.stats().Hits != hits+1 {
+		t.Fatalf("after %s: %q %v, bypass %v", after, name, err, env.stats().Bypass)
+	}
+}
+
 const userName = `select name from users where id = $1`
 
 func setupUsers(t *testing.T, env *cacheEnv) {
@@ -93,11 +113,7 @@ func TestRefusedCommitEndsTheTransaction(t *testing.T) {
 		mustExec(t, env.raw, `create table d (x int unique deferrable initially deferred)`)
 		ctx := context.Background()
 		c := env.pinned(t)
-		for _, stmt := range []string{`begin`, `update users set name = 'rolled back' where id = 1`, `insert into d values (1), (1)`} {
-			if _, err := c.ExecContext(ctx, stmt); err != nil {
-				t.Fatalf("%s: %v", stmt, err)
-			}
-		}
+		execOn(t, c, `begin`, `update users set name = 'rolled back' where id = 1`, `insert into d values (1), (1)`)
 		if _, err := c.ExecContext(ctx, `commit`); err == nil {
 			t.Fatal("the deferred check passed")
 		}
