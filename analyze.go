@@ -18,6 +18,7 @@ import (
 	"sync"
 	"unicode"
 	"unicode/utf16"
+	"unicode/utf8"
 
 	"github.com/zeebo/xxh3"
 )
@@ -341,11 +342,11 @@ func (p *parser) statements() {
 
 // tagOf returns the tag of the name token i: unquoted names fold to lower
 // case, quoted names lose their quotes and doubled quotes, U&"" names have
-// their escapes decoded.
+// their escapes decoded, and all are cut to the length the server keeps.
 func (p *parser) tagOf(i int) string {
 	s := p.text(i)
 	if p.toks[i].kind == tokIdent {
-		return asciiLower(s)
+		return clipName(asciiLower(s))
 	}
 	uni := false
 	if len(s) > 2 && (s[0] == 'u' || s[0] == 'U') {
@@ -357,7 +358,25 @@ func (p *parser) tagOf(i int) string {
 	if uni {
 		s = decodeUnicodeEscapes(s, p.uescape(i))
 	}
-	return s
+	return clipName(s)
+}
+
+// maxNameLen is the longest identifier the server keeps, in bytes
+// (NAMEDATALEN - 1).
+const maxNameLen = 63
+
+// clipName cuts a name as the server does (truncate_identifier): to
+// maxNameLen bytes, at a UTF-8 character's start. "t…x_a" and "t…x_b"
+// that differ after that byte name one table, and must have one tag.
+func clipName(s string) string {
+	if len(s) <= maxNameLen {
+		return s
+	}
+	n := maxNameLen
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 // uescape returns the escape character of the U&"" name at i: \ unless a

@@ -46,6 +46,9 @@ func TestNormalizeDifferent(t *testing.T) {
 	}
 }
 
+// long is a name of 63 bytes, the longest the server keeps.
+var long = "t" + strings.Repeat("x", 62)
+
 func TestTables(t *testing.T) {
 	tests := []struct {
 		q             string
@@ -110,6 +113,11 @@ func TestTables(t *testing.T) {
 		{"insert into a values (1); update b set x = 1; delete from c", nil, []string{"a", "b", "c"}},
 		{"explain analyze update t set a = 1", nil, []string{"t"}},
 		{"explain update t set a = 1", nil, nil},
+		// The server keeps 63 bytes of a name, cut at a character's start.
+		{"select * from " + long + "_a join public." + long + "_b on true", []string{long}, nil},
+		{`update "` + long + `_Q" set a = 1`, nil, []string{long}},
+		{`delete from "` + long[:62] + `é"`, nil, []string{long[:62]}},
+		{`insert into U&"` + long[:61] + `\00e9x" values (1)`, nil, []string{long[:61] + "é"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.q, func(t *testing.T) {

@@ -2,7 +2,10 @@ package integration
 
 import (
 	"fmt"
+	"strings"
 	"testing"
+
+	"github.com/cachedpq/cachedpq"
 )
 
 // Statements whose written tables the SQL analysis used to miss: each
@@ -64,6 +67,28 @@ func TestQualifiedVolatileCallInvalidates(t *testing.T) {
 				env.prime(t, userName, 1)
 				env.same(t, fmt.Sprintf(call, env.schema))
 				env.same(t, userName, 1)
+			})
+		})
+	}
+}
+
+// TestLongNameInvalidates: the server cuts names to 63 bytes, so a write
+// to "t…x" must void a read of "t…x_more", which is the same table. The
+// analysis kept the whole name and tagged them apart.
+func TestLongNameInvalidates(t *testing.T) {
+	name := "t" + strings.Repeat("x", 62)
+	for _, tc := range []struct{ read, write string }{
+		{name + "_read", name},
+		{name, `"` + name + `_Write"`},
+	} {
+		t.Run(tc.write, func(t *testing.T) {
+			forEachStore(t, func(t *testing.T, env *cacheEnv) {
+				mustExec(t, env.raw, `create table `+name+` (id int primary key, v int); insert into `+name+` values (1, 1)`)
+				q := `select v from ` + tc.read + ` where id = $1`
+				env.register(t, q, cachedpq.Policy{})
+				env.prime(t, q, 1)
+				mustExec(t, env.db, `update `+tc.write+` set v = v + 1 where id = 1`)
+				env.same(t, q, 1)
 			})
 		})
 	}
