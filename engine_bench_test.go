@@ -246,6 +246,29 @@ func BenchmarkEngineMiss(b *testing.B) {
 	}
 }
 
+// BenchmarkEngineQueryGap is the raw query of BenchmarkEngineMiss after a
+// short busy wait, with no cache at all. It measures what the host charges
+// for any work between two queries: on the 2-vCPU VM of November 2026, a
+// 5µs wait made the query 20–30µs slower (107–124µs, then 135–147µs),
+// as if the idle Postgres backend took that long to wake. A miss does such
+// work (its key, its flight, recording its rows) where the raw variant's
+// queries run back to back, and BenchmarkEngineMiss's memory variant, which
+// has no cache round trip, pays about that much over raw.
+func BenchmarkEngineQueryGap(b *testing.B) {
+	db, _ := benchDB(b, "raw")
+	for _, gap := range []time.Duration{0, 5 * time.Microsecond, 25 * time.Microsecond} {
+		b.Run(gap.String(), func(b *testing.B) {
+			i := int64(0)
+			for b.Loop() {
+				i++
+				for t := time.Now(); time.Since(t) < gap; {
+				}
+				benchScan(b, db, benchMiss, i%benchRows+1, i)
+			}
+		})
+	}
+}
+
 // benchFloor opens the DB of a miss or write benchmark's variant, and the
 // cache round trip its floor adds to the raw statement: for raw+rt, a
 // go-redis GET of a missing key; for the others, nothing.
