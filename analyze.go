@@ -1016,6 +1016,9 @@ func (p *parser) typedLiteral(i int) bool {
 // when escapes hide it (E'\x6eow', U&'...').
 func (p *parser) stringValue(i int) (string, bool) {
 	s := p.text(i)
+	if s[0] != '$' && strings.ContainsAny(s, "\n\r") {
+		return s, false // maybe continued on another line: 'no'<newline>'w' is 'now'
+	}
 	switch lower(s[0]) {
 	case 'e':
 		return s, !strings.Contains(s, "\\") && len(s) >= 3

@@ -35,6 +35,10 @@ func TestNormalizeDifferent(t *testing.T) {
 		{"token boundary", "select a from t where b = 'x y'", "select a from t where b = 'x' y"},
 		{"dollar body", "select $$a$$", "select $$b$$"},
 		{"comment-like string", "select '--x'", "select '--y'"},
+		// A literal continued on the next line keeps E's escapes: \' does
+		// not end it, and "--', 2" is inside it, not a comment.
+		{"continued E string", "select E'a'\n'\\', 1 --', 2", "select E'a'\n'\\', 1 --', 3"},
+		{"continued after a comment", "select 'a' -- c\n'b'", "select 'a' -- c\n'c'"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -113,6 +117,11 @@ func TestTables(t *testing.T) {
 		{"insert into a values (1); update b set x = 1; delete from c", nil, []string{"a", "b", "c"}},
 		{"explain analyze update t set a = 1", nil, []string{"t"}},
 		{"explain update t set a = 1", nil, nil},
+		// One literal continued on the next line, in E's mode: \' does not
+		// end it, the ' after it does, and a DELETE follows.
+		{"select E''\n'\\' '; delete from t; select '1'", nil, []string{"t"}},
+		{"select 'a'\n'b'; delete from t", nil, []string{"t"}},
+		{"select 'a' 'b'; delete from t", nil, []string{"t"}}, // no continuation within a line (a syntax error)
 		// The server keeps 63 bytes of a name, cut at a character's start.
 		{"select * from " + long + "_a join public." + long + "_b on true", []string{long}, nil},
 		{`update "` + long + `_Q" set a = 1`, nil, []string{long}},
@@ -353,6 +362,9 @@ func TestCacheability(t *testing.T) {
 		{"select * from t tablesample bernoulli (10) where a = 1", "tablesample", true},
 		{"select * from t tablesample bernoulli (10) repeatable (7)", "", false},
 		{"select t.user from t", "", false},
+		{"select 'no'\n'w'::date", "'no'", true}, // one literal: 'now'
+		{"select E''\n'\\' '; delete from t; select '1'", "more than one", false},
+		{"select 'a'\n  -- note\n'b' from t", "", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.q, func(t *testing.T) {

@@ -190,12 +190,45 @@ func (l *lexer) quoted(q byte, backslash bool) {
 			l.pos += 2
 		case c == q:
 			l.pos++
+			if q == '\'' {
+				if i := l.continuation(l.pos); i >= 0 {
+					l.pos = i + 1 // the same literal goes on, in the same mode
+					continue
+				}
+			}
 			return
 		default:
 			l.pos++
 		}
 	}
 	l.pos = len(l.src)
+}
+
+// continuation returns the index of the quote that continues a string
+// literal closed just before i: 'a'<newline>'b' is 'ab' (scan.l's
+// quotecontinue: horizontal space and -- comments, a newline, then any
+// space and -- comments ending in a newline). It returns -1 when none does.
+func (l *lexer) continuation(i int) int {
+	newline := false
+	for i < len(l.src) {
+		c := l.src[i]
+		switch {
+		case c == '\n' || c == '\r':
+			newline = true
+			i++
+		case c == ' ' || c == '\t' || c == '\f' || c == '\v' && newline:
+			i++
+		case c == '-' && i+1 < len(l.src) && l.src[i+1] == '-':
+			for i < len(l.src) && l.src[i] != '\n' && l.src[i] != '\r' {
+				i++
+			}
+		case c == '\'' && newline:
+			return i
+		default:
+			return -1
+		}
+	}
+	return -1
 }
 
 // dollar scans a $n parameter or a $tag$...$tag$ string. A lone $ that
