@@ -6,6 +6,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"io"
+	"strings"
 	"sync"
 
 	"github.com/jmoiron/sqlx"
@@ -112,12 +113,51 @@ func NewConnector(dsn string, opts Options) (*Connector, error) {
 	if err := readsFromPrimaries(opts.Redis); err != nil {
 		return nil, err
 	}
-	if cfg.Runtime["standard_conforming_strings"] == "off" {
+	if scsOff(cfg) {
 		return nil, errors.New("cachedpq: standard_conforming_strings=off is not supported: the SQL analysis reads backslashes in strings as Postgres does when it is on")
 	}
 	c := newConnector(inner, opts, newIdentity(cfg))
 	c.owned = owned
 	return c, nil
+}
+
+// scsOff reports whether cfg may turn standard_conforming_strings off, as
+// a runtime parameter in any case or in options (-c name=value or
+// --name=value, where dashes stand for underscores): anything but a value
+// Postgres reads as true.
+func scsOff(cfg pq.Config) bool {
+	for k, v := range cfg.Runtime {
+		if strings.EqualFold(k, "standard_conforming_strings") && !pgTrue(v) {
+			return true
+		}
+	}
+	opts := strings.ReplaceAll(strings.ToLower(cfg.Options), "-", "_")
+	for rest := opts; ; {
+		_, after, ok := strings.Cut(rest, "standard_conforming_strings")
+		if !ok {
+			return false
+		}
+		v, ok := strings.CutPrefix(strings.TrimLeft(after, " "), "=")
+		if !ok {
+			return true // not a form this reads: refuse rather than guess
+		}
+		if f := strings.Fields(v); len(f) == 0 || !pgTrue(f[0]) {
+			return true
+		}
+		rest = after
+	}
+}
+
+// pgTrue reports whether Postgres's parse_bool reads v as true.
+func pgTrue(v string) bool {
+	v = strings.ToLower(strings.TrimSpace(v))
+	switch {
+	case v == "1" || v == "on":
+		return true
+	case v != "" && (strings.HasPrefix("true", v) || strings.HasPrefix("yes", v)):
+		return true
+	}
+	return false
 }
 
 // readsFromPrimaries refuses a Cluster client that reads from replicas:

@@ -66,6 +66,12 @@ func TestBadDSNFailsAtOpen(t *testing.T) {
 		{"postgres://h/d?cache_tiemout=1s", "cache_tiemout"},
 		{"dbname=d sslmode=bogus", "sslmode"},
 		{"dbname=d standard_conforming_strings=off", "standard_conforming_strings"},
+		{"dbname=d standard_conforming_strings=false", "standard_conforming_strings"},
+		{"dbname=d standard_conforming_strings=OFF", "standard_conforming_strings"},
+		{"dbname=d standard_conforming_strings=0", "standard_conforming_strings"},
+		{"dbname=d Standard_Conforming_Strings=off", "standard_conforming_strings"},
+		{"dbname=d options='-c standard_conforming_strings=off'", "standard_conforming_strings"},
+		{"dbname=d options='--standard-conforming-strings=no'", "standard_conforming_strings"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.mention, func(t *testing.T) {
@@ -78,6 +84,20 @@ func TestBadDSNFailsAtOpen(t *testing.T) {
 				t.Errorf("error %q does not name %s", err, tt.mention)
 			}
 		})
+	}
+}
+
+// TestStandardConformingStringsOnAccepted: only the spellings of off are
+// refused.
+func TestStandardConformingStringsOnAccepted(t *testing.T) {
+	for _, extra := range []string{"standard_conforming_strings=on", "standard_conforming_strings=TRUE",
+		"options='-c standard_conforming_strings=yes'", "options='-c geqo=off'"} {
+		c, err := NewConnector("dbname=d "+extra, Options{})
+		if err != nil {
+			t.Errorf("NewConnector(%q): %v", extra, err)
+			continue
+		}
+		c.Close()
 	}
 }
 
