@@ -47,6 +47,11 @@ func newIdentity(cfg pq.Config) identity {
 	writeField(&b, "tz", cfg.TZ)
 	writeField(&b, "datestyle", cfg.Datestyle)
 	writeField(&b, "client_encoding", cfg.ClientEncoding)
+	if cfg.BinaryParameters {
+		// lib/pq then sends []byte arguments in binary: []byte("12345678")
+		// is another bigint than in text.
+		writeField(&b, "binary_parameters", "yes")
+	}
 	names := make([]string, 0, len(cfg.Runtime))
 	for k := range cfg.Runtime {
 		if !strings.Contains(strings.ToLower(k), "password") {

@@ -106,6 +106,8 @@ func TestKeyIdentity(t *testing.T) {
 		"host=127.0.0.1 port=5432 user=app dbname=test sslmode=disable search_path=s",
 		"host=127.0.0.1 port=5432 user=app dbname=test sslmode=disable timezone=UTC",
 		"host=127.0.0.1 port=5432 user=app dbname=test sslmode=disable options='-c role=x'",
+		// []byte arguments go in binary: []byte("12345678") is another bigint.
+		"host=127.0.0.1 port=5432 user=app dbname=test sslmode=disable binary_parameters=yes",
 	} {
 		t.Run(dsn, func(t *testing.T) {
 			id := testIdentity(t, dsn)
