@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"fmt"
+	"math"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -210,8 +211,9 @@ func TestPolicyValidation(t *testing.T) {
 		query string
 		p     Policy
 	}{
-		{`select v from kv`, Policy{}},                              // no TTL
-		{`select v from kv`, Policy{TTL: time.Second, Jitter: 2}},   // jitter over 1
+		{`select v from kv`, Policy{}},                            // no TTL
+		{`select v from kv`, Policy{TTL: time.Second, Jitter: 2}}, // jitter over 1
+		{`select v from kv`, Policy{TTL: time.Second, Jitter: math.NaN()}},
 		{`select v from kv`, Policy{TTL: time.Second, MaxRows: -1}}, // negative
 		{`select v from kv`, Policy{TTL: time.Second, Name: "a b"}}, // name in keys
 		{`select v from kv`, Policy{TTL: time.Second, Tags: []string{"a b"}}},

@@ -77,6 +77,8 @@ func (p Policy) withDefaults() (Policy, error) {
 		return p, errors.New("TTL must be positive")
 	}
 	switch {
+	case math.IsNaN(p.Jitter):
+		return p, errors.New("Jitter is NaN")
 	case p.Jitter == 0:
 		p.Jitter = defaultJitter
 	case p.Jitter < 0:
