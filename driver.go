@@ -8,6 +8,7 @@ import (
 	"io"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"
@@ -80,6 +81,12 @@ type Connector struct {
 	id    identity
 	owned redis.UniversalClient // created from a URL; closed by Close
 	eng   *engine
+
+	// asksInfinity is set for lib/pq, whose decoding of infinite times the
+	// keys must hold (see learnInfinity).
+	asksInfinity  bool
+	infinityMu    sync.Mutex // serialises learning it
+	infinityKnown atomic.Bool
 }
 
 // NewConnector returns a Connector for a lib/pq DSN with cache_* parameters.
@@ -118,6 +125,7 @@ func NewConnector(dsn string, opts Options) (*Connector, error) {
 	}
 	c := newConnector(inner, opts, newIdentity(cfg))
 	c.owned = owned
+	c.asksInfinity = true
 	return c, nil
 }
 
@@ -202,6 +210,10 @@ func OpenDB(dsn string, opts Options) (*sql.DB, error) {
 func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 	inner, err := c.inner.Connect(ctx)
 	if err != nil {
+		return nil, err
+	}
+	if err := c.learnInfinity(ctx, inner); err != nil {
+		inner.Close()
 		return nil, err
 	}
 	return newConn(c, inner), nil

@@ -43,7 +43,7 @@ const (
 type engine struct {
 	opts   Options
 	reg    *Registry
-	id     *identity
+	id     atomic.Pointer[identity] // the Connector's, or more (see learnInfinity)
 	store  backend
 	direct backend  // the store without the breaker, for invalidations
 	breakr *guarded // nil for the in-process store, which cannot fail
@@ -89,11 +89,11 @@ func newEngine(c *Connector) *engine {
 	e := &engine{
 		opts:    c.opts,
 		reg:     c.opts.Registry,
-		id:      &c.id,
 		inner:   c.inner,
 		closing: make(chan struct{}),
 		pending: make(map[string]struct{}),
 	}
+	e.id.Store(&c.id)
 	if c.opts.Redis != nil {
 		rb := &redisBackend{
 			redisStore: newRedisStore(c.opts.Redis, c.opts.Prefix),
@@ -315,7 +315,7 @@ func (e *engine) cached(ctx context.Context, c *conn, r *read) (driver.Rows, err
 		return e.uncached(ctx, c, r.src, r.reg.a, r.query, r.args)
 	}
 	var kb [128]byte
-	kbytes, check, ok := appendKey(kb[:0], e.opts.Prefix, r.reg.name, e.id, r.reg.a, r.args)
+	kbytes, check, ok := appendKey(kb[:0], e.opts.Prefix, r.reg.name, e.id.Load(), r.reg.a, r.args)
 	if !ok {
 		e.bypassed(r.rs, bypassArguments)
 		return r.run(ctx)

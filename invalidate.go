@@ -514,7 +514,10 @@ func (c *Connector) InvalidateQuery(ctx context.Context, query string, args ...a
 		}
 		named[i] = driver.NamedValue{Ordinal: i + 1, Value: dv}
 	}
-	key, _, ok := appendKey(nil, c.eng.opts.Prefix, reg.name, c.eng.id, reg.a, named)
+	if err := c.knowInfinity(ctx); err != nil {
+		return fmt.Errorf("cachedpq: invalidate: %w", err)
+	}
+	key, _, ok := appendKey(nil, c.eng.opts.Prefix, reg.name, c.eng.id.Load(), reg.a, named)
 	if !ok {
 		return errors.New("cachedpq: invalidate: arguments cannot be keyed")
 	}

@@ -62,12 +62,7 @@ func newIdentity(cfg pq.Config) identity {
 	for _, k := range names {
 		writeField(&b, "runtime."+k, cfg.Runtime[k])
 	}
-	s := b.String()
-	return identity{
-		str:    s,
-		digest: xxh3.HashString128Seed(s, keySeed).Bytes(),
-		check:  xxh3.HashString128Seed(s, checkSeed).Bytes(),
-	}
+	return identityOf(b.String())
 }
 
 // hostList renders the primary host and any others, each with its port.
@@ -95,6 +90,23 @@ func writeField(b *strings.Builder, name, value string) {
 	b.WriteByte('=')
 	b.WriteString(strconv.Quote(value))
 	b.WriteByte(' ')
+}
+
+// identityOf returns the identity whose readable form is s.
+func identityOf(s string) identity {
+	return identity{
+		str:    s,
+		digest: xxh3.HashString128Seed(s, keySeed).Bytes(),
+		check:  xxh3.HashString128Seed(s, checkSeed).Bytes(),
+	}
+}
+
+// with returns the identity with one more field.
+func (id *identity) with(name, value string) identity {
+	var b strings.Builder
+	b.WriteString(id.str)
+	writeField(&b, name, value)
+	return identityOf(b.String())
 }
 
 // String returns a stable, readable form of the identity, without secrets.
