@@ -302,6 +302,9 @@ func (e *engine) leasedEntry(ctx context.Context, r *read, stamps []uint64) (ent
 	lctx, cancel := e.cacheCtx(ctx)
 	ent, now, err := e.store.lookup(lctx, r.key, r.tags, nil)
 	cancel()
+	if errors.As(err, new(errCorruptEntry)) {
+		ent, err = nil, nil // a foreign value is no entry yet: the holder's fill replaces it
+	}
 	switch {
 	case err != nil, !sameStamps(stamps, now):
 		return nil, false
