@@ -29,8 +29,10 @@ const envRedisURL = "CACHEDPQ_REDIS_URL"
 type Options struct {
 	// Redis is the shared cache. Nil means: the DSN's cache_redis, else the
 	// CACHEDPQ_REDIS_URL environment variable, else the embedded in-process
-	// store. Any redis.UniversalClient works: single node, Sentinel or
-	// Cluster. The Connector never closes a client it was given. Create it
+	// store. A single node, Sentinel or Cluster client (a Ring, or a
+	// Cluster client that reads from replicas, is refused: both can forget
+	// invalidations). The Connector never closes a client it was given, and
+	// adds a hook to it that counts its dials (see restarts.go). Create it
 	// with ContextTimeoutEnabled: true, or go-redis ignores Timeout and a
 	// stalled server holds each cache call for the client's ReadTimeout.
 	Redis redis.UniversalClient

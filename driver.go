@@ -82,6 +82,9 @@ type Connector struct {
 	owned redis.UniversalClient // created from a URL; closed by Close
 	eng   *engine
 
+	// refused, if set, is why the Connector must not connect (see Wrap).
+	refused error
+
 	// asksInfinity is set for lib/pq, whose decoding of infinite times the
 	// keys must hold (see learnInfinity).
 	asksInfinity  bool
@@ -171,7 +174,13 @@ func pgTrue(v string) bool {
 // readsFromPrimaries refuses a Cluster client that reads from replicas:
 // a replica that lags its primary answers a stamp from before a write,
 // and the entry that write voided would be served, even to the writer.
+// It refuses a Ring too: a Ring moves a down shard's keys to the others,
+// and back when it answers again, with the stamps it held before, so a
+// write made meanwhile would be forgotten.
 func readsFromPrimaries(c redis.UniversalClient) error {
+	if _, ok := c.(*redis.Ring); ok {
+		return errors.New("cachedpq: a Redis Ring moves keys between shards as they fail and recover, which loses invalidations; use a single node, Sentinel or Cluster")
+	}
 	cc, ok := c.(*redis.ClusterClient)
 	if !ok {
 		return nil
@@ -185,8 +194,13 @@ func readsFromPrimaries(c redis.UniversalClient) error {
 // Wrap returns a Connector that caches over any other driver.Connector,
 // such as one built with pq.NewConnectorConfig or a test double. The cache
 // keys name the database through opts.Identity.
+//
+// A Redis client NewConnector would refuse (a Ring, a Cluster client that
+// reads from replicas) makes every Connect fail with the reason.
 func Wrap(inner driver.Connector, opts Options) *Connector {
-	return newConnector(inner, opts, newIdentity(pq.Config{Database: opts.Identity}))
+	c := newConnector(inner, opts, newIdentity(pq.Config{Database: opts.Identity}))
+	c.refused = readsFromPrimaries(opts.Redis)
+	return c
 }
 
 func newConnector(inner driver.Connector, opts Options, id identity) *Connector {
@@ -208,6 +222,9 @@ func OpenDB(dsn string, opts Options) (*sql.DB, error) {
 
 // Connect opens a connection through the inner connector and wraps it.
 func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
+	if c.refused != nil {
+		return nil, c.refused
+	}
 	inner, err := c.inner.Connect(ctx)
 	if err != nil {
 		return nil, err

@@ -87,6 +87,25 @@ func TestBadDSNFailsAtOpen(t *testing.T) {
 	}
 }
 
+// TestRefusesRing: a Ring moves a failed shard's keys elsewhere and back,
+// old stamps and all, so it would forget invalidations. NewConnector
+// refuses it; a Connector from Wrap refuses to connect.
+func TestRefusesRing(t *testing.T) {
+	ring := redis.NewRing(&redis.RingOptions{Addrs: map[string]string{"a": "127.0.0.1:1"}})
+	defer ring.Close()
+	if c, err := NewConnector("dbname=d", Options{Redis: ring}); err == nil || !strings.Contains(err.Error(), "Ring") {
+		if c != nil {
+			c.Close()
+		}
+		t.Fatalf("NewConnector with a Ring: %v", err)
+	}
+	c := Wrap(&fakeConnector{}, Options{Redis: ring})
+	defer c.Close()
+	if _, err := c.Connect(context.Background()); err == nil || !strings.Contains(err.Error(), "Ring") {
+		t.Fatalf("Connect through Wrap with a Ring: %v", err)
+	}
+}
+
 // TestStandardConformingStringsOnAccepted: only the spellings of off are
 // refused.
 func TestStandardConformingStringsOnAccepted(t *testing.T) {
