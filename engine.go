@@ -104,6 +104,10 @@ func newEngine(c *Connector) *engine {
 		e.store, e.direct, e.shared = e.breakr, rb, true
 		e.lookups.fn, e.lookups.timeout = e.lookupOnce, c.opts.Timeout
 		e.leasing = rb.leasing()
+		rb.step = c.opts.Timeout
+		if w := rb.watch; w != nil {
+			w.onVoid = e.serverChanged
+		}
 	} else {
 		e.store = newMemStore(c.opts.MaxMemory)
 		e.direct = e.store
@@ -150,6 +154,16 @@ func (e *engine) goBackground(fn func()) bool {
 	}
 	e.bg.Go(fn)
 	return true
+}
+
+// serverChanged notes that a check of the Redis server voided the
+// namespace: the server was not the one it was last checked on.
+func (e *engine) serverChanged(runID string, changed bool) {
+	if !changed {
+		return // a new namespace, or its record lost: nothing to report
+	}
+	e.stats.epochBumps.Add(1)
+	e.opts.Logger.Warn("cachedpq: the Redis server changed (a restart or a failover), and may have lost invalidations: all entries are void", "run_id", runID)
 }
 
 func (e *engine) breakerChanged(from, to gobreaker.State) {

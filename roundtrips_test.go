@@ -3,6 +3,7 @@ package cachedpq
 import (
 	"context"
 	"database/sql"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -32,13 +33,19 @@ func (h *tripCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.
 
 // countedRedis returns a client of the test Redis whose round trips are
 // counted, with the cache's scripts already loaded (a script's first run
-// may cost a second trip, once per server).
+// may cost a second trip, once per server) and a few connections already
+// dialed (the store checks the server after a dial: see restarts.go).
 func countedRedis(t *testing.T) (*redis.Client, *tripCounter) {
 	c := redis.NewClient(&redis.Options{Addr: testRedis(t).Options().Addr})
 	t.Cleanup(func() { c.Close() })
-	for _, s := range []*redis.Script{lookupScript, acquireScript, releaseScript} {
+	for _, s := range []*redis.Script{lookupScript, acquireScript, releaseScript, serverCheckScript} {
 		must(t, s.Load(testCtx(t), c).Err())
 	}
+	var wg sync.WaitGroup
+	for range 4 { // four connections at once: four dials
+		wg.Go(func() { c.BLPop(testCtx(t), 20*time.Millisecond, "cachedpq-test-nothing") })
+	}
+	wg.Wait()
 	h := &tripCounter{}
 	c.AddHook(h)
 	return c, h
@@ -53,6 +60,12 @@ func TestRedisRoundTrips(t *testing.T) {
 	db, c, _ := engineDB(t, rdb)
 	must(t, c.opts.Registry.Register(`select v from kv where k = $1`, Policy{TTL: time.Hour}))
 	ctx := context.Background()
+	// The first lookup checks the server (connections were dialed before
+	// the store began), and so does the next, after the fill dialed the
+	// first connection of go-redis's pipeline pool.
+	getV(t, db, 2)
+	waitFor(t, func() bool { return c.Stats().Fills == 1 })
+	getV(t, db, 2)
 	// trip runs f and returns the round trips made before it returned.
 	trip := func(f func()) int64 {
 		before := trips.n.Load()
@@ -76,7 +89,7 @@ func TestRedisRoundTrips(t *testing.T) {
 	if n := missTrips(); n != 1 {
 		t.Errorf("a miss made %d round trips before its rows came back, want 1", n)
 	}
-	waitFor(t, func() bool { return c.Stats().Fills == 1 })
+	waitFor(t, func() bool { return c.Stats().Fills == 2 })
 	waitFor(t, func() bool { return leasesHeld(c.eng) == 0 })
 	// The fill released the lease it stored under (in its own round trip).
 	if leases := rdb.Keys(ctx, c.opts.Prefix+"*:lease").Val(); len(leases) != 0 {

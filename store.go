@@ -79,7 +79,15 @@ type redisBackend struct {
 }
 
 func (b *redisBackend) lookup(ctx context.Context, key string, tags []string, buf []uint64) (*entry, []uint64, error) {
-	val, stamps, err := b.redisStore.lookup(ctx, key, tags, buf)
+	type answer struct {
+		val    []byte
+		stamps []uint64
+	}
+	a, err := lookupChecked(ctx, b.redisStore, func() (answer, error) {
+		val, stamps, err := b.redisStore.lookup(ctx, key, tags, buf)
+		return answer{val, stamps}, err
+	})
+	val, stamps := a.val, a.stamps
 	if err != nil || val == nil {
 		return nil, stamps, err
 	}
@@ -115,7 +123,16 @@ func (b *redisBackend) decodeValue(val []byte) (*entry, error) {
 func (b *redisBackend) leasing() bool { return b.scripts }
 
 func (b *redisBackend) lookupLease(ctx context.Context, key string, tags []string, ttl time.Duration, always bool, token uint64) (*entry, []uint64, uint64, error) {
-	val, stamps, holder, err := b.redisStore.lookupLease(ctx, key, tags, ttl, always, token)
+	type answer struct {
+		val    []byte
+		stamps []uint64
+		holder uint64
+	}
+	a, err := lookupChecked(ctx, b.redisStore, func() (answer, error) {
+		val, stamps, holder, err := b.redisStore.lookupLease(ctx, key, tags, ttl, always, token)
+		return answer{val, stamps, holder}, err
+	})
+	val, stamps, holder := a.val, a.stamps, a.holder
 	if err != nil || val == nil {
 		return nil, stamps, holder, err
 	}

@@ -51,6 +51,7 @@ type redisClient interface {
 	ZCard(ctx context.Context, key string) *redis.IntCmd
 	ZPopMin(ctx context.Context, key string, count ...int64) *redis.ZSliceCmd
 	MGet(ctx context.Context, keys ...string) *redis.SliceCmd
+	Info(ctx context.Context, section ...string) *redis.StringCmd
 }
 
 var _ redisClient = redis.UniversalClient(nil)
@@ -147,13 +148,30 @@ type redisStore struct {
 	// its stamps: on a single node or behind Sentinel, not on a Cluster,
 	// whose nodes hold them apart.
 	scripts bool
+	// watch checks servers met on new connections (see restarts.go); nil
+	// where scripts do not run.
+	watch *serverWatch
+	// step bounds each command of a purge (0: only the purge's context):
+	// a stalled server must not hold a purge, and Close, for purgeTimeout.
+	step time.Duration
+}
+
+// stepCtx bounds one command of a purge by s.step.
+func (s *redisStore) stepCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	if s.step <= 0 {
+		return ctx, func() {}
+	}
+	return withCacheTimeout(ctx, s.step)
 }
 
 // newRedisStore returns a store over c whose stamp and index keys start
 // with prefix.
 func newRedisStore(c redis.UniversalClient, prefix string) *redisStore {
-	_, single := c.(*redis.Client)
-	return &redisStore{c: c, prefix: prefix, scripts: single}
+	s := &redisStore{c: c, prefix: prefix}
+	if single, ok := c.(*redis.Client); ok {
+		s.scripts, s.watch = true, newServerWatch(single)
+	}
+	return s
 }
 
 // stampKey is the key of tag's stamp.
@@ -466,17 +484,24 @@ func (s *redisStore) purge(ctx context.Context, tags []string) error {
 // purgeTag empties one index, unlinking the entries it names. A foreign
 // value under idx names none: it is unlinked, as an emptied index would be.
 func (s *redisStore) purgeTag(ctx context.Context, idx string) error {
-	left, err := s.c.ZCard(ctx, idx).Result()
+	sctx, cancel := s.stepCtx(ctx)
+	left, err := s.c.ZCard(sctx, idx).Result()
+	cancel()
 	if err != nil {
 		return s.unlinkForeign(ctx, idx, err)
 	}
 	for left > 0 {
-		members, err := s.c.ZPopMin(ctx, idx, min(left, purgeBatch)).Result()
+		sctx, cancel := s.stepCtx(ctx)
+		members, err := s.c.ZPopMin(sctx, idx, min(left, purgeBatch)).Result()
+		cancel()
 		if err != nil || len(members) == 0 {
 			return s.unlinkForeign(ctx, idx, err)
 		}
 		left -= int64(len(members))
-		if err := s.unlinkMembers(ctx, members); err != nil {
+		sctx, cancel = s.stepCtx(ctx)
+		err = s.unlinkMembers(sctx, members)
+		cancel()
+		if err != nil {
 			return err
 		}
 	}

@@ -1,0 +1,197 @@
+package integration
+
+// A Redis that comes back with less than it acknowledged: restarted from a
+// snapshot, or a replica promoted in a failover. The stamp bumps it lost
+// must not bring old entries back (see restarts.go).
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"net"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/cachedpq/cachedpq"
+	"github.com/cachedpq/cachedpq/internal/redistest"
+)
+
+// TestFaultSnapshotLosesInvalidation: an entry is filled, Redis saves a
+// snapshot, a write commits and its invalidation lands (nothing fails),
+// then Redis crashes and comes back from the snapshot, with the old entry
+// under its old stamps. Nobody had a failure to retry: before the store
+// checked the server after a dial, every process served the old row until
+// its TTL.
+func TestFaultSnapshotLosesInvalidation(t *testing.T) {
+	dir := t.TempDir()
+	env, srv := faultEnv(t, "--dir", dir)
+	env.same(t, pointQuery, 1)
+	env.waitFills(t, 1)
+	if err := srv.Client().Save(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, env.db, `update items set name = 'new' where id = 1`)
+	if s := env.stats(); s.Pending || s.CacheErrors != 0 {
+		t.Fatalf("the invalidation did not land: %+v", s)
+	}
+	want := rowsOf(t, env.raw, pointQuery, 1)
+	// In production the crash comes well after the write: its background
+	// purge of the entry has run (on the live server) by then.
+	time.Sleep(200 * time.Millisecond)
+	srv.Restart(false) // SIGKILL, then start from the snapshot in dir
+	db2, _ := env.open(t, timedClient(t, srv.Addr), faultTimeout)
+	deadline := time.Now().Add(2 * time.Second)
+	var stale1, stale2, n int
+	for time.Now().Before(deadline) {
+		if got := rowsOf(t, env.db, pointQuery, 1); got[0] != want[0] {
+			stale1++
+		}
+		if got := rowsOf(t, db2, pointQuery, 1); got[0] != want[0] {
+			stale2++
+		}
+		n++
+		time.Sleep(10 * time.Millisecond)
+	}
+	if stale1+stale2 > 0 {
+		t.Fatalf("after Redis came back from a snapshot older than an acknowledged invalidation, "+
+			"the writer served the old row %d/%d times and another Connector %d/%d times (stats %+v)",
+			stale1, n, stale2, n, env.stats().Counters)
+	}
+}
+
+// TestFaultIdleProcessAfterRestartWithData: a second process sharing the
+// prefix fills an entry, then makes no cache call while Redis is down. A
+// write commits meanwhile in the first process; its invalidation fails and
+// is pending there. Redis comes back from a snapshot (a systemd restart
+// saves one on SIGTERM). The second process, which saw no failure, served
+// the old entry until the writer's retry landed (up to retryMax later).
+func TestFaultIdleProcessAfterRestartWithData(t *testing.T) {
+	dir := t.TempDir()
+	env, srv := faultEnv(t, "--dir", dir)
+	db2, conn2 := env.open(t, timedClient(t, srv.Addr), faultTimeout)
+	rowsOf(t, db2, pointQuery, 1)
+	waitFor(t, 5*time.Second, "the fill", func() bool { return conn2.Stats().Fills == 1 })
+	rowsOf(t, db2, pointQuery, 1)
+	if conn2.Stats().Hits != 1 {
+		t.Fatalf("not cached: %+v", conn2.Stats().Counters)
+	}
+	if err := srv.Client().Save(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	srv.Kill()
+	// The outage lasts a few seconds: the writer's retries back off to 1s.
+	mustExec(t, env.db, `update items set name = 'new' where id = 1`)
+	if !env.stats().Pending {
+		t.Fatal("the invalidation did not fail")
+	}
+	want := rowsOf(t, env.raw, pointQuery, 1)
+	time.Sleep(3 * time.Second)
+	srv.Restart(false) // from the snapshot in dir
+	var stale, n int
+	for range 20 {
+		if got := rowsOf(t, db2, pointQuery, 1); got[0] != want[0] {
+			stale++
+		}
+		n++
+		time.Sleep(5 * time.Millisecond)
+	}
+	if stale > 0 {
+		t.Fatalf("the second Connector served the row the write replaced %d of %d times after Redis came back", stale, n)
+	}
+}
+
+// TestFaultFailoverLosesInvalidation: behind Sentinel (a *redis.Client
+// whose dialer follows the master), a write's invalidation is a SET the
+// master alone acknowledges. If the master dies before its replica has it
+// and the replica is promoted, the new master holds the old stamps and the
+// old entries: a process reading after the failover was served the rows
+// the write replaced, although no cache operation failed for the writer.
+// (The dialer stands in for Sentinel: it dials the master of the moment.)
+func TestFaultFailoverLosesInvalidation(t *testing.T) {
+	master := redistest.Start(t)
+	_, port, _ := net.SplitHostPort(master.Addr)
+	replica := redistest.Start(t, "--replicaof", "127.0.0.1", port)
+	ctx := context.Background()
+	waitFor(t, 10*time.Second, "the replica to sync", func() bool {
+		return strings.Contains(replica.Client().Info(ctx, "replication").Val(), "master_link_status:up")
+	})
+	var current atomic.Value
+	current.Store(master.Addr)
+	failover := func() *redis.Client {
+		c := redis.NewClient(&redis.Options{
+			Addr:                  master.Addr,
+			ContextTimeoutEnabled: true,
+			Dialer: func(ctx context.Context, network, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, network, current.Load().(string))
+			},
+		})
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	env := newEnvWith(t, failover())
+	mustExec(t, env.raw, usersDDL)
+	point := `select id, name from users where id = $1`
+	env.register(t, point, cachedpq.Policy{TTL: time.Minute})
+	env.same(t, point, 1)
+	env.waitFills(t, 1)
+	// The entry and its stamps have reached the replica.
+	if n, err := master.Client().Do(ctx, "WAIT", 1, 5000).Int(); err != nil || n != 1 {
+		t.Fatalf("WAIT: %d %v", n, err)
+	}
+
+	// The replica is cut off from the master (a partition, or a link that
+	// lags) and promoted; the old master still takes the write, as a master
+	// does until it learns of the failover.
+	if err := replica.Client().Do(ctx, "REPLICAOF", "NO", "ONE").Err(); err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, env.db, `update users set name = 'new' where id = 1`)
+	if s := env.stats(); s.Pending || s.CacheErrors != 0 {
+		t.Fatalf("the write's invalidation failed: %+v", s)
+	}
+	env.conn.Close() // the writer's background work (its purge) is done
+	master.Kill()
+	current.Store(replica.Addr)
+
+	// A process that starts after the failover.
+	conn2, err := cachedpq.NewConnector(baseDSN()+" search_path="+env.schema, cachedpq.Options{
+		Redis: failover(), Prefix: env.prefix, Registry: env.reg, Timeout: time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db2 := sqlx.NewDb(sql.OpenDB(conn2), "cachedpq")
+	t.Cleanup(func() { db2.Close() })
+	want := rowsOf(t, env.raw, point, 1)
+	if got := rowsOf(t, db2, point, 1); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("after the failover: %v, Postgres has %v (stats %+v)", got, want, conn2.Stats().Counters)
+	}
+}
+
+// TestFaultCloseOnStalledRedis: closing the DB while Redis is stalled
+// waited for the background purge of the last write's tables, whose single
+// deadline was purgeTimeout (10 s); each of its commands now has
+// cache_timeout.
+func TestFaultCloseOnStalledRedis(t *testing.T) {
+	env, srv := faultEnv(t)
+	for id := 1; id <= 5; id++ {
+		env.same(t, pointQuery, id)
+	}
+	env.waitFills(t, 5)
+	mustExec(t, env.db, `update items set name = 'x' where id = 2`) // its purge starts 10ms later
+	srv.Pause()
+	defer srv.Resume()
+	start := time.Now()
+	env.db.Close()
+	took := time.Since(start)
+	t.Logf("Close took %v", took)
+	if took > time.Second {
+		t.Fatalf("db.Close took %v on a stalled Redis (cache_timeout %v)", took, faultTimeout)
+	}
+}
