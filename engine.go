@@ -107,6 +107,10 @@ func newEngine(c *Connector) *engine {
 		rb.step = c.opts.Timeout
 		if w := rb.watch; w != nil {
 			w.onVoid = e.serverChanged
+			w.onOff = func(err error) {
+				e.opts.Logger.Warn("cachedpq: cannot tell a restarted Redis from the one before (INFO run_id): "+
+					"invalidations a restart from a snapshot loses will not be noticed", "err", err)
+			}
 		}
 	} else {
 		e.store = newMemStore(c.opts.MaxMemory)

@@ -3,6 +3,7 @@ package cachedpq
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -50,6 +51,11 @@ type serverWatch struct {
 	// onVoid, if set, runs after a check voided the namespace; changed is
 	// false when no server had been recorded.
 	onVoid func(runID string, changed bool)
+	// off is set when the server cannot be checked (INFO refused or
+	// without run_id, as some managed services have it): lookups are then
+	// answered unchecked, and onOff, if set, runs once with the reason.
+	off   atomic.Bool
+	onOff func(err error)
 }
 
 // newServerWatch returns a watch over c's dials. The first lookup checks:
@@ -61,6 +67,16 @@ func newServerWatch(c *redis.Client) *serverWatch {
 	return w
 }
 
+// errNoRunID reports a server whose INFO names no run_id.
+var errNoRunID = errors.New("cachedpq: Redis INFO names no run_id")
+
+// refusesInfo reports a server that does not let this client run INFO: it
+// renamed or disabled the command, or the ACL user may not run it.
+func refusesInfo(err error) bool {
+	return err != nil && (redis.HasErrorPrefix(err, "NOPERM") ||
+		redis.HasErrorPrefix(err, "ERR") && strings.Contains(err.Error(), "unknown command"))
+}
+
 // errServerChanging reports lookups that kept meeting new servers.
 var errServerChanging = errors.New("cachedpq: the Redis server kept changing during a lookup")
 
@@ -69,7 +85,7 @@ var errServerChanging = errors.New("cachedpq: the Redis server kept changing dur
 // check gave it).
 func lookupChecked[T any](ctx context.Context, s *redisStore, lookup func() (T, error)) (T, error) {
 	w := s.watch
-	if w == nil {
+	if w == nil || w.off.Load() {
 		return lookup()
 	}
 	for range 3 {
@@ -103,7 +119,14 @@ func (w *serverWatch) verify(ctx context.Context, s *redisStore) error {
 		return nil
 	}
 	runID, result, err := s.checkServer(ctx)
-	if err != nil {
+	switch {
+	case errors.Is(err, errNoRunID):
+		w.off.Store(true)
+		if w.onOff != nil {
+			w.onOff(err)
+		}
+		return nil
+	case err != nil:
 		return err
 	}
 	if result != 0 {
@@ -121,6 +144,9 @@ func (w *serverWatch) verify(ctx context.Context, s *redisStore) error {
 // serverCheckScript answers).
 func (s *redisStore) checkServer(ctx context.Context) (runID string, result int, err error) {
 	info, err := s.c.Info(ctx, "server").Result()
+	if refusesInfo(err) {
+		return "", 0, fmt.Errorf("%w: %w", errNoRunID, err)
+	}
 	if err != nil {
 		return "", 0, err
 	}
@@ -130,7 +156,7 @@ func (s *redisStore) checkServer(ctx context.Context) (runID string, result int,
 		}
 	}
 	if runID == "" {
-		return "", 0, errors.New("cachedpq: Redis INFO names no run_id")
+		return "", 0, errNoRunID
 	}
 	keys := []string{s.serverKey(), s.stampKey(epochTag)}
 	result, err = serverCheckScript.Run(ctx, s.c, keys, runID, formatStamp(newStamp())).Int()
