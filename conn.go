@@ -30,6 +30,9 @@ type conn struct {
 	c     *Connector
 	tx    *tx  // the open transaction, nil outside one
 	dirty bool // session state changed (SET, RESET, SET ROLE...): never use the cache again
+	// standby is set on a connection that reached a standby, whose rows may
+	// predate a write already invalidated: it never uses the cache.
+	standby bool
 
 	// rawTx and rawWrites track a transaction opened with a BEGIN statement
 	// rather than BeginTx: its writes are invalidated at its COMMIT.

@@ -85,10 +85,10 @@ type Connector struct {
 	// refused, if set, is why the Connector must not connect (see Wrap).
 	refused error
 
-	// asksInfinity is set for lib/pq, whose decoding of infinite times the
-	// keys must hold (see learnInfinity).
-	asksInfinity  bool
-	infinityMu    sync.Mutex // serialises learning it
+	// probes is set for lib/pq: each new connection answers probeQuery
+	// (see probe.go).
+	probes        bool
+	infinityMu    sync.Mutex // serialises learning lib/pq's infinity setting
 	infinityKnown atomic.Bool
 }
 
@@ -128,7 +128,7 @@ func NewConnector(dsn string, opts Options) (*Connector, error) {
 	}
 	c := newConnector(inner, opts, newIdentity(cfg))
 	c.owned = owned
-	c.asksInfinity = true
+	c.probes = true
 	return c, nil
 }
 
@@ -229,11 +229,14 @@ func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := c.learnInfinity(ctx, inner); err != nil {
+	standby, err := c.probe(ctx, inner)
+	if err != nil {
 		inner.Close()
 		return nil, err
 	}
-	return newConn(c, inner), nil
+	cn := newConn(c, inner)
+	cn.standby = standby
+	return cn, nil
 }
 
 // Driver returns the cachedpq driver.

@@ -293,6 +293,8 @@ func (c *conn) refuses() (bypassReason, bool) {
 		return bypassTransaction, true
 	case c.dirty:
 		return bypassSession, true
+	case c.standby:
+		return bypassStandby, true
 	}
 	return 0, false
 }

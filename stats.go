@@ -20,11 +20,12 @@ const (
 	bypassArguments                       // an argument type that cannot be keyed
 	bypassCacheError                      // a cache operation failed or timed out
 	bypassVolatile                        // the query calls a volatile function
+	bypassStandby                         // the connection reached a standby (see probe.go)
 	numBypassReasons
 )
 
 var bypassNames = [numBypassReasons]string{"transaction", "session_state", "breaker_open",
-	"invalidation_pending", "too_large", "arguments", "cache_error", "volatile"}
+	"invalidation_pending", "too_large", "arguments", "cache_error", "volatile", "standby"}
 
 // Stats is a snapshot of a Connector's counters since it was created.
 type Stats struct {

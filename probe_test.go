@@ -1,0 +1,106 @@
+package cachedpq
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"io"
+	"strings"
+	"testing"
+	"time"
+)
+
+// probeConnector answers probeQuery as a server that is a standby or not,
+// decoded as lib/pq decodes infinities with or without EnableInfinityTs,
+// and every other query with one row: 1.
+type probeConnector struct{ standby, infinity bool }
+
+func (c probeConnector) Connect(context.Context) (driver.Conn, error) { return probeConn(c), nil }
+func (c probeConnector) Driver() driver.Driver                        { return nil }
+
+type probeConn probeConnector
+
+func (c probeConn) Prepare(string) (driver.Stmt, error) { return nil, driver.ErrSkip }
+func (c probeConn) Close() error                        { return nil }
+func (c probeConn) Begin() (driver.Tx, error)           { return nil, driver.ErrSkip }
+func (c probeConn) QueryContext(_ context.Context, query string, _ []driver.NamedValue) (driver.Rows, error) {
+	if query != probeQuery {
+		return &valueRows{cols: []string{"v"}, rows: [][]driver.Value{{int64(1)}}}, nil
+	}
+	row := []driver.Value{c.standby, []byte("-infinity"), []byte("infinity")}
+	if c.infinity {
+		row[1], row[2] = time.Time{}, time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
+	}
+	return &valueRows{cols: []string{"r", "n", "p"}, rows: [][]driver.Value{row}}, nil
+}
+
+// valueRows serves fixed rows.
+type valueRows struct {
+	cols []string
+	rows [][]driver.Value
+}
+
+func (r *valueRows) Columns() []string { return r.cols }
+func (r *valueRows) Close() error      { return nil }
+func (r *valueRows) Next(dest []driver.Value) error {
+	if len(r.rows) == 0 {
+		return io.EOF
+	}
+	copy(dest, r.rows[0])
+	r.rows = r.rows[1:]
+	return nil
+}
+
+// probed returns a Connector over inner that probes its connections, as
+// NewConnector's do, with q registered.
+func probed(t *testing.T, inner driver.Connector, q string) (*sql.DB, *Connector) {
+	t.Helper()
+	c := newConnector(inner, Options{Registry: NewRegistry(), NoCatalog: true}, identityOf("test"))
+	c.probes = true
+	must(t, c.opts.Registry.Register(q, Policy{TTL: time.Hour}))
+	db := sql.OpenDB(c)
+	t.Cleanup(func() { db.Close() })
+	return db, c
+}
+
+// TestStandbySkipsTheCache: a connection that reached a standby neither
+// fills the cache (its rows may predate a write already invalidated) nor
+// reads it.
+func TestStandbySkipsTheCache(t *testing.T) {
+	const q = `select v from kv where k = $1`
+	for _, standby := range []bool{false, true} {
+		db, c := probed(t, probeConnector{standby: standby}, q)
+		for range 2 {
+			var v int
+			must(t, db.QueryRow(q, 1).Scan(&v))
+		}
+		s := c.Stats()
+		if standby && (s.Hits != 0 || s.Fills != 0 || s.Bypass["standby"] != 2) ||
+			!standby && (s.Hits != 1 || s.Bypass["standby"] != 0) {
+			t.Errorf("standby %v: %+v", standby, s)
+		}
+	}
+}
+
+// TestInfinitySettingInIdentity: the first connection tells how lib/pq
+// decodes infinite times; a process that enabled pq.EnableInfinityTs has
+// keys of its own, and one that did not keeps the keys it had.
+func TestInfinitySettingInIdentity(t *testing.T) {
+	const q = `select v from kv where k = $1`
+	keyOf := func(c *Connector) string {
+		reg := c.opts.Registry.lookup(analyze(q))
+		k, _, _ := appendKey(nil, "p", reg.name, c.eng.id.Load(), reg.a, args(int64(1)))
+		return string(k)
+	}
+	plainDB, plain := probed(t, probeConnector{}, q)
+	infDB, inf := probed(t, probeConnector{infinity: true}, q)
+	before := keyOf(plain)
+	must(t, plainDB.Ping())
+	must(t, infDB.Ping())
+	if keyOf(plain) != before {
+		t.Error("the default setting changed the keys")
+	}
+	if keyOf(inf) == before || !strings.Contains(inf.eng.id.Load().String(), "infinity=") {
+		t.Errorf("EnableInfinityTs shares keys: %s", inf.eng.id.Load())
+	}
+}
