@@ -142,7 +142,7 @@ func scsOff(cfg pq.Config) bool {
 			return true
 		}
 	}
-	opts := strings.ReplaceAll(strings.ToLower(cfg.Options), "-", "_")
+	opts := strings.ReplaceAll(strings.ToLower(splitOpts(cfg.Options)), "-", "_")
 	for rest := opts; ; {
 		_, after, ok := strings.Cut(rest, "standard_conforming_strings")
 		if !ok {
@@ -157,6 +157,39 @@ func scsOff(cfg pq.Config) bool {
 		}
 		rest = after
 	}
+}
+
+// splitOpts undoes the server's pg_split_opts escapes: options are split
+// at whitespace, and a backslash makes the next character literal, so
+// "-c standard_conforming_string\s=off" names the setting. The words are
+// joined again with single spaces.
+func splitOpts(s string) string {
+	var words []string
+	var w strings.Builder
+	escaped, inWord := false, false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case escaped:
+			w.WriteByte(c)
+			escaped, inWord = false, true
+		case c == '\\':
+			escaped, inWord = true, true
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v':
+			if inWord {
+				words = append(words, w.String())
+				w.Reset()
+				inWord = false
+			}
+		default:
+			w.WriteByte(c)
+			inWord = true
+		}
+	}
+	if inWord {
+		words = append(words, w.String())
+	}
+	return strings.Join(words, " ")
 }
 
 // pgTrue reports whether Postgres's parse_bool reads v as true.

@@ -72,6 +72,10 @@ func TestBadDSNFailsAtOpen(t *testing.T) {
 		{"dbname=d Standard_Conforming_Strings=off", "standard_conforming_strings"},
 		{"dbname=d options='-c standard_conforming_strings=off'", "standard_conforming_strings"},
 		{"dbname=d options='--standard-conforming-strings=no'", "standard_conforming_strings"},
+		// The server reads a backslash in options as "the next byte as is".
+		{`dbname=d options='-c standard_conforming_string\\s=off'`, "standard_conforming_strings"},
+		{`dbname=d options='-c standard\\_conforming\\_strings=off'`, "standard_conforming_strings"},
+		{"postgres://h/d?options=-c%20standard_conforming_string%5Cs%3Doff", "standard_conforming_strings"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.mention, func(t *testing.T) {
@@ -103,6 +107,16 @@ func TestRefusesRing(t *testing.T) {
 	defer c.Close()
 	if _, err := c.Connect(context.Background()); err == nil || !strings.Contains(err.Error(), "Ring") {
 		t.Fatalf("Connect through Wrap with a Ring: %v", err)
+	}
+}
+
+// TestPGOPTIONSTurningSCSOffRefused: lib/pq reads PGOPTIONS, escapes and
+// all.
+func TestPGOPTIONSTurningSCSOffRefused(t *testing.T) {
+	t.Setenv("PGOPTIONS", `-c standard_conforming_string\s=off`)
+	if c, err := NewConnector("dbname=d", Options{}); err == nil {
+		c.Close()
+		t.Error("NewConnector accepted PGOPTIONS that turn standard_conforming_strings off")
 	}
 }
 
