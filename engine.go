@@ -72,9 +72,12 @@ type engine struct {
 	purgeTags []string   // tags invalidated since the last purge pass
 	purging   bool       // a purgePasses goroutine runs
 
-	inner  driver.Connector // lib/pq's, for background reloads
-	bgOnce sync.Once        // opens bgDB
-	bgDB   *sql.DB          // background reloads' connections; see background
+	inner driver.Connector // lib/pq's, for background reloads
+	// probe answers whether a new background connection reached a standby
+	// (see Connector.probe): a reload there would store old rows.
+	probe  func(context.Context, driver.Conn) (bool, error)
+	bgOnce sync.Once // opens bgDB
+	bgDB   *sql.DB   // background reloads' connections; see background
 
 	bg      sync.WaitGroup // background fills, purges, reloads and retries
 	bgMu    sync.RWMutex   // guards starting work on bg against closing: close waits for all it started
@@ -90,6 +93,7 @@ func newEngine(c *Connector) *engine {
 		opts:    c.opts,
 		reg:     c.opts.Registry,
 		inner:   c.inner,
+		probe:   c.probe,
 		closing: make(chan struct{}),
 		pending: make(map[string]struct{}),
 	}

@@ -6,6 +6,7 @@ import (
 	"database/sql/driver"
 	"io"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -102,5 +103,60 @@ func TestInfinitySettingInIdentity(t *testing.T) {
 	}
 	if keyOf(inf) == before || !strings.Contains(inf.eng.id.Load().String(), "infinity=") {
 		t.Errorf("EnableInfinityTs shares keys: %s", inf.eng.id.Load())
+	}
+}
+
+// flipConnector reaches the primary until standby is set, then a
+// standby. The primary answers the registered read with "new", the
+// standby, which has not replayed the write yet, with "old".
+type flipConnector struct{ standby atomic.Bool }
+
+func (c *flipConnector) Connect(context.Context) (driver.Conn, error) {
+	return &flipConn{standby: c.standby.Load()}, nil
+}
+func (c *flipConnector) Driver() driver.Driver { return nil }
+
+type flipConn struct{ standby bool }
+
+func (c *flipConn) Prepare(string) (driver.Stmt, error) { return nil, driver.ErrSkip }
+func (c *flipConn) Close() error                        { return nil }
+func (c *flipConn) Begin() (driver.Tx, error)           { return nil, driver.ErrSkip }
+func (c *flipConn) QueryContext(_ context.Context, query string, _ []driver.NamedValue) (driver.Rows, error) {
+	if query == probeQuery {
+		return &valueRows{cols: []string{"r", "n", "p"}, rows: [][]driver.Value{{c.standby, []byte("-infinity"), []byte("infinity")}}}, nil
+	}
+	v := "new"
+	if c.standby {
+		v = "old"
+	}
+	return &valueRows{cols: []string{"v"}, rows: [][]driver.Value{{v}}}, nil
+}
+
+// TestRefreshSkipsStandby: an early refresh (Beta) reloads on a connection
+// of the engine's own, opened on lib/pq's connector directly; it did not
+// answer the probe, so one that reached a standby stored rows from before
+// a write for every reader (found by review E).
+func TestRefreshSkipsStandby(t *testing.T) {
+	const q = `select v from kv where k = $1`
+	inner := &flipConnector{}
+	c := newConnector(inner, Options{Registry: NewRegistry(), NoCatalog: true}, identityOf("test"))
+	c.probes = true
+	must(t, c.opts.Registry.Register(q, Policy{TTL: time.Hour, Beta: 1e12}))
+	db := sql.OpenDB(c)
+	defer db.Close()
+	db.SetMaxOpenConns(1) // the reader keeps its connection to the primary
+	read := func() string {
+		var v string
+		must(t, db.QueryRow(q, 1).Scan(&v))
+		c.eng.bg.Wait()
+		return v
+	}
+	read() // a miss on the primary fills "new"
+	// New connections now reach a standby (a multi-host DSN, a proxy, a
+	// failover): the standby has not replayed the write yet.
+	inner.standby.Store(true)
+	read() // a hit; it draws an early refresh, on a new connection
+	if got := read(); got != "new" {
+		t.Fatalf("served %q, a standby's row stored by an early refresh (stats %+v)", got, c.Stats().Counters)
 	}
 }

@@ -77,7 +77,7 @@ var errNoRefresh = errors.New("cachedpq: the inner connection has no QueryContex
 // use over the Connector's lib/pq connector.
 func (e *engine) background() *sql.DB {
 	e.bgOnce.Do(func() {
-		e.bgDB = sql.OpenDB(plainConnector{e.inner})
+		e.bgDB = sql.OpenDB(plainConnector{probingConnector{e.inner, e.probe}})
 		e.bgDB.SetMaxOpenConns(refreshConns)
 		e.bgDB.SetMaxIdleConns(1)
 	})
@@ -87,6 +87,33 @@ func (e *engine) background() *sql.DB {
 // plainConnector hides any Close of the connector it holds, which the
 // Connector owns: closing the background pool must not close it.
 type plainConnector struct{ driver.Connector }
+
+// probingConnector probes each connection it opens, as Connector.Connect
+// does, and refuses one that reached a standby: a reload there would store
+// rows from before a write already invalidated.
+type probingConnector struct {
+	driver.Connector
+	probe func(context.Context, driver.Conn) (bool, error)
+}
+
+// errStandbyRefresh refuses a background connection that reached a standby.
+var errStandbyRefresh = errors.New("cachedpq: the background connection reached a standby: no early refresh")
+
+func (p probingConnector) Connect(ctx context.Context) (driver.Conn, error) {
+	cn, err := p.Connector.Connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	standby, err := p.probe(ctx, cn)
+	if err == nil && standby {
+		err = errStandbyRefresh
+	}
+	if err != nil {
+		cn.Close()
+		return nil, err
+	}
+	return cn, nil
+}
 
 // drain reads rows to their end and closes them.
 func drain(rows driver.Rows) error {

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"weak"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -44,10 +46,17 @@ return 2`)
 
 // serverWatch decides when a lookup's answer needs a check of the server.
 type serverWatch struct {
-	dials   dialCounter
+	// dials is the client's dial counter, shared by every watch over the
+	// client: the hook holds it alone, not the watch (nor its engine).
+	dials   *dialCounter
 	checked atomic.Uint64 // dials counted before the last check began
 	voided  atomic.Uint64 // how many checks voided the namespace
-	mu      sync.Mutex    // one check at a time
+	// checks counts completed checks. A lookup that overlapped one may
+	// predate a void another watch or process made on that server (its
+	// own check then finds the run_id recorded and answers 0): it is
+	// looked up again.
+	checks atomic.Uint64
+	mu     sync.Mutex // one check at a time
 	// onVoid, if set, runs after a check voided the namespace; changed is
 	// false when no server had been recorded.
 	onVoid func(runID string, changed bool)
@@ -61,10 +70,35 @@ type serverWatch struct {
 // newServerWatch returns a watch over c's dials. The first lookup checks:
 // connections dialed before the watch began were never counted.
 func newServerWatch(c *redis.Client) *serverWatch {
-	w := &serverWatch{}
-	w.dials.n.Store(1)
-	c.AddHook(&w.dials)
-	return w
+	return &serverWatch{dials: dialsOf(c)}
+}
+
+// dialCounters holds the dial counter of each client a watch was made
+// over, so that a client gets one hook however many Connectors use it.
+var (
+	dialMu       sync.Mutex
+	dialCounters = map[weak.Pointer[redis.Client]]*dialCounter{}
+)
+
+// dialsOf returns c's dial counter, adding its hook at first use. The
+// counter starts at 1: a new watch (checked 0) checks at its first lookup.
+func dialsOf(c *redis.Client) *dialCounter {
+	dialMu.Lock()
+	defer dialMu.Unlock()
+	k := weak.Make(c)
+	if d := dialCounters[k]; d != nil {
+		return d
+	}
+	d := &dialCounter{}
+	d.n.Store(1)
+	c.AddHook(d)
+	dialCounters[k] = d
+	runtime.AddCleanup(c, func(k weak.Pointer[redis.Client]) {
+		dialMu.Lock()
+		delete(dialCounters, k)
+		dialMu.Unlock()
+	}, k)
+	return d
 }
 
 // errNoRunID reports a server whose INFO names no run_id.
@@ -89,7 +123,7 @@ func lookupChecked[T any](ctx context.Context, s *redisStore, lookup func() (T, 
 		return lookup()
 	}
 	for range 3 {
-		voided := w.voided.Load()
+		checks := w.checks.Load()
 		res, err := lookup()
 		if err != nil {
 			return res, err
@@ -97,7 +131,7 @@ func lookupChecked[T any](ctx context.Context, s *redisStore, lookup func() (T, 
 		if err := w.verify(ctx, s); err != nil {
 			return res, err
 		}
-		if w.voided.Load() == voided {
+		if w.checks.Load() == checks {
 			return res, nil
 		}
 	}
@@ -136,6 +170,7 @@ func (w *serverWatch) verify(ctx context.Context, s *redisStore) error {
 		}
 	}
 	w.checked.Store(n)
+	w.checks.Add(1)
 	return nil
 }
 

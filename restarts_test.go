@@ -2,10 +2,15 @@ package cachedpq
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+	"weak"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -65,5 +70,108 @@ func TestServerCheckWithoutInfo(t *testing.T) {
 	s := c.Stats()
 	if s.Hits != 1 || s.CacheErrors != 0 || !c.eng.direct.(*redisBackend).watch.off.Load() {
 		t.Fatalf("without INFO: %+v", s)
+	}
+}
+
+// infoHook runs before, once, just before the client it is added to sends
+// INFO (the start of a server check).
+type infoHook struct {
+	once   sync.Once
+	armed  atomic.Bool
+	before func()
+}
+
+func (h *infoHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *infoHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() == "info" && h.armed.Load() {
+			h.once.Do(h.before)
+		}
+		return next(ctx, cmd)
+	}
+}
+func (h *infoHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// TestServerCheckRaceAcrossProcesses: two processes (two Connectors on
+// their own clients, one prefix) meet a Redis restored from a snapshot
+// that lost a write's stamp bump. B's lookup answers the old entry; before
+// B's check runs, A's check voids the namespace and records the new run_id.
+// B's check then found the run_id it expected, and B served the row the
+// write replaced (found by review E): a lookup that overlapped any check
+// is now made again.
+func TestServerCheckRaceAcrossProcesses(t *testing.T) {
+	rdbA, rdbB := testRedis(t), testRedis(t)
+	dbA, cA, raw := engineDB(t, rdbA)
+	const q = `select v from kv where k = $1`
+	must(t, cA.opts.Registry.Register(q, Policy{TTL: time.Hour}))
+	schema := cA.opts.Prefix
+	regB := NewRegistry()
+	must(t, regB.Register(q, Policy{TTL: time.Hour}))
+	cB, err := NewConnector(pqDSN(t)+" search_path="+schema, Options{
+		Redis: rdbB, Prefix: schema, Registry: regB, Timeout: time.Second,
+	})
+	must(t, err)
+	dbB := sql.OpenDB(cB)
+	defer dbB.Close()
+
+	// B caches key 1 and hits it; A has run its first check too.
+	getV(t, dbB, 1)
+	waitFor(t, func() bool { return cB.Stats().Fills == 1 })
+	getV(t, dbB, 1)
+	if cB.Stats().Hits != 1 {
+		t.Fatalf("not cached: %+v", cB.Stats())
+	}
+	getV(t, dbA, 2)
+
+	// Redis comes back from a snapshot taken before a write whose bump it
+	// acknowledged: the row changed, the stamps did not, and the record
+	// names the server before the restart.
+	_, err = raw.Exec(`update kv set v = 'new' where k = 1`)
+	must(t, err)
+	rb := cB.eng.direct.(*redisBackend)
+	must(t, rdbB.Set(context.Background(), rb.serverKey(), "run-id-before-the-restart", 0).Err())
+	// Both processes' connections were cut: each dials again.
+	cA.eng.direct.(*redisBackend).watch.dials.n.Add(1)
+	rb.watch.dials.n.Add(1)
+
+	// A's lookup (and check) lands between B's lookup and B's check.
+	h := &infoHook{before: func() { getV(t, dbA, 3) }}
+	rdbB.AddHook(h)
+	h.armed.Store(true)
+	got := getV(t, dbB, 1)
+	if cA.Stats().EpochBumps != 1 {
+		t.Fatalf("A's check did not void the namespace: %+v", cA.Stats())
+	}
+	if got != "new" {
+		t.Fatalf("B served %q after Redis came back without the write's invalidation; Postgres has %q (B %+v)",
+			got, "new", cB.Stats().Counters)
+	}
+}
+
+// TestClosedConnectorsAreCollected: go-redis cannot remove a hook, and the
+// dial hook each Connector added to the caller's client held its engine
+// (its decode memo, its registry state): every Connector closed over a
+// long-lived client stayed in memory (found by review E). A client now has
+// one hook, holding its dial counter alone.
+func TestClosedConnectorsAreCollected(t *testing.T) {
+	rdb := testRedis(t)
+	var engines []weak.Pointer[engine]
+	for range 20 {
+		c := Wrap(&fakeConnector{}, Options{Redis: rdb, Prefix: testPrefix(t, rdb), NoCatalog: true, Registry: NewRegistry()})
+		engines = append(engines, weak.Make(c.eng))
+		must(t, c.Close())
+	}
+	runtime.GC()
+	runtime.GC()
+	alive := 0
+	for _, w := range engines {
+		if w.Value() != nil {
+			alive++
+		}
+	}
+	if alive > 0 {
+		t.Fatalf("%d of %d closed Connectors' engines are still reachable from the caller's Redis client", alive, len(engines))
 	}
 }
