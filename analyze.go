@@ -83,6 +83,7 @@ type analysis struct {
 	functions        []string // user functions called, each part of the name as a tag, dot-joined; built-ins left out
 	notCacheable     string   // "" when a cached read may be registered, else why not
 	nondeterministic bool     // notCacheable only because of now(), random(), current_user, ...
+	scsOff           bool     // may turn standard_conforming_strings off (SET, set_config), after which this lexer would misread the connection's next strings
 }
 
 // txEffect is what transaction control leaves a session in.
@@ -1125,6 +1126,10 @@ func (p *parser) builtinCall(name string, open, e int) {
 	case name == "set_config":
 		p.a.sessionChange = true
 		p.a.sessionLasting = true // is_local may be any expression: assume not
+		if a := open + 1; a < len(p.toks) && p.toks[a].kind == tokString {
+			v, ok := p.stringValue(a)
+			p.a.scsOff = p.a.scsOff || !ok || strings.EqualFold(strings.TrimSpace(v), "standard_conforming_strings")
+		}
 	case nondetBuiltins[name] || strings.HasPrefix(name, "uuid_generate_"):
 		p.noteNondet(name)
 	case name == "age" && !p.hasTopComma(open, e):
@@ -1268,6 +1273,20 @@ func (p *parser) session(s, e int) stmtKind {
 	p.a.sessionChange = true
 	if !p.is(s, "set") || !p.is(s+1, "local") {
 		p.a.sessionLasting = true
+	}
+	if p.is(s, "set") && p.isName(j) && p.tagOf(j) == "standard_conforming_strings" {
+		v := j + 1
+		if p.isAny(v, "to") || p.isPunct(v, '=') {
+			v++
+		}
+		val, ok := "", false
+		switch {
+		case v < len(p.toks) && p.toks[v].kind == tokString:
+			val, ok = p.stringValue(v)
+		case p.isName(v):
+			val, ok = p.tagOf(v), true
+		}
+		p.a.scsOff = p.a.scsOff || !ok || !pgTrue(val)
 	}
 	return kindSession
 }

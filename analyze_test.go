@@ -544,3 +544,24 @@ func TestReviewedAnalysis(t *testing.T) {
 		}
 	}
 }
+
+// TestSCSOff: statements that may turn standard_conforming_strings off,
+// after which the analysis would misread the connection's strings.
+func TestSCSOff(t *testing.T) {
+	for q, want := range map[string]bool{
+		"set standard_conforming_strings = off":                                       true,
+		"SET SESSION Standard_Conforming_Strings TO 'false'":                          true,
+		"set local standard_conforming_strings to default":                            true, // the default is on, but say so
+		"select set_config('standard_conforming_strings', 'off', false)":              true,
+		"select pg_catalog.set_config(E'standard\\_conforming_strings', 'off', true)": true,
+		"set standard_conforming_strings to on":                                       false,
+		"set standard_conforming_strings = 'yes'":                                     false,
+		"select set_config('app.tenant', $1, false)":                                  false,
+		"set search_path = x":                                                         false,
+		"reset all":                                                                   false,
+	} {
+		if got := analyzeUncached(q).scsOff; got != want {
+			t.Errorf("%q: scsOff %v, want %v", q, got, want)
+		}
+	}
+}

@@ -33,6 +33,10 @@ type conn struct {
 	// standby is set on a connection that reached a standby, whose rows may
 	// predate a write already invalidated: it never uses the cache.
 	standby bool
+	// broken, once set, is returned by every later use: a statement turned
+	// standard_conforming_strings off, and the SQL analysis would misread
+	// what the connection runs. database/sql then discards it.
+	broken error
 
 	// rawTx and rawWrites track a transaction opened with a BEGIN statement
 	// rather than BeginTx: its writes are invalidated at its COMMIT.
@@ -61,6 +65,9 @@ func (c *conn) Prepare(query string) (driver.Stmt, error) {
 
 // PrepareContext prepares query on the inner connection.
 func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
+	if c.broken != nil {
+		return nil, c.broken
+	}
 	var (
 		s   driver.Stmt
 		err error
@@ -102,6 +109,9 @@ func (c *conn) Begin() (driver.Tx, error) { //nolint:staticcheck // driver.Conn 
 // BeginTx starts a transaction. Reads inside it never touch the cache, and
 // the tables it writes are invalidated only once it commits.
 func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
+	if c.broken != nil {
+		return nil, c.broken
+	}
 	var (
 		inner driver.Tx
 		err   error
@@ -148,6 +158,9 @@ func beginNoContext(ctx context.Context, ci driver.Conn, opts driver.TxOptions) 
 // Ping checks the inner connection; without driver.Pinger it succeeds,
 // as database/sql assumes.
 func (c *conn) Ping(ctx context.Context) error {
+	if c.broken != nil {
+		return driver.ErrBadConn
+	}
 	if p, ok := c.inner.(driver.Pinger); ok {
 		return p.Ping(ctx)
 	}
@@ -204,6 +217,9 @@ func (c *conn) CheckNamedValue(nv *driver.NamedValue) error {
 
 // ResetSession is called before a pooled connection is reused.
 func (c *conn) ResetSession(ctx context.Context) error {
+	if c.broken != nil {
+		return driver.ErrBadConn
+	}
 	if r, ok := c.inner.(driver.SessionResetter); ok {
 		return r.ResetSession(ctx)
 	}
@@ -212,6 +228,9 @@ func (c *conn) ResetSession(ctx context.Context) error {
 
 // IsValid reports whether the connection may return to the pool.
 func (c *conn) IsValid() bool {
+	if c.broken != nil {
+		return false
+	}
 	if v, ok := c.inner.(driver.Validator); ok {
 		return v.IsValid()
 	}

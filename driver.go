@@ -124,13 +124,16 @@ func NewConnector(dsn string, opts Options) (*Connector, error) {
 		return nil, err
 	}
 	if scsOff(cfg) {
-		return nil, errors.New("cachedpq: standard_conforming_strings=off is not supported: the SQL analysis reads backslashes in strings as Postgres does when it is on")
+		return nil, errSCSOff
 	}
 	c := newConnector(inner, opts, newIdentity(cfg))
 	c.owned = owned
 	c.probes = true
 	return c, nil
 }
+
+// errSCSOff refuses standard_conforming_strings=off, wherever it is set.
+var errSCSOff = errors.New("cachedpq: standard_conforming_strings=off is not supported: the SQL analysis reads backslashes in strings as Postgres does when it is on")
 
 // scsOff reports whether cfg may turn standard_conforming_strings off, as
 // a runtime parameter in any case or in options (-c name=value or

@@ -98,6 +98,9 @@ func (e *engine) noteEffects(ctx context.Context, c *conn, a *analysis, w *write
 		e.cat.reset() // now, for this conn's next statements, and again at commit
 		w.ddl = true
 	}
+	if a.scsOff {
+		c.broken = fmt.Errorf("%w (it was turned off on this connection, which is now closed)", errSCSOff)
+	}
 }
 
 // afterWrite notes what a statement that ran changed: the session, and

@@ -8,7 +8,7 @@ import (
 )
 
 // A new lib/pq connection answers one probe before it is handed out, for
-// two facts the DSN does not tell:
+// three facts the DSN does not tell:
 //
 //   - Whether it reached a standby. A standby replays the primary's writes
 //     late: a miss read there after a write's invalidation would store rows
@@ -20,10 +20,14 @@ import (
 //     may choose differently, so keys must tell them apart: the first
 //     probe adds the answer to the identity (unless it is the default, so
 //     that keys do not change for processes that never enable it).
+//   - Whether standard_conforming_strings is on, as the SQL analysis
+//     assumes: a role or database may turn it off (ALTER ... SET). Such a
+//     connection is refused, as a DSN that turns it off is.
 
 // probeQuery reads whether the server is a standby, and both infinities as
 // lib/pq decodes them.
-const probeQuery = `select pg_catalog.pg_is_in_recovery(), '-infinity'::timestamptz, 'infinity'::timestamptz`
+const probeQuery = `select pg_catalog.pg_is_in_recovery(), '-infinity'::timestamptz, 'infinity'::timestamptz,
+	pg_catalog.current_setting('standard_conforming_strings')`
 
 // probe runs probeQuery on ic, a new connection, and reports whether it
 // reached a standby; the first probe also settles the identity.
@@ -44,13 +48,18 @@ func (c *Connector) probe(ctx context.Context, ic driver.Conn) (standby bool, er
 	if cerr := rows.Close(); err == nil {
 		err = cerr
 	}
-	if err == nil && len(vals) != 3 {
+	if err == nil && len(vals) != 4 {
 		err = fmt.Errorf("%d columns", len(vals))
 	}
 	if err != nil {
 		return false, fmt.Errorf("cachedpq: probing a new connection: %w", err)
 	}
-	c.learnInfinity(vals[1:])
+	if scs, _ := vals[3].(string); scs != "on" {
+		// Set for the role or the database (ALTER ... SET), which the DSN
+		// does not show.
+		return false, fmt.Errorf("%w (the server says %q)", errSCSOff, vals[3])
+	}
+	c.learnInfinity(vals[1:3])
 	standby, _ = vals[0].(bool)
 	return standby, nil
 }

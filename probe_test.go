@@ -28,11 +28,11 @@ func (c probeConn) QueryContext(_ context.Context, query string, _ []driver.Name
 	if query != probeQuery {
 		return &valueRows{cols: []string{"v"}, rows: [][]driver.Value{{int64(1)}}}, nil
 	}
-	row := []driver.Value{c.standby, []byte("-infinity"), []byte("infinity")}
+	row := []driver.Value{c.standby, []byte("-infinity"), []byte("infinity"), "on"}
 	if c.infinity {
 		row[1], row[2] = time.Time{}, time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
 	}
-	return &valueRows{cols: []string{"r", "n", "p"}, rows: [][]driver.Value{row}}, nil
+	return &valueRows{cols: []string{"r", "n", "p", "s"}, rows: [][]driver.Value{row}}, nil
 }
 
 // valueRows serves fixed rows.
@@ -123,7 +123,7 @@ func (c *flipConn) Close() error                        { return nil }
 func (c *flipConn) Begin() (driver.Tx, error)           { return nil, driver.ErrSkip }
 func (c *flipConn) QueryContext(_ context.Context, query string, _ []driver.NamedValue) (driver.Rows, error) {
 	if query == probeQuery {
-		return &valueRows{cols: []string{"r", "n", "p"}, rows: [][]driver.Value{{c.standby, []byte("-infinity"), []byte("infinity")}}}, nil
+		return &valueRows{cols: []string{"r", "n", "p", "s"}, rows: [][]driver.Value{{c.standby, []byte("-infinity"), []byte("infinity"), "on"}}}, nil
 	}
 	v := "new"
 	if c.standby {

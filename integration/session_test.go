@@ -2,6 +2,12 @@ package integration
 
 import (
 	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
 	"testing"
 
 	"github.com/cachedpq/cachedpq"
@@ -36,5 +42,57 @@ func TestHiddenSessionChange(t *testing.T) {
 				}
 			})
 		})
+	}
+}
+
+// hiddenUpdate is, with standard_conforming_strings off, three statements,
+// the UPDATE among them; read with it on (as the SQL analysis reads), one
+// SELECT of an unterminated string.
+const hiddenUpdate = `select '\'' ; update users set name = 'changed' where id = 1; select ''''`
+
+// TestSessionSCSOff: a session that turned standard_conforming_strings off
+// made the analysis misread its next strings, so a write hidden in one
+// went unseen and other connections were served the old row (found by
+// review F). Its connection is now closed: every later use fails. (The
+// rest of the string that turns it off is parsed before it runs, as the
+// analysis reads it.)
+func TestSessionSCSOff(t *testing.T) {
+	for _, off := range []string{
+		`set standard_conforming_strings = off`,
+		`select set_config('standard_conforming_strings', 'off', false)`,
+	} {
+		t.Run(off[:4], func(t *testing.T) {
+			forEachStore(t, func(t *testing.T, env *cacheEnv) {
+				setupUsers(t, env)
+				env.prime(t, userName, 1)
+				c := env.pinned(t)
+				execOn(t, c, off)
+				if _, err := c.ExecContext(context.Background(), hiddenUpdate); !errors.Is(err, driver.ErrBadConn) &&
+					(err == nil || !strings.Contains(err.Error(), "standard_conforming_strings")) {
+					t.Fatalf("the connection is still used: %v", err)
+				}
+				env.same(t, userName, 1)
+			})
+		})
+	}
+}
+
+// TestRoleSCSOffRefused: a role (or database) whose default turns
+// standard_conforming_strings off, which the DSN does not show, is refused
+// at connect, as such a DSN is (found by review F: its hidden writes went
+// unseen).
+func TestRoleSCSOffRefused(t *testing.T) {
+	env := newEnv(t, "memory")
+	role := fmt.Sprintf("cpq_scs_%d", os.Getpid())
+	mustExec(t, env.raw, `create role `+role+` login`)
+	t.Cleanup(func() { env.raw.Exec(`drop role ` + role) })
+	mustExec(t, env.raw, `alter role `+role+` set standard_conforming_strings = off`)
+	db, err := sql.Open(cachedpq.DriverName, fmt.Sprintf("host=127.0.0.1 port=5432 user=%s dbname=test sslmode=disable", role))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.Ping(); err == nil || !strings.Contains(err.Error(), "standard_conforming_strings") {
+		t.Fatalf("a connection with standard_conforming_strings off: %v", err)
 	}
 }
