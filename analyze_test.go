@@ -39,6 +39,7 @@ func TestNormalizeDifferent(t *testing.T) {
 		// not end it, and "--', 2" is inside it, not a comment.
 		{"continued E string", "select E'a'\n'\\', 1 --', 2", "select E'a'\n'\\', 1 --', 3"},
 		{"continued after a comment", "select 'a' -- c\n'b'", "select 'a' -- c\n'c'"},
+		{"junk after a parameter", "select v from t where id = $1 limit 1", "select v from t where id = $1limit 1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

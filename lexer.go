@@ -236,7 +236,10 @@ func (l *lexer) continuation(i int) int {
 func (l *lexer) dollar() tokKind {
 	if isDigit(l.peek(1)) {
 		l.pos++
-		for l.pos < len(l.src) && isDigit(l.src[l.pos]) {
+		// Trailing identifier bytes are swallowed, as after a number:
+		// Postgres 15+ rejects "$1limit", which must not share the
+		// fingerprint of "$1 limit".
+		for l.pos < len(l.src) && isIdentCont(l.src[l.pos]) {
 			l.pos++
 		}
 		return tokParam
