@@ -166,12 +166,12 @@ func (e *engine) goBackground(fn func()) bool {
 
 // serverChanged notes that a check of the Redis server voided the
 // namespace: the server was not the one it was last checked on.
-func (e *engine) serverChanged(runID string, changed bool) {
+func (e *engine) serverChanged(server string, changed bool) {
 	if !changed {
 		return // a new namespace, or its record lost: nothing to report
 	}
 	e.stats.epochBumps.Add(1)
-	e.opts.Logger.Warn("cachedpq: the Redis server changed (a restart or a failover), and may have lost invalidations: all entries are void", "run_id", runID)
+	e.opts.Logger.Warn("cachedpq: the Redis server changed (a restart or a failover), and may have lost invalidations: all entries are void", "server", server)
 }
 
 func (e *engine) breakerChanged(from, to gobreaker.State) {

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 	"weak"
 
 	"github.com/redis/go-redis/v9"
@@ -18,20 +19,27 @@ import (
 // failover promotes, may have lost stamp bumps it had acknowledged: the
 // entries those writes voided are current again, for every process, and
 // nothing failed that would make anyone invalidate them again. So the
-// store counts the connections its client dials and, before it answers a
-// lookup made after a dial, checks the server: the run_id of the server
-// the namespace was last checked on is kept under <prefix>:server, and a
-// different or missing one bumps the epoch, voiding every entry, in the
-// script that records the new one. A server that keeps its run_id has
-// lost nothing by a restart: it did not restart.
+// store checks the server before it answers a lookup made after its
+// client dialed a connection, and at least every serverRecheck (a failover
+// behind a DNS name or a proxy need not make anyone dial): the server's
+// run_id and replication ID (master_replid) are recorded under
+// <prefix>:server, and a different or missing record bumps the epoch,
+// voiding every entry, in the script that records the new one. A restart
+// changes the run_id, a promotion the replication ID, and so does the
+// full resync of a demoted master. A server that is not a master (a
+// replica, a demoted master still reached through an old connection) is
+// not used at all: lookups fail, and the engine goes to Postgres.
 //
 // Only where scripts run (a single node, Sentinel): on a Cluster the
 // namespace spans the masters, each of which would need its own record.
 
-// serverKey is the key of the run_id the namespace was last checked on.
+// serverRecheck is how long a check of the server holds without a dial.
+const serverRecheck = time.Second
+
+// serverKey is the key of the server the namespace was last checked on.
 func (s *redisStore) serverKey() string { return s.prefix + ":server" }
 
-// serverCheckScript records ARGV[1] as the run_id of the namespace's server
+// serverCheckScript records ARGV[1] as the identity of the namespace's server
 // (KEYS[1]) and, if another or none was recorded, gives the epoch stamp
 // (KEYS[2]) the fresh value ARGV[2]. It answers 0 if the server was the
 // one recorded, 1 if it was another, 2 if none was recorded (a new
@@ -56,7 +64,12 @@ type serverWatch struct {
 	// own check then finds the run_id recorded and answers 0): it is
 	// looked up again.
 	checks atomic.Uint64
-	mu     sync.Mutex // one check at a time
+	// last is when the last check succeeded (Unix ns), every how long a
+	// check holds without a dial (0: until the next dial).
+	last, every atomic.Int64
+	// sem lets one check run at a time; those that wait for it give up
+	// when their context ends.
+	sem chan struct{}
 	// onVoid, if set, runs after a check voided the namespace; changed is
 	// false when no server had been recorded.
 	onVoid func(runID string, changed bool)
@@ -70,7 +83,9 @@ type serverWatch struct {
 // newServerWatch returns a watch over c's dials. The first lookup checks:
 // connections dialed before the watch began were never counted.
 func newServerWatch(c *redis.Client) *serverWatch {
-	return &serverWatch{dials: dialsOf(c)}
+	w := &serverWatch{dials: dialsOf(c), sem: make(chan struct{}, 1)}
+	w.every.Store(int64(serverRecheck))
+	return w
 }
 
 // dialCounters holds the dial counter of each client a watch was made
@@ -140,16 +155,19 @@ func lookupChecked[T any](ctx context.Context, s *redisStore, lookup func() (T, 
 }
 
 // verify checks the server if a connection was dialed since the last check
-// began.
+// began, or the last check is older than w.every.
 func (w *serverWatch) verify(ctx context.Context, s *redisStore) error {
-	n := w.dials.n.Load()
-	if w.checked.Load() >= n {
+	if w.current(w.dials.n.Load()) {
 		return nil
 	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	n = w.dials.n.Load()
-	if w.checked.Load() >= n {
+	select {
+	case w.sem <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-w.sem }()
+	n := w.dials.n.Load()
+	if w.current(n) {
 		return nil
 	}
 	runID, result, err := s.checkServer(ctx)
@@ -170,32 +188,56 @@ func (w *serverWatch) verify(ctx context.Context, s *redisStore) error {
 		}
 	}
 	w.checked.Store(n)
+	w.last.Store(time.Now().UnixNano())
 	w.checks.Add(1)
 	return nil
 }
 
-// checkServer records the server's run_id for the namespace, voiding the
-// namespace if the record named another server or none (as
-// serverCheckScript answers).
-func (s *redisStore) checkServer(ctx context.Context) (runID string, result int, err error) {
-	info, err := s.c.Info(ctx, "server").Result()
+// current reports whether the last check still holds, n dials counted.
+func (w *serverWatch) current(n uint64) bool {
+	if w.checked.Load() < n {
+		return false
+	}
+	every := w.every.Load()
+	return every <= 0 || time.Now().UnixNano()-w.last.Load() < every
+}
+
+// errNotMaster reports a server that is not a master: its data may lag.
+var errNotMaster = errors.New("cachedpq: the Redis server is not a master (a replica, or a master demoted by a failover): not used")
+
+// checkServer records the server's identity (run_id and replication ID) for
+// the namespace, voiding the namespace if the record named another server
+// or none (as serverCheckScript answers).
+func (s *redisStore) checkServer(ctx context.Context) (id string, result int, err error) {
+	info, err := s.c.Info(ctx).Result() // server and replication: one section each before Redis 7
 	if refusesInfo(err) {
 		return "", 0, fmt.Errorf("%w: %w", errNoRunID, err)
 	}
 	if err != nil {
 		return "", 0, err
 	}
+	var runID, replID, role string
 	for line := range strings.Lines(info) {
-		if v, ok := strings.CutPrefix(line, "run_id:"); ok {
-			runID = strings.TrimSpace(v)
+		k, v, _ := strings.Cut(strings.TrimSpace(line), ":")
+		switch k {
+		case "run_id":
+			runID = v
+		case "master_replid":
+			replID = v
+		case "role":
+			role = v
 		}
 	}
-	if runID == "" {
+	switch {
+	case runID == "":
 		return "", 0, errNoRunID
+	case role != "" && role != "master":
+		return "", 0, errNotMaster
 	}
+	id = runID + " " + replID
 	keys := []string{s.serverKey(), s.stampKey(epochTag)}
-	result, err = serverCheckScript.Run(ctx, s.c, keys, runID, formatStamp(newStamp())).Int()
-	return runID, result, err
+	result, err = serverCheckScript.Run(ctx, s.c, keys, id, formatStamp(newStamp())).Int()
+	return id, result, err
 }
 
 // dialCounter is a go-redis hook that counts the connections its client

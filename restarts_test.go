@@ -13,6 +13,8 @@ import (
 	"weak"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/cachedpq/cachedpq/internal/redistest"
 )
 
 // TestServerCheckVoidsOnAnotherServer: a lookup after a dial that finds the
@@ -48,6 +50,53 @@ func TestServerCheckVoidsOnAnotherServer(t *testing.T) {
 	getV(t, db, 1)
 	if s := c.Stats(); s.Hits != hits+1 || s.EpochBumps != bumps+1 {
 		t.Fatalf("the known server was checked as another: %+v", s)
+	}
+}
+
+// TestServerRecheckedWithoutDial: a failover behind a DNS name or a proxy
+// need not make anyone dial; a check holds serverRecheck at most.
+func TestServerRecheckedWithoutDial(t *testing.T) {
+	rdb := testRedis(t)
+	db, c, _ := engineDB(t, rdb)
+	must(t, c.opts.Registry.Register(`select v from kv where k = $1`, Policy{TTL: time.Hour}))
+	getV(t, db, 1)
+	waitFor(t, func() bool { return c.Stats().Fills == 1 })
+	getV(t, db, 1)
+	rb := c.eng.direct.(*redisBackend)
+	must(t, rdb.Set(context.Background(), rb.serverKey(), "another-server", 0).Err())
+	hits, bumps := c.Stats().Hits, c.Stats().EpochBumps
+	getV(t, db, 1) // within serverRecheck of the last check: not checked
+	if s := c.Stats(); s.Hits != hits+1 || s.EpochBumps != bumps {
+		t.Fatalf("checked again without a dial: %+v", s)
+	}
+	rb.watch.last.Store(time.Now().Add(-2 * serverRecheck).UnixNano())
+	getV(t, db, 1)
+	if s := c.Stats(); s.Hits != hits+1 || s.EpochBumps != bumps+1 {
+		t.Fatalf("a check older than serverRecheck held: %+v", s)
+	}
+}
+
+// TestReplicaNotUsed: a server that is not a master (a replica, or a
+// master a failover demoted, still reached through an old connection) is
+// not used: its stamps may lag the writes that voided its entries.
+func TestReplicaNotUsed(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client()
+	db, c, _ := engineDB(t, rdb)
+	must(t, c.opts.Registry.Register(`select v from kv where k = $1`, Policy{TTL: time.Hour}))
+	getV(t, db, 1)
+	waitFor(t, func() bool { return c.Stats().Fills == 1 })
+	getV(t, db, 1)
+	if c.Stats().Hits != 1 {
+		t.Fatalf("not cached: %+v", c.Stats())
+	}
+	// A failover demotes it (to the replica of a master that does not
+	// answer, so that it keeps its data); the connections stay open.
+	must(t, rdb.Do(context.Background(), "REPLICAOF", "127.0.0.1", "1").Err())
+	c.eng.direct.(*redisBackend).watch.last.Store(time.Now().Add(-2 * serverRecheck).UnixNano())
+	getV(t, db, 1)
+	if s := c.Stats(); s.Hits != 1 || s.CacheErrors == 0 {
+		t.Fatalf("a replica was used: %+v", s)
 	}
 }
 
