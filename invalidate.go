@@ -517,16 +517,20 @@ func (c *Connector) InvalidateQuery(ctx context.Context, query string, args ...a
 		}
 		named[i] = driver.NamedValue{Ordinal: i + 1, Value: dv}
 	}
-	if err := c.knowInfinity(ctx); err != nil {
-		return fmt.Errorf("cachedpq: invalidate: %w", err)
-	}
-	key, _, ok := appendKey(nil, c.eng.opts.Prefix, reg.name, c.eng.id.Load(), reg.a, named)
-	if !ok {
+	if _, _, ok := appendKey(nil, c.eng.opts.Prefix, reg.name, c.eng.id.Load(), reg.a, named); !ok {
 		return errors.New("cachedpq: invalidate: arguments cannot be keyed")
 	}
 	if err := c.eng.invalidateNow(ctx, reg.tags); err != nil {
 		return err
 	}
+	// The key holds what the first connection tells (see probe.go).
+	if err := c.knowInfinity(ctx); err != nil {
+		if len(reg.tags) > 0 {
+			return nil // the tables' new stamps void the entry; its bytes expire
+		}
+		return fmt.Errorf("cachedpq: invalidate: %w", err)
+	}
+	key, _, _ := appendKey(nil, c.eng.opts.Prefix, reg.name, c.eng.id.Load(), reg.a, named)
 	rctx, cancel := c.eng.cacheCtx(ctx)
 	defer cancel()
 	if err := c.eng.store.remove(rctx, string(key)); err != nil {

@@ -89,3 +89,20 @@ func TestFailedExplicitInvalidationIsACacheError(t *testing.T) {
 		t.Fatalf("cache errors %d, pending %v; want 1, true", s.CacheErrors, s.Pending)
 	}
 }
+
+// TestInvalidateQueryWithPostgresDown: a Connector that has no connection
+// yet learns the key's identity from Postgres (see probe.go); with
+// Postgres down, the new stamps of the query's tables still void the
+// entry, and InvalidateQuery succeeds. It used to fail.
+func TestInvalidateQueryWithPostgresDown(t *testing.T) {
+	c, err := NewConnector("host=127.0.0.1 port=1 dbname=test sslmode=disable connect_timeout=1", Options{Registry: NewRegistry()})
+	must(t, err)
+	defer c.Close()
+	const q = `select v from kv where k = $1`
+	must(t, c.opts.Registry.Register(q, Policy{TTL: time.Hour}))
+	invalidations := c.Stats().Invalidations
+	must(t, c.InvalidateQuery(context.Background(), q, 1))
+	if c.Stats().Invalidations == invalidations {
+		t.Fatalf("the query's tables were not invalidated: %+v", c.Stats())
+	}
+}
