@@ -17,20 +17,27 @@ import (
 	"github.com/cachedpq/cachedpq/internal/redistest"
 )
 
+// cachedKV opens an engine over rdb with kv(1) cached: a miss, its fill,
+// then a hit.
+func cachedKV(t *testing.T, rdb redis.UniversalClient) (*sql.DB, *Connector) {
+	t.Helper()
+	db, c, _ := engineDB(t, rdb)
+	must(t, c.opts.Registry.Register(`select v from kv where k = $1`, Policy{TTL: time.Hour}))
+	getV(t, db, 1)
+	waitFor(t, func() bool { return c.Stats().Fills == 1 })
+	getV(t, db, 1)
+	if c.Stats().Hits != 1 {
+		t.Fatalf("not cached: %+v", c.Stats())
+	}
+	return db, c
+}
+
 // TestServerCheckVoidsOnAnotherServer: a lookup after a dial that finds the
 // namespace recorded under another server's run_id, as a restore from a
 // snapshot or a failover leaves it, voids every entry before it answers.
 func TestServerCheckVoidsOnAnotherServer(t *testing.T) {
 	rdb := testRedis(t)
-	db, c, _ := engineDB(t, rdb)
-	must(t, c.opts.Registry.Register(`select v from kv where k = $1`, Policy{TTL: time.Hour}))
-	getV(t, db, 1)
-	waitFor(t, func() bool { return c.Stats().Fills == 1 })
-	hits := c.Stats().Hits
-	getV(t, db, 1)
-	if c.Stats().Hits != hits+1 {
-		t.Fatalf("not cached: %+v", c.Stats())
-	}
+	db, c := cachedKV(t, rdb)
 	ctx := context.Background()
 	rb := c.eng.direct.(*redisBackend)
 	must(t, rdb.Set(ctx, rb.serverKey(), "another-server", 0).Err())
@@ -57,11 +64,7 @@ func TestServerCheckVoidsOnAnotherServer(t *testing.T) {
 // need not make anyone dial; a check holds serverRecheck at most.
 func TestServerRecheckedWithoutDial(t *testing.T) {
 	rdb := testRedis(t)
-	db, c, _ := engineDB(t, rdb)
-	must(t, c.opts.Registry.Register(`select v from kv where k = $1`, Policy{TTL: time.Hour}))
-	getV(t, db, 1)
-	waitFor(t, func() bool { return c.Stats().Fills == 1 })
-	getV(t, db, 1)
+	db, c := cachedKV(t, rdb)
 	rb := c.eng.direct.(*redisBackend)
 	must(t, rdb.Set(context.Background(), rb.serverKey(), "another-server", 0).Err())
 	hits, bumps := c.Stats().Hits, c.Stats().EpochBumps
@@ -82,14 +85,7 @@ func TestServerRecheckedWithoutDial(t *testing.T) {
 func TestReplicaNotUsed(t *testing.T) {
 	srv := redistest.Start(t)
 	rdb := srv.Client()
-	db, c, _ := engineDB(t, rdb)
-	must(t, c.opts.Registry.Register(`select v from kv where k = $1`, Policy{TTL: time.Hour}))
-	getV(t, db, 1)
-	waitFor(t, func() bool { return c.Stats().Fills == 1 })
-	getV(t, db, 1)
-	if c.Stats().Hits != 1 {
-		t.Fatalf("not cached: %+v", c.Stats())
-	}
+	db, c := cachedKV(t, rdb)
 	// A failover demotes it (to the replica of a master that does not
 	// answer, so that it keeps its data); the connections stay open.
 	must(t, rdb.Do(context.Background(), "REPLICAOF", "127.0.0.1", "1").Err())
@@ -111,11 +107,7 @@ func TestServerCheckWithoutInfo(t *testing.T) {
 	t.Cleanup(func() { admin.Do(context.Background(), "ACL", "DELUSER", user) })
 	rdb := redis.NewClient(&redis.Options{Addr: admin.Options().Addr, Username: user, Password: "pw"})
 	t.Cleanup(func() { rdb.Close() })
-	db, c, _ := engineDB(t, rdb)
-	must(t, c.opts.Registry.Register(`select v from kv where k = $1`, Policy{TTL: time.Hour}))
-	getV(t, db, 1)
-	waitFor(t, func() bool { return c.Stats().Fills == 1 })
-	getV(t, db, 1)
+	_, c := cachedKV(t, rdb)
 	s := c.Stats()
 	if s.Hits != 1 || s.CacheErrors != 0 || !c.eng.direct.(*redisBackend).watch.off.Load() {
 		t.Fatalf("without INFO: %+v", s)
