@@ -84,6 +84,7 @@ type analysis struct {
 	notCacheable     string   // "" when a cached read may be registered, else why not
 	nondeterministic bool     // notCacheable only because of now(), random(), current_user, ...
 	scsOff           bool     // may turn standard_conforming_strings off (SET, set_config), after which this lexer would misread the connection's next strings
+	scsAsk           bool     // set_config of a setting the text does not name: the session must say whether that was it
 }
 
 // txEffect is what transaction control leaves a session in.
@@ -1126,9 +1127,11 @@ func (p *parser) builtinCall(name string, open, e int) {
 	case name == "set_config":
 		p.a.sessionChange = true
 		p.a.sessionLasting = true // is_local may be any expression: assume not
-		if a := open + 1; a < len(p.toks) && p.toks[a].kind == tokString {
+		if a := open + 1; a < len(p.toks) && p.toks[a].kind == tokString && p.isPunct(a+1, ',') {
 			v, ok := p.stringValue(a)
 			p.a.scsOff = p.a.scsOff || !ok || strings.EqualFold(strings.TrimSpace(v), "standard_conforming_strings")
+		} else {
+			p.a.scsAsk = true // a name the text does not show ($1, an expression) may be it
 		}
 	case nondetBuiltins[name] || strings.HasPrefix(name, "uuid_generate_"):
 		p.noteNondet(name)

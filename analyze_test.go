@@ -560,9 +560,31 @@ func TestSCSOff(t *testing.T) {
 		"select set_config('app.tenant', $1, false)":                                  false,
 		"set search_path = x":                                                         false,
 		"reset all":                                                                   false,
+		`set "standard_conforming_strings" = off`:                                     true,
+		`select "set_config"('standard_conforming_strings', 'off', false)`:            true,
+		`select set_config($$standard_conforming_strings$$, 'off', false)`:            true,
 	} {
 		if got := analyzeUncached(q).scsOff; got != want {
 			t.Errorf("%q: scsOff %v, want %v", q, got, want)
 		}
+	}
+}
+
+// TestSCSAsk: set_config of a setting the text does not name may turn
+// standard_conforming_strings off; the session is asked after it ran
+// (found by review G: the analysis marked none of these).
+func TestSCSAsk(t *testing.T) {
+	for _, q := range []string{
+		`select set_config($1, 'off', false)`,
+		`select set_config(('standard_conforming_strings'), 'off', false)`,
+		`select set_config(lower('STANDARD_CONFORMING_STRINGS'), 'off', false)`,
+		`select set_config(name, 'off', false) from (values ('standard_conforming_strings')) v(name)`,
+	} {
+		if a := analyzeUncached(q); !a.scsAsk || a.scsOff {
+			t.Errorf("%q: scsAsk %v, scsOff %v", q, a.scsAsk, a.scsOff)
+		}
+	}
+	if a := analyzeUncached(`select set_config('app.tenant', $1, false)`); a.scsAsk || a.scsOff {
+		t.Error("a set_config that names its setting asks")
 	}
 }

@@ -98,9 +98,38 @@ func (e *engine) noteEffects(ctx context.Context, c *conn, a *analysis, w *write
 		e.cat.reset() // now, for this conn's next statements, and again at commit
 		w.ddl = true
 	}
-	if a.scsOff {
+	if a.scsOff || (a.scsAsk || a.runsCode || w.hidden || writesSettings(a)) && !scsOn(ctx, c) {
+		// Code the text does not show (DO, CALL, EXECUTE, a volatile
+		// function, the rule of pg_settings) may call set_config too: ask.
 		c.broken = fmt.Errorf("%w (it was turned off on this connection, which is now closed)", errSCSOff)
 	}
+}
+
+// writesSettings reports a statement that writes pg_settings, whose rule
+// calls set_config.
+func writesSettings(a *analysis) bool {
+	return slices.Contains(a.writes, "pg_settings")
+}
+
+// scsOn asks c's session whether standard_conforming_strings is still on.
+// An error (an aborted transaction, a lost connection) answers no: the
+// connection is then closed, which costs a reconnection at worst.
+func scsOn(ctx context.Context, c *conn) bool {
+	q, ok := c.inner.(driver.QueryerContext)
+	if !ok || !c.c.probes {
+		return true // not lib/pq through NewConnector: a test double, another driver
+	}
+	rows, err := q.QueryContext(context.WithoutCancel(ctx), `select pg_catalog.current_setting('standard_conforming_strings')`, nil)
+	if err != nil {
+		return false
+	}
+	v := make([]driver.Value, 1)
+	err = rows.Next(v)
+	if cerr := rows.Close(); err == nil {
+		err = cerr
+	}
+	s, _ := v[0].(string)
+	return err == nil && s == "on"
 }
 
 // afterWrite notes what a statement that ran changed: the session, and

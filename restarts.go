@@ -47,6 +47,10 @@ func (s *redisStore) serverKey() string { return s.prefix + ":server" }
 var serverCheckScript = redis.NewScript(`
 local v = redis.pcall('GET', KEYS[1])
 if v == ARGV[1] then return 0 end
+if ARGV[3] ~= '' and type(v) == 'string' and string.sub(v, 1, #ARGV[3]) == ARGV[3] then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return 0
+end
 redis.call('SET', KEYS[2], ARGV[2])
 redis.call('SET', KEYS[1], ARGV[1])
 if type(v) == 'string' then return 1 end
@@ -187,9 +191,9 @@ func (w *serverWatch) verify(ctx context.Context, s *redisStore) error {
 			w.onVoid(runID, result == 1)
 		}
 	}
+	w.checks.Add(1) // first: a lookup that sees this check current must see it counted
 	w.checked.Store(n)
 	w.last.Store(time.Now().UnixNano())
-	w.checks.Add(1)
 	return nil
 }
 
@@ -199,7 +203,13 @@ func (w *serverWatch) current(n uint64) bool {
 		return false
 	}
 	every := w.every.Load()
-	return every <= 0 || time.Now().UnixNano()-w.last.Load() < every
+	if every <= 0 {
+		return true
+	}
+	// UnixNano has no monotonic reading: a clock stepped back makes the
+	// age negative, which must not hold the check until it catches up.
+	age := time.Now().UnixNano() - w.last.Load()
+	return age >= 0 && age < every
 }
 
 // errNotMaster reports a server that is not a master: its data may lag.
@@ -216,7 +226,7 @@ func (s *redisStore) checkServer(ctx context.Context) (id string, result int, er
 	if err != nil {
 		return "", 0, err
 	}
-	var runID, replID, role string
+	var runID, replID, replID2, role string
 	for line := range strings.Lines(info) {
 		k, v, _ := strings.Cut(strings.TrimSpace(line), ":")
 		switch k {
@@ -224,6 +234,8 @@ func (s *redisStore) checkServer(ctx context.Context) (id string, result int, er
 			runID = v
 		case "master_replid":
 			replID = v
+		case "master_replid2":
+			replID2 = v
 		case "role":
 			role = v
 		}
@@ -236,7 +248,15 @@ func (s *redisStore) checkServer(ctx context.Context) (id string, result int, er
 	}
 	id = runID + " " + replID
 	keys := []string{s.serverKey(), s.stampKey(epochTag)}
-	result, err = serverCheckScript.Run(ctx, s.c, keys, id, formatStamp(newStamp())).Int()
+	// The same process under a new replication ID with no previous one
+	// (replid2 cleared) only created or freed its backlog, as a master
+	// does when a replica attaches or repl-backlog-ttl after the last one
+	// left: nothing was lost. A promotion keeps the old ID as replid2.
+	same := ""
+	if strings.Trim(replID2, "0") == "" && replID2 != "" {
+		same = runID + " "
+	}
+	result, err = serverCheckScript.Run(ctx, s.c, keys, id, formatStamp(newStamp()), same).Int()
 	return id, result, err
 }
 

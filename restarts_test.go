@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -214,5 +215,76 @@ func TestClosedConnectorsAreCollected(t *testing.T) {
 	}
 	if alive > 0 {
 		t.Fatalf("%d of %d closed Connectors' engines are still reachable from the caller's Redis client", alive, len(engines))
+	}
+}
+
+// TestReplicaAttachNoVoid: a master creates its replication backlog under
+// a new replication ID when a replica attaches (the first one, or any
+// after repl-backlog-ttl without replicas), and frees it repl-backlog-ttl
+// after the last one left. Nothing is lost, yet the check voided the whole
+// namespace (found by review G): the same process under a new ID with no
+// previous one (master_replid2 cleared) is now recorded without a void.
+func TestReplicaAttachNoVoid(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	rdb := srv.Client()
+	db, c := cachedKV(t, rdb)
+	replica := redistest.Start(t, "--replicaof", "127.0.0.1", strings.Split(srv.Addr, ":")[1])
+	waitFor(t, func() bool {
+		return strings.Contains(replica.Client().Info(ctx, "replication").Val(), "master_link_status:up")
+	})
+	c.eng.direct.(*redisBackend).watch.last.Store(time.Now().Add(-2 * serverRecheck).UnixNano())
+	hits, bumps := c.Stats().Hits, c.Stats().EpochBumps
+	getV(t, db, 1)
+	if s := c.Stats(); s.Hits != hits+1 || s.EpochBumps != bumps {
+		t.Fatalf("a replica attaching voided the namespace: %+v", s)
+	}
+}
+
+// TestDemotedAndPromotedBack: a master demoted, synced from the new master
+// and promoted back keeps its run_id; its replication ID history (the old
+// ID as master_replid2) still voids the namespace.
+func TestDemotedAndPromotedBack(t *testing.T) {
+	ctx := context.Background()
+	s1 := redistest.Start(t)
+	rdb := s1.Client()
+	port := func(s *redistest.Server) string { return strings.Split(s.Addr, ":")[1] }
+	up := func(s *redistest.Server) func() bool {
+		return func() bool {
+			return strings.Contains(s.Client().Info(ctx, "replication").Val(), "master_link_status:up")
+		}
+	}
+	s2 := redistest.Start(t, "--replicaof", "127.0.0.1", port(s1))
+	waitFor(t, up(s2))
+	db, c := cachedKV(t, rdb)
+	must(t, s1.Client().Wait(ctx, 1, time.Second).Err())
+	// A failover to s2 and back, with no lookup while s2 was the master.
+	must(t, s2.Client().Do(ctx, "REPLICAOF", "NO", "ONE").Err())
+	must(t, rdb.Do(ctx, "REPLICAOF", "127.0.0.1", port(s2)).Err())
+	waitFor(t, up(s1))
+	must(t, s2.Client().Do(ctx, "REPLICAOF", "127.0.0.1", port(s1)).Err())
+	must(t, rdb.Do(ctx, "REPLICAOF", "NO", "ONE").Err())
+	c.eng.direct.(*redisBackend).watch.last.Store(time.Now().Add(-2 * serverRecheck).UnixNano())
+	bumps := c.Stats().EpochBumps
+	getV(t, db, 1)
+	if s := c.Stats(); s.EpochBumps != bumps+1 {
+		t.Fatalf("promoted back without a void: %+v", s)
+	}
+}
+
+// TestClockStepBack: the periodic check measures time on the wall clock;
+// after it is stepped back (NTP, a restored VM) the last check looked as
+// if made in the future, and held until the clock caught up (found by
+// review G). Here the last check is an hour ahead.
+func TestClockStepBack(t *testing.T) {
+	rdb := testRedis(t)
+	db, c := cachedKV(t, rdb)
+	rb := c.eng.direct.(*redisBackend)
+	must(t, rdb.Set(context.Background(), rb.serverKey(), "another-server", 0).Err())
+	rb.watch.last.Store(time.Now().Add(time.Hour).UnixNano())
+	hits, bumps := c.Stats().Hits, c.Stats().EpochBumps
+	getV(t, db, 1)
+	if s := c.Stats(); s.Hits != hits || s.EpochBumps != bumps+1 {
+		t.Fatalf("no check after the clock stepped back: %+v", s)
 	}
 }

@@ -96,3 +96,35 @@ func TestRoleSCSOffRefused(t *testing.T) {
 		t.Fatalf("a connection with standard_conforming_strings off: %v", err)
 	}
 }
+
+// TestSCSOffHidden: standard_conforming_strings turned off where the text
+// does not show it (the setting's name as a parameter, a DO block, a
+// function, pg_settings) left the connection in use, and a write hidden in
+// a string went unseen (found by review G). The session is now asked after
+// such statements, and the connection closed.
+func TestSCSOffHidden(t *testing.T) {
+	for name, off := range map[string][]any{
+		"param":       {`select set_config($1, 'off', false)`, "standard_conforming_strings"},
+		"do":          {`do $$ begin perform set_config('standard_conforming_strings', 'off', false); end $$`},
+		"func":        {`select scs_off()`},
+		"pg_settings": {`update pg_settings set setting = 'off' where name = 'standard_conforming_strings'`},
+	} {
+		t.Run(name, func(t *testing.T) {
+			env := newEnv(t, "memory")
+			setupUsers(t, env)
+			mustExec(t, env.raw, `create function scs_off() returns void language plpgsql volatile as
+				$$ begin perform set_config('standard_conforming_strings', 'off', false); end $$`)
+			c := env.pinned(t)
+			ctx := context.Background()
+			if _, err := c.ExecContext(ctx, off[0].(string), off[1:]...); err != nil {
+				t.Fatalf("%s: %v", off[0], err)
+			}
+			env.prime(t, userName, 1) // after it: a DO or a function voids the namespace
+			if _, err := c.ExecContext(ctx, hiddenUpdate); !errors.Is(err, driver.ErrBadConn) &&
+				(err == nil || !strings.Contains(err.Error(), "standard_conforming_strings")) {
+				t.Fatalf("the connection is still used: %v", err)
+			}
+			env.same(t, userName, 1)
+		})
+	}
+}
