@@ -218,6 +218,9 @@ func TestClosedConnectorsAreCollected(t *testing.T) {
 	}
 }
 
+// noSyncDelay makes a master sync its replicas at once, not 5 s later.
+var noSyncDelay = []string{"--repl-diskless-sync-delay", "0"}
+
 // TestReplicaAttachNoVoid: a master creates its replication backlog under
 // a new replication ID when a replica attaches (the first one, or any
 // after repl-backlog-ttl without replicas), and frees it repl-backlog-ttl
@@ -226,7 +229,7 @@ func TestClosedConnectorsAreCollected(t *testing.T) {
 // previous one (master_replid2 cleared) is now recorded without a void.
 func TestReplicaAttachNoVoid(t *testing.T) {
 	ctx := context.Background()
-	srv := redistest.Start(t)
+	srv := redistest.Start(t, noSyncDelay...)
 	rdb := srv.Client()
 	db, c := cachedKV(t, rdb)
 	replica := redistest.Start(t, "--replicaof", "127.0.0.1", strings.Split(srv.Addr, ":")[1])
@@ -246,7 +249,7 @@ func TestReplicaAttachNoVoid(t *testing.T) {
 // ID as master_replid2) still voids the namespace.
 func TestDemotedAndPromotedBack(t *testing.T) {
 	ctx := context.Background()
-	s1 := redistest.Start(t)
+	s1 := redistest.Start(t, noSyncDelay...)
 	rdb := s1.Client()
 	port := func(s *redistest.Server) string { return strings.Split(s.Addr, ":")[1] }
 	up := func(s *redistest.Server) func() bool {
@@ -254,7 +257,7 @@ func TestDemotedAndPromotedBack(t *testing.T) {
 			return strings.Contains(s.Client().Info(ctx, "replication").Val(), "master_link_status:up")
 		}
 	}
-	s2 := redistest.Start(t, "--replicaof", "127.0.0.1", port(s1))
+	s2 := redistest.Start(t, append([]string{"--replicaof", "127.0.0.1", port(s1)}, noSyncDelay...)...)
 	waitFor(t, up(s2))
 	db, c := cachedKV(t, rdb)
 	must(t, s1.Client().Wait(ctx, 1, time.Second).Err())
