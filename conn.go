@@ -37,6 +37,10 @@ type conn struct {
 	// standard_conforming_strings off, and the SQL analysis would misread
 	// what the connection runs. database/sql then discards it.
 	broken error
+	// scsUnknown: whether standard_conforming_strings is still on could
+	// not be asked (an aborted transaction); it is asked before the next
+	// statement.
+	scsUnknown bool
 
 	// rawTx and rawWrites track a transaction opened with a BEGIN statement
 	// rather than BeginTx: its writes are invalidated at its COMMIT.

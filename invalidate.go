@@ -98,12 +98,19 @@ func (e *engine) noteEffects(ctx context.Context, c *conn, a *analysis, w *write
 		e.cat.reset() // now, for this conn's next statements, and again at commit
 		w.ddl = true
 	}
-	if a.scsOff || (a.scsAsk || a.runsCode || w.hidden || writesSettings(a)) && !scsOn(ctx, c) {
+	switch {
+	case a.scsOff:
+		c.broken = errSCSTurnedOff
+	case a.scsAsk || a.runsCode || w.hidden || writesSettings(a):
 		// Code the text does not show (DO, CALL, EXECUTE, a volatile
 		// function, the rule of pg_settings) may call set_config too: ask.
-		c.broken = fmt.Errorf("%w (it was turned off on this connection, which is now closed)", errSCSOff)
+		askSCS(ctx, c)
 	}
 }
+
+// errSCSTurnedOff closes a connection a statement may have turned
+// standard_conforming_strings off on.
+var errSCSTurnedOff = fmt.Errorf("%w (it was turned off on this connection, which is now closed)", errSCSOff)
 
 // writesSettings reports a statement that writes pg_settings, whose rule
 // calls set_config.
@@ -111,17 +118,32 @@ func writesSettings(a *analysis) bool {
 	return slices.Contains(a.writes, "pg_settings")
 }
 
-// scsOn asks c's session whether standard_conforming_strings is still on.
-// An error (an aborted transaction, a lost connection) answers no: the
-// connection is then closed, which costs a reconnection at worst.
-func scsOn(ctx context.Context, c *conn) bool {
+// askSCS asks c's session whether standard_conforming_strings is still on,
+// and closes c if it is not. An aborted transaction cannot answer: c asks
+// again before its next statement (which, until the transaction ends,
+// Postgres refuses or which writes nothing).
+func askSCS(ctx context.Context, c *conn) {
+	on, err := scsOn(ctx, c)
+	var pqErr *pq.Error
+	switch {
+	case errors.As(err, &pqErr) && pqErr.Code == "25P02": // in_failed_sql_transaction
+		c.scsUnknown = true
+	case err != nil || !on:
+		c.broken = errSCSTurnedOff
+	default:
+		c.scsUnknown = false
+	}
+}
+
+// scsOn reads c's standard_conforming_strings.
+func scsOn(ctx context.Context, c *conn) (bool, error) {
 	q, ok := c.inner.(driver.QueryerContext)
 	if !ok || !c.c.probes {
-		return true // not lib/pq through NewConnector: a test double, another driver
+		return true, nil // not lib/pq through NewConnector: a test double, another driver
 	}
 	rows, err := q.QueryContext(context.WithoutCancel(ctx), `select pg_catalog.current_setting('standard_conforming_strings')`, nil)
 	if err != nil {
-		return false
+		return false, err
 	}
 	v := make([]driver.Value, 1)
 	err = rows.Next(v)
@@ -129,7 +151,7 @@ func scsOn(ctx context.Context, c *conn) bool {
 		err = cerr
 	}
 	s, _ := v[0].(string)
-	return err == nil && s == "on"
+	return s == "on", err
 }
 
 // afterWrite notes what a statement that ran changed: the session, and

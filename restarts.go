@@ -47,10 +47,6 @@ func (s *redisStore) serverKey() string { return s.prefix + ":server" }
 var serverCheckScript = redis.NewScript(`
 local v = redis.pcall('GET', KEYS[1])
 if v == ARGV[1] then return 0 end
-if ARGV[3] ~= '' and type(v) == 'string' and string.sub(v, 1, #ARGV[3]) == ARGV[3] then
-  redis.call('SET', KEYS[1], ARGV[1])
-  return 0
-end
 redis.call('SET', KEYS[2], ARGV[2])
 redis.call('SET', KEYS[1], ARGV[1])
 if type(v) == 'string' then return 1 end
@@ -226,7 +222,7 @@ func (s *redisStore) checkServer(ctx context.Context) (id string, result int, er
 	if err != nil {
 		return "", 0, err
 	}
-	var runID, replID, replID2, role string
+	var runID, replID, role string
 	for line := range strings.Lines(info) {
 		k, v, _ := strings.Cut(strings.TrimSpace(line), ":")
 		switch k {
@@ -234,8 +230,6 @@ func (s *redisStore) checkServer(ctx context.Context) (id string, result int, er
 			runID = v
 		case "master_replid":
 			replID = v
-		case "master_replid2":
-			replID2 = v
 		case "role":
 			role = v
 		}
@@ -248,15 +242,12 @@ func (s *redisStore) checkServer(ctx context.Context) (id string, result int, er
 	}
 	id = runID + " " + replID
 	keys := []string{s.serverKey(), s.stampKey(epochTag)}
-	// The same process under a new replication ID with no previous one
-	// (replid2 cleared) only created or freed its backlog, as a master
-	// does when a replica attaches or repl-backlog-ttl after the last one
-	// left: nothing was lost. A promotion keeps the old ID as replid2.
-	same := ""
-	if strings.Trim(replID2, "0") == "" && replID2 != "" {
-		same = runID + " "
-	}
-	result, err = serverCheckScript.Run(ctx, s.c, keys, id, formatStamp(newStamp()), same).Int()
+	// A master also takes a new replication ID when it creates its backlog
+	// (a replica attaches: the first, or any after repl-backlog-ttl with
+	// none) and when it frees it: that voids the namespace once, needlessly.
+	// It cannot be told from a master promoted back after a failover that
+	// lost writes, whose previous ID (master_replid2) is cleared just so.
+	result, err = serverCheckScript.Run(ctx, s.c, keys, id, formatStamp(newStamp())).Int()
 	return id, result, err
 }
 

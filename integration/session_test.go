@@ -128,3 +128,55 @@ func TestSCSOffHidden(t *testing.T) {
 		})
 	}
 }
+
+const volatileFn = `create function vf(int) returns bool language sql volatile as 'select true'`
+
+// TestCopyWithVolatileWhere: a COPY FROM STDIN whose WHERE calls a
+// volatile function copies every row, as on lib/pq: asking the session
+// about standard_conforming_strings mid-COPY would break it.
+func TestCopyWithVolatileWhere(t *testing.T) {
+	env := newEnv(t, "memory")
+	mustExec(t, env.raw, `create table ct (a int)`)
+	mustExec(t, env.raw, volatileFn)
+	mustExec(t, env.db, `select vf(1)`) // the catalog is loaded
+	tx, err := env.db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	st, err := tx.Prepare(`copy ct (a) from stdin where vf(a)`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 3; i++ {
+		if _, err := st.Exec(i); err != nil {
+			t.Fatalf("row %d: %v", i, err)
+		}
+	}
+	if _, err := st.Exec(); err != nil {
+		t.Fatalf("end of copy: %v", err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatalf("commit: %v", err)
+	}
+}
+
+// TestAbortedStringNoFalseSCS: a string that opens a transaction, calls a
+// volatile function and then fails leaves the session in an aborted
+// transaction, where the question about standard_conforming_strings
+// failed, and the connection was closed with an error claiming the setting
+// was turned off (found by review H). It is now asked again before the
+// next statement, and ROLLBACK works, as on lib/pq.
+func TestAbortedStringNoFalseSCS(t *testing.T) {
+	env := newEnv(t, "memory")
+	mustExec(t, env.raw, volatileFn)
+	c := env.pinned(t)
+	ctx := context.Background()
+	mustExec(t, env.db, `select vf(1)`) // the catalog is loaded
+	if _, err := c.ExecContext(ctx, `begin; select vf(1); select 1/0`); err == nil {
+		t.Fatal("no error")
+	}
+	if _, err := c.ExecContext(ctx, `rollback`); err != nil {
+		t.Fatalf("rollback after a failed string: %v", err)
+	}
+}
