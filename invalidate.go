@@ -22,6 +22,9 @@ type writeSet struct {
 	// hidden is set when the statement ran code the driver cannot see (a
 	// volatile user function), which may have changed the session as well.
 	hidden bool
+	// ranCode is set when it ran such code at all, even code whose writes
+	// Options.UnknownWrites names: it may have called set_config.
+	ranCode bool
 }
 
 func (w *writeSet) add(tags ...string) {
@@ -101,7 +104,7 @@ func (e *engine) noteEffects(ctx context.Context, c *conn, a *analysis, w *write
 	switch {
 	case a.scsOff:
 		c.broken = errSCSTurnedOff
-	case a.scsAsk || a.runsCode || w.hidden || writesSettings(a):
+	case a.scsAsk || a.runsCode || w.ranCode || writesSettings(a):
 		// Code the text does not show (DO, CALL, EXECUTE, a volatile
 		// function, the rule of pg_settings) may call set_config too: ask.
 		askSCS(ctx, c)
@@ -340,6 +343,7 @@ func (e *engine) writesOf(ctx context.Context, c *conn, a *analysis, w *writeSet
 // (see writeSet.hidden) when it is CALL, DO, EXECUTE or calls a volatile
 // function: volatile is true for the latter.
 func (e *engine) unknownWrite(a *analysis, w *writeSet, volatile bool) {
+	w.ranCode = w.ranCode || a.runsCode || volatile
 	if e.opts.UnknownWrites != nil {
 		if tables, ok := e.opts.UnknownWrites(a.normalized); ok {
 			if tags, err := foldTags(tables); err == nil {

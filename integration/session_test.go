@@ -180,3 +180,35 @@ func TestAbortedStringNoFalseSCS(t *testing.T) {
 		t.Fatalf("rollback after a failed string: %v", err)
 	}
 }
+
+// TestSCSOffNarrowedFunction: a volatile function whose writes
+// Options.UnknownWrites names is still code the text does not show: the
+// session is asked about standard_conforming_strings after it, as after
+// any other (the question was skipped for narrowed functions).
+func TestSCSOffNarrowedFunction(t *testing.T) {
+	env := newEnv(t, "memory")
+	setupUsers(t, env)
+	mustExec(t, env.raw, `create function scs_off() returns void language plpgsql volatile as
+		$$ begin perform set_config('standard_conforming_strings', 'off', false); end $$`)
+	conn, err := cachedpq.NewConnector(baseDSN()+" search_path="+env.schema, cachedpq.Options{
+		Registry:      env.reg,
+		UnknownWrites: func(string) ([]string, bool) { return []string{"users"}, true },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := sql.OpenDB(conn)
+	defer db.Close()
+	c, err := db.Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	if _, err := c.ExecContext(ctx, `select scs_off()`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ExecContext(ctx, hiddenUpdate); err == nil || !strings.Contains(err.Error(), "standard_conforming_strings") {
+		t.Fatalf("the connection is still used: %v", err)
+	}
+}
