@@ -275,6 +275,10 @@ func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 	return cn, nil
 }
 
+// Prefix returns the namespace the Connector's keys are under: Options.Prefix,
+// else the DSN's cache_prefix, else "cachedpq".
+func (c *Connector) Prefix() string { return c.opts.Prefix }
+
 // Driver returns the cachedpq driver.
 func (c *Connector) Driver() driver.Driver { return registered }
 

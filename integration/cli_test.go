@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -92,6 +93,7 @@ func TestCLIInvalidate(t *testing.T) {
 	}{
 		{"table", []string{"--table", "public.Items"}},
 		{"all", []string{"--all"}},
+		{"url-dsn", []string{"--all", "--dsn", "postgres://127.0.0.1/test?cache_prefix=%s"}}, // the namespace from the DSN
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -103,9 +105,19 @@ func TestCLIInvalidate(t *testing.T) {
 			if before.Hits != 1 || before.Misses != 1 {
 				t.Fatalf("before: %d hits, %d misses, want 1 and 1", before.Hits, before.Misses)
 			}
-			args := append([]string{"invalidate", "--redis", redisURL(), "--prefix", env.prefix}, tt.args...)
-			if code, out, errOut := runCLI(t, bin, args...); code != 0 {
+			args := []string{"invalidate", "--redis", redisURL()}
+			if tt.name != "url-dsn" {
+				args = append(args, "--prefix", env.prefix)
+			}
+			for _, a := range tt.args {
+				args = append(args, strings.ReplaceAll(a, "%s", env.prefix))
+			}
+			code, out, errOut := runCLI(t, bin, args...)
+			if code != 0 {
 				t.Fatalf("exit %d: %s%s", code, out, errOut)
+			}
+			if !strings.Contains(out, fmt.Sprintf("namespace %q", env.prefix)) {
+				t.Fatalf("the message names another namespace: %s", out)
 			}
 			env.same(t, qItem, 1)
 			after := env.stats()

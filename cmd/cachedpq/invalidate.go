@@ -101,7 +101,7 @@ func invalidate(ctx context.Context, s streams, rf redisFlags, dsn string, table
 		return usagef("--dsn: %v", err)
 	}
 	defer conn.Close() // waits for the purge of the invalidated entries
-	prefix := namespaceOf(dsn, rf.prefix)
+	prefix := conn.Prefix()
 	if len(tables) == 0 {
 		if err := conn.InvalidateAll(ctx); err != nil {
 			return err
@@ -114,20 +114,6 @@ func invalidate(ctx context.Context, s streams, rf redisFlags, dsn string, table
 	}
 	fmt.Fprintf(s.out, "invalidated %d table(s) in namespace %q: %s\n", len(tables), prefix, strings.Join(tables, ", "))
 	return nil
-}
-
-// namespaceOf reports the prefix a Connector uses: the flag, else the DSN's
-// cache_prefix, else the default. It is for messages only.
-func namespaceOf(dsn, flag string) string {
-	if flag != "" {
-		return flag
-	}
-	for _, f := range strings.Fields(dsn) {
-		if v, ok := strings.CutPrefix(f, "cache_prefix="); ok {
-			return v
-		}
-	}
-	return "cachedpq"
 }
 
 // splitList splits comma-separated values and drops empty ones.
