@@ -69,6 +69,11 @@ func (c *conn) Prepare(query string) (driver.Stmt, error) {
 
 // PrepareContext prepares query on the inner connection.
 func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
+	if c.scsUnknown {
+		// Now, not at the statement's first Exec: a COPY starts here, and
+		// the question cannot be asked in its midst.
+		askSCS(ctx, c)
+	}
 	if c.broken != nil {
 		return nil, c.broken
 	}

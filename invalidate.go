@@ -131,7 +131,11 @@ func askSCS(ctx context.Context, c *conn) {
 	switch {
 	case errors.As(err, &pqErr) && pqErr.Code == "25P02": // in_failed_sql_transaction
 		c.scsUnknown = true
-	case err != nil || !on:
+	case err != nil:
+		// Not asked (a lost connection): no claim about the setting, and
+		// database/sql discards the connection.
+		c.broken = driver.ErrBadConn
+	case !on:
 		c.broken = errSCSTurnedOff
 	default:
 		c.scsUnknown = false
@@ -328,6 +332,10 @@ func (e *engine) writesOf(ctx context.Context, c *conn, a *analysis, w *writeSet
 	cat, err := e.catalog(ctx, c)
 	if err != nil {
 		w.all = true // cannot see cascades or volatility: assume the worst
+		if len(a.functions) > 0 {
+			// Any of them may be volatile code that called set_config.
+			w.ranCode, w.hidden = true, true
+		}
 		return
 	}
 	if cat.anyVolatile(a.functions) {

@@ -212,3 +212,93 @@ func TestSCSOffNarrowedFunction(t *testing.T) {
 		t.Fatalf("the connection is still used: %v", err)
 	}
 }
+
+// TestCopyAfterAbort: a connection that could not be asked about
+// standard_conforming_strings (an aborted string), rolled back, then used
+// for a COPY asked in the midst of the COPY, at its first row, and was
+// closed with a false error (found by review J): it now asks when the
+// COPY is prepared.
+func TestCopyAfterAbort(t *testing.T) {
+	env := newEnv(t, "memory")
+	mustExec(t, env.raw, `create table ct (a int)`)
+	mustExec(t, env.raw, volatileFn)
+	mustExec(t, env.db, `select vf(1)`) // the catalog is loaded
+	c := env.pinned(t)
+	ctx := context.Background()
+	if _, err := c.ExecContext(ctx, `begin; select vf(1); select 1/0`); err == nil {
+		t.Fatal("no error")
+	}
+	if _, err := c.ExecContext(ctx, `rollback`); err != nil {
+		t.Fatalf("rollback: %v", err)
+	}
+	tx, err := c.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	st, err := tx.Prepare(`copy ct (a) from stdin`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 3; i++ {
+		if _, err := st.Exec(i); err != nil {
+			t.Fatalf("row %d: %v", i, err)
+		}
+	}
+	if _, err := st.Exec(); err != nil {
+		t.Fatalf("end of copy: %v", err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatalf("commit: %v", err)
+	}
+}
+
+// TestSCSOffAbortedColdCatalog: with the catalog not loaded (it loads on
+// the aborted connection itself, and fails), the volatile function of an
+// aborted string was never asked about, and the setting it turned off
+// before a savepoint survived ROLLBACK TO (found by review J): a statement
+// that calls functions the catalog cannot judge now counts as code.
+func TestSCSOffAbortedColdCatalog(t *testing.T) {
+	env := newEnv(t, "memory")
+	setupUsers(t, env)
+	mustExec(t, env.raw, `create function scs_off() returns void language plpgsql volatile as
+		$$ begin perform set_config('standard_conforming_strings', 'off', false); end $$`)
+	c := env.pinned(t)
+	ctx := context.Background()
+	if _, err := c.ExecContext(ctx, `begin; select scs_off(); savepoint s; select 1/0`); err == nil {
+		t.Fatal("no error")
+	}
+	_, err := c.ExecContext(ctx, `rollback to savepoint s`)
+	if err == nil {
+		_, err = c.ExecContext(ctx, `commit`)
+	}
+	if err == nil {
+		_, err = c.ExecContext(ctx, hiddenUpdate)
+	}
+	if err == nil || !strings.Contains(err.Error(), "standard_conforming_strings") {
+		t.Fatalf("the connection is still used with standard_conforming_strings off: %v", err)
+	}
+}
+
+// TestLostConnNoFalseSCS: a connection waiting to be asked whose backend
+// is then terminated reported that standard_conforming_strings was turned
+// off (found by review J); it is now a bad connection, as it is.
+func TestLostConnNoFalseSCS(t *testing.T) {
+	env := newEnv(t, "memory")
+	mustExec(t, env.raw, volatileFn)
+	mustExec(t, env.db, `select vf(1)`)
+	c := env.pinned(t)
+	ctx := context.Background()
+	var pid int
+	if err := c.QueryRowContext(ctx, `select pg_backend_pid()`).Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ExecContext(ctx, `begin; select vf(1); select 1/0`); err == nil {
+		t.Fatal("no error")
+	}
+	mustExec(t, env.raw, `select pg_terminate_backend($1)`, pid)
+	_, err := c.ExecContext(ctx, `rollback`)
+	if err != nil && strings.Contains(err.Error(), "standard_conforming_strings") {
+		t.Fatalf("a lost connection reported as: %v", err)
+	}
+}
