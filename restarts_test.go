@@ -73,7 +73,7 @@ func TestServerRecheckedWithoutDial(t *testing.T) {
 	if s := c.Stats(); s.Hits != hits+1 || s.EpochBumps != bumps {
 		t.Fatalf("checked again without a dial: %+v", s)
 	}
-	rb.watch.last.Store(time.Now().Add(-2 * serverRecheck).UnixNano())
+	checkDue(c)
 	getV(t, db, 1)
 	if s := c.Stats(); s.Hits != hits+1 || s.EpochBumps != bumps+1 {
 		t.Fatalf("a check older than serverRecheck held: %+v", s)
@@ -90,7 +90,7 @@ func TestReplicaNotUsed(t *testing.T) {
 	// A failover demotes it (to the replica of a master that does not
 	// answer, so that it keeps its data); the connections stay open.
 	must(t, rdb.Do(context.Background(), "REPLICAOF", "127.0.0.1", "1").Err())
-	c.eng.direct.(*redisBackend).watch.last.Store(time.Now().Add(-2 * serverRecheck).UnixNano())
+	checkDue(c)
 	getV(t, db, 1)
 	if s := c.Stats(); s.Hits != 1 || s.CacheErrors == 0 {
 		t.Fatalf("a replica was used: %+v", s)
@@ -221,30 +221,46 @@ func TestClosedConnectorsAreCollected(t *testing.T) {
 // noSyncDelay makes a master sync its replicas at once, not 5 s later.
 var noSyncDelay = []string{"--repl-diskless-sync-delay", "0"}
 
+// masterAndReplica starts a Redis and a replica of it, synced.
+func masterAndReplica(t *testing.T) (master, replica *redistest.Server) {
+	master = redistest.Start(t, noSyncDelay...)
+	replica = redistest.Start(t, append([]string{"--replicaof", "127.0.0.1", port(master)}, noSyncDelay...)...)
+	waitFor(t, linkUp(replica))
+	return master, replica
+}
+
+// port is s's port.
+func port(s *redistest.Server) string { return strings.Split(s.Addr, ":")[1] }
+
+// linkUp reports whether replica s is in sync with its master.
+func linkUp(s *redistest.Server) func() bool {
+	return func() bool {
+		return strings.Contains(s.Client().Info(context.Background(), "replication").Val(), "master_link_status:up")
+	}
+}
+
+// checkDue makes c's last server check older than serverRecheck, as if a
+// second had passed: the next lookup checks.
+func checkDue(c *Connector) {
+	c.eng.direct.(*redisBackend).watch.last.Store(time.Now().Add(-2 * serverRecheck).UnixNano())
+}
+
 // TestDemotedAndPromotedBack: a master demoted, synced from the new master
 // and promoted back keeps its run_id; its replication ID history (the old
 // ID as master_replid2) still voids the namespace.
 func TestDemotedAndPromotedBack(t *testing.T) {
 	ctx := context.Background()
-	s1 := redistest.Start(t, noSyncDelay...)
+	s1, s2 := masterAndReplica(t)
 	rdb := s1.Client()
-	port := func(s *redistest.Server) string { return strings.Split(s.Addr, ":")[1] }
-	up := func(s *redistest.Server) func() bool {
-		return func() bool {
-			return strings.Contains(s.Client().Info(ctx, "replication").Val(), "master_link_status:up")
-		}
-	}
-	s2 := redistest.Start(t, append([]string{"--replicaof", "127.0.0.1", port(s1)}, noSyncDelay...)...)
-	waitFor(t, up(s2))
 	db, c := cachedKV(t, rdb)
 	must(t, s1.Client().Wait(ctx, 1, time.Second).Err())
 	// A failover to s2 and back, with no lookup while s2 was the master.
 	must(t, s2.Client().Do(ctx, "REPLICAOF", "NO", "ONE").Err())
 	must(t, rdb.Do(ctx, "REPLICAOF", "127.0.0.1", port(s2)).Err())
-	waitFor(t, up(s1))
+	waitFor(t, linkUp(s1))
 	must(t, s2.Client().Do(ctx, "REPLICAOF", "127.0.0.1", port(s1)).Err())
 	must(t, rdb.Do(ctx, "REPLICAOF", "NO", "ONE").Err())
-	c.eng.direct.(*redisBackend).watch.last.Store(time.Now().Add(-2 * serverRecheck).UnixNano())
+	checkDue(c)
 	bumps := c.Stats().EpochBumps
 	getV(t, db, 1)
 	if s := c.Stats(); s.EpochBumps != bumps+1 {
@@ -278,16 +294,8 @@ func TestClockStepBack(t *testing.T) {
 // (found by review H); any new replication ID now voids the namespace.
 func TestPromotedBackBacklogFreed(t *testing.T) {
 	ctx := context.Background()
-	s1 := redistest.Start(t, noSyncDelay...)
+	s1, s2 := masterAndReplica(t)
 	rdb := s1.Client()
-	port := func(s *redistest.Server) string { return strings.Split(s.Addr, ":")[1] }
-	up := func(s *redistest.Server) func() bool {
-		return func() bool {
-			return strings.Contains(s.Client().Info(ctx, "replication").Val(), "master_link_status:up")
-		}
-	}
-	s2 := redistest.Start(t, append([]string{"--replicaof", "127.0.0.1", port(s1)}, noSyncDelay...)...)
-	waitFor(t, up(s2))
 	db, c := cachedKV(t, rdb) // k=1 cached as "v1", record "run1 replidAfterAttach"
 	must(t, rdb.Wait(ctx, 1, time.Second).Err())
 	// Failover: s2 promoted; s1 (partitioned) still acknowledges a write's
@@ -299,7 +307,7 @@ func TestPromotedBackBacklogFreed(t *testing.T) {
 	time.Sleep(300 * time.Millisecond) // the background purge of kv's entries is done (on s1 only)
 	// s1 rejoins as a replica: its data becomes s2's (the old stamp, the old entry).
 	must(t, rdb.Do(ctx, "REPLICAOF", "127.0.0.1", port(s2)).Err())
-	waitFor(t, up(s1))
+	waitFor(t, linkUp(s1))
 	// Failback; s2 does not reattach (or leaves), and the backlog is freed.
 	must(t, rdb.Do(ctx, "REPLICAOF", "NO", "ONE").Err())
 	must(t, rdb.ConfigSet(ctx, "repl-backlog-ttl", "1").Err())
@@ -310,7 +318,7 @@ func TestPromotedBackBacklogFreed(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	c.eng.direct.(*redisBackend).watch.last.Store(time.Now().Add(-2 * serverRecheck).UnixNano())
+	checkDue(c)
 	if got := getV(t, db, 1); got != "new" {
 		t.Fatalf("served %q after a failover lost the invalidation; Postgres has \"new\" (%+v)", got, c.Stats().Counters)
 	}

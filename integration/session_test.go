@@ -50,6 +50,46 @@ func TestHiddenSessionChange(t *testing.T) {
 // SELECT of an unterminated string.
 const hiddenUpdate = `select '\'' ; update users set name = 'changed' where id = 1; select ''''`
 
+// scsOffFn creates scs_off(), a volatile function that turns
+// standard_conforming_strings off.
+const scsOffFn = `create function scs_off() returns void language plpgsql volatile as
+	$$ begin perform set_config('standard_conforming_strings', 'off', false); end $$`
+
+// refusedSCS fails the test unless err refuses a connection whose
+// standard_conforming_strings was turned off.
+func refusedSCS(t *testing.T, err error) {
+	t.Helper()
+	if !errors.Is(err, driver.ErrBadConn) && (err == nil || !strings.Contains(err.Error(), "standard_conforming_strings")) {
+		t.Fatalf("the connection is still used: %v", err)
+	}
+}
+
+// copyRows copies rows 1 to 3 with copySQL in a transaction begin opens, and
+// commits, failing the test at the first error.
+func copyRows(t *testing.T, begin func() (*sql.Tx, error), copySQL string) {
+	t.Helper()
+	tx, err := begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	st, err := tx.Prepare(copySQL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 3; i++ {
+		if _, err := st.Exec(i); err != nil {
+			t.Fatalf("row %d: %v", i, err)
+		}
+	}
+	if _, err := st.Exec(); err != nil {
+		t.Fatalf("end of copy: %v", err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatalf("commit: %v", err)
+	}
+}
+
 // TestSessionSCSOff: a session that turned standard_conforming_strings off
 // made the analysis misread its next strings, so a write hidden in one
 // went unseen and other connections were served the old row (found by
@@ -67,10 +107,8 @@ func TestSessionSCSOff(t *testing.T) {
 				env.prime(t, userName, 1)
 				c := env.pinned(t)
 				execOn(t, c, off)
-				if _, err := c.ExecContext(context.Background(), hiddenUpdate); !errors.Is(err, driver.ErrBadConn) &&
-					(err == nil || !strings.Contains(err.Error(), "standard_conforming_strings")) {
-					t.Fatalf("the connection is still used: %v", err)
-				}
+				_, err := c.ExecContext(context.Background(), hiddenUpdate)
+				refusedSCS(t, err)
 				env.same(t, userName, 1)
 			})
 		})
@@ -112,18 +150,15 @@ func TestSCSOffHidden(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			env := newEnv(t, "memory")
 			setupUsers(t, env)
-			mustExec(t, env.raw, `create function scs_off() returns void language plpgsql volatile as
-				$$ begin perform set_config('standard_conforming_strings', 'off', false); end $$`)
+			mustExec(t, env.raw, scsOffFn)
 			c := env.pinned(t)
 			ctx := context.Background()
 			if _, err := c.ExecContext(ctx, off[0].(string), off[1:]...); err != nil {
 				t.Fatalf("%s: %v", off[0], err)
 			}
 			env.prime(t, userName, 1) // after it: a DO or a function voids the namespace
-			if _, err := c.ExecContext(ctx, hiddenUpdate); !errors.Is(err, driver.ErrBadConn) &&
-				(err == nil || !strings.Contains(err.Error(), "standard_conforming_strings")) {
-				t.Fatalf("the connection is still used: %v", err)
-			}
+			_, err := c.ExecContext(ctx, hiddenUpdate)
+			refusedSCS(t, err)
 			env.same(t, userName, 1)
 		})
 	}
@@ -139,26 +174,7 @@ func TestCopyWithVolatileWhere(t *testing.T) {
 	mustExec(t, env.raw, `create table ct (a int)`)
 	mustExec(t, env.raw, volatileFn)
 	mustExec(t, env.db, `select vf(1)`) // the catalog is loaded
-	tx, err := env.db.Begin()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback()
-	st, err := tx.Prepare(`copy ct (a) from stdin where vf(a)`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := 1; i <= 3; i++ {
-		if _, err := st.Exec(i); err != nil {
-			t.Fatalf("row %d: %v", i, err)
-		}
-	}
-	if _, err := st.Exec(); err != nil {
-		t.Fatalf("end of copy: %v", err)
-	}
-	if err := tx.Commit(); err != nil {
-		t.Fatalf("commit: %v", err)
-	}
+	copyRows(t, env.db.Begin, `copy ct (a) from stdin where vf(a)`)
 }
 
 // TestAbortedStringNoFalseSCS: a string that opens a transaction, calls a
@@ -188,8 +204,7 @@ func TestAbortedStringNoFalseSCS(t *testing.T) {
 func TestSCSOffNarrowedFunction(t *testing.T) {
 	env := newEnv(t, "memory")
 	setupUsers(t, env)
-	mustExec(t, env.raw, `create function scs_off() returns void language plpgsql volatile as
-		$$ begin perform set_config('standard_conforming_strings', 'off', false); end $$`)
+	mustExec(t, env.raw, scsOffFn)
 	conn, err := cachedpq.NewConnector(baseDSN()+" search_path="+env.schema, cachedpq.Options{
 		Registry:      env.reg,
 		UnknownWrites: func(string) ([]string, bool) { return []string{"users"}, true },
@@ -231,26 +246,7 @@ func TestCopyAfterAbort(t *testing.T) {
 	if _, err := c.ExecContext(ctx, `rollback`); err != nil {
 		t.Fatalf("rollback: %v", err)
 	}
-	tx, err := c.BeginTx(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback()
-	st, err := tx.Prepare(`copy ct (a) from stdin`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := 1; i <= 3; i++ {
-		if _, err := st.Exec(i); err != nil {
-			t.Fatalf("row %d: %v", i, err)
-		}
-	}
-	if _, err := st.Exec(); err != nil {
-		t.Fatalf("end of copy: %v", err)
-	}
-	if err := tx.Commit(); err != nil {
-		t.Fatalf("commit: %v", err)
-	}
+	copyRows(t, func() (*sql.Tx, error) { return c.BeginTx(ctx, nil) }, `copy ct (a) from stdin`)
 }
 
 // TestSCSOffAbortedColdCatalog: with the catalog not loaded (it loads on
@@ -261,8 +257,7 @@ func TestCopyAfterAbort(t *testing.T) {
 func TestSCSOffAbortedColdCatalog(t *testing.T) {
 	env := newEnv(t, "memory")
 	setupUsers(t, env)
-	mustExec(t, env.raw, `create function scs_off() returns void language plpgsql volatile as
-		$$ begin perform set_config('standard_conforming_strings', 'off', false); end $$`)
+	mustExec(t, env.raw, scsOffFn)
 	c := env.pinned(t)
 	ctx := context.Background()
 	if _, err := c.ExecContext(ctx, `begin; select scs_off(); savepoint s; select 1/0`); err == nil {

@@ -30,9 +30,7 @@ func TestBeginAtomicInTextTransaction(t *testing.T) {
 		if _, err := c.ExecContext(ctx, `commit`); err != nil {
 			t.Fatal(err)
 		}
-		if got := env.same(t, userName, 1); got[0] != "[uncommitted]" {
-			t.Fatalf("after commit: %v", got)
-		}
+		env.sees(t, 1, "uncommitted", "after commit")
 	})
 }
 
@@ -58,9 +56,7 @@ func TestSavepointRecoveryKeepsWrites(t *testing.T) {
 			if err := commit(); err != nil {
 				t.Fatal(err)
 			}
-			if got := env.same(t, userName, 1); got[0] != "[recovered]" {
-				t.Fatalf("after commit: %v", got)
-			}
+			env.sees(t, 1, "recovered", "after commit")
 			mustExec(t, env.db, `update users set name = 'user1' where id = 1`)
 			env.same(t, userName, 1)
 		}
@@ -176,9 +172,7 @@ func TestFailedStringStillChangesTheSession(t *testing.T) {
 		if _, err := c.ExecContext(ctx, `update uv set name = 'changed' where id = 1`); err != nil {
 			t.Fatal(err)
 		}
-		if got := env.same(t, userName, 1); got[0] != "[changed]" {
-			t.Fatalf("after a write through the string's view: %v", got)
-		}
+		env.sees(t, 1, "changed", "after a write through the string's view")
 	})
 }
 
@@ -196,9 +190,7 @@ func TestBypassedRegisteredReadStillWrites(t *testing.T) {
 		if err := env.db.Get(&s, `select touch($1)`, 1); err != nil || s != "touched" {
 			t.Fatalf("%q %v", s, err)
 		}
-		if got := env.same(t, userName, 1); got[0] != "[touched]" {
-			t.Fatalf("after the function's write: %v", got)
-		}
+		env.sees(t, 1, "touched", "after the function's write")
 	})
 }
 
@@ -269,9 +261,7 @@ func TestRefusedRollbackToKeepsTheTransaction(t *testing.T) {
 		if _, err := c.ExecContext(ctx, `commit`); err != nil {
 			t.Fatal(err)
 		}
-		if got := env.same(t, userName, 1); got[0] != "[in tx]" {
-			t.Fatalf("after commit: %v", got)
-		}
+		env.sees(t, 1, "in tx", "after commit")
 	})
 }
 

@@ -51,6 +51,15 @@ func execOn(t *testing.T, c *sqlx.Conn, stmts ...string) {
 	}
 }
 
+// sees asserts the cached DB reads user id's name as Postgres does, and
+// that it is name; after says when, for the failure.
+func (env *cacheEnv) sees(t *testing.T, id int, name, after string) {
+	t.Helper()
+	if got := env.same(t, userName, id); got[0] != "["+name+"]" {
+		t.Fatalf("%s: %v", after, got)
+	}
+}
+
 // hitsOn reads user 1 on c and fails the test unless the cache served it.
 func (env *cacheEnv) hitsOn(t *testing.T, c *sqlx.Conn, after string) {
 	t.Helper()
@@ -98,9 +107,7 @@ func TestTransactionStringLeavesNoTransaction(t *testing.T) {
 		if _, err := c.ExecContext(ctx, `commit`); err != nil {
 			t.Fatal(err)
 		}
-		if got := env.same(t, userName, 3); got[0] != "[pending]" {
-			t.Fatalf("after commit: %v", got)
-		}
+		env.sees(t, 3, "pending", "after commit")
 	})
 }
 
@@ -121,9 +128,7 @@ func TestRefusedCommitEndsTheTransaction(t *testing.T) {
 		if _, err := c.ExecContext(ctx, `update users set name = 'changed' where id = 1`); err != nil {
 			t.Fatal(err)
 		}
-		if got := env.same(t, userName, 1); got[0] != "[changed]" {
-			t.Fatalf("after the write: %v", got)
-		}
+		env.sees(t, 1, "changed", "after the write")
 	})
 }
 
@@ -136,9 +141,7 @@ func TestFailedStringInvalidatesWhatItCommitted(t *testing.T) {
 		if _, err := env.db.Exec(`update users set name = 'changed' where id = 1; commit; select 1/0`); err == nil {
 			t.Fatal("division by zero succeeded")
 		}
-		if got := env.same(t, userName, 1); got[0] != "[changed]" {
-			t.Fatalf("after the string: %v", got)
-		}
+		env.sees(t, 1, "changed", "after the string")
 	})
 }
 
@@ -156,9 +159,7 @@ func TestTextCommitInsideBeginTx(t *testing.T) {
 		mustExec(t, tx, `update users set name = 'changed' where id = 1`)
 		mustExec(t, tx, `commit`)
 		tx.Rollback() // lib/pq refuses: the transaction is gone
-		if got := env.same(t, userName, 1); got[0] != "[changed]" {
-			t.Fatalf("after the text COMMIT: %v", got)
-		}
+		env.sees(t, 1, "changed", "after the text COMMIT")
 
 		env.prime(t, userName, 2)
 		tx, err = env.db.Beginx()
@@ -167,9 +168,7 @@ func TestTextCommitInsideBeginTx(t *testing.T) {
 		}
 		mustExec(t, tx, `commit`)
 		mustExec(t, tx, `update users set name = 'autocommitted' where id = 2`)
-		if got := env.same(t, userName, 2); got[0] != "[autocommitted]" {
-			t.Fatalf("a write after the text COMMIT: %v", got)
-		}
+		env.sees(t, 2, "autocommitted", "a write after the text COMMIT")
 		tx.Rollback()
 	})
 }
