@@ -52,6 +52,16 @@ type conn struct {
 	rawWrites writeSet
 }
 
+// usable returns why c must not run a statement, if it must not: it was
+// closed for standard_conforming_strings. A connection that could not be
+// asked about the setting (see askSCS) is asked first.
+func (c *conn) usable(ctx context.Context) error {
+	if c.scsUnknown {
+		askSCS(ctx, c)
+	}
+	return c.broken
+}
+
 // inTx reports whether a transaction is or may be open on c.
 func (c *conn) inTx() bool { return c.tx != nil || c.rawTx || c.txUnsure }
 
@@ -69,13 +79,10 @@ func (c *conn) Prepare(query string) (driver.Stmt, error) {
 
 // PrepareContext prepares query on the inner connection.
 func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
-	if c.scsUnknown {
-		// Now, not at the statement's first Exec: a COPY starts here, and
-		// the question cannot be asked in its midst.
-		askSCS(ctx, c)
-	}
-	if c.broken != nil {
-		return nil, c.broken
+	// Asked now, not at the statement's first Exec: a COPY starts here,
+	// and the question cannot be asked in its midst.
+	if err := c.usable(ctx); err != nil {
+		return nil, err
 	}
 	var (
 		s   driver.Stmt
@@ -118,8 +125,8 @@ func (c *conn) Begin() (driver.Tx, error) { //nolint:staticcheck // driver.Conn 
 // BeginTx starts a transaction. Reads inside it never touch the cache, and
 // the tables it writes are invalidated only once it commits.
 func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
-	if c.broken != nil {
-		return nil, c.broken
+	if err := c.usable(ctx); err != nil {
+		return nil, err
 	}
 	var (
 		inner driver.Tx

@@ -239,11 +239,8 @@ func (e *engine) lookup(ctx context.Context, r *read, buf []uint64) (*entry, []u
 // connection may use the cache; otherwise it runs on Postgres, and a write
 // made through Query invalidates before its rows' Close returns.
 func (e *engine) query(ctx context.Context, c *conn, src inner, query string, args []driver.NamedValue) (driver.Rows, error) {
-	if c.scsUnknown {
-		askSCS(ctx, c)
-	}
-	if c.broken != nil {
-		return nil, c.broken
+	if err := c.usable(ctx); err != nil {
+		return nil, err
 	}
 	a := analyze(query)
 	if reg := e.reg.lookup(a); reg != nil {
@@ -279,11 +276,8 @@ func (e *engine) uncached(ctx context.Context, c *conn, src inner, a *analysis, 
 // exec runs a statement and, once it succeeded, invalidates what it wrote:
 // now outside a transaction, at commit inside one.
 func (e *engine) exec(ctx context.Context, c *conn, src inner, query string, args []driver.NamedValue) (driver.Result, error) {
-	if c.scsUnknown {
-		askSCS(ctx, c)
-	}
-	if c.broken != nil {
-		return nil, c.broken
+	if err := c.usable(ctx); err != nil {
+		return nil, err
 	}
 	res, err := src.innerExec(ctx, query, args)
 	if a := analyze(query); mayWrite(a) {

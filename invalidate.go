@@ -148,17 +148,11 @@ func scsOn(ctx context.Context, c *conn) (bool, error) {
 	if !ok || !c.c.probes {
 		return true, nil // not lib/pq through NewConnector: a test double, another driver
 	}
-	rows, err := q.QueryContext(context.WithoutCancel(ctx), `select pg_catalog.current_setting('standard_conforming_strings')`, nil)
+	v, err := queryRow(context.WithoutCancel(ctx), q, `select pg_catalog.current_setting('standard_conforming_strings')`, 1)
 	if err != nil {
 		return false, err
 	}
-	v := make([]driver.Value, 1)
-	err = rows.Next(v)
-	if cerr := rows.Close(); err == nil {
-		err = cerr
-	}
-	s, _ := v[0].(string)
-	return s == "on", err
+	return v[0] == "on", nil
 }
 
 // afterWrite notes what a statement that ran changed: the session, and

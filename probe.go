@@ -39,18 +39,7 @@ func (c *Connector) probe(ctx context.Context, ic driver.Conn) (standby bool, er
 	if !ok {
 		return false, fmt.Errorf("cachedpq: %T cannot run queries", ic)
 	}
-	rows, err := q.QueryContext(ctx, probeQuery, nil)
-	if err != nil {
-		return false, err
-	}
-	vals := make([]driver.Value, len(rows.Columns()))
-	err = rows.Next(vals)
-	if cerr := rows.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil && len(vals) != 4 {
-		err = fmt.Errorf("%d columns", len(vals))
-	}
+	vals, err := queryRow(ctx, q, probeQuery, 4)
 	if err != nil {
 		return false, fmt.Errorf("cachedpq: probing a new connection: %w", err)
 	}
@@ -62,6 +51,24 @@ func (c *Connector) probe(ctx context.Context, ic driver.Conn) (standby bool, er
 	c.learnInfinity(vals[1:3])
 	standby, _ = vals[0].(bool)
 	return standby, nil
+}
+
+// queryRow runs query on q and returns its first row, which must have n
+// columns.
+func queryRow(ctx context.Context, q driver.QueryerContext, query string, n int) ([]driver.Value, error) {
+	rows, err := q.QueryContext(ctx, query, nil)
+	if err != nil {
+		return nil, err
+	}
+	vals := make([]driver.Value, len(rows.Columns()))
+	err = rows.Next(vals)
+	if cerr := rows.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && len(vals) != n {
+		err = fmt.Errorf("%d columns, want %d", len(vals), n)
+	}
+	return vals, err
 }
 
 // learnInfinity adds how lib/pq decoded the infinities in vals to the
