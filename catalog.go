@@ -22,6 +22,8 @@ type catalog struct {
 	parents   map[string][]string // partition or inheriting table -> its parents
 	children  map[string][]string // partitioned or inherited table -> its partitions and children
 	volatile  map[string]bool     // user function name, bare and schema-qualified -> any overload is volatile
+	fired     map[string][]string // table -> tables its enabled triggers and rules write (see triggers.go)
+	opaque    map[string]bool     // table -> a trigger or rule on it may write what the catalog cannot read
 }
 
 // catalogCache holds the current catalog of a Connector.
@@ -105,6 +107,8 @@ func loadCatalog(ctx context.Context, ci driver.Conn) (*catalog, error) {
 		parents:   map[string][]string{},
 		children:  map[string][]string{},
 		volatile:  map[string]bool{},
+		fired:     map[string][]string{},
+		opaque:    map[string]bool{},
 	}
 	err := catalogRows(ctx, ci, fkQuery, 4, func(r []driver.Value) {
 		child, parent := textOf(r[0]), textOf(r[1])
@@ -131,6 +135,9 @@ func loadCatalog(ctx context.Context, ci driver.Conn) (*catalog, error) {
 			cat.volatile[textOf(r[1])] = cat.volatile[textOf(r[1])] || v
 			cat.volatile[textOf(r[0])+"."+textOf(r[1])] = v
 		})
+	}
+	if err == nil {
+		err = cat.loadTriggers(ctx, ci)
 	}
 	return cat, err
 }
@@ -189,12 +196,14 @@ func catalogRows(ctx context.Context, ci driver.Conn, query string, ncols int, e
 
 // reach returns tags with every table a write to them also changes:
 // foreign-key cascades (all referencing tables for TRUNCATE ... CASCADE),
-// for writes through a view its base tables, and for a table in a
-// hierarchy of partitions or inheritance its ancestors, whose reads see its
-// rows, and its descendants, whose rows a write to it may change (not its
-// siblings); transitively.
-func (cat *catalog) reach(tags []string, truncateCascade bool) []string {
-	out := slices.Clone(tags)
+// what their triggers and rules write, for writes through a view its base
+// tables, and for a table in a hierarchy of partitions or inheritance its
+// ancestors, whose reads see its rows, and its descendants, whose rows a
+// write to it may change (not its siblings); transitively. opaque reports
+// a table among them whose triggers or rules may write what the catalog
+// cannot read.
+func (cat *catalog) reach(tags []string, truncateCascade bool) (out []string, opaque bool) {
+	out = slices.Clone(tags)
 	dirs := make([]direction, len(out)) // how out[i] was reached
 	add := func(t string, d direction) {
 		if !slices.Contains(out, t) {
@@ -207,9 +216,10 @@ func (cat *catalog) reach(tags []string, truncateCascade bool) []string {
 		if truncateCascade {
 			next = cat.referrers[t]
 		}
-		for _, n := range slices.Concat(next, cat.bases[t]) {
+		for _, n := range slices.Concat(next, cat.bases[t], cat.fired[t]) {
 			add(n, anyWay)
 		}
+		opaque = opaque || cat.opaque[t]
 		if d != down {
 			for _, p := range cat.parents[t] {
 				add(p, up)
@@ -221,7 +231,7 @@ func (cat *catalog) reach(tags []string, truncateCascade bool) []string {
 			}
 		}
 	}
-	return out
+	return out, opaque
 }
 
 // direction is how reach came to a table in a hierarchy: from a descendant

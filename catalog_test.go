@@ -25,7 +25,7 @@ func TestReachFollowsHierarchies(t *testing.T) {
 		{[]string{"x"}, []string{"x"}},
 	}
 	for _, tt := range tests {
-		got := cat.reach(tt.writes, false)
+		got, _ := cat.reach(tt.writes, false)
 		slices.Sort(got)
 		want := slices.Sorted(slices.Values(tt.want))
 		if !slices.Equal(got, want) {

@@ -247,7 +247,9 @@ func (e *engine) committed(ctx context.Context, c *conn, w *writeSet) {
 		if cat, err := e.catalog(ctx, c); err != nil {
 			w.all = true
 		} else {
-			w.add(cat.reach(w.named, false)...)
+			tables, opaque := cat.reach(w.named, false)
+			w.add(tables...)
+			w.all = w.all || opaque
 		}
 		w.ddl = false // the catalog just read is the committed one: invalidate need not drop it
 	}
@@ -332,11 +334,14 @@ func (e *engine) writesOf(ctx context.Context, c *conn, a *analysis, w *writeSet
 		}
 		return
 	}
-	if cat.anyVolatile(a.functions) {
+	tables, opaque := cat.reach(a.writes, truncateCascade)
+	if opaque || cat.anyVolatile(a.functions) {
+		// A trigger's function is code the text does not show, as a
+		// volatile function's is.
 		e.unknownWrite(a, w, true)
 		return
 	}
-	w.add(cat.reach(a.writes, truncateCascade)...)
+	w.add(tables...)
 }
 
 // unknownWrite handles a statement whose writes the text cannot show: the

@@ -1,0 +1,112 @@
+package integration
+
+import (
+	"testing"
+
+	"github.com/cachedpq/cachedpq"
+)
+
+// Triggers and rules write tables the statement that fires them does not
+// name: each test caches a read of such a table, writes the table the
+// trigger or rule is on through the driver, and expects the read to
+// answer as Postgres does.
+
+// auditSetup adds an audit table, and a count of its rows that a trigger
+// on audit itself keeps: a second step for a write to users to reach.
+const auditSetup = `create table audit (user_id int8, name text);
+	create table audit_count (n int8 not null);
+	insert into audit_count values (0);
+	create function audit_counted() returns trigger language plpgsql as $$
+	begin
+		update audit_count set n = n + 1;
+		return null;
+	end $$;
+	create trigger audit_counted after insert on audit for each row execute function audit_counted()`
+
+const (
+	auditOf    = `select name from audit where user_id = $1 order by name`
+	auditCount = `select n from audit_count`
+)
+
+// triggerCase caches the audit reads, runs write through the driver and
+// checks both reads.
+func triggerCase(t *testing.T, setup, write string) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		setupUsers(t, env)
+		mustExec(t, env.raw, auditSetup)
+		mustExec(t, env.raw, setup)
+		env.register(t, auditOf, cachedpq.Policy{})
+		env.register(t, auditCount, cachedpq.Policy{})
+		env.prime(t, auditOf, 1)
+		env.prime(t, auditCount)
+		mustExec(t, env.db, write)
+		if got := env.same(t, auditOf, 1); len(got) == 0 {
+			t.Fatal("the trigger wrote nothing: the test proves nothing")
+		}
+		env.same(t, auditCount)
+	})
+}
+
+// TestTriggerWritesInvalidate: a PL/pgSQL trigger on users inserts into
+// audit, whose own trigger updates audit_count.
+func TestTriggerWritesInvalidate(t *testing.T) {
+	triggerCase(t, `create function users_audit() returns trigger language plpgsql as $$
+		begin
+			insert into audit values (new.id, new.name);
+			return new;
+		end $$;
+		create trigger users_audit after update on users for each row execute function users_audit()`,
+		`update users set name = 'changed' where id = 1`)
+}
+
+// TestRuleWritesInvalidate: a rule on users inserts into audit.
+func TestRuleWritesInvalidate(t *testing.T) {
+	triggerCase(t, `create rule users_audit as on update to users do also insert into audit values (new.id, new.name)`,
+		`update users set name = 'changed' where id = 1`)
+}
+
+// TestOpaqueTriggerInvalidatesAll: a trigger whose function writes through
+// dynamic SQL, where no table can be read off its text, voids everything.
+func TestOpaqueTriggerInvalidatesAll(t *testing.T) {
+	triggerCase(t, `create function users_audit() returns trigger language plpgsql as $$
+		begin
+			execute format('insert into %I values ($1, $2)', tg_argv[0]) using new.id, new.name;
+			return new;
+		end $$;
+		create trigger users_audit after update on users for each row execute function users_audit('audit')`,
+		`update users set name = 'changed' where id = 1`)
+}
+
+// TestRuleCallingFunctionInvalidates: a rule whose action calls a user
+// function, which may write anything.
+func TestRuleCallingFunctionInvalidates(t *testing.T) {
+	triggerCase(t, `create function log_user(int8, text) returns void language sql as
+			$$ insert into audit values ($1, $2) $$;
+		create rule users_audit as on update to users do also select log_user(new.id, new.name)`,
+		`update users set name = 'changed' where id = 1`)
+}
+
+// TestRowTriggerKeepsOtherEntries: a trigger that only changes the row it
+// fires for (an updated_at column) writes no other table: entries of other
+// tables stay valid.
+func TestRowTriggerKeepsOtherEntries(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		setupUsers(t, env)
+		mustExec(t, env.raw, auditSetup)
+		mustExec(t, env.raw, `alter table users add column updated timestamptz;
+			create function touch() returns trigger language plpgsql as $$
+			begin
+				new.updated := clock_timestamp();
+				return new;
+			end $$;
+			create trigger touch before update on users for each row execute function touch()`)
+		env.register(t, auditCount, cachedpq.Policy{})
+		env.prime(t, auditCount)
+		mustExec(t, env.db, `update users set name = 'changed' where id = 1`)
+		hits := env.stats().Hits
+		env.same(t, auditCount)
+		if env.stats().Hits != hits+1 {
+			t.Fatalf("an update of users voided an entry of audit_count: %+v", env.stats())
+		}
+	})
+}

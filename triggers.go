@@ -1,0 +1,190 @@
+package cachedpq
+
+import (
+	"context"
+	"database/sql/driver"
+)
+
+// Triggers and rules write tables that the statement firing them does not
+// name: an audit row, a counter, a denormalized copy. The catalog reads
+// them once per load, so that a write to a table also invalidates what its
+// enabled triggers and rules write, transitively, as it does foreign-key
+// cascades. A trigger whose function the text cannot show is opaque: a
+// write to its table invalidates the whole namespace, as a call of a
+// volatile function does.
+
+const (
+	// triggerQuery lists the enabled user triggers (not the internal ones
+	// that enforce foreign keys) with their functions' language and source.
+	// A function in pg_catalog is built in (tsvector_update_trigger,
+	// suppress_redundant_updates_trigger): it changes the row only.
+	triggerQuery = `select c.relname, l.lanname, n.nspname = 'pg_catalog', p.prosrc
+		from pg_catalog.pg_trigger tg
+		join pg_catalog.pg_class c on c.oid = tg.tgrelid
+		join pg_catalog.pg_proc p on p.oid = tg.tgfoid
+		join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+		join pg_catalog.pg_language l on l.oid = p.prolang
+		where not tg.tgisinternal and tg.tgenabled <> 'D'`
+	// ruleQuery lists the relations that the INSERT, UPDATE and DELETE
+	// rules of a relation refer to: their actions may write any of them.
+	ruleQuery = `select distinct c.relname, t.relname
+		from pg_catalog.pg_rewrite r
+		join pg_catalog.pg_class c on c.oid = r.ev_class
+		join pg_catalog.pg_depend d on d.objid = r.oid
+			and d.classid = 'pg_catalog.pg_rewrite'::regclass
+			and d.refclassid = 'pg_catalog.pg_class'::regclass
+		join pg_catalog.pg_class t on t.oid = d.refobjid
+		where r.ev_type <> '1' and r.ev_enabled <> 'D' and t.oid <> c.oid`
+	// ruleCallQuery lists the relations whose INSERT, UPDATE or DELETE
+	// rules call a user function: opaque, as the function may write.
+	ruleCallQuery = `select distinct c.relname
+		from pg_catalog.pg_rewrite r
+		join pg_catalog.pg_class c on c.oid = r.ev_class
+		join pg_catalog.pg_depend d on d.objid = r.oid
+			and d.classid = 'pg_catalog.pg_rewrite'::regclass
+			and d.refclassid = 'pg_catalog.pg_proc'::regclass
+		join pg_catalog.pg_proc p on p.oid = d.refobjid
+		join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+		where r.ev_type <> '1' and r.ev_enabled <> 'D'
+			and n.nspname not in ('pg_catalog', 'information_schema')`
+)
+
+// loadTriggers adds the writes of triggers and rules to cat, whose
+// volatile functions are loaded already.
+func (cat *catalog) loadTriggers(ctx context.Context, ci driver.Conn) error {
+	err := catalogRows(ctx, ci, triggerQuery, 4, func(r []driver.Value) {
+		table := textOf(r[0])
+		if builtin, _ := r[2].(bool); builtin {
+			return
+		}
+		tables, ok := []string(nil), false
+		if lang := textOf(r[1]); lang == "plpgsql" {
+			tables, ok = bodyWrites(textOf(r[3]), cat.isVolatile)
+		}
+		cat.note(table, tables, ok)
+	})
+	if err == nil {
+		err = catalogRows(ctx, ci, ruleQuery, 2, func(r []driver.Value) {
+			cat.note(textOf(r[0]), []string{textOf(r[1])}, true)
+		})
+	}
+	if err == nil {
+		err = catalogRows(ctx, ci, ruleCallQuery, 1, func(r []driver.Value) {
+			cat.note(textOf(r[0]), nil, false)
+		})
+	}
+	return err
+}
+
+// note records that a write to table also writes tables, and, if known is
+// false, what the catalog cannot read.
+func (cat *catalog) note(table string, tables []string, known bool) {
+	for _, t := range tables {
+		if t != table {
+			cat.fired[table] = appendNew(cat.fired[table], t)
+		}
+	}
+	if !known {
+		cat.opaque[table] = true
+	}
+}
+
+// isVolatile reports whether a function, named as the analysis names
+// functions, is a volatile user function.
+func (cat *catalog) isVolatile(name string) bool { return cat.anyVolatile([]string{name}) }
+
+// bodyWrites reads the source of a PL/pgSQL trigger function and returns
+// the tables its statements write. ok is false when it may write tables,
+// or change the session, in ways its text does not show: dynamic SQL
+// (EXECUTE), CALL, DO, DDL, COPY, TRUNCATE ... CASCADE, SET or set_config,
+// a call of a volatile user function (isVolatile), or a write whose target
+// it cannot read. Only the patterns it knows count as harmless: it errs
+// towards ok false, which costs invalidations, never stale data.
+func bodyWrites(src string, isVolatile func(string) bool) (tables []string, ok bool) {
+	p := newParser(src)
+	for i := 0; i < len(p.toks); i++ {
+		next, known := p.bodyToken(i, isVolatile)
+		if !known {
+			return nil, false
+		}
+		i = max(i, next-1)
+	}
+	return p.a.writes, true
+}
+
+// bodyToken reads the function body's token i: a write adds its target to
+// p.a.writes. It returns the index of the next token to read, and false if
+// the token makes the body opaque.
+func (p *parser) bodyToken(i int, isVolatile func(string) bool) (next int, ok bool) {
+	switch {
+	case p.is(i, "execute"): // EXECUTE 'sql', FOR ... IN EXECUTE, RETURN QUERY EXECUTE
+		return i, false
+	case p.statementStart(i) && p.isAny(i, "call", "do", "copy", "create", "alter", "drop", "grant",
+		"revoke", "comment", "security", "refresh", "reindex", "cluster", "vacuum", "import",
+		"reassign", "discard", "set", "reset", "listen", "unlisten", "load", "prepare", "deallocate"):
+		// Commands, not the column names (comment, load) or clauses
+		// (UPDATE ... SET, ON CONFLICT DO) these words also are. SET
+		// outlives the function, as set_config does.
+		return i, false
+	case p.isAny(i, "insert", "merge") && p.is(i+1, "into"),
+		p.is(i, "delete") && p.is(i+1, "from"):
+		return p.bodyTarget(i + 2)
+	case p.is(i, "update"):
+		// FOR [NO KEY] UPDATE, ON CONFLICT DO UPDATE, MERGE's WHEN ...
+		// THEN UPDATE SET: no table of their own (UPDATE set SET ... is
+		// one, named set).
+		if p.isAny(i-1, "for", "key", "do") || p.is(i+1, "set") && !p.is(i+2, "set") {
+			return i + 1, true
+		}
+		return p.bodyTarget(i + 1)
+	case p.is(i, "truncate"):
+		return p.bodyTruncate(i + 1)
+	case p.isName(i) && p.isPunct(i+1, '('):
+		name := p.tagOf(i)
+		return i + 1, name != "set_config" && !isVolatile(name)
+	case p.isName(i) && p.isPunct(i+1, '.'):
+		last, after, _ := p.qualifiedName(i, len(p.toks))
+		if !p.isPunct(after, '(') {
+			return after, true
+		}
+		return after, p.tagOf(last) != "set_config" && !isVolatile(p.tagOf(i)+"."+p.tagOf(last))
+	}
+	return i + 1, true
+}
+
+// bodyTarget records the table a write names at i; a target it cannot read
+// makes the body opaque.
+func (p *parser) bodyTarget(i int) (next int, ok bool) {
+	if !p.isName(i) && !(p.is(i, "only") && (p.isName(i+1) || p.isPunct(i+1, '('))) {
+		return i, false
+	}
+	return p.addTarget(i, len(p.toks)), true
+}
+
+// bodyTruncate records the tables of TRUNCATE [TABLE] name [, ...];
+// CASCADE makes the body opaque (the catalog's referrers are not at hand).
+func (p *parser) bodyTruncate(i int) (next int, ok bool) {
+	if p.is(i, "table") {
+		i++
+	}
+	for {
+		if i = p.addTarget(i, len(p.toks)); p.isPunct(i, '*') {
+			i++
+		}
+		if !p.isPunct(i, ',') {
+			break
+		}
+		i++
+	}
+	for ; i < len(p.toks) && !p.isPunct(i, ';'); i++ {
+		if p.is(i, "cascade") {
+			return i, false
+		}
+	}
+	return i, true
+}
+
+// statementStart reports whether token i begins a PL/pgSQL statement.
+func (p *parser) statementStart(i int) bool {
+	return i == 0 || p.isPunct(i-1, ';') || p.isAny(i-1, "begin", "then", "else", "loop")
+}
