@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // catalog is what cachedpq reads from pg_catalog once per Connector (and
@@ -24,6 +25,16 @@ type catalog struct {
 	volatile  map[string]bool     // user function name, bare and schema-qualified -> any overload is volatile
 	fired     map[string][]string // table -> tables its enabled triggers and rules write (see triggers.go)
 	opaque    map[string]bool     // table -> a trigger or rule on it may write what the catalog cannot read
+	// stale is set once the catalog has served Options.CatalogRefresh:
+	// the next statement that needs it reads it again.
+	stale atomic.Bool
+}
+
+// serveFor marks cat stale after d (never if d is negative).
+func (cat *catalog) serveFor(d time.Duration) {
+	if d > 0 {
+		time.AfterFunc(d, func() { cat.stale.Store(true) })
+	}
 }
 
 // catalogCache holds the current catalog of a Connector.
@@ -39,25 +50,42 @@ func (cc *catalogCache) reset() {
 	cc.cur.Store(nil)
 }
 
-// catalog returns the current catalog, loading it on c if needed. c is
-// free: the engine calls this between statements. On a connection in a
-// transaction the catalog is read on a connection of its own: the
-// transaction's snapshot may predate DDL others committed, or see its own
-// DDL that may yet roll back, and the catalog is shared by every conn.
+// catalog returns the current catalog, loading it on c if needed (none
+// yet, DDL, or stale). c is free: the engine calls this between
+// statements. On a connection in a transaction the catalog is read on a
+// connection of its own: the transaction's snapshot may predate DDL others
+// committed, or see its own DDL that may yet roll back, and the catalog is
+// shared by every conn. A stale catalog that cannot be read again serves
+// for another period.
 func (e *engine) catalog(ctx context.Context, c *conn) (*catalog, error) {
-	if cat := e.cat.cur.Load(); cat != nil {
+	if cat := e.cat.cur.Load(); cat != nil && !cat.stale.Load() {
 		return cat, nil
 	}
 	e.cat.loadMu.Lock()
 	defer e.cat.loadMu.Unlock()
-	if cat := e.cat.cur.Load(); cat != nil {
-		return cat, nil
+	old := e.cat.cur.Load()
+	if old != nil && !old.stale.Load() {
+		return old, nil
 	}
+	cat, err := e.loadCatalog(ctx, c)
+	switch {
+	case err != nil && old != nil:
+		e.opts.Logger.Warn("cachedpq: cannot read pg_catalog again; the last reading serves on", "err", err)
+		old.stale.Store(false)
+		old.serveFor(e.opts.CatalogRefresh)
+		return old, nil
+	case err != nil:
+		e.opts.Logger.Warn("cachedpq: cannot read pg_catalog; writes invalidate everything", "err", err)
+	}
+	return cat, err
+}
+
+// loadCatalog reads the catalog for e.catalog, which holds loadMu.
+func (e *engine) loadCatalog(ctx context.Context, c *conn) (*catalog, error) {
 	gen, src := e.cat.gen.Load(), c.inner
 	if c.inTx() {
 		own, err := e.inner.Connect(ctx)
 		if err != nil {
-			e.opts.Logger.Warn("cachedpq: cannot read pg_catalog; writes invalidate everything", "err", err)
 			return nil, err
 		}
 		defer own.Close()
@@ -65,11 +93,11 @@ func (e *engine) catalog(ctx context.Context, c *conn) (*catalog, error) {
 	}
 	cat, err := loadCatalog(ctx, src)
 	if err != nil {
-		e.opts.Logger.Warn("cachedpq: cannot read pg_catalog; writes invalidate everything", "err", err)
 		return nil, err
 	}
 	if e.cat.gen.Load() == gen { // else DDL committed while it loaded: it may predate it
 		e.cat.cur.Store(cat)
+		cat.serveFor(e.opts.CatalogRefresh)
 	}
 	return cat, nil
 }
@@ -301,7 +329,7 @@ func (e *engine) tagsFor(ctx context.Context, c *conn, reg *registration, rs *re
 	if e.opts.NoCatalog {
 		return reg.epochTags, true
 	}
-	if rt := rs.resolved.Load(); rt != nil && rt.cat == e.cat.cur.Load() {
+	if rt := rs.resolved.Load(); rt != nil && rt.cat == e.cat.cur.Load() && !rt.cat.stale.Load() {
 		return rt.tags, !rt.volatile
 	}
 	cat, err := e.catalog(ctx, c)

@@ -17,6 +17,8 @@ const (
 	defaultPrefix    = "cachedpq"
 	defaultTimeout   = 50 * time.Millisecond
 	defaultMaxMemory = 64 << 20
+
+	defaultCatalogRefresh = time.Minute
 )
 
 // envRedisURL names the environment variable consulted when neither
@@ -64,6 +66,13 @@ type Options struct {
 	// so Policy.Tags and the Invalidate methods must cover them.
 	NoCatalog bool
 
+	// CatalogRefresh is how long what cachedpq read from pg_catalog
+	// serves before it is read again, so that schema changes made by other
+	// processes (a migration adding a foreign key, a trigger, a view, a
+	// partition) are followed; DDL through the Connector itself is followed
+	// at once. Zero means one minute; negative, never.
+	CatalogRefresh time.Duration
+
 	// UnknownWrites narrows the invalidation of statements whose writes
 	// the SQL text cannot show: CALL, DO, EXECUTE, DROP ... CASCADE, schema
 	// changes not scoped to named tables (types, functions, schemas,
@@ -100,6 +109,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.MaxMemory <= 0 {
 		o.MaxMemory = defaultMaxMemory
+	}
+	if o.CatalogRefresh == 0 {
+		o.CatalogRefresh = defaultCatalogRefresh
 	}
 	if o.Registry == nil {
 		o.Registry = defaultRegistry

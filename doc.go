@@ -49,10 +49,13 @@
 // through Query, returns), at Commit inside one, never on Rollback. The
 // tables a write reaches are read from its SQL text and from pg_catalog:
 // foreign keys with ON DELETE/UPDATE actions, TRUNCATE ... CASCADE, writes
-// through views, and the base tables of views that registered queries
-// read. A statement whose effects the text cannot show (CALL, DO, a
-// volatile user function, DDL on types, functions, schemas, privileges or
-// policies) invalidates the whole namespace.
+// through views, the base tables of views that registered queries read,
+// and the tables that triggers and rules write. A statement whose effects
+// the text cannot show (CALL, DO, a volatile user function, a trigger
+// running dynamic SQL, DDL on types, functions, schemas, privileges or
+// policies) invalidates the whole namespace. pg_catalog is read again
+// after DDL through the Connector, and every Options.CatalogRefresh for
+// DDL by other processes.
 //
 // # Consistency
 //

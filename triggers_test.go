@@ -1,8 +1,14 @@
 package cachedpq
 
 import (
+	"database/sql"
+	"database/sql/driver"
+	"errors"
 	"slices"
 	"testing"
+	"time"
+
+	"github.com/DATA-DOG/go-sqlmock"
 )
 
 func TestBodyWrites(t *testing.T) {
@@ -104,4 +110,76 @@ func FuzzBodyWrites(f *testing.F) {
 			t.Fatalf("opaque body with tables %q", tables)
 		}
 	})
+}
+
+// TestStaleCatalogServesWhenReloadFails: a catalog past CatalogRefresh is
+// read again by the next statement that needs it; if that fails, the last
+// reading serves another period, rather than every statement trying again
+// and reads bypassing the cache meanwhile.
+func TestStaleCatalogServesWhenReloadFails(t *testing.T) {
+	dsn := "cachedpq-" + t.Name()
+	raw, mock, err := sqlmock.NewWithDSN(dsn, sqlmock.QueryMatcherOption(sqlmock.QueryMatcherEqual))
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := NewRegistry()
+	const read = `select n from audit_count`
+	if err := reg.Register(read, Policy{TTL: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	const refresh = 50 * time.Millisecond
+	db := sql.OpenDB(Wrap(&driverConnector{drv: raw.Driver(), dsn: dsn}, Options{Registry: reg, CatalogRefresh: refresh}))
+	db.SetMaxOpenConns(1)
+	defer raw.Close()
+	defer db.Close()
+
+	for _, q := range []struct {
+		sql  string
+		cols []string
+		row  []driver.Value
+	}{
+		{fkQuery, []string{"a", "b", "c", "d"}, nil},
+		{viewQuery, []string{"a", "b"}, nil},
+		{inheritQuery, []string{"a", "b"}, nil},
+		{funcQuery, []string{"a", "b", "c"}, nil},
+		{triggerQuery, []string{"a", "b", "c", "d"}, []driver.Value{"users", "plpgsql", false,
+			"begin update audit_count set n = n + 1; return new; end"}},
+		{ruleQuery, []string{"a", "b"}, nil},
+		{ruleCallQuery, []string{"a"}, nil},
+	} {
+		rows := sqlmock.NewRows(q.cols)
+		if q.row != nil {
+			rows.AddRow(q.row...)
+		}
+		mock.ExpectQuery(q.sql).WillReturnRows(rows)
+	}
+	mock.ExpectQuery(read).WillReturnRows(sqlmock.NewRows([]string{"n"}).AddRow(int64(1)))
+	mock.ExpectExec(`update users set name = 'x'`).WillReturnResult(sqlmock.NewResult(0, 1))
+	mock.ExpectQuery(fkQuery).WillReturnError(errors.New("catalog unreadable"))
+	mock.ExpectQuery(read).WillReturnRows(sqlmock.NewRows([]string{"n"}).AddRow(int64(2)))
+
+	count := func() (n int64) {
+		t.Helper()
+		if err := db.QueryRow(read).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := count(); n != 1 {
+		t.Fatalf("miss: %d", n)
+	}
+	count() // a hit
+	time.Sleep(2 * refresh)
+	if _, err := db.Exec(`update users set name = 'x'`); err != nil {
+		t.Fatal(err)
+	}
+	// The trigger on users, known from the stale reading, voided the count.
+	for range 2 {
+		if n := count(); n != 2 {
+			t.Fatalf("after the update: %d", n)
+		}
+	}
+	if err := mock.ExpectationsWereMet(); err != nil {
+		t.Fatal(err)
+	}
 }

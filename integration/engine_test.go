@@ -53,8 +53,8 @@ func newEnvWith(t *testing.T, rdb redis.UniversalClient) *cacheEnv {
 }
 
 // newEnvDSN opens a cached DB and a raw one on dsn, whose search_path
-// starts with schema.
-func newEnvDSN(t *testing.T, rdb redis.UniversalClient, schema, dsn string) *cacheEnv {
+// starts with schema; each of set changes the Options first.
+func newEnvDSN(t *testing.T, rdb redis.UniversalClient, schema, dsn string, set ...func(*cachedpq.Options)) *cacheEnv {
 	t.Helper()
 	env := &cacheEnv{
 		reg:    cachedpq.NewRegistry(),
@@ -62,9 +62,11 @@ func newEnvDSN(t *testing.T, rdb redis.UniversalClient, schema, dsn string) *cac
 		prefix: fmt.Sprintf("cpqtest%d_%d", time.Now().UnixNano()%1e9, prefixSeq.Add(1)),
 		schema: schema,
 	}
-	conn, err := cachedpq.NewConnector(dsn, cachedpq.Options{
-		Redis: rdb, Prefix: env.prefix, Registry: env.reg, Timeout: time.Second,
-	})
+	opts := cachedpq.Options{Redis: rdb, Prefix: env.prefix, Registry: env.reg, Timeout: time.Second}
+	for _, f := range set {
+		f(&opts)
+	}
+	conn, err := cachedpq.NewConnector(dsn, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

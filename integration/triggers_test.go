@@ -2,6 +2,7 @@ package integration
 
 import (
 	"testing"
+	"time"
 
 	"github.com/cachedpq/cachedpq"
 )
@@ -109,4 +110,34 @@ func TestRowTriggerKeepsOtherEntries(t *testing.T) {
 			t.Fatalf("an update of users voided an entry of audit_count: %+v", env.stats())
 		}
 	})
+}
+
+// TestOtherProcessDDLFollowed: a trigger another process creates (a
+// migration) after the catalog was read is followed once the reading has
+// served Options.CatalogRefresh; it was never seen before a restart.
+func TestOtherProcessDDLFollowed(t *testing.T) {
+	const refresh = 200 * time.Millisecond
+	for _, store := range stores {
+		t.Run(store, func(t *testing.T) {
+			schema := newSchema(t)
+			env := newEnvDSN(t, redisFor(t, store), schema, baseDSN()+" search_path="+schema,
+				func(o *cachedpq.Options) { o.CatalogRefresh = refresh })
+			setupUsers(t, env)
+			mustExec(t, env.raw, auditSetup)
+			env.register(t, auditOf, cachedpq.Policy{})
+			env.prime(t, auditOf, 1)
+			mustExec(t, env.db, `update users set name = 'before' where id = 2`) // the catalog is read, without the trigger
+			mustExec(t, env.raw, `create function users_audit() returns trigger language plpgsql as $$
+				begin
+					insert into audit values (new.id, new.name);
+					return new;
+				end $$;
+				create trigger users_audit after update on users for each row execute function users_audit()`)
+			time.Sleep(2 * refresh)
+			mustExec(t, env.db, `update users set name = 'changed' where id = 1`)
+			if got := env.same(t, auditOf, 1); len(got) != 1 {
+				t.Fatalf("audit of user 1: %v", got)
+			}
+		})
+	}
 }
