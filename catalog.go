@@ -55,13 +55,18 @@ func (cc *catalogCache) reset() {
 // statements. On a connection in a transaction the catalog is read on a
 // connection of its own: the transaction's snapshot may predate DDL others
 // committed, or see its own DDL that may yet roll back, and the catalog is
-// shared by every conn. A stale catalog that cannot be read again serves
-// for another period.
+// shared by every conn. A stale catalog serves while it is read again,
+// and for another period if that fails.
 func (e *engine) catalog(ctx context.Context, c *conn) (*catalog, error) {
-	if cat := e.cat.cur.Load(); cat != nil && !cat.stale.Load() {
+	cat := e.cat.cur.Load()
+	switch {
+	case cat != nil && !cat.stale.Load():
 		return cat, nil
+	case cat != nil && !e.cat.loadMu.TryLock():
+		return cat, nil // another statement reads it again: serve on meanwhile
+	case cat == nil:
+		e.cat.loadMu.Lock()
 	}
-	e.cat.loadMu.Lock()
 	defer e.cat.loadMu.Unlock()
 	old := e.cat.cur.Load()
 	if old != nil && !old.stale.Load() {

@@ -58,8 +58,11 @@ func (cat *catalog) loadTriggers(ctx context.Context, ci driver.Conn) error {
 			return
 		}
 		tables, ok := []string(nil), false
-		if lang := textOf(r[1]); lang == "plpgsql" {
-			tables, ok = bodyWrites(textOf(r[3]), cat.isVolatile)
+		switch lang, src := textOf(r[1]), textOf(r[3]); {
+		case lang == "plpgsql":
+			tables, ok = bodyWrites(src, cat.isVolatile)
+		case lang == "c":
+			ok = rowOnlyC[src] // a C function's source is its symbol
 		}
 		cat.note(table, tables, ok)
 	})
@@ -75,6 +78,11 @@ func (cat *catalog) loadTriggers(ctx context.Context, ci driver.Conn) error {
 	}
 	return err
 }
+
+// rowOnlyC names the C trigger functions of PostgreSQL's contrib modules
+// that change only the row they fire for: moddatetime (an updated_at
+// column), autoinc (a column from a sequence), insert_username.
+var rowOnlyC = map[string]bool{"moddatetime": true, "autoinc": true, "insert_username": true}
 
 // note records that a write to table also writes tables, and, if known is
 // false, what the catalog cannot read.

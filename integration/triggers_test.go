@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -88,28 +89,35 @@ func TestRuleCallingFunctionInvalidates(t *testing.T) {
 }
 
 // TestRowTriggerKeepsOtherEntries: a trigger that only changes the row it
-// fires for (an updated_at column) writes no other table: entries of other
-// tables stay valid.
+// fires for (an updated_at column, in PL/pgSQL or with contrib's
+// moddatetime) writes no other table: entries of other tables stay valid.
 func TestRowTriggerKeepsOtherEntries(t *testing.T) {
-	forEachStore(t, func(t *testing.T, env *cacheEnv) {
-		setupUsers(t, env)
-		mustExec(t, env.raw, auditSetup)
-		mustExec(t, env.raw, `alter table users add column updated timestamptz;
-			create function touch() returns trigger language plpgsql as $$
+	for name, setup := range map[string]string{
+		"plpgsql": `create function touch() returns trigger language plpgsql as $$
 			begin
 				new.updated := clock_timestamp();
 				return new;
 			end $$;
-			create trigger touch before update on users for each row execute function touch()`)
-		env.register(t, auditCount, cachedpq.Policy{})
-		env.prime(t, auditCount)
-		mustExec(t, env.db, `update users set name = 'changed' where id = 1`)
-		hits := env.stats().Hits
-		env.same(t, auditCount)
-		if env.stats().Hits != hits+1 {
-			t.Fatalf("an update of users voided an entry of audit_count: %+v", env.stats())
-		}
-	})
+			create trigger touch before update on users for each row execute function touch()`,
+		"moddatetime": `create extension moddatetime schema SCHEMA;
+			create trigger touch before update on users for each row execute function SCHEMA.moddatetime(updated)`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			forEachStore(t, func(t *testing.T, env *cacheEnv) {
+				setupUsers(t, env)
+				mustExec(t, env.raw, auditSetup)
+				mustExec(t, env.raw, `alter table users add column updated timestamptz;`+strings.ReplaceAll(setup, "SCHEMA", env.schema))
+				env.register(t, auditCount, cachedpq.Policy{})
+				env.prime(t, auditCount)
+				mustExec(t, env.db, `update users set name = 'changed' where id = 1`)
+				hits := env.stats().Hits
+				env.same(t, auditCount)
+				if env.stats().Hits != hits+1 {
+					t.Fatalf("an update of users voided an entry of audit_count: %+v", env.stats())
+				}
+			})
+		})
+	}
 }
 
 // TestOtherProcessDDLFollowed: a trigger another process creates (a
