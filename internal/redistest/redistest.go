@@ -223,6 +223,18 @@ func (s *Server) Restart(keepData bool) {
 	}
 }
 
+// Revert kills the server (SIGKILL) and starts it again on the same port
+// from the last snapshot in its dir (a SAVE the test made), as a crash and
+// a restart from an old snapshot would: everything written since is lost.
+// A cluster node keeps its nodes.conf, and so its ID and slots.
+func (s *Server) Revert() {
+	s.t.Helper()
+	s.Kill()
+	if err := s.start(requireBinary(s.t, "redis-server")); err != nil {
+		s.t.Fatalf("redistest: revert on %s: %v", s.Addr, err)
+	}
+}
+
 // save writes the dataset to dump.rdb in the server's dir.
 func (s *Server) save() {
 	s.t.Helper()
@@ -290,7 +302,7 @@ func StartCluster(t testing.TB, masters int) *Cluster {
 	if out, err := exec.Command(cli, args...).CombinedOutput(); err != nil {
 		t.Fatalf("redistest: redis-cli --cluster create: %v\n%s", err, out)
 	}
-	c.waitHealthy()
+	c.WaitHealthy()
 	return c
 }
 
@@ -316,9 +328,9 @@ func startNode(t testing.TB) *Server {
 	}
 }
 
-// waitHealthy waits until every node sees the whole cluster, all slots
-// covered and its state ok.
-func (c *Cluster) waitHealthy() {
+// WaitHealthy waits until every node sees the whole cluster, all slots
+// covered and its state ok (after a node restarted, say).
+func (c *Cluster) WaitHealthy() {
 	c.t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for !c.healthy() {

@@ -98,6 +98,22 @@ func TestRestart(t *testing.T) {
 	}
 }
 
+func TestRevert(t *testing.T) {
+	s := Start(t)
+	ctx := ctxT(t)
+	if err := s.Client().Set(ctx, "saved", "v", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	s.save()
+	if err := s.Client().Set(ctx, "lost", "v", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	s.Revert()
+	if n := s.Client().Exists(ctx, "saved", "lost").Val(); n != 1 || s.Client().Exists(ctx, "saved").Val() != 1 {
+		t.Fatalf("after Revert: %d of the keys exist, want the saved one alone", n)
+	}
+}
+
 func TestClusterCoversAllSlots(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a cluster")
