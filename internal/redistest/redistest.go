@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -270,9 +271,9 @@ func (s *Server) stop() {
 	s.Kill()
 }
 
-// Cluster is a Redis Cluster of masters without replicas, owned by a test.
+// Cluster is a Redis Cluster owned by a test.
 type Cluster struct {
-	Addrs   []string // the masters' host:port
+	Addrs   []string // every node's host:port
 	Servers []*Server
 
 	t      testing.TB
@@ -286,19 +287,68 @@ type Cluster struct {
 // cluster_state:ok with all 16384 slots covered. It is stopped at cleanup.
 func StartCluster(t testing.TB, masters int) *Cluster {
 	t.Helper()
+	return startCluster(t, masters, 0)
+}
+
+// StartReplicatedCluster is StartCluster with one replica per master (see
+// ReplicaOf). It waits until every replica is in sync.
+func StartReplicatedCluster(t testing.TB, masters int) *Cluster {
+	t.Helper()
+	c := startCluster(t, masters, 1)
+	deadline := time.Now().Add(30 * time.Second)
+	for c.synced() < masters {
+		if time.Now().After(deadline) {
+			t.Fatalf("redistest: %d of %d replicas in sync after 30s", c.synced(), masters)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return c
+}
+
+// synced counts the replicas in sync with their master.
+func (c *Cluster) synced() int {
+	n := 0
+	for _, s := range c.Servers {
+		if strings.Contains(s.info("replication"), "master_link_status:up") {
+			n++
+		}
+	}
+	return n
+}
+
+// ReplicaOf returns the replica of master, or nil if it has none.
+func (c *Cluster) ReplicaOf(master *Server) *Server {
+	for _, s := range c.Servers {
+		if strings.Contains(s.info("replication"), "master_port:"+strconv.Itoa(master.port)+"\r\n") {
+			return s
+		}
+	}
+	return nil
+}
+
+// info is the server's INFO section, or "" if it does not answer.
+func (s *Server) info(section string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	return s.Client().Info(ctx, section).Val()
+}
+
+// startCluster starts a cluster with replicas per master.
+func startCluster(t testing.TB, masters, replicas int) *Cluster {
+	t.Helper()
 	if masters < 3 {
 		t.Fatalf("redistest: a cluster needs at least 3 masters, not %d", masters)
 	}
 	cli := requireBinary(t, "redis-cli")
 	c := &Cluster{t: t}
-	for range masters {
+	for range masters * (1 + replicas) {
 		s := startNode(t)
 		c.Servers = append(c.Servers, s)
 		c.Addrs = append(c.Addrs, s.Addr)
 	}
 	t.Cleanup(c.closeClient) // runs before the servers' cleanups
 	args := append([]string{"--cluster", "create"}, c.Addrs...)
-	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
+	args = append(args, "--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")
 	if out, err := exec.Command(cli, args...).CombinedOutput(); err != nil {
 		t.Fatalf("redistest: redis-cli --cluster create: %v\n%s", err, out)
 	}
@@ -314,7 +364,7 @@ func startNode(t testing.TB) *Server {
 		port := freePort(t, true)
 		s := &Server{t: t, port: port, dir: t.TempDir(), args: []string{
 			"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-			"--cluster-node-timeout", "2000",
+			"--cluster-node-timeout", "2000", "--repl-diskless-sync-delay", "0",
 		}}
 		s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 		err := s.start(bin)

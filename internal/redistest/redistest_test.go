@@ -141,6 +141,27 @@ func TestClusterCoversAllSlots(t *testing.T) {
 	}
 }
 
+func TestReplicatedCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a cluster")
+	}
+	c := StartReplicatedCluster(t, 3)
+	ctx := ctxT(t)
+	masters := 0
+	for _, s := range c.Servers {
+		if role := s.Client().Do(ctx, "ROLE").Val().([]any)[0]; role != "master" {
+			continue
+		}
+		masters++
+		if r := c.ReplicaOf(s); r == nil || r == s {
+			t.Fatalf("master %s: replica %v", s.Addr, r)
+		}
+	}
+	if masters != 3 || len(c.Servers) != 6 {
+		t.Fatalf("%d masters of %d nodes", masters, len(c.Servers))
+	}
+}
+
 func TestClusterOK(t *testing.T) {
 	ok := "cluster_state:ok\r\ncluster_slots_ok:16384\r\ncluster_known_nodes:3\r\n"
 	tests := []struct {
