@@ -30,8 +30,8 @@ import (
 // replica, a demoted master still reached through an old connection) is
 // not used at all: lookups fail, and the engine goes to Postgres.
 //
-// Only where scripts run (a single node, Sentinel): on a Cluster the
-// namespace spans the masters, each of which would need its own record.
+// On a Cluster the namespace spans the masters: each has a record of its
+// own (see restarts_cluster.go).
 
 // serverRecheck is how long a check of the server holds without a dial.
 const serverRecheck = time.Second
@@ -78,6 +78,9 @@ type serverWatch struct {
 	// answered unchecked, and onOff, if set, runs once with the reason.
 	off   atomic.Bool
 	onOff func(err error)
+	// nodes hooks the node clients of a Cluster client (nil elsewhere):
+	// dials counts theirs.
+	nodes *nodeHooks
 }
 
 // newServerWatch returns a watch over c's dials. The first lookup checks:
@@ -215,6 +218,9 @@ var errNotMaster = errors.New("cachedpq: the Redis server is not a master (a rep
 // the namespace, voiding the namespace if the record named another server
 // or none (as serverCheckScript answers).
 func (s *redisStore) checkServer(ctx context.Context) (id string, result int, err error) {
+	if s.cluster != nil {
+		return s.checkCluster(ctx)
+	}
 	info, err := s.c.Info(ctx).Result() // server and replication: one section each before Redis 7
 	if refusesInfo(err) {
 		return "", 0, fmt.Errorf("%w: %w", errNoRunID, err)
@@ -222,6 +228,23 @@ func (s *redisStore) checkServer(ctx context.Context) (id string, result int, er
 	if err != nil {
 		return "", 0, err
 	}
+	if id, err = serverID(info); err != nil {
+		return "", 0, err
+	}
+	keys := []string{s.serverKey(), s.stampKey(epochTag)}
+	// A master also takes a new replication ID when it creates its backlog
+	// (a replica attaches: the first, or any after repl-backlog-ttl with
+	// none) and when it frees it: that voids the namespace once, needlessly.
+	// It cannot be told from a master promoted back after a failover that
+	// lost writes, whose previous ID (master_replid2) is cleared just so.
+	result, err = serverCheckScript.Run(ctx, s.c, keys, id, formatStamp(newStamp())).Int()
+	return id, result, err
+}
+
+// serverID reads a server's identity, "run_id master_replid", from its
+// INFO: errNoRunID if it names no run_id, errNotMaster if the server is
+// not a master.
+func serverID(info string) (string, error) {
 	var runID, replID, role string
 	for line := range strings.Lines(info) {
 		k, v, _ := strings.Cut(strings.TrimSpace(line), ":")
@@ -236,19 +259,11 @@ func (s *redisStore) checkServer(ctx context.Context) (id string, result int, er
 	}
 	switch {
 	case runID == "":
-		return "", 0, errNoRunID
+		return "", errNoRunID
 	case role != "" && role != "master":
-		return "", 0, errNotMaster
+		return "", errNotMaster
 	}
-	id = runID + " " + replID
-	keys := []string{s.serverKey(), s.stampKey(epochTag)}
-	// A master also takes a new replication ID when it creates its backlog
-	// (a replica attaches: the first, or any after repl-backlog-ttl with
-	// none) and when it frees it: that voids the namespace once, needlessly.
-	// It cannot be told from a master promoted back after a failover that
-	// lost writes, whose previous ID (master_replid2) is cleared just so.
-	result, err = serverCheckScript.Run(ctx, s.c, keys, id, formatStamp(newStamp())).Int()
-	return id, result, err
+	return runID + " " + replID, nil
 }
 
 // dialCounter is a go-redis hook that counts the connections its client

@@ -149,8 +149,11 @@ type redisStore struct {
 	// whose nodes hold them apart.
 	scripts bool
 	// watch checks servers met on new connections (see restarts.go); nil
-	// where scripts do not run.
+	// but on a single node, Sentinel or a Cluster.
 	watch *serverWatch
+	// cluster is the Cluster client whose masters a check reads one by
+	// one (see restarts_cluster.go); nil elsewhere.
+	cluster clusterNodes
 	// step bounds each command of a purge (0: only the purge's context):
 	// a stalled server must not hold a purge, and Close, for purgeTimeout.
 	step time.Duration
@@ -168,8 +171,11 @@ func (s *redisStore) stepCtx(ctx context.Context) (context.Context, context.Canc
 // with prefix.
 func newRedisStore(c redis.UniversalClient, prefix string) *redisStore {
 	s := &redisStore{c: c, prefix: prefix}
-	if single, ok := c.(*redis.Client); ok {
-		s.scripts, s.watch = true, newServerWatch(single)
+	switch c := c.(type) {
+	case *redis.Client:
+		s.scripts, s.watch = true, newServerWatch(c)
+	case *redis.ClusterClient:
+		s.cluster, s.watch = c, newClusterWatch(c)
 	}
 	return s
 }

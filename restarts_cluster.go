@@ -1,0 +1,397 @@
+package cachedpq
+
+// The check of restarts.go on a Redis Cluster. A namespace spans the
+// masters, and any of them may come back from a snapshot or be replaced by
+// a replica that missed its last writes: each master gets its own record,
+// <prefix>:server:{T}, under a hash tag T whose slot the master serves, so
+// that the record lives (and is lost, or replicated) with the stamps on
+// that master. A check reads every master's identity and record; if any
+// differs or is missing it first bumps the epoch stamp (on whichever master
+// owns its slot, perhaps the restarted one), and only then writes the new
+// records: a bump that failed leaves them as they were, and the next check
+// bumps again. The two steps are not one script as on a single node: a
+// check that reads a record another process has just written skips a bump
+// that process made already, and lookupChecked redoes the lookups either
+// overlapped.
+//
+// Resharding that moves the slot of a master's record to another master
+// (or gives a master a new first slot), and a master added to the
+// Cluster, cost one needless epoch bump: the record is missing where the
+// check now looks for it. A record left behind on the new owner is never
+// compared again.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"weak"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// clusterNodes is what a check needs of a Cluster client.
+type clusterNodes interface {
+	ForEachShard(ctx context.Context, fn func(ctx context.Context, c *redis.Client) error) error
+}
+
+var _ clusterNodes = (*redis.ClusterClient)(nil)
+
+// clusterSlots is the number of hash slots of a Redis Cluster.
+const clusterSlots = 16384
+
+// keySlot returns the Cluster slot of key: the CRC16 (XMODEM) of its hash
+// tag (the text between its first '{' and the next '}', if not empty) or of
+// the whole key, modulo clusterSlots.
+func keySlot(key string) int {
+	if i := strings.IndexByte(key, '{'); i >= 0 {
+		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
+			key = key[i+1 : i+1+j]
+		}
+	}
+	return int(crc16(key) % clusterSlots)
+}
+
+// crc16 is CRC-16/XMODEM (polynomial 0x1021, initial value 0), the
+// checksum of Redis Cluster's key slots.
+func crc16(s string) uint16 {
+	var crc uint16
+	for i := range len(s) {
+		crc ^= uint16(s[i]) << 8
+		for range 8 {
+			if crc&0x8000 != 0 {
+				crc = crc<<1 ^ 0x1021
+			} else {
+				crc <<= 1
+			}
+		}
+	}
+	return crc
+}
+
+// slotTags holds, for each slot, the least n whose base-36 text is a hash
+// tag of that slot. Every process finds the same tags, and so the same
+// record keys.
+var slotTags = sync.OnceValue(func() *[clusterSlots]uint32 {
+	var tags [clusterSlots]uint32
+	var seen [clusterSlots]bool
+	for n, left := uint32(0), clusterSlots; left > 0; n++ {
+		if slot := keySlot(slotTag(n)); !seen[slot] {
+			seen[slot], tags[slot] = true, n
+			left--
+		}
+	}
+	return &tags
+})
+
+// slotTag is the text of hash tag n.
+func slotTag(n uint32) string { return strconv.FormatUint(uint64(n), 36) }
+
+// recordTries bounds the slots tried for a master's record key. The first
+// serves unless the prefix holds a '{' of its own: with a whole hash tag
+// in the prefix, every key of the namespace is in one slot, and masters
+// that do not serve it hold nothing to check; with an unclosed '{', keys
+// land on slots the tag does not choose, and a master serving few slots may
+// find none in recordTries and go unchecked.
+const recordTries = 256
+
+// recordKey returns the key of the record of the master that serves
+// ranges, and false if no key of the namespace found lands on it.
+func (s *redisStore) recordKey(ranges []redis.ClusterSlot) (string, bool) {
+	tags, tries := slotTags(), 0
+	for _, r := range ranges {
+		for slot := r.Start; slot <= r.End && tries < recordTries; slot, tries = slot+1, tries+1 {
+			k := s.serverKey() + ":{" + slotTag(tags[slot]) + "}"
+			if inRanges(ranges, keySlot(k)) {
+				return k, true
+			}
+		}
+	}
+	return "", false
+}
+
+// inRanges reports whether slot is in one of ranges.
+func inRanges(ranges []redis.ClusterSlot, slot int) bool {
+	for _, r := range ranges {
+		if r.Start <= slot && slot <= r.End {
+			return true
+		}
+	}
+	return false
+}
+
+// master is what a check read on one master.
+type master struct {
+	c      *redis.Client
+	hook   *nodeHook
+	id     string // "run_id master_replid"
+	key    string // its record's key
+	record string // the record; "" if none
+	found  bool   // whether a record was there
+}
+
+// checkCluster is checkServer on a Cluster: it checks every master against
+// its own record, and voids the namespace if any differs or is missing.
+// It answers as checkServer does, id naming the masters that changed.
+func (s *redisStore) checkCluster(ctx context.Context) (id string, result int, err error) {
+	ctx = context.WithValue(ctx, checking{}, true)
+	masters, replicas, err := s.readMasters(ctx)
+	if err != nil {
+		return "", 0, err
+	}
+	defer func() {
+		if err == nil {
+			markMasters(masters, replicas)
+		}
+	}()
+	var changed []master
+	result = 2
+	for _, m := range masters {
+		if m.record == m.id {
+			continue
+		}
+		changed = append(changed, m)
+		if m.found {
+			result = 1
+		}
+	}
+	if len(changed) == 0 {
+		return "", 0, nil
+	}
+	// The bump first: a record written before a bump that failed would
+	// hide the lost invalidations from every later check.
+	if err := s.bump(ctx, []string{epochTag}); err != nil {
+		return "", 0, err
+	}
+	err = writeRecords(ctx, changed)
+	return serverIDs(changed), result, err
+}
+
+// markMasters tells the node hooks which nodes a check found masters, once
+// it is complete: lookups on them count no longer (only their dials).
+func markMasters(masters []master, replicas []*nodeHook) {
+	for _, m := range masters {
+		m.hook.master.Store(true)
+	}
+	for _, h := range replicas {
+		h.master.Store(false)
+	}
+}
+
+// readMasters reads the identity and the record of every master, and adds
+// the dial hook to node clients made before the watch began. It visits the
+// replicas too (go-redis made a client for each), to hook them: a replica
+// promoted later is dialed by its old client. A node that is not a master
+// is skipped, not refused as on a single node: cachedpq refuses Cluster
+// clients that read from replicas, and a replica answers this one's
+// lookups with a redirection to its master.
+func (s *redisStore) readMasters(ctx context.Context) (masters []master, replicas []*nodeHook, err error) {
+	var mu sync.Mutex // guards masters and replicas
+	err = s.cluster.ForEachShard(ctx, func(ctx context.Context, c *redis.Client) error {
+		hook := s.watch.nodes.add(c)
+		m, ok, err := s.readMaster(ctx, c)
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case m.id == "":
+			replicas = append(replicas, hook)
+		case ok:
+			m.hook = hook
+			masters = append(masters, m)
+		}
+		return nil
+	})
+	return masters, replicas, err
+}
+
+// readMaster reads one master's identity, the slots it serves and its
+// record. ok is false for a node that is not a master, or a master that
+// holds no key of the namespace.
+func (s *redisStore) readMaster(ctx context.Context, c *redis.Client) (m master, ok bool, err error) {
+	pipe := c.Pipeline()
+	info := pipe.Info(ctx)
+	myID := pipe.ClusterMyID(ctx)
+	slots := pipe.ClusterSlots(ctx)
+	_, _ = pipe.Exec(ctx) // errors are read per command below
+	if refusesInfo(info.Err()) {
+		return m, false, fmt.Errorf("%w: %w", errNoRunID, info.Err())
+	}
+	for _, cmd := range []redis.Cmder{info, myID, slots} {
+		if err := cmd.Err(); err != nil {
+			return m, false, err
+		}
+	}
+	m.id, err = serverID(info.Val())
+	switch {
+	case errors.Is(err, errNotMaster):
+		return m, false, nil
+	case err != nil:
+		return m, false, err
+	}
+	m.c = c
+	m.key, ok = s.recordKey(servedBy(slots.Val(), myID.Val()))
+	if !ok {
+		return m, false, nil
+	}
+	m.record, err = c.Get(ctx, m.key).Result()
+	switch {
+	case err == redis.Nil || isWrongType(err): // none, or foreign: replaced
+		return m, true, nil
+	case err != nil:
+		return m, false, err
+	}
+	m.found = true
+	return m, true, nil
+}
+
+// servedBy returns the slot ranges whose master is the node nodeID.
+func servedBy(slots []redis.ClusterSlot, nodeID string) []redis.ClusterSlot {
+	var own []redis.ClusterSlot
+	for _, r := range slots {
+		if len(r.Nodes) > 0 && r.Nodes[0].ID == nodeID {
+			own = append(own, r)
+		}
+	}
+	return own
+}
+
+// writeRecords records each master's identity on that master. A slot that
+// moved meanwhile refuses the write (MOVED): the check fails, and the next
+// one starts again.
+func writeRecords(ctx context.Context, masters []master) error {
+	for _, m := range masters {
+		if err := m.c.Set(ctx, m.key, m.id, 0).Err(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// serverIDs names the masters in a log line.
+func serverIDs(masters []master) string {
+	ids := make([]string, len(masters))
+	for i, m := range masters {
+		ids[i] = m.c.Options().Addr + " " + m.id
+	}
+	return strings.Join(ids, ", ")
+}
+
+// nodeHooks adds a nodeHook to the node clients of a Cluster client, each
+// once: the Cluster client's own hooks never see its nodes' dials (go-redis
+// gives each node a *redis.Client of its own).
+type nodeHooks struct {
+	d     *dialCounter
+	mu    sync.Mutex                               // guards nodes
+	nodes map[weak.Pointer[redis.Client]]*nodeHook // the node clients hooked
+}
+
+// add adds a nodeHook to node client c, unless it has one, and returns it.
+func (h *nodeHooks) add(c *redis.Client) *nodeHook {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	k := weak.Make(c)
+	if nh := h.nodes[k]; nh != nil {
+		return nh
+	}
+	nh := &nodeHook{d: h.d}
+	c.AddHook(nh)
+	h.nodes[k] = nh
+	runtime.AddCleanup(c, func(k weak.Pointer[redis.Client]) {
+		h.mu.Lock()
+		delete(h.nodes, k)
+		h.mu.Unlock()
+	}, k)
+	return nh
+}
+
+// nodeHook counts the dials of a node client, and the commands it sends
+// while no check has found it a master: a replica that a failover promotes
+// is reached through connections opened while it was a replica (for the
+// state reloads of go-redis, for a check), with no dial to count.
+type nodeHook struct {
+	d      *dialCounter
+	master atomic.Bool // the last check that met the node found it a master
+}
+
+// DialHook counts the dials, but those of a check: it checks the server
+// it dialed.
+func (h *nodeHook) DialHook(next redis.DialHook) redis.DialHook {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := next(ctx, network, addr)
+		if err == nil && ctx.Value(checking{}) == nil {
+			h.d.n.Add(1)
+		}
+		return c, err
+	}
+}
+
+func (h *nodeHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.count(ctx, cmd)
+		return next(ctx, cmd)
+	}
+}
+
+func (h *nodeHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, cmd := range cmds {
+			h.count(ctx, cmd)
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// checking marks the context of a check's commands.
+type checking struct{}
+
+// count counts cmd if it is a GET, as lookups on a Cluster send, on a node
+// not known to be a master. Other commands (go-redis's state reloads and
+// connection setup, fills) answer no lookup, and counting them would make
+// lookups check again and again.
+func (h *nodeHook) count(ctx context.Context, cmd redis.Cmder) {
+	if !h.master.Load() && cmd.Name() == "get" && ctx.Value(checking{}) == nil {
+		h.d.n.Add(1)
+	}
+}
+
+// clusterHooks holds the node hooks of each Cluster client a watch was
+// made over, guarded by dialMu.
+var clusterHooks = map[weak.Pointer[redis.ClusterClient]]*nodeHooks{}
+
+// nodeHooksOf returns cc's node hooks, which hook every node client cc
+// makes from then on; the check hooks those made before. The counter starts
+// at 1, as in dialsOf.
+func nodeHooksOf(cc *redis.ClusterClient) *nodeHooks {
+	dialMu.Lock()
+	defer dialMu.Unlock()
+	k := weak.Make(cc)
+	if h := clusterHooks[k]; h != nil {
+		return h
+	}
+	h := &nodeHooks{d: &dialCounter{}, nodes: map[weak.Pointer[redis.Client]]*nodeHook{}}
+	h.d.n.Store(1)
+	cc.OnNewNode(func(c *redis.Client) { h.add(c) })
+	clusterHooks[k] = h
+	runtime.AddCleanup(cc, func(k weak.Pointer[redis.ClusterClient]) {
+		dialMu.Lock()
+		delete(clusterHooks, k)
+		dialMu.Unlock()
+	}, k)
+	return h
+}
+
+// newClusterWatch returns a watch over the dials of cc's nodes.
+func newClusterWatch(cc *redis.ClusterClient) *serverWatch {
+	h := nodeHooksOf(cc)
+	w := &serverWatch{dials: h.d, nodes: h, sem: make(chan struct{}, 1)}
+	w.every.Store(int64(serverRecheck))
+	return w
+}
