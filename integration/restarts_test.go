@@ -9,6 +9,7 @@ import (
 	"database/sql"
 	"fmt"
 	"net"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -193,5 +194,172 @@ func TestFaultCloseOnStalledRedis(t *testing.T) {
 	t.Logf("Close took %v", took)
 	if took > time.Second {
 		t.Fatalf("db.Close took %v on a stalled Redis (cache_timeout %v)", took, faultTimeout)
+	}
+}
+
+// TestFaultClusterSnapshotLosesInvalidation is TestFaultSnapshotLosesInvalidation
+// on a three-master Cluster: the master M holding the stamp of users (and
+// some of its entries) saves a snapshot, a write's bump lands on M, and M
+// crashes and comes back from the snapshot, with the old stamp and the old
+// entries. The other masters kept the epoch stamp: nothing looked voided,
+// and the old rows were served until their TTL.
+func TestFaultClusterSnapshotLosesInvalidation(t *testing.T) {
+	cluster := redistest.StartCluster(t, 3)
+	rdb := cluster.Client()
+	env := newEnvWith(t, rdb)
+	mustExec(t, env.raw, usersDDL)
+	point := `select id, name from users where id = $1`
+	env.register(t, point, cachedpq.Policy{TTL: time.Minute})
+	const n = 30
+	for id := 1; id <= n; id++ {
+		env.same(t, point, id)
+	}
+	env.waitFills(t, n)
+	ctx := context.Background()
+	m := masterOf(t, cluster, env.prefix+":stamp:users")
+	if entries := entriesOn(t, m.Client(), env.prefix); entries == 0 {
+		t.Fatalf("none of the %d entries is on %s, the master of the stamp", n, m.Addr)
+	}
+	if err := m.Client().Save(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, env.db, `update users set name = 'new' || id`)
+	if s := env.stats(); s.Pending || s.CacheErrors != 0 {
+		t.Fatalf("the invalidation did not land: %+v", s)
+	}
+	time.Sleep(200 * time.Millisecond) // the write's purge is done
+	m.Revert()
+	cluster.WaitHealthy()
+	t.Logf("before the reads: %+v", env.stats())
+	stale := 0
+	for id := 1; id <= n; id++ {
+		want := rowsOf(t, env.raw, point, id)
+		if got := rowsOf(t, env.db, point, id); fmt.Sprint(got) != fmt.Sprint(want) {
+			stale++
+		}
+	}
+	if stale > 0 {
+		t.Fatalf("after master %s came back from a snapshot older than an acknowledged invalidation, "+
+			"%d of %d reads served the old row (stats %+v)", m.Addr, stale, n, env.stats().Counters)
+	}
+	if s := env.stats(); s.EpochBumps == 0 {
+		t.Fatalf("the restart was not noticed: %+v", s)
+	}
+}
+
+// masterOf is the server of cluster that holds key.
+func masterOf(t *testing.T, cluster *redistest.Cluster, key string) *redistest.Server {
+	t.Helper()
+	node, err := cluster.Client().MasterForKey(context.Background(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range cluster.Servers {
+		if s.Addr == node.Options().Addr {
+			return s
+		}
+	}
+	t.Fatalf("no server of the cluster at %s", node.Options().Addr)
+	return nil
+}
+
+// entriesOn counts the cache entries under prefix that c holds.
+func entriesOn(t *testing.T, c *redis.Client, prefix string) int {
+	t.Helper()
+	keys, err := c.Keys(context.Background(), prefix+":*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, k := range keys {
+		if !strings.Contains(k, ":stamp:") && !strings.Contains(k, ":idx:") && !strings.Contains(k, ":server") {
+			n++
+		}
+	}
+	return n
+}
+
+// TestFaultClusterFailoverLosesInvalidation: on a Cluster with a replica
+// per master, the master M holding the stamp of users acknowledges a
+// write's bump that never reaches its replica (the link is down, the
+// replica stalled), dies, and the replica takes over with the old stamp and
+// the old entries. Its replication ID is new: its record, replicated from
+// M, names M.
+//
+// Skipped: unfinished. It fails before the Cluster check (12 of 30 reads
+// stale) and still fails about half the time after it: sometimes a few
+// reads are stale (the promoted replica answered before any check), and
+// sometimes the first lookups on the fresh replicated Cluster fail with
+// errServerChanging, so nothing is cached. Both are to be understood.
+func TestFaultClusterFailoverLosesInvalidation(t *testing.T) {
+	if os.Getenv("CACHEDPQ_TEST_CLUSTER_FAILOVER") == "" {
+		t.Skip("unfinished: flaky, see the comment; set CACHEDPQ_TEST_CLUSTER_FAILOVER=1 to run")
+	}
+	cluster := redistest.StartReplicatedCluster(t, 3)
+	rdb := cluster.Client()
+	ctx := context.Background()
+	// The application used its client first: every node client, replicas
+	// included, predates the Connector.
+	must(t, rdb.Ping(ctx).Err())
+	env := newEnvWith(t, rdb)
+	mustExec(t, env.raw, usersDDL)
+	point := `select id, name from users where id = $1`
+	env.register(t, point, cachedpq.Policy{TTL: time.Minute})
+	const n = 30
+	for id := 1; id <= n; id++ {
+		env.same(t, point, id)
+	}
+	env.waitFills(t, n)
+	m := masterOf(t, cluster, env.prefix+":stamp:users")
+	r := cluster.ReplicaOf(m)
+	if got, err := m.Client().Wait(ctx, 1, 5*time.Second).Result(); err != nil || got != 1 {
+		t.Fatalf("WAIT: %d %v", got, err)
+	}
+	if entriesOn(t, r.Client(), env.prefix) == 0 {
+		t.Fatalf("none of the %d entries is on %s, the master of the stamp", n, m.Addr)
+	}
+	// The replica stalls and M drops its link: the bump stays on M.
+	r.Pause()
+	must(t, m.Client().ClientKillByFilter(ctx, "TYPE", "replica").Err())
+	mustExec(t, env.db, `update users set name = 'new' || id`)
+	if s := env.stats(); s.Pending || s.CacheErrors != 0 {
+		t.Fatalf("the invalidation did not land: %+v", s)
+	}
+	time.Sleep(200 * time.Millisecond) // the write's purge is done
+	m.Kill()
+	r.Resume()
+	waitFor(t, 10*time.Second, "the replica to take over", func() bool {
+		_ = r.Client().Do(ctx, "CLUSTER", "FAILOVER", "TAKEOVER").Err()
+		return strings.Contains(r.Client().Info(ctx, "replication").Val(), "role:master")
+	})
+	// The Cluster and the Connector's client learn of it (a fresh client
+	// asks, not the Connector's: its dials would count).
+	fresh := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{r.Addr}})
+	defer fresh.Close()
+	waitFor(t, 10*time.Second, "the Cluster to route to the replica", func() bool {
+		c, err := fresh.MasterForKey(ctx, env.prefix+":stamp:users")
+		fresh.ReloadState(ctx)
+		return err == nil && c.Options().Addr == r.Addr && fresh.Get(ctx, env.prefix+":stamp:users").Err() == nil
+	})
+	rdb.ReloadState(ctx)
+	time.Sleep(100 * time.Millisecond) // the reload is lazy
+	t.Logf("before the reads: %+v", env.stats().Counters)
+	stale := 0
+	for id := 1; id <= n; id++ {
+		want := rowsOf(t, env.raw, point, id)
+		if got := rowsOf(t, env.db, point, id); fmt.Sprint(got) != fmt.Sprint(want) {
+			stale++
+		}
+	}
+	if stale > 0 {
+		t.Fatalf("after replica %s took over from %s without the write's invalidation, "+
+			"%d of %d reads served the old row (stats %+v)", r.Addr, m.Addr, stale, n, env.stats().Counters)
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
 	}
 }
