@@ -335,13 +335,12 @@ func (e *engine) writesOf(ctx context.Context, c *conn, a *analysis, w *writeSet
 		return
 	}
 	tables, opaque := cat.reach(a.writes, truncateCascade)
+	w.add(tables...) // what UnknownWrites names comes on top of what the catalog shows
 	if opaque || cat.anyVolatile(a.functions) {
 		// A trigger's function is code the text does not show, as a
 		// volatile function's is.
 		e.unknownWrite(a, w, true)
-		return
 	}
-	w.add(tables...)
 }
 
 // unknownWrite handles a statement whose writes the text cannot show: the

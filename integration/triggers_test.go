@@ -149,3 +149,33 @@ func TestOtherProcessDDLFollowed(t *testing.T) {
 		})
 	}
 }
+
+// TestUnknownWritesKeepsReach: a write that an opaque trigger hands to
+// Options.UnknownWrites still reaches what the catalog shows (here the
+// partition's parent); only the tables the callback names came back.
+func TestUnknownWritesKeepsReach(t *testing.T) {
+	for _, store := range stores {
+		t.Run(store, func(t *testing.T) {
+			schema := newSchema(t)
+			env := newEnvDSN(t, redisFor(t, store), schema, baseDSN()+" search_path="+schema,
+				func(o *cachedpq.Options) {
+					o.UnknownWrites = func(string) ([]string, bool) { return []string{"audit"}, true }
+				})
+			mustExec(t, env.raw, `create table audit (id int8);
+				create table events (id int8, at int) partition by range (at);
+				create table events_1 partition of events for values from (0) to (10);
+				insert into events values (1, 1);
+				create function events_audit() returns trigger language plpgsql as $$
+				begin
+					execute 'insert into audit values ($1)' using new.id;
+					return new;
+				end $$;
+				create trigger events_audit after update on events_1 for each row execute function events_audit()`)
+			const q = `select id from events order by id`
+			env.register(t, q, cachedpq.Policy{})
+			env.prime(t, q)
+			mustExec(t, env.db, `update events_1 set id = 2`)
+			env.same(t, q)
+		})
+	}
+}
