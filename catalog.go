@@ -25,6 +25,7 @@ type catalog struct {
 	volatile  map[string]bool     // user function name, bare and schema-qualified -> any overload is volatile
 	fired     map[string][]string // table -> tables its enabled triggers and rules write (see triggers.go)
 	opaque    map[string]bool     // table -> a trigger or rule on it may write what the catalog cannot read
+	writers   map[string]bool     // STABLE or IMMUTABLE user function, bare and schema-qualified -> may write all the same (see triggers.go)
 	// stale is set once the catalog has served Options.CatalogRefresh:
 	// the next statement that needs it reads it again.
 	stale atomic.Bool
@@ -142,6 +143,7 @@ func loadCatalog(ctx context.Context, ci driver.Conn) (*catalog, error) {
 		volatile:  map[string]bool{},
 		fired:     map[string][]string{},
 		opaque:    map[string]bool{},
+		writers:   map[string]bool{},
 	}
 	err := catalogRows(ctx, ci, fkQuery, 4, func(r []driver.Value) {
 		child, parent := textOf(r[0]), textOf(r[1])

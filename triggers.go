@@ -3,6 +3,7 @@ package cachedpq
 import (
 	"context"
 	"database/sql/driver"
+	"strings"
 )
 
 // Triggers and rules write tables that the statement firing them does not
@@ -25,6 +26,17 @@ const (
 		join pg_catalog.pg_namespace n on n.oid = p.pronamespace
 		join pg_catalog.pg_language l on l.oid = p.prolang
 		where not tg.tgisinternal and tg.tgenabled <> 'D'`
+	// quietQuery lists the user functions declared STABLE or IMMUTABLE,
+	// but for C and internal ones (extensions' code, trusted as built-in
+	// functions are), with their language and source. PostgreSQL refuses
+	// a write among such a function's own statements, not a call of a
+	// volatile function that writes.
+	quietQuery = `select n.nspname, p.proname, l.lanname, p.prosrc
+		from pg_catalog.pg_proc p
+		join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+		join pg_catalog.pg_language l on l.oid = p.prolang
+		where n.nspname not in ('pg_catalog', 'information_schema')
+			and p.provolatile <> 'v' and l.lanname not in ('c', 'internal')`
 	// ruleQuery lists the relations that the INSERT, UPDATE and DELETE
 	// rules of a relation refer to: their actions may write any of them.
 	ruleQuery = `select distinct c.relname, t.relname
@@ -52,6 +64,9 @@ const (
 // loadTriggers adds the writes of triggers and rules to cat, whose
 // volatile functions are loaded already.
 func (cat *catalog) loadTriggers(ctx context.Context, ci driver.Conn) error {
+	if err := cat.loadWriters(ctx, ci); err != nil {
+		return err
+	}
 	err := catalogRows(ctx, ci, triggerQuery, 4, func(r []driver.Value) {
 		table := textOf(r[0])
 		if builtin, _ := r[2].(bool); builtin {
@@ -60,7 +75,7 @@ func (cat *catalog) loadTriggers(ctx context.Context, ci driver.Conn) error {
 		tables, ok := []string(nil), false
 		switch lang, src := textOf(r[1]), textOf(r[3]); {
 		case lang == "plpgsql":
-			tables, ok = bodyWrites(src, cat.isVolatile)
+			tables, ok = bodyWrites(src, cat.mayWrite)
 		case lang == "c":
 			ok = rowOnlyC[src] // a C function's source is its symbol
 		}
@@ -97,9 +112,49 @@ func (cat *catalog) note(table string, tables []string, known bool) {
 	}
 }
 
-// isVolatile reports whether a function, named as the analysis names
-// functions, is a volatile user function.
-func (cat *catalog) isVolatile(name string) bool { return cat.anyVolatile([]string{name}) }
+// mayWrite reports whether a function, named as the analysis names
+// functions, is a user function that may write: a volatile one, or a
+// STABLE or IMMUTABLE one that calls one (see loadWriters).
+func (cat *catalog) mayWrite(name string) bool {
+	bare := name[strings.LastIndexByte(name, '.')+1:]
+	return cat.anyVolatile([]string{name}) || cat.writers[name] || cat.writers[bare]
+}
+
+// quietFunc is the language and source of a STABLE or IMMUTABLE user
+// function, under its bare and schema-qualified names.
+type quietFunc struct{ names, lang, src string }
+
+// loadWriters fills cat.writers with the STABLE and IMMUTABLE user
+// functions that may write all the same: in another language than SQL
+// and PL/pgSQL, or whose source the trigger scan cannot read, or that
+// call a function that may write, transitively (until no more are found:
+// calls may form cycles).
+func (cat *catalog) loadWriters(ctx context.Context, ci driver.Conn) error {
+	var quiet []quietFunc
+	err := catalogRows(ctx, ci, quietQuery, 4, func(r []driver.Value) {
+		quiet = append(quiet, quietFunc{textOf(r[0]) + "." + textOf(r[1]), textOf(r[2]), textOf(r[3])})
+	})
+	for found := err == nil; found; {
+		found = false
+		for _, f := range quiet {
+			if !cat.writers[f.names] && cat.quietWrites(f) {
+				bare := f.names[strings.LastIndexByte(f.names, '.')+1:]
+				cat.writers[f.names], cat.writers[bare], found = true, true, true
+			}
+		}
+	}
+	return err
+}
+
+// quietWrites reports whether a STABLE or IMMUTABLE function may write.
+// A SQL function with a BEGIN ATOMIC body has no source to scan.
+func (cat *catalog) quietWrites(f quietFunc) bool {
+	if f.lang != "plpgsql" && f.lang != "sql" || f.src == "" {
+		return true
+	}
+	tables, ok := bodyWrites(f.src, cat.mayWrite)
+	return !ok || len(tables) > 0
+}
 
 // bodyWrites reads the source of a PL/pgSQL trigger function and returns
 // the tables its statements write. ok is false when it may write tables,

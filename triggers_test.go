@@ -142,6 +142,7 @@ func TestStaleCatalogServesWhenReloadFails(t *testing.T) {
 		{viewQuery, []string{"a", "b"}, nil},
 		{inheritQuery, []string{"a", "b"}, nil},
 		{funcQuery, []string{"a", "b", "c"}, nil},
+		{quietQuery, []string{"a", "b", "c", "d"}, nil},
 		{triggerQuery, []string{"a", "b", "c", "d"}, []driver.Value{"users", "plpgsql", false,
 			"begin update audit_count set n = n + 1; return new; end"}},
 		{ruleQuery, []string{"a", "b"}, nil},

@@ -179,3 +179,28 @@ func TestUnknownWritesKeepsReach(t *testing.T) {
 		})
 	}
 }
+
+// TestStableWrapperTriggerInvalidates: a trigger calls a function declared
+// STABLE, in PL/pgSQL or SQL, that calls a volatile one that writes audit.
+// PostgreSQL refuses an INSERT in a STABLE function, not that call.
+func TestStableWrapperTriggerInvalidates(t *testing.T) {
+	for lang, wrapper := range map[string]string{
+		"plpgsql": `create function log_it(int8, text) returns void stable language plpgsql as $$
+			begin perform really_log($1, $2); end $$`,
+		"sql": `create function log_it(int8, text) returns void stable language sql as $$
+			select really_log($1, $2) $$`,
+	} {
+		t.Run(lang, func(t *testing.T) {
+			triggerCase(t, `create function really_log(int8, text) returns void language sql as $$
+					insert into audit values ($1, $2) $$;
+				`+wrapper+`;
+				create function users_audit() returns trigger language plpgsql as $$
+				begin
+					perform log_it(new.id, new.name);
+					return new;
+				end $$;
+				create trigger users_audit after update on users for each row execute function users_audit()`,
+				`update users set name = 'changed' where id = 1`)
+		})
+	}
+}
