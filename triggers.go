@@ -26,6 +26,19 @@ const (
 		join pg_catalog.pg_namespace n on n.oid = p.pronamespace
 		join pg_catalog.pg_language l on l.oid = p.prolang
 		where not tg.tgisinternal and tg.tgenabled <> 'D'`
+	// whenQuery lists the user functions that the WHEN conditions of the
+	// enabled user triggers call: the condition runs as the row is
+	// written, whether or not the trigger then fires.
+	whenQuery = `select distinct c.relname, n.nspname, p.proname
+		from pg_catalog.pg_trigger tg
+		join pg_catalog.pg_class c on c.oid = tg.tgrelid
+		join pg_catalog.pg_depend d on d.objid = tg.oid
+			and d.classid = 'pg_catalog.pg_trigger'::regclass
+			and d.refclassid = 'pg_catalog.pg_proc'::regclass
+		join pg_catalog.pg_proc p on p.oid = d.refobjid
+		join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+		where not tg.tgisinternal and tg.tgenabled <> 'D' and p.oid <> tg.tgfoid
+			and n.nspname not in ('pg_catalog', 'information_schema')`
 	// quietQuery lists the user functions declared STABLE or IMMUTABLE,
 	// but for C and internal ones (extensions' code, trusted as built-in
 	// functions are), with their language and source. PostgreSQL refuses
@@ -81,6 +94,11 @@ func (cat *catalog) loadTriggers(ctx context.Context, ci driver.Conn) error {
 		}
 		cat.note(table, tables, ok)
 	})
+	if err == nil {
+		err = catalogRows(ctx, ci, whenQuery, 3, func(r []driver.Value) {
+			cat.note(textOf(r[0]), nil, !cat.mayWrite(textOf(r[1])+"."+textOf(r[2])))
+		})
+	}
 	if err == nil {
 		err = catalogRows(ctx, ci, ruleQuery, 2, func(r []driver.Value) {
 			cat.note(textOf(r[0]), []string{textOf(r[1])}, true)

@@ -204,3 +204,15 @@ func TestStableWrapperTriggerInvalidates(t *testing.T) {
 		})
 	}
 }
+
+// TestTriggerWhenInvalidates: the WHEN condition of a trigger calls a
+// volatile function that writes audit; the trigger's own function writes
+// nothing.
+func TestTriggerWhenInvalidates(t *testing.T) {
+	triggerCase(t, `create function really_log(int8, text) returns bool language plpgsql as $$
+			begin insert into audit values ($1, $2); return true; end $$;
+		create function noop() returns trigger language plpgsql as $$ begin return new; end $$;
+		create trigger users_audit before update on users for each row
+			when (really_log(new.id, new.name)) execute function noop()`,
+		`update users set name = 'changed' where id = 1`)
+}
