@@ -78,6 +78,7 @@ type analysis struct {
 	commitPrepared   bool     // COMMIT PREPARED: commits writes this connection did not see
 	runsCode         bool     // CALL, DO, EXECUTE: code the text does not show, which may change the session too
 	ddl              bool     // the catalog may have changed
+	events           bool     // REFRESH MATERIALIZED VIEW: fires event triggers as DDL does
 	cascade          bool     // TRUNCATE ... CASCADE
 	locking          bool     // FOR UPDATE/SHARE/NO KEY UPDATE/KEY SHARE, or LOCK
 	functions        []string // user functions called, each part of the name as a tag, dot-joined; built-ins left out
@@ -1478,6 +1479,7 @@ func (p *parser) drop(i, e int) stmtKind {
 // refresh analyzes REFRESH MATERIALIZED VIEW [CONCURRENTLY] name: a data
 // change, not a schema change.
 func (p *parser) refresh(i, e int) {
+	p.a.events = true
 	i += 2
 	if p.is(i, "concurrently") {
 		i++

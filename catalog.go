@@ -26,6 +26,8 @@ type catalog struct {
 	fired     map[string][]string // table -> tables its enabled triggers and rules write (see triggers.go)
 	opaque    map[string]bool     // table -> a trigger or rule on it may write what the catalog cannot read
 	writers   map[string]bool     // STABLE or IMMUTABLE user function, bare and schema-qualified -> may write all the same (see triggers.go)
+	ddlFired  []string            // tables the enabled event triggers write, on DDL and REFRESH
+	ddlOpaque bool                // an enabled event trigger may write what the catalog cannot read
 	// stale is set once the catalog has served Options.CatalogRefresh:
 	// the next statement that needs it reads it again.
 	stale atomic.Bool

@@ -50,7 +50,7 @@
 // tables a write reaches are read from its SQL text and from pg_catalog:
 // foreign keys with ON DELETE/UPDATE actions, TRUNCATE ... CASCADE, writes
 // through views, the base tables of views that registered queries read,
-// and the tables that triggers and rules write. A statement whose effects
+// and the tables that triggers, rules and (for DDL) event triggers write. A statement whose effects
 // the text cannot show (CALL, DO, a volatile user function, a trigger
 // running dynamic SQL, DDL on types, functions, schemas, privileges or
 // policies) invalidates the whole namespace. pg_catalog is read again

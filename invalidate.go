@@ -318,7 +318,8 @@ func (e *engine) writesOf(ctx context.Context, c *conn, a *analysis, w *writeSet
 		e.unknownWrite(a, w, false)
 		return
 	}
-	if len(a.writes) == 0 && len(a.functions) == 0 {
+	events := a.ddl || a.events // event triggers may write tables the text does not name
+	if len(a.writes) == 0 && len(a.functions) == 0 && !events {
 		return
 	}
 	if e.opts.NoCatalog {
@@ -334,9 +335,13 @@ func (e *engine) writesOf(ctx context.Context, c *conn, a *analysis, w *writeSet
 		}
 		return
 	}
-	tables, opaque := cat.reach(a.writes, truncateCascade)
+	written := a.writes
+	if events {
+		written = slices.Concat(written, cat.ddlFired)
+	}
+	tables, opaque := cat.reach(written, truncateCascade)
 	w.add(tables...) // what UnknownWrites names comes on top of what the catalog shows
-	if opaque || cat.anyVolatile(a.functions) {
+	if opaque || events && cat.ddlOpaque || cat.anyVolatile(a.functions) {
 		// A trigger's function is code the text does not show, as a
 		// volatile function's is.
 		e.unknownWrite(a, w, true)

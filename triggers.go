@@ -50,6 +50,14 @@ const (
 		join pg_catalog.pg_language l on l.oid = p.prolang
 		where n.nspname not in ('pg_catalog', 'information_schema')
 			and p.provolatile <> 'v' and l.lanname not in ('c', 'internal')`
+	// eventQuery lists the enabled event triggers' functions, as
+	// triggerQuery does: they run on DDL and REFRESH, on no table.
+	eventQuery = `select l.lanname, n.nspname = 'pg_catalog', p.prosrc
+		from pg_catalog.pg_event_trigger et
+		join pg_catalog.pg_proc p on p.oid = et.evtfoid
+		join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+		join pg_catalog.pg_language l on l.oid = p.prolang
+		where et.evtenabled <> 'D'`
 	// ruleQuery lists the relations that the INSERT, UPDATE and DELETE
 	// rules of a relation refer to: their actions may write any of them.
 	ruleQuery = `select distinct c.relname, t.relname
@@ -109,7 +117,26 @@ func (cat *catalog) loadTriggers(ctx context.Context, ci driver.Conn) error {
 			cat.note(textOf(r[0]), nil, false)
 		})
 	}
+	if err == nil {
+		err = catalogRows(ctx, ci, eventQuery, 3, func(r []driver.Value) {
+			if builtin, _ := r[1].(bool); !builtin {
+				cat.noteEvent(textOf(r[0]), textOf(r[2]))
+			}
+		})
+	}
 	return err
+}
+
+// noteEvent records what an event trigger's function writes.
+func (cat *catalog) noteEvent(lang, src string) {
+	tables, ok := []string(nil), false
+	if lang == "plpgsql" {
+		tables, ok = bodyWrites(src, cat.mayWrite)
+	}
+	for _, t := range tables {
+		cat.ddlFired = appendNew(cat.ddlFired, t)
+	}
+	cat.ddlOpaque = cat.ddlOpaque || !ok
 }
 
 // rowOnlyC names the C trigger functions of PostgreSQL's contrib modules

@@ -148,6 +148,7 @@ func TestStaleCatalogServesWhenReloadFails(t *testing.T) {
 		{whenQuery, []string{"a", "b", "c"}, nil},
 		{ruleQuery, []string{"a", "b"}, nil},
 		{ruleCallQuery, []string{"a"}, nil},
+		{eventQuery, []string{"a", "b", "c"}, nil},
 	} {
 		rows := sqlmock.NewRows(q.cols)
 		if q.row != nil {

@@ -216,3 +216,27 @@ func TestTriggerWhenInvalidates(t *testing.T) {
 			when (really_log(new.id, new.name)) execute function noop()`,
 		`update users set name = 'changed' where id = 1`)
 }
+
+// TestEventTriggerWritesInvalidate: an event trigger logs DDL into a
+// table; CREATE TABLE through the driver names no such table. (Event
+// triggers are database-wide: this one fires on CREATE TABLE only, and is
+// dropped before its schema.)
+func TestEventTriggerWritesInvalidate(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		mustExec(t, env.raw, `create table ddl_log (tag text);
+			create function `+env.schema+`.log_ddl() returns event_trigger language plpgsql as $$
+			begin
+				insert into `+env.schema+`.ddl_log values (tg_tag);
+			end $$;
+			create event trigger `+env.schema+`_log on ddl_command_end when tag in ('CREATE TABLE')
+				execute function `+env.schema+`.log_ddl()`)
+		t.Cleanup(func() { mustExec(t, env.raw, `drop event trigger if exists `+env.schema+`_log`) })
+		const q = `select tag from ddl_log order by tag`
+		env.register(t, q, cachedpq.Policy{})
+		env.prime(t, q)
+		mustExec(t, env.db, `create table other (x int)`)
+		if got := env.same(t, q); len(got) != 1 {
+			t.Fatalf("the event trigger logged %v", got)
+		}
+	})
+}
