@@ -3,8 +3,10 @@ package cachedpq
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -174,6 +176,51 @@ func BenchmarkEngineRead(b *testing.B) {
 				}
 			})
 		}
+	}
+}
+
+// BenchmarkEngineHitDriver is BenchmarkEngineRead's in-process hit on the
+// driver itself, without database/sql, whose own work (its pool, its
+// locks, Scan) is most of a hit's time there and hides the driver's: the
+// query, Columns, Next to io.EOF and Close, on one connection.
+func BenchmarkEngineHitDriver(b *testing.B) {
+	for _, r := range benchReads[:2] {
+		b.Run(r.name, func(b *testing.B) {
+			db, c := benchDB(b, "memory")
+			benchScan(b, db, r.query, r.arg)
+			ctx := context.Background()
+			sc, err := db.Conn(ctx)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer sc.Close()
+			args := []driver.NamedValue{{Ordinal: 1, Value: r.arg}}
+			b.ReportAllocs()
+			err = sc.Raw(func(dc any) error {
+				qc := dc.(driver.QueryerContext)
+				var dest []driver.Value
+				for b.Loop() {
+					rows, err := qc.QueryContext(ctx, r.query, args)
+					if err != nil {
+						return err
+					}
+					n := len(rows.Columns())
+					dest = slices.Grow(dest[:0], n)[:n]
+					for rows.Next(dest) == nil {
+					}
+					if err := rows.Close(); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if c.Stats().Hits < uint64(b.N) {
+				b.Fatalf("only %d hits in %d reads", c.Stats().Hits, b.N)
+			}
+		})
 	}
 }
 
