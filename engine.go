@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/lib/pq"
 	"github.com/sony/gobreaker/v2"
@@ -224,15 +225,28 @@ func (e *engine) cacheCtx(ctx context.Context) (context.Context, context.CancelF
 	return withCacheTimeout(ctx, e.opts.Timeout)
 }
 
-// lookup reads an entry and the stamps of its tags, and the token of the
-// fill lease held under them if the lookup learnt it. The in-process store
-// is called directly so that the stamp buffer stays on the caller's stack.
-func (e *engine) lookup(ctx context.Context, r *read, buf []uint64) (*entry, []uint64, uint64, error) {
+// lookup reads an entry under key, the key's bytes, and the stamps of its
+// tags, and the token of the fill lease held under them if the lookup
+// learnt it. The in-process store is called directly, with a view of key
+// that it does not keep, so that the key and the stamp buffer stay on the
+// caller's stack: a hit needs no string of the key. The shared store's
+// lookups are shared among readers, and keep theirs: r.key is set first.
+func (e *engine) lookup(ctx context.Context, r *read, key []byte, buf []uint64) (*entry, []uint64, uint64, error) {
 	if ms, ok := e.store.(*memStore); ok {
-		ent, stamps, err := ms.lookup(ctx, r.key, r.tags, buf)
+		ent, stamps, err := ms.lookup(ctx, unsafe.String(unsafe.SliceData(key), len(key)), r.tags, buf)
 		return ent, stamps, 0, err
 	}
+	r.keep(key)
 	return e.lookups.do(ctx, r.key, r.tags)
+}
+
+// keep sets r.key to a string of key, its bytes, unless it is set, and
+// returns it. Only a hit that serves the entry as it is leaves it unset.
+func (r *read) keep(key []byte) string {
+	if r.key == "" {
+		r.key = string(key)
+	}
+	return r.key
 }
 
 // query runs a read through the cache when it is registered and the
@@ -350,23 +364,25 @@ func (e *engine) cached(ctx context.Context, c *conn, r *read) (driver.Rows, err
 		e.bypassed(r.rs, bypassArguments)
 		return r.run(ctx)
 	}
-	r.key, r.check = string(kbytes), check
+	r.check = check
 	var sb [stampBufCap]uint64
 	var start time.Time
 	if e.shared { // an in-process lookup takes well under a microsecond: not worth two clock readings
 		start = time.Now()
 	}
-	ent, stamps, holder, err := e.lookup(ctx, r, sb[:0])
+	ent, stamps, holder, err := e.lookup(ctx, r, kbytes, sb[:0])
 	now := time.Now() // one reading serves the histogram and the expiry
 	if e.shared {
 		e.stats.cacheLat.observe(now.Sub(start))
 	}
 	if err != nil {
+		r.keep(kbytes)
 		return e.lookupFailed(ctx, r, stamps, holder, err)
 	}
-	if rows, ok := e.serve(r, ent, stamps, now.UnixNano()); ok {
+	if rows, ok := e.serve(r, kbytes, ent, stamps, now.UnixNano()); ok {
 		return rows, nil
 	}
+	r.keep(kbytes)
 	return e.miss(ctx, r, stamps, holder)
 }
 
@@ -422,8 +438,9 @@ func (e *engine) lookupOnce(ctx context.Context, key string, tags []string) (*en
 // are current and it has not expired. Near expiry one reader refreshes it
 // early (XFetch) while the others keep hitting; past expiry, within
 // StaleFor, the others are served the old entry while one reloads it. now
-// is the time the lookup returned, in Unix nanoseconds.
-func (e *engine) serve(r *read, ent *entry, stamps []uint64, now int64) (driver.Rows, bool) {
+// is the time the lookup returned, in Unix nanoseconds; key is the key's
+// bytes, kept in r.key only when a reader claims a refresh.
+func (e *engine) serve(r *read, key []byte, ent *entry, stamps []uint64, now int64) (driver.Rows, bool) {
 	switch {
 	case ent == nil:
 		return nil, false
@@ -436,7 +453,7 @@ func (e *engine) serve(r *read, ent *entry, stamps []uint64, now int64) (driver.
 	}
 	if now >= ent.expires {
 		if now < ent.expires+int64(r.reg.policy.StaleFor) {
-			if !e.claimRefresh(r.key) {
+			if !e.claimRefresh(r.keep(key)) {
 				e.note(r.rs, staleServedF)
 				return newReplayRows(&ent.snap), true
 			}
@@ -445,7 +462,7 @@ func (e *engine) serve(r *read, ent *entry, stamps []uint64, now int64) (driver.
 		e.note(r.rs, expiredF)
 		return nil, false
 	}
-	if refreshEarly(r.reg, ent, now) && e.claimRefresh(r.key) {
+	if refreshEarly(r.reg, ent, now) && e.claimRefresh(r.keep(key)) {
 		r.replaces = ent.created
 		e.note(r.rs, earlyRefreshesF)
 		e.refreshLater(r, stamps)

@@ -486,6 +486,29 @@ func TestStaleWindowReloadIsARefresh(t *testing.T) {
 	}
 }
 
+// TestStaleWindowClaimEnds: the claim of the reader that reloads an
+// expired entry within StaleFor is on the entry's key, and ends with the
+// reload, so that the next expiry is reloaded too rather than served stale
+// for ever. (A hit that serves the entry as it is keeps no string of its
+// key: one that claims a reload must make it first.)
+func TestStaleWindowClaimEnds(t *testing.T) {
+	db, c, _ := engineDB(t, nil)
+	must(t, c.opts.Registry.Register(`select v from kv where k = $1`,
+		Policy{TTL: 50 * time.Millisecond, Jitter: -1, StaleFor: time.Hour}))
+	getV(t, db, 1)
+	for range 2 {
+		time.Sleep(100 * time.Millisecond)
+		getV(t, db, 1)
+		c.eng.refreshers.Range(func(k, _ any) bool {
+			t.Fatalf("a reload that ended kept its claim on %q", k)
+			return false
+		})
+	}
+	if s := c.Stats(); s.EarlyRefreshes != 2 || s.StaleServed != 0 {
+		t.Fatalf("early refreshes %d, stale served %d, want 2, 0: %+v", s.EarlyRefreshes, s.StaleServed, s.Counters)
+	}
+}
+
 // TestLoadTimeIsTheQuerys: XFetch's δ and the load-duration metric are the
 // time to the last row, not the time the caller spends between rows.
 func TestLoadTimeIsTheQuerys(t *testing.T) {
