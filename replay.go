@@ -11,6 +11,7 @@ import (
 	"database/sql/driver"
 	"io"
 	"reflect"
+	"sync"
 	"time"
 	"unsafe"
 )
@@ -300,35 +301,51 @@ func scanKindOf(t reflect.Type) scanKind {
 
 // replayRows serves a snapshot. The snapshot is shared by concurrent
 // readers and is only read; each replayRows is used by one goroutine.
+// Closed rows go back to replayPool, with their buffers.
 type replayRows struct {
-	s      *snapshot
-	next   int // index of the row Next returns
-	names  []string
-	inline [8]string // names of a result of up to 8 columns, saving an allocation
+	s     *snapshot // nil once closed
+	next  int       // index of the row Next returns
+	names []string  // handed out by Columns: never reused
 
 	// The current row's []byte values: their bytes, and the slice headers
-	// the values in dest point to. Both are reused from row to row.
+	// the values in dest point to. Both are reused from row to row, and
+	// by the next rows to use this replayRows.
 	buf     []byte
 	bins    [][]byte
 	binsBuf [8][]byte // bins of a row with up to 8 []byte values, saving an allocation
 }
 
+// replayPool holds closed replayRows for the next hit. database/sql uses no
+// driver.Rows after its Close, and the []byte values the rows handed out
+// were valid until then only, as lib/pq's are (its next query on the
+// connection overwrites them). Column names outlive Close: they are not
+// reused.
+var replayPool = sync.Pool{New: func() any { return new(replayRows) }}
+
+// The largest buffers closed rows keep for the next: bytes, and []byte
+// values in a row.
+const (
+	replayKeepBytes = 4 << 10
+	replayKeepBins  = 64
+)
+
 // newReplayRows returns rows that replay s from its first row.
 func newReplayRows(s *snapshot) driver.Rows {
-	return &replayRows{s: s}
+	r := replayPool.Get().(*replayRows)
+	r.s = s
+	return r
 }
 
-// Columns returns the recorded column names.
+// Columns returns the recorded column names, in a slice of these rows'
+// own: database/sql hands it to the caller, who may keep it.
 func (r *replayRows) Columns() []string {
 	if r.names == nil {
-		if n := len(r.s.columns); n <= len(r.inline) {
-			r.names = r.inline[:n:n]
-		} else {
-			r.names = make([]string, n)
+		cols := r.s.columns
+		names := make([]string, len(cols))
+		for i := range names {
+			names[i] = cols[i].name
 		}
-		for i := range r.s.columns {
-			r.names[i] = r.s.columns[i].name
-		}
+		r.names = names
 	}
 	return r.names
 }
@@ -402,9 +419,23 @@ func (r *replayRows) room(n int) []byte {
 	return r.buf[:n]
 }
 
-// Close ends the replay; there is nothing to release.
+// Close ends the replay and puts the rows back in replayPool, letting go
+// of the snapshot. Nothing may use the rows after Close, as database/sql
+// does not; a second Close right after it does nothing, so that the rows
+// go back once.
 func (r *replayRows) Close() error {
-	r.next = len(r.s.rows)
+	if r.s == nil {
+		return nil
+	}
+	r.s, r.next, r.names = nil, 0, nil
+	if cap(r.buf) > replayKeepBytes {
+		r.buf, r.bins = nil, nil
+		clear(r.binsBuf[:]) // they point into buf
+	}
+	if cap(r.bins) > replayKeepBins {
+		r.bins = nil
+	}
+	replayPool.Put(r)
 	return nil
 }
 

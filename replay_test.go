@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"reflect"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -332,6 +333,55 @@ func TestReplayRowsHandOutTheirOwnBytes(t *testing.T) {
 	}
 	if got := fmt.Sprintf("%#v", s.rows); got != want {
 		t.Fatalf("snapshot changed:\n%s\nwant\n%s", got, want)
+	}
+}
+
+// TestReplayRowsOutliveNothingTheyHandOut: closed replayed rows are used
+// again, but nothing they handed out is: the column names a caller holds
+// stay as they were after Close (database/sql hands out the driver's
+// slice), and rows still open, or closed twice, are never handed out
+// twice, so the []byte values of open rows stay theirs until their next
+// Next.
+func TestReplayRowsOutliveNothingTheyHandOut(t *testing.T) {
+	s := &snapshot{columns: []column{{name: "a"}, {name: "b"}}, rows: [][]driver.Value{
+		{[]byte("one"), int64(1)}, {[]byte("two"), int64(2)},
+	}}
+	other := &snapshot{columns: []column{{name: "x"}, {name: "y"}}, rows: [][]driver.Value{
+		{[]byte("XXX"), int64(3)},
+	}}
+	dest := make([]driver.Value, 2)
+	r := newReplayRows(s)
+	cols := r.Columns()
+	must(t, r.Next(dest))
+	held := dest[0].([]byte)
+	for range 4 { // rows of another snapshot, replayed while r is open
+		o := newReplayRows(other)
+		if o == r {
+			t.Fatal("open rows were handed out again")
+		}
+		o.Columns()
+		must(t, o.Next(make([]driver.Value, 2)))
+		must(t, o.Close())
+	}
+	if string(held) != "one" {
+		t.Fatalf("open rows' value became %q", held)
+	}
+	must(t, r.Close())
+	must(t, r.Close()) // once too often: still one reuse
+	var again []driver.Rows
+	for range 4 {
+		o := newReplayRows(other)
+		if slices.Contains(again, o) {
+			t.Fatal("rows closed twice were handed out twice")
+		}
+		again = append(again, o)
+		o.Columns()
+	}
+	for _, o := range again {
+		must(t, o.Close())
+	}
+	if !slices.Equal(cols, []string{"a", "b"}) {
+		t.Fatalf("column names held after Close became %q", cols)
 	}
 }
 
