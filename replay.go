@@ -355,7 +355,7 @@ func (r *replayRows) Columns() []string {
 // hands them to sql.RawBytes and Scanners as they are, and a caller may
 // write into them, while the snapshot's are shared by every reader.
 func (r *replayRows) Next(dest []driver.Value) error {
-	if r.next >= len(r.s.rows) {
+	if r.s == nil || r.next >= len(r.s.rows) { // closed, as lib/pq's rows answer then
 		return io.EOF
 	}
 	row := r.s.rows[r.next]

@@ -367,6 +367,9 @@ func TestReplayRowsOutliveNothingTheyHandOut(t *testing.T) {
 		t.Fatalf("open rows' value became %q", held)
 	}
 	must(t, r.Close())
+	if err := r.Next(dest); err != io.EOF { // as lib/pq's closed rows answer
+		t.Fatalf("Next after Close: %v", err)
+	}
 	must(t, r.Close()) // once too often: still one reuse
 	var again []driver.Rows
 	for range 4 {
