@@ -346,7 +346,7 @@ func (e *engine) tagsFor(ctx context.Context, c *conn, reg *registration, rs *re
 		return nil, false
 	}
 	tags := append(cat.readTags(reg.tags), epochTag)
-	rt := &regTags{cat: cat, tags: tags, volatile: cat.anyVolatile(reg.a.functions)}
+	rt := &regTags{cat: cat, tags: tags, volatile: cat.anyMayWrite(reg.a.functions)}
 	rs.resolved.Store(rt)
 	return rt.tags, !rt.volatile
 }

@@ -341,7 +341,7 @@ func (e *engine) writesOf(ctx context.Context, c *conn, a *analysis, w *writeSet
 	}
 	tables, opaque := cat.reach(written, truncateCascade)
 	w.add(tables...) // what UnknownWrites names comes on top of what the catalog shows
-	if opaque || events && cat.ddlOpaque || cat.anyVolatile(a.functions) {
+	if opaque || events && cat.ddlOpaque || cat.anyMayWrite(a.functions) {
 		// A trigger's function is code the text does not show, as a
 		// volatile function's is.
 		e.unknownWrite(a, w, true)

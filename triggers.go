@@ -165,6 +165,18 @@ func (cat *catalog) mayWrite(name string) bool {
 	return cat.anyVolatile([]string{name}) || cat.writers[name] || cat.writers[bare]
 }
 
+// anyMayWrite reports whether one of the functions, as the analysis wrote
+// them, may write (see mayWrite): a statement calling it writes what the
+// text cannot show, and a read calling it is not cached.
+func (cat *catalog) anyMayWrite(fns []string) bool {
+	for _, f := range fns {
+		if cat.mayWrite(f) {
+			return true
+		}
+	}
+	return false
+}
+
 // quietFunc is the language and source of a STABLE or IMMUTABLE user
 // function, under its bare and schema-qualified names.
 type quietFunc struct{ names, lang, src string }

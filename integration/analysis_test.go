@@ -93,3 +93,18 @@ func TestLongNameInvalidates(t *testing.T) {
 		})
 	}
 }
+
+// TestStableWrapperCallInvalidates: a statement calls a STABLE function
+// that calls a volatile one which writes; only declared volatility was
+// checked, so the write went unseen.
+func TestStableWrapperCallInvalidates(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		setupUsers(t, env)
+		mustExec(t, env.raw, `create function bump() returns int volatile language sql as
+				$$ update users set name = name || '+' where id = 1; select 1 $$;
+			create function quiet_bump() returns int stable language sql as $$ select bump() $$`)
+		env.prime(t, userName, 1)
+		env.same(t, `select quiet_bump()`)
+		env.same(t, userName, 1)
+	})
+}
