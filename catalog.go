@@ -26,8 +26,12 @@ type catalog struct {
 	fired     map[string][]string // table -> tables its enabled triggers and rules write (see triggers.go)
 	opaque    map[string]bool     // table -> a trigger or rule on it may write what the catalog cannot read
 	writers   map[string]bool     // STABLE or IMMUTABLE user function, bare and schema-qualified -> may write all the same (see triggers.go)
-	ddlFired  []string            // tables the enabled event triggers write, on DDL and REFRESH
-	ddlOpaque bool                // an enabled event trigger may write what the catalog cannot read
+	// funcWrites holds what the volatile user functions whose sources
+	// show all they write write, by schema-qualified name, and by bare
+	// name where every function of that name does (see loadFuncWrites).
+	funcWrites map[string][]string
+	ddlFired   []string // tables the enabled event triggers write, on DDL and REFRESH
+	ddlOpaque  bool     // an enabled event trigger may write what the catalog cannot read
 	// stale is set once the catalog has served Options.CatalogRefresh:
 	// the next statement that needs it reads it again.
 	stale atomic.Bool
@@ -137,15 +141,16 @@ const (
 
 func loadCatalog(ctx context.Context, ci driver.Conn) (*catalog, error) {
 	cat := &catalog{
-		cascades:  map[string][]string{},
-		referrers: map[string][]string{},
-		bases:     map[string][]string{},
-		parents:   map[string][]string{},
-		children:  map[string][]string{},
-		volatile:  map[string]bool{},
-		fired:     map[string][]string{},
-		opaque:    map[string]bool{},
-		writers:   map[string]bool{},
+		cascades:   map[string][]string{},
+		referrers:  map[string][]string{},
+		bases:      map[string][]string{},
+		parents:    map[string][]string{},
+		children:   map[string][]string{},
+		volatile:   map[string]bool{},
+		fired:      map[string][]string{},
+		opaque:     map[string]bool{},
+		writers:    map[string]bool{},
+		funcWrites: map[string][]string{},
 	}
 	err := catalogRows(ctx, ci, fkQuery, 4, func(r []driver.Value) {
 		child, parent := textOf(r[0]), textOf(r[1])

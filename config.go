@@ -76,15 +76,16 @@ type Options struct {
 	// UnknownWrites narrows the invalidation of statements whose writes
 	// the SQL text cannot show: CALL, DO, EXECUTE, DROP ... CASCADE, schema
 	// changes not scoped to named tables (types, functions, schemas,
-	// privileges, policies, roles), reads that call volatile user
-	// functions, and writes to tables whose triggers or rules the catalog
-	// cannot read. It receives the normalized statement and returns the
-	// tables it writes beyond those the text and the catalog show; ok
-	// false (or a nil func) invalidates the whole namespace. A statement it narrows is trusted not
-	// to change the session either; any other CALL, DO, EXECUTE or call of
-	// a volatile function stops its connection from using the cache, since
-	// that code may call set_config (a tenant for row level security, a
-	// time zone) as surely as SET does. It must be safe for concurrent use.
+	// privileges, policies, roles), calls of volatile user functions whose
+	// SQL or PL/pgSQL source does not show all they write, and writes to
+	// tables whose triggers or rules the catalog cannot read. It receives
+	// the normalized statement and returns the tables it writes beyond
+	// those the text and the catalog show; ok false (or a nil func)
+	// invalidates the whole namespace. A statement it narrows is trusted
+	// not to change the session either; any other CALL, DO, EXECUTE or
+	// such call stops its connection from using the cache, since that code
+	// may call set_config (a tenant for row level security, a time zone)
+	// as surely as SET does. It must be safe for concurrent use.
 	UnknownWrites func(statement string) (tables []string, ok bool)
 
 	// Registry holds the registered queries. Nil means the default registry

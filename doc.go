@@ -50,12 +50,14 @@
 // tables a write reaches are read from its SQL text and from pg_catalog:
 // foreign keys with ON DELETE/UPDATE actions, TRUNCATE ... CASCADE, writes
 // through views, the base tables of views that registered queries read,
-// and the tables that triggers, rules and (for DDL) event triggers write. A statement whose effects
-// the text cannot show (CALL, DO, a volatile user function, a trigger
-// running dynamic SQL, DDL on types, functions, schemas, privileges or
-// policies) invalidates the whole namespace. pg_catalog is read again
-// after DDL through the Connector, and every Options.CatalogRefresh for
-// DDL by other processes.
+// the tables that triggers, rules and (for DDL) event triggers write, and
+// those that the SQL and PL/pgSQL sources of called volatile functions
+// name. A statement whose effects the text cannot show (CALL, DO, a
+// volatile user function whose source does not show all it writes, a
+// trigger running dynamic SQL, DDL on types, functions, schemas,
+// privileges or policies) invalidates the whole namespace. pg_catalog is
+// read again after DDL through the Connector, and every
+// Options.CatalogRefresh for DDL by other processes.
 //
 // # Consistency
 //

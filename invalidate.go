@@ -339,9 +339,10 @@ func (e *engine) writesOf(ctx context.Context, c *conn, a *analysis, w *writeSet
 	if events {
 		written = slices.Concat(written, cat.ddlFired)
 	}
-	tables, opaque := cat.reach(written, truncateCascade)
+	called, known := cat.anyCallWrites(a.functions)
+	tables, opaque := cat.reach(slices.Concat(written, called), truncateCascade)
 	w.add(tables...) // what UnknownWrites names comes on top of what the catalog shows
-	if opaque || events && cat.ddlOpaque || cat.anyMayWrite(a.functions) {
+	if opaque || events && cat.ddlOpaque || !known {
 		// A trigger's function is code the text does not show, as a
 		// volatile function's is.
 		e.unknownWrite(a, w, true)

@@ -3,6 +3,7 @@ package cachedpq
 import (
 	"context"
 	"database/sql/driver"
+	"slices"
 	"strings"
 )
 
@@ -50,6 +51,13 @@ const (
 		join pg_catalog.pg_language l on l.oid = p.prolang
 		where n.nspname not in ('pg_catalog', 'information_schema')
 			and p.provolatile <> 'v' and l.lanname not in ('c', 'internal')`
+	// volatileQuery lists the volatile user functions with their language
+	// and source.
+	volatileQuery = `select n.nspname, p.proname, l.lanname, p.prosrc
+		from pg_catalog.pg_proc p
+		join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+		join pg_catalog.pg_language l on l.oid = p.prolang
+		where n.nspname not in ('pg_catalog', 'information_schema') and p.provolatile = 'v'`
 	// eventQuery lists the enabled event triggers' functions, as
 	// triggerQuery does: they run on DDL and REFRESH, on no table.
 	eventQuery = `select l.lanname, n.nspname = 'pg_catalog', p.prosrc
@@ -85,6 +93,9 @@ const (
 // loadTriggers adds the writes of triggers and rules to cat, whose
 // volatile functions are loaded already.
 func (cat *catalog) loadTriggers(ctx context.Context, ci driver.Conn) error {
+	if err := cat.loadFuncWrites(ctx, ci); err != nil {
+		return err
+	}
 	if err := cat.loadWriters(ctx, ci); err != nil {
 		return err
 	}
@@ -96,7 +107,7 @@ func (cat *catalog) loadTriggers(ctx context.Context, ci driver.Conn) error {
 		tables, ok := []string(nil), false
 		switch lang, src := textOf(r[1]), textOf(r[3]); {
 		case lang == "plpgsql":
-			tables, ok = bodyWrites(src, cat.mayWrite)
+			tables, ok = bodyWrites(src, cat.calls)
 		case lang == "c":
 			ok = rowOnlyC[src] // a C function's source is its symbol
 		}
@@ -131,7 +142,7 @@ func (cat *catalog) loadTriggers(ctx context.Context, ci driver.Conn) error {
 func (cat *catalog) noteEvent(lang, src string) {
 	tables, ok := []string(nil), false
 	if lang == "plpgsql" {
-		tables, ok = bodyWrites(src, cat.mayWrite)
+		tables, ok = bodyWrites(src, cat.calls)
 	}
 	for _, t := range tables {
 		cat.ddlFired = appendNew(cat.ddlFired, t)
@@ -177,6 +188,103 @@ func (cat *catalog) anyMayWrite(fns []string) bool {
 	return false
 }
 
+// calls tells what a call of the function name, as the analysis names
+// functions, writes: nothing for a function that may not write (built in,
+// or a user function neither volatile nor calling one), the tables a
+// volatile function's source names (see loadFuncWrites); false if it may
+// write what its source does not show.
+func (cat *catalog) calls(name string) ([]string, bool) {
+	if !cat.mayWrite(name) {
+		return nil, true
+	}
+	tables, ok := cat.funcWrites[name]
+	return tables, ok
+}
+
+// anyCallWrites returns what calls of fns write, and false if one may
+// write what its source does not show.
+func (cat *catalog) anyCallWrites(fns []string) (tables []string, ok bool) {
+	for _, f := range fns {
+		t, ok := cat.calls(f)
+		if !ok {
+			return nil, false
+		}
+		tables = slices.Concat(tables, t)
+	}
+	return tables, true
+}
+
+// volatileFunc is one overload of a volatile user function.
+type volatileFunc struct{ schema, name, lang, src string }
+
+// loadFuncWrites fills cat.funcWrites with what the volatile user
+// functions in SQL and PL/pgSQL write, read off their sources as trigger
+// functions' are, under their schema-qualified names and, where every
+// function of that name in every schema is known, their bare ones. A
+// function that calls one not yet known is read again once that one is
+// (until no more are found): one in a cycle of calls stays unknown, and
+// a call of it writes what the text cannot show.
+func (cat *catalog) loadFuncWrites(ctx context.Context, ci driver.Conn) error {
+	var funcs []volatileFunc
+	err := catalogRows(ctx, ci, volatileQuery, 4, func(r []driver.Value) {
+		funcs = append(funcs, volatileFunc{textOf(r[0]), textOf(r[1]), textOf(r[2]), textOf(r[3])})
+	})
+	for found := err == nil; found; {
+		found = cat.readFuncs(funcs)
+	}
+	return err
+}
+
+// readFuncs reads the functions not known yet, once, and reports whether
+// it came to know any.
+func (cat *catalog) readFuncs(funcs []volatileFunc) bool {
+	writes := map[string][]string{} // by qualified name, over its overloads
+	opaque := map[string]bool{}
+	for _, f := range funcs {
+		q := f.schema + "." + f.name
+		if _, known := cat.funcWrites[q]; known || opaque[q] {
+			continue
+		}
+		tables, ok := []string(nil), false
+		if (f.lang == "plpgsql" || f.lang == "sql") && f.src != "" {
+			tables, ok = bodyWrites(f.src, cat.calls)
+		}
+		if !ok {
+			opaque[q] = true
+			continue
+		}
+		writes[q] = slices.Concat(writes[q], tables)
+	}
+	found := false
+	for q, tables := range writes {
+		if !opaque[q] {
+			cat.funcWrites[q], found = slices.Compact(slices.Sorted(slices.Values(tables))), true
+		}
+	}
+	if found {
+		cat.knowBareNames(funcs)
+	}
+	return found
+}
+
+// knowBareNames records what a function called by its bare name writes,
+// where every function of that name is known.
+func (cat *catalog) knowBareNames(funcs []volatileFunc) {
+	bare, unknown := map[string][]string{}, map[string]bool{}
+	for _, f := range funcs {
+		tables, ok := cat.funcWrites[f.schema+"."+f.name]
+		if !ok {
+			unknown[f.name] = true
+		}
+		bare[f.name] = slices.Concat(bare[f.name], tables)
+	}
+	for name, tables := range bare {
+		if !unknown[name] {
+			cat.funcWrites[name] = slices.Compact(slices.Sorted(slices.Values(tables)))
+		}
+	}
+}
+
 // quietFunc is the language and source of a STABLE or IMMUTABLE user
 // function, under its bare and schema-qualified names.
 type quietFunc struct{ names, lang, src string }
@@ -209,7 +317,7 @@ func (cat *catalog) quietWrites(f quietFunc) bool {
 	if f.lang != "plpgsql" && f.lang != "sql" || f.src == "" {
 		return true
 	}
-	tables, ok := bodyWrites(f.src, cat.mayWrite)
+	tables, ok := bodyWrites(f.src, cat.calls)
 	return !ok || len(tables) > 0
 }
 
@@ -217,13 +325,13 @@ func (cat *catalog) quietWrites(f quietFunc) bool {
 // the tables its statements write. ok is false when it may write tables,
 // or change the session, in ways its text does not show: dynamic SQL
 // (EXECUTE), CALL, DO, DDL, COPY, TRUNCATE ... CASCADE, SET or set_config,
-// a call of a volatile user function (isVolatile), or a write whose target
+// a call of a function that may write what calls cannot tell, or a write whose target
 // it cannot read. Only the patterns it knows count as harmless: it errs
 // towards ok false, which costs invalidations, never stale data.
-func bodyWrites(src string, isVolatile func(string) bool) (tables []string, ok bool) {
+func bodyWrites(src string, calls func(string) ([]string, bool)) (tables []string, ok bool) {
 	p := newParser(src)
 	for i := 0; i < len(p.toks); i++ {
-		next, known := p.bodyToken(i, isVolatile)
+		next, known := p.bodyToken(i, calls)
 		if !known {
 			return nil, false
 		}
@@ -235,7 +343,7 @@ func bodyWrites(src string, isVolatile func(string) bool) (tables []string, ok b
 // bodyToken reads the function body's token i: a write adds its target to
 // p.a.writes. It returns the index of the next token to read, and false if
 // the token makes the body opaque.
-func (p *parser) bodyToken(i int, isVolatile func(string) bool) (next int, ok bool) {
+func (p *parser) bodyToken(i int, calls func(string) ([]string, bool)) (next int, ok bool) {
 	switch {
 	case p.is(i, "execute"): // EXECUTE 'sql', FOR ... IN EXECUTE, RETURN QUERY EXECUTE
 		return i, false
@@ -261,15 +369,29 @@ func (p *parser) bodyToken(i int, isVolatile func(string) bool) (next int, ok bo
 		return p.bodyTruncate(i + 1)
 	case p.isName(i) && p.isPunct(i+1, '('):
 		name := p.tagOf(i)
-		return i + 1, name != "set_config" && !isVolatile(name)
+		return i + 1, p.bodyCall(name, calls)
 	case p.isName(i) && p.isPunct(i+1, '.'):
 		last, after, _ := p.qualifiedName(i, len(p.toks))
 		if !p.isPunct(after, '(') {
 			return after, true
 		}
-		return after, p.tagOf(last) != "set_config" && !isVolatile(p.tagOf(i)+"."+p.tagOf(last))
+		return after, p.tagOf(last) != "set_config" && p.bodyCall(p.tagOf(i)+"."+p.tagOf(last), calls)
 	}
 	return i + 1, true
+}
+
+// bodyCall records what a call of the function name writes, as calls
+// tells it; false if the call makes the body opaque (set_config, or a
+// function that may write what calls cannot tell).
+func (p *parser) bodyCall(name string, calls func(string) ([]string, bool)) bool {
+	tables, ok := calls(name)
+	if name == "set_config" || !ok {
+		return false
+	}
+	for _, t := range tables {
+		p.a.writes = addUnique(p.a.writes, t)
+	}
+	return true
 }
 
 // bodyTarget records the table a write names at i; a target it cannot read

@@ -13,7 +13,13 @@ import (
 
 func TestBodyWrites(t *testing.T) {
 	volatile := map[string]bool{"log_change": true, "audit.log_change": true}
-	isVolatile := func(name string) bool { return volatile[name] }
+	known := map[string][]string{"log_row": {"log"}}
+	calls := func(name string) ([]string, bool) {
+		if tables, ok := known[name]; ok {
+			return tables, true
+		}
+		return nil, !volatile[name]
+	}
 	tests := []struct {
 		name, body string
 		want       []string // nil with ok false: opaque
@@ -45,6 +51,8 @@ func TestBodyWrites(t *testing.T) {
 		{"cte write", `begin with d as (delete from queue where id = old.id returning *) insert into done select * from d; return old; end`,
 			[]string{"queue", "done"}, true},
 
+		{"known volatile helper", `begin insert into audit values (new.id); perform log_row(new.id); return new; end`,
+			[]string{"audit", "log"}, true},
 		{"dynamic sql", `begin execute format('insert into %I values (1)', tg_argv[0]); return new; end`, nil, false},
 		{"for in execute", `declare r record; begin for r in execute 'select 1' loop end loop; return new; end`, nil, false},
 		{"volatile helper", `begin perform log_change(new.id); return new; end`, nil, false},
@@ -60,7 +68,7 @@ func TestBodyWrites(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, ok := bodyWrites(tt.body, isVolatile)
+			got, ok := bodyWrites(tt.body, calls)
 			if ok != tt.ok || !slices.Equal(got, tt.want) {
 				t.Fatalf("bodyWrites = %q, %v; want %q, %v", got, ok, tt.want, tt.ok)
 			}
@@ -105,7 +113,7 @@ func FuzzBodyWrites(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, src string) {
-		tables, ok := bodyWrites(src, func(string) bool { return false })
+		tables, ok := bodyWrites(src, func(string) ([]string, bool) { return nil, true })
 		if !ok && tables != nil {
 			t.Fatalf("opaque body with tables %q", tables)
 		}
@@ -142,6 +150,7 @@ func TestStaleCatalogServesWhenReloadFails(t *testing.T) {
 		{viewQuery, []string{"a", "b"}, nil},
 		{inheritQuery, []string{"a", "b"}, nil},
 		{funcQuery, []string{"a", "b", "c"}, nil},
+		{volatileQuery, []string{"a", "b", "c", "d"}, nil},
 		{quietQuery, []string{"a", "b", "c", "d"}, nil},
 		{triggerQuery, []string{"a", "b", "c", "d"}, []driver.Value{"users", "plpgsql", false,
 			"begin update audit_count set n = n + 1; return new; end"}},

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
@@ -242,5 +243,47 @@ func TestEventTriggerWritesInvalidate(t *testing.T) {
 		if got := env.same(t, q); len(got) != 1 {
 			t.Fatalf("the event trigger logged %v", got)
 		}
+	})
+}
+
+// logUser is a volatile helper whose source shows all it writes: audit.
+const logUser = `create function log_user(id int8, name text) returns void language plpgsql as $$
+	begin
+		insert into audit values (id, name);
+	end $$`
+
+// TestTriggerCallingVolatileHelperInvalidates: a trigger whose function
+// calls a volatile helper writes what the helper's source names.
+func TestTriggerCallingVolatileHelperInvalidates(t *testing.T) {
+	triggerCase(t, logUser+`;
+		create function users_audit() returns trigger language plpgsql as $$
+		begin
+			perform log_user(new.id, new.name);
+			return new;
+		end $$;
+		create trigger users_audit after update on users for each row execute function users_audit()`,
+		`update users set name = 'changed' where id = 1`)
+}
+
+// TestVolatileCallNarrowed: a call of a volatile function whose source
+// shows all it writes invalidates those tables only, and leaves its
+// connection using the cache: it used to void the whole namespace and
+// stop the connection from using the cache, as code it could not see.
+func TestVolatileCallNarrowed(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		setupUsers(t, env)
+		mustExec(t, env.raw, auditSetup)
+		mustExec(t, env.raw, logUser)
+		env.register(t, auditOf, cachedpq.Policy{})
+		env.prime(t, auditOf, 7)
+		env.prime(t, userName, 1)
+		c := env.pinned(t)
+		if _, err := c.ExecContext(context.Background(), `select log_user(7, 'logged')`); err != nil {
+			t.Fatal(err)
+		}
+		if got := env.same(t, auditOf, 7); len(got) != 1 {
+			t.Fatalf("audit of 7: %v", got)
+		}
+		env.hitsOn(t, c, "a call of log_user")
 	})
 }
