@@ -93,10 +93,13 @@ const (
 // loadTriggers adds the writes of triggers and rules to cat, whose
 // volatile functions are loaded already.
 func (cat *catalog) loadTriggers(ctx context.Context, ci driver.Conn) error {
-	if err := cat.loadFuncWrites(ctx, ci); err != nil {
+	// The writers first: a volatile function calling a STABLE one that
+	// calls a writer must see it as one. Read before funcWrites, a STABLE
+	// function calling any volatile one counts as a writer.
+	if err := cat.loadWriters(ctx, ci); err != nil {
 		return err
 	}
-	if err := cat.loadWriters(ctx, ci); err != nil {
+	if err := cat.loadFuncWrites(ctx, ci); err != nil {
 		return err
 	}
 	err := catalogRows(ctx, ci, triggerQuery, 4, func(r []driver.Value) {

@@ -287,3 +287,24 @@ func TestVolatileCallNarrowed(t *testing.T) {
 		env.hitsOn(t, c, "a call of log_user")
 	})
 }
+
+// bump is a volatile function writing users, and quietBump a STABLE one
+// calling it: it writes users all the same.
+const bumpFuncs = `create function bump() returns int volatile language sql as
+		$$ update users set name = name || '+' where id = 1; select 1 $$;
+	create function quiet_bump() returns int stable language sql as $$ select bump() $$`
+
+// TestVolatileCallingStableWriterInvalidates: a volatile function calling
+// a STABLE function that calls one writing users writes users.
+func TestVolatileCallingStableWriterInvalidates(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		setupUsers(t, env)
+		mustExec(t, env.raw, bumpFuncs+`;
+			create function outer_bump() returns int volatile language sql as $$ select quiet_bump() $$`)
+		env.prime(t, userName, 1)
+		mustExec(t, env.db, `select outer_bump()`)
+		if got := env.same(t, userName, 1); got[0] != "[user1+]" {
+			t.Fatalf("outer_bump wrote nothing: %v", got)
+		}
+	})
+}
