@@ -200,6 +200,11 @@ func (cat *catalog) calls(name string) ([]string, bool) {
 	if !cat.mayWrite(name) {
 		return nil, true
 	}
+	// A STABLE or IMMUTABLE overload, or one in another schema, that may
+	// write is not among funcWrites' sources.
+	if bare := name[strings.LastIndexByte(name, '.')+1:]; cat.writers[name] || cat.writers[bare] {
+		return nil, false
+	}
 	tables, ok := cat.funcWrites[name]
 	return tables, ok
 }

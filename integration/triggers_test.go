@@ -308,3 +308,21 @@ func TestVolatileCallingStableWriterInvalidates(t *testing.T) {
 		}
 	})
 }
+
+// TestOverloadStableWriterInvalidates: of two overloads of tag, one a
+// volatile function writing audit, the other a STABLE one that calls a
+// function writing users, a call may write users.
+func TestOverloadStableWriterInvalidates(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		setupUsers(t, env)
+		mustExec(t, env.raw, auditSetup)
+		mustExec(t, env.raw, bumpFuncs+`;
+			create function tag(id int8) returns int volatile language sql as $$ insert into audit values (id, 'x'); select 1 $$;
+			create function tag(s text) returns int stable language sql as $$ select quiet_bump() $$`)
+		env.prime(t, userName, 1)
+		mustExec(t, env.db, `select tag('x'::text)`)
+		if got := env.same(t, userName, 1); got[0] != "[user1+]" {
+			t.Fatalf("tag wrote nothing: %v", got)
+		}
+	})
+}
