@@ -345,6 +345,9 @@ func bodyWrites(src string, calls func(string) ([]string, bool)) (tables []strin
 		}
 		i = max(i, next-1)
 	}
+	if slices.Contains(p.a.writes, "pg_settings") {
+		return nil, false // its rule calls set_config
+	}
 	return p.a.writes, true
 }
 

@@ -59,6 +59,7 @@ func TestBodyWrites(t *testing.T) {
 		{"qualified volatile helper", `begin perform audit.log_change(new.id); return new; end`, nil, false},
 		{"set_config", `begin perform set_config('app.tenant', new.tenant, false); return new; end`, nil, false},
 		{"qualified set_config", `begin perform pg_catalog.set_config('a.b', 'c', false); return new; end`, nil, false},
+		{"pg_settings", `begin update pg_catalog.pg_settings set setting = 'UTC' where name = 'TimeZone'; return new; end`, nil, false},
 		{"set", `begin set search_path = other; return new; end`, nil, false},
 		{"call", `begin if new.x then call refresh_totals(); end if; return new; end`, nil, false},
 		{"ddl", `begin create table if not exists side (x int); return new; end`, nil, false},

@@ -326,3 +326,27 @@ func TestOverloadStableWriterInvalidates(t *testing.T) {
 		}
 	})
 }
+
+// TestVolatileCallWritingSettingsLeavesCache: a function that updates
+// pg_settings, whose rule calls set_config, changes the session: its
+// connection stops using the cache.
+func TestVolatileCallWritingSettingsLeavesCache(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		setupUsers(t, env)
+		mustExec(t, env.raw, `create function set_tenant(v text) returns void language plpgsql as $$
+			begin
+				update pg_settings set setting = v where name = 'application_name';
+			end $$`)
+		env.prime(t, userName, 1)
+		c := env.pinned(t)
+		execOn(t, c, `select set_tenant('tenant7')`)
+		hits := env.stats().Hits
+		var name string
+		if err := c.GetContext(context.Background(), &name, userName, 1); err != nil {
+			t.Fatal(err)
+		}
+		if env.stats().Hits != hits {
+			t.Fatalf("a read after set_tenant used the cache: %+v", env.stats())
+		}
+	})
+}
