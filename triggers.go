@@ -254,7 +254,7 @@ func (cat *catalog) readFuncs(funcs []volatileFunc) bool {
 			continue
 		}
 		tables, ok := []string(nil), false
-		if (f.lang == "plpgsql" || f.lang == "sql") && f.src != "" {
+		if (f.lang == "plpgsql" || f.lang == "sql" && !sqlSelectInto(f.src)) && f.src != "" {
 			tables, ok = bodyWrites(f.src, cat.calls)
 		}
 		if !ok {
@@ -273,6 +273,19 @@ func (cat *catalog) readFuncs(funcs []volatileFunc) bool {
 		cat.knowBareNames(funcs)
 	}
 	return found
+}
+
+// sqlSelectInto reports an INTO of a SQL function's source but INSERT
+// INTO and MERGE INTO: SELECT INTO, which creates a table (a temporary
+// one shadows a table on its connection), not PL/pgSQL's variables.
+func sqlSelectInto(src string) bool {
+	p := newParser(src)
+	for i := range p.toks {
+		if p.is(i, "into") && !p.isAny(i-1, "insert", "merge") {
+			return true
+		}
+	}
+	return false
 }
 
 // knowBareNames records what a function called by its bare name writes,

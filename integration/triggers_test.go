@@ -350,3 +350,21 @@ func TestVolatileCallWritingSettingsLeavesCache(t *testing.T) {
 		}
 	})
 }
+
+// TestVolatileSelectIntoTempShadows: a SQL function whose SELECT INTO
+// creates a temporary users shadows the table on its connection, which
+// must then read its own rows, not the cache's.
+func TestVolatileSelectIntoTempShadows(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		setupUsers(t, env)
+		mustExec(t, env.raw, `create table base as select 1::int8 as id, 'temp'::text as name;
+			create function shadow_users() returns void language sql as $$ select * into temp users from base $$`)
+		env.prime(t, userName, 1)
+		c := env.pinned(t)
+		execOn(t, c, `select shadow_users()`)
+		var name string
+		if err := c.GetContext(context.Background(), &name, userName, 1); err != nil || name != "temp" {
+			t.Fatalf("read after shadow_users(): %q, %v; want the temporary row", name, err)
+		}
+	})
+}
