@@ -51,6 +51,19 @@ const (
 		join pg_catalog.pg_language l on l.oid = p.prolang
 		where n.nspname not in ('pg_catalog', 'information_schema')
 			and p.provolatile <> 'v' and l.lanname not in ('c', 'internal')`
+	// defaultQuery lists the user functions that the column defaults and
+	// CHECK constraints of a table call: they run as its rows are written,
+	// and what they write is written with them.
+	defaultQuery = `select distinct c.relname, n.nspname, p.proname
+		from pg_catalog.pg_depend d
+		join pg_catalog.pg_proc p on p.oid = d.refobjid
+		join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+		left join pg_catalog.pg_attrdef ad on d.classid = 'pg_catalog.pg_attrdef'::regclass and ad.oid = d.objid
+		left join pg_catalog.pg_constraint con on d.classid = 'pg_catalog.pg_constraint'::regclass
+			and con.oid = d.objid and con.contype = 'c'
+		join pg_catalog.pg_class c on c.oid = coalesce(ad.adrelid, con.conrelid)
+		where d.refclassid = 'pg_catalog.pg_proc'::regclass
+			and n.nspname not in ('pg_catalog', 'information_schema')`
 	// volatileQuery lists the volatile user functions with their language
 	// and source.
 	volatileQuery = `select n.nspname, p.proname, l.lanname, p.prosrc
@@ -119,6 +132,17 @@ func (cat *catalog) loadTriggers(ctx context.Context, ci driver.Conn) error {
 	if err == nil {
 		err = catalogRows(ctx, ci, whenQuery, 3, func(r []driver.Value) {
 			cat.note(textOf(r[0]), nil, !cat.mayWrite(textOf(r[1])+"."+textOf(r[2])))
+		})
+	}
+	if err == nil {
+		err = catalogRows(ctx, ci, defaultQuery, 3, func(r []driver.Value) {
+			// Only what a source shows: a default calling a volatile C
+			// function (uuid_generate_v4, pgcrypto's gen_random_uuid) is
+			// the rule, and voiding the namespace at every insert into
+			// its table would cost more than such a default ever writes.
+			if tables, ok := cat.calls(textOf(r[1]) + "." + textOf(r[2])); ok {
+				cat.note(textOf(r[0]), tables, true)
+			}
 		})
 	}
 	if err == nil {

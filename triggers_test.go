@@ -156,6 +156,7 @@ func TestStaleCatalogServesWhenReloadFails(t *testing.T) {
 		{triggerQuery, []string{"a", "b", "c", "d"}, []driver.Value{"users", "plpgsql", false,
 			"begin update audit_count set n = n + 1; return new; end"}},
 		{whenQuery, []string{"a", "b", "c"}, nil},
+		{defaultQuery, []string{"a", "b", "c"}, nil},
 		{ruleQuery, []string{"a", "b"}, nil},
 		{ruleCallQuery, []string{"a"}, nil},
 		{eventQuery, []string{"a", "b", "c"}, nil},

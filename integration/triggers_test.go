@@ -368,3 +368,38 @@ func TestVolatileSelectIntoTempShadows(t *testing.T) {
 		}
 	})
 }
+
+// TestDefaultAndCheckCallsInvalidate: a column default or a CHECK
+// constraint of the written table calls a function that writes: what it
+// writes is written with the row. It went unseen (found by review D).
+func TestDefaultAndCheckCallsInvalidate(t *testing.T) {
+	for name, side := range map[string]string{
+		"default": `create table side (x int default bump())`,
+		"check":   `create table side (x int check (bump() = 1))`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			forEachStore(t, func(t *testing.T, env *cacheEnv) {
+				setupUsers(t, env)
+				mustExec(t, env.raw, `create function bump() returns int volatile language sql as
+					$$ update users set name = name || '+' where id = 1; select 1 $$;`+side)
+				env.prime(t, userName, 1)
+				mustExec(t, env.db, `insert into side values (default)`)
+				env.same(t, userName, 1)
+			})
+		})
+	}
+	// A default calling a volatile function whose source cannot be read
+	// (C, as uuid-ossp's) keeps other tables' entries.
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		setupUsers(t, env)
+		mustExec(t, env.raw, `create extension "uuid-ossp" schema `+env.schema+`;
+			create table side (id uuid default `+env.schema+`.uuid_generate_v4())`)
+		env.prime(t, userName, 1)
+		mustExec(t, env.db, `insert into side default values`)
+		hits := env.stats().Hits
+		env.same(t, userName, 1)
+		if env.stats().Hits != hits+1 {
+			t.Fatalf("an insert with a uuid default voided users' entry: %+v", env.stats())
+		}
+	})
+}
