@@ -132,11 +132,14 @@ const (
 		from pg_catalog.pg_inherits i
 		join pg_catalog.pg_class c on c.oid = i.inhrelid
 		join pg_catalog.pg_class p on p.oid = i.inhparent`
-	funcQuery = `select n.nspname, p.proname, bool_or(p.provolatile = 'v')
+	// funcQuery lists the user functions, each overload, with their
+	// language, source and volatility: read once for the volatile map and
+	// for what their sources write (see triggers.go).
+	funcQuery = `select n.nspname, p.proname, l.lanname, p.prosrc, p.provolatile = 'v'
 		from pg_catalog.pg_proc p
 		join pg_catalog.pg_namespace n on n.oid = p.pronamespace
-		where n.nspname not in ('pg_catalog', 'information_schema')
-		group by 1, 2`
+		join pg_catalog.pg_language l on l.oid = p.prolang
+		where n.nspname not in ('pg_catalog', 'information_schema')`
 )
 
 func loadCatalog(ctx context.Context, ci driver.Conn) (*catalog, error) {
@@ -152,6 +155,7 @@ func loadCatalog(ctx context.Context, ci driver.Conn) (*catalog, error) {
 		writers:    map[string]bool{},
 		funcWrites: map[string][]string{},
 	}
+	var funcs []userFunc
 	err := catalogRows(ctx, ci, fkQuery, 4, func(r []driver.Value) {
 		child, parent := textOf(r[0]), textOf(r[1])
 		cat.referrers[parent] = appendNew(cat.referrers[parent], child)
@@ -172,14 +176,17 @@ func loadCatalog(ctx context.Context, ci driver.Conn) (*catalog, error) {
 		})
 	}
 	if err == nil {
-		err = catalogRows(ctx, ci, funcQuery, 3, func(r []driver.Value) {
-			v, _ := r[2].(bool)
-			cat.volatile[textOf(r[1])] = cat.volatile[textOf(r[1])] || v
-			cat.volatile[textOf(r[0])+"."+textOf(r[1])] = v
+		err = catalogRows(ctx, ci, funcQuery, 5, func(r []driver.Value) {
+			f := userFunc{schema: textOf(r[0]), name: textOf(r[1]), lang: textOf(r[2]), src: textOf(r[3])}
+			f.volatile, _ = r[4].(bool)
+			funcs = append(funcs, f)
+			q := f.schema + "." + f.name // any overload volatile makes the name so
+			cat.volatile[f.name] = cat.volatile[f.name] || f.volatile
+			cat.volatile[q] = cat.volatile[q] || f.volatile
 		})
 	}
 	if err == nil {
-		err = cat.loadTriggers(ctx, ci)
+		err = cat.loadTriggers(ctx, ci, funcs)
 	}
 	return cat, err
 }

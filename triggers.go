@@ -40,17 +40,6 @@ const (
 		join pg_catalog.pg_namespace n on n.oid = p.pronamespace
 		where not tg.tgisinternal and tg.tgenabled <> 'D' and p.oid <> tg.tgfoid
 			and n.nspname not in ('pg_catalog', 'information_schema')`
-	// quietQuery lists the user functions declared STABLE or IMMUTABLE,
-	// but for C and internal ones (extensions' code, trusted as built-in
-	// functions are), with their language and source. PostgreSQL refuses
-	// a write among such a function's own statements, not a call of a
-	// volatile function that writes.
-	quietQuery = `select n.nspname, p.proname, l.lanname, p.prosrc
-		from pg_catalog.pg_proc p
-		join pg_catalog.pg_namespace n on n.oid = p.pronamespace
-		join pg_catalog.pg_language l on l.oid = p.prolang
-		where n.nspname not in ('pg_catalog', 'information_schema')
-			and p.provolatile <> 'v' and l.lanname not in ('c', 'internal')`
 	// defaultQuery lists the user functions that the column defaults and
 	// CHECK constraints of a table call: they run as its rows are written,
 	// and what they write is written with them.
@@ -64,13 +53,6 @@ const (
 		join pg_catalog.pg_class c on c.oid = coalesce(ad.adrelid, con.conrelid)
 		where d.refclassid = 'pg_catalog.pg_proc'::regclass
 			and n.nspname not in ('pg_catalog', 'information_schema')`
-	// volatileQuery lists the volatile user functions with their language
-	// and source.
-	volatileQuery = `select n.nspname, p.proname, l.lanname, p.prosrc
-		from pg_catalog.pg_proc p
-		join pg_catalog.pg_namespace n on n.oid = p.pronamespace
-		join pg_catalog.pg_language l on l.oid = p.prolang
-		where n.nspname not in ('pg_catalog', 'information_schema') and p.provolatile = 'v'`
 	// eventQuery lists the enabled event triggers' functions, as
 	// triggerQuery does: they run on DDL and REFRESH, on no table.
 	eventQuery = `select l.lanname, n.nspname = 'pg_catalog', p.prosrc
@@ -103,18 +85,14 @@ const (
 			and n.nspname not in ('pg_catalog', 'information_schema')`
 )
 
-// loadTriggers adds the writes of triggers and rules to cat, whose
-// volatile functions are loaded already.
-func (cat *catalog) loadTriggers(ctx context.Context, ci driver.Conn) error {
+// loadTriggers adds the writes of functions, triggers and rules to cat;
+// funcs are the user functions funcQuery read, whose volatility cat holds.
+func (cat *catalog) loadTriggers(ctx context.Context, ci driver.Conn, funcs []userFunc) error {
 	// The writers first: a volatile function calling a STABLE one that
 	// calls a writer must see it as one. Read before funcWrites, a STABLE
 	// function calling any volatile one counts as a writer.
-	if err := cat.loadWriters(ctx, ci); err != nil {
-		return err
-	}
-	if err := cat.loadFuncWrites(ctx, ci); err != nil {
-		return err
-	}
+	cat.loadWriters(funcs)
+	cat.loadFuncWrites(funcs)
 	err := catalogRows(ctx, ci, triggerQuery, 4, func(r []driver.Value) {
 		table := textOf(r[0])
 		if builtin, _ := r[2].(bool); builtin {
@@ -246,8 +224,11 @@ func (cat *catalog) anyCallWrites(fns []string) (tables []string, ok bool) {
 	return tables, true
 }
 
-// volatileFunc is one overload of a volatile user function.
-type volatileFunc struct{ schema, name, lang, src string }
+// userFunc is one overload of a user function, as funcQuery reads it.
+type userFunc struct {
+	schema, name, lang, src string
+	volatile                bool
+}
 
 // loadFuncWrites fills cat.funcWrites with what the volatile user
 // functions in SQL and PL/pgSQL write, read off their sources as trigger
@@ -256,20 +237,20 @@ type volatileFunc struct{ schema, name, lang, src string }
 // function that calls one not yet known is read again once that one is
 // (until no more are found): one in a cycle of calls stays unknown, and
 // a call of it writes what the text cannot show.
-func (cat *catalog) loadFuncWrites(ctx context.Context, ci driver.Conn) error {
-	var funcs []volatileFunc
-	err := catalogRows(ctx, ci, volatileQuery, 4, func(r []driver.Value) {
-		funcs = append(funcs, volatileFunc{textOf(r[0]), textOf(r[1]), textOf(r[2]), textOf(r[3])})
-	})
-	for found := err == nil; found; {
-		found = cat.readFuncs(funcs)
+func (cat *catalog) loadFuncWrites(all []userFunc) {
+	var funcs []userFunc
+	for _, f := range all {
+		if f.volatile {
+			funcs = append(funcs, f)
+		}
 	}
-	return err
+	for cat.readFuncs(funcs) {
+	}
 }
 
 // readFuncs reads the functions not known yet, once, and reports whether
 // it came to know any.
-func (cat *catalog) readFuncs(funcs []volatileFunc) bool {
+func (cat *catalog) readFuncs(funcs []userFunc) bool {
 	writes := map[string][]string{} // by qualified name, over its overloads
 	opaque := map[string]bool{}
 	for _, f := range funcs {
@@ -314,7 +295,7 @@ func sqlSelectInto(src string) bool {
 
 // knowBareNames records what a function called by its bare name writes,
 // where every function of that name is known.
-func (cat *catalog) knowBareNames(funcs []volatileFunc) {
+func (cat *catalog) knowBareNames(funcs []userFunc) {
 	bare, unknown := map[string][]string{}, map[string]bool{}
 	for _, f := range funcs {
 		tables, ok := cat.funcWrites[f.schema+"."+f.name]
@@ -339,12 +320,17 @@ type quietFunc struct{ names, lang, src string }
 // and PL/pgSQL, or whose source the trigger scan cannot read, or that
 // call a function that may write, transitively (until no more are found:
 // calls may form cycles).
-func (cat *catalog) loadWriters(ctx context.Context, ci driver.Conn) error {
+func (cat *catalog) loadWriters(all []userFunc) {
 	var quiet []quietFunc
-	err := catalogRows(ctx, ci, quietQuery, 4, func(r []driver.Value) {
-		quiet = append(quiet, quietFunc{textOf(r[0]) + "." + textOf(r[1]), textOf(r[2]), textOf(r[3])})
-	})
-	for found := err == nil; found; {
+	for _, f := range all {
+		// C and internal ones are extensions' code, trusted as built-in
+		// functions are. PostgreSQL refuses a write among a STABLE
+		// function's own statements, not a call of a volatile one.
+		if !f.volatile && f.lang != "c" && f.lang != "internal" {
+			quiet = append(quiet, quietFunc{f.schema + "." + f.name, f.lang, f.src})
+		}
+	}
+	for found := true; found; {
 		found = false
 		for _, f := range quiet {
 			if !cat.writers[f.names] && cat.quietWrites(f) {
@@ -353,7 +339,6 @@ func (cat *catalog) loadWriters(ctx context.Context, ci driver.Conn) error {
 			}
 		}
 	}
-	return err
 }
 
 // quietWrites reports whether a STABLE or IMMUTABLE function may write.
