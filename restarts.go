@@ -101,22 +101,32 @@ var (
 // dialsOf returns c's dial counter, adding its hook at first use. The
 // counter starts at 1: a new watch (checked 0) checks at its first lookup.
 func dialsOf(c *redis.Client) *dialCounter {
-	dialMu.Lock()
-	defer dialMu.Unlock()
-	k := weak.Make(c)
-	if d := dialCounters[k]; d != nil {
+	return weakEntry(&dialMu, dialCounters, c, func() *dialCounter {
+		d := &dialCounter{}
+		d.n.Store(1)
+		c.AddHook(d)
 		return d
+	})
+}
+
+// weakEntry returns m's value for p, made by create at first use (under
+// mu, which guards m); the entry goes once p is collected, so that
+// holding it keeps nothing alive.
+func weakEntry[K, V any](mu *sync.Mutex, m map[weak.Pointer[K]]V, p *K, create func() V) V {
+	mu.Lock()
+	defer mu.Unlock()
+	k := weak.Make(p)
+	if v, ok := m[k]; ok {
+		return v
 	}
-	d := &dialCounter{}
-	d.n.Store(1)
-	c.AddHook(d)
-	dialCounters[k] = d
-	runtime.AddCleanup(c, func(k weak.Pointer[redis.Client]) {
-		dialMu.Lock()
-		delete(dialCounters, k)
-		dialMu.Unlock()
+	v := create()
+	m[k] = v
+	runtime.AddCleanup(p, func(k weak.Pointer[K]) {
+		mu.Lock()
+		delete(m, k)
+		mu.Unlock()
 	}, k)
-	return d
+	return v
 }
 
 // errNoRunID reports a server whose INFO names no run_id.

@@ -25,7 +25,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -295,21 +294,11 @@ type nodeHooks struct {
 
 // add adds a nodeHook to node client c, unless it has one, and returns it.
 func (h *nodeHooks) add(c *redis.Client) *nodeHook {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	k := weak.Make(c)
-	if nh := h.nodes[k]; nh != nil {
+	return weakEntry(&h.mu, h.nodes, c, func() *nodeHook {
+		nh := &nodeHook{d: h.d}
+		c.AddHook(nh)
 		return nh
-	}
-	nh := &nodeHook{d: h.d}
-	c.AddHook(nh)
-	h.nodes[k] = nh
-	runtime.AddCleanup(c, func(k weak.Pointer[redis.Client]) {
-		h.mu.Lock()
-		delete(h.nodes, k)
-		h.mu.Unlock()
-	}, k)
-	return nh
+	})
 }
 
 // nodeHook counts the dials of a node client, and the commands it sends
@@ -370,22 +359,12 @@ var clusterHooks = map[weak.Pointer[redis.ClusterClient]]*nodeHooks{}
 // makes from then on; the check hooks those made before. The counter starts
 // at 1, as in dialsOf.
 func nodeHooksOf(cc *redis.ClusterClient) *nodeHooks {
-	dialMu.Lock()
-	defer dialMu.Unlock()
-	k := weak.Make(cc)
-	if h := clusterHooks[k]; h != nil {
+	return weakEntry(&dialMu, clusterHooks, cc, func() *nodeHooks {
+		h := &nodeHooks{d: &dialCounter{}, nodes: map[weak.Pointer[redis.Client]]*nodeHook{}}
+		h.d.n.Store(1)
+		cc.OnNewNode(func(c *redis.Client) { h.add(c) })
 		return h
-	}
-	h := &nodeHooks{d: &dialCounter{}, nodes: map[weak.Pointer[redis.Client]]*nodeHook{}}
-	h.d.n.Store(1)
-	cc.OnNewNode(func(c *redis.Client) { h.add(c) })
-	clusterHooks[k] = h
-	runtime.AddCleanup(cc, func(k weak.Pointer[redis.ClusterClient]) {
-		dialMu.Lock()
-		delete(clusterHooks, k)
-		dialMu.Unlock()
-	}, k)
-	return h
+	})
 }
 
 // newClusterWatch returns a watch over the dials of cc's nodes.
