@@ -206,15 +206,7 @@ func TestFaultCloseOnStalledRedis(t *testing.T) {
 func TestFaultClusterSnapshotLosesInvalidation(t *testing.T) {
 	cluster := redistest.StartCluster(t, 3)
 	rdb := cluster.Client()
-	env := newEnvWith(t, rdb)
-	mustExec(t, env.raw, usersDDL)
-	point := `select id, name from users where id = $1`
-	env.register(t, point, cachedpq.Policy{TTL: time.Minute})
-	const n = 30
-	for id := 1; id <= n; id++ {
-		env.same(t, point, id)
-	}
-	env.waitFills(t, n)
+	env, point, n := cachedPoints(t, rdb)
 	ctx := context.Background()
 	m := masterOf(t, cluster, env.prefix+":stamp:users")
 	if entries := entriesOn(t, m.Client(), env.prefix); entries == 0 {
@@ -301,15 +293,7 @@ func TestFaultClusterFailoverLosesInvalidation(t *testing.T) {
 	// The application used its client first: every node client, replicas
 	// included, predates the Connector.
 	must(t, rdb.Ping(ctx).Err())
-	env := newEnvWith(t, rdb)
-	mustExec(t, env.raw, usersDDL)
-	point := `select id, name from users where id = $1`
-	env.register(t, point, cachedpq.Policy{TTL: time.Minute})
-	const n = 30
-	for id := 1; id <= n; id++ {
-		env.same(t, point, id)
-	}
-	env.waitFills(t, n)
+	env, point, n := cachedPoints(t, rdb)
 	m := masterOf(t, cluster, env.prefix+":stamp:users")
 	r := cluster.ReplicaOf(m)
 	if got, err := m.Client().Wait(ctx, 1, 5*time.Second).Result(); err != nil || got != 1 {
@@ -362,4 +346,19 @@ func must(t *testing.T, err error) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// cachedPoints opens an env on rdb and caches the point reads of 30 users,
+// waiting for their fills: the start of the Cluster restart tests.
+func cachedPoints(t *testing.T, rdb redis.UniversalClient) (env *cacheEnv, point string, n int) {
+	t.Helper()
+	env = newEnvWith(t, rdb)
+	mustExec(t, env.raw, usersDDL)
+	point, n = `select id, name from users where id = $1`, 30
+	env.register(t, point, cachedpq.Policy{TTL: time.Minute})
+	for id := 1; id <= n; id++ {
+		env.same(t, point, id)
+	}
+	env.waitFills(t, uint64(n))
+	return env, point, n
 }
