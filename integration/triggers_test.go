@@ -31,9 +31,9 @@ const (
 	auditCount = `select n from audit_count`
 )
 
-// triggerCase caches the audit reads, runs write through the driver and
-// checks both reads.
-func triggerCase(t *testing.T, setup, write string) {
+// triggerCase caches the audit reads, updates user 1 through the driver
+// and checks both reads.
+func triggerCase(t *testing.T, setup string) {
 	forEachStore(t, func(t *testing.T, env *cacheEnv) {
 		setupUsers(t, env)
 		mustExec(t, env.raw, auditSetup)
@@ -42,7 +42,7 @@ func triggerCase(t *testing.T, setup, write string) {
 		env.register(t, auditCount, cachedpq.Policy{})
 		env.prime(t, auditOf, 1)
 		env.prime(t, auditCount)
-		mustExec(t, env.db, write)
+		mustExec(t, env.db, `update users set name = 'changed' where id = 1`)
 		if got := env.same(t, auditOf, 1); len(got) == 0 {
 			t.Fatal("the trigger wrote nothing: the test proves nothing")
 		}
@@ -53,19 +53,12 @@ func triggerCase(t *testing.T, setup, write string) {
 // TestTriggerWritesInvalidate: a PL/pgSQL trigger on users inserts into
 // audit, whose own trigger updates audit_count.
 func TestTriggerWritesInvalidate(t *testing.T) {
-	triggerCase(t, `create function users_audit() returns trigger language plpgsql as $$
-		begin
-			insert into audit values (new.id, new.name);
-			return new;
-		end $$;
-		create trigger users_audit after update on users for each row execute function users_audit()`,
-		`update users set name = 'changed' where id = 1`)
+	triggerCase(t, usersAudit(`insert into audit values (new.id, new.name)`))
 }
 
 // TestRuleWritesInvalidate: a rule on users inserts into audit.
 func TestRuleWritesInvalidate(t *testing.T) {
-	triggerCase(t, `create rule users_audit as on update to users do also insert into audit values (new.id, new.name)`,
-		`update users set name = 'changed' where id = 1`)
+	triggerCase(t, `create rule users_audit as on update to users do also insert into audit values (new.id, new.name)`)
 }
 
 // TestOpaqueTriggerInvalidatesAll: a trigger whose function writes through
@@ -76,8 +69,7 @@ func TestOpaqueTriggerInvalidatesAll(t *testing.T) {
 			execute format('insert into %I values ($1, $2)', tg_argv[0]) using new.id, new.name;
 			return new;
 		end $$;
-		create trigger users_audit after update on users for each row execute function users_audit('audit')`,
-		`update users set name = 'changed' where id = 1`)
+		create trigger users_audit after update on users for each row execute function users_audit('audit')`)
 }
 
 // TestRuleCallingFunctionInvalidates: a rule whose action calls a user
@@ -85,8 +77,7 @@ func TestOpaqueTriggerInvalidatesAll(t *testing.T) {
 func TestRuleCallingFunctionInvalidates(t *testing.T) {
 	triggerCase(t, `create function log_user(int8, text) returns void language sql as
 			$$ insert into audit values ($1, $2) $$;
-		create rule users_audit as on update to users do also select log_user(new.id, new.name)`,
-		`update users set name = 'changed' where id = 1`)
+		create rule users_audit as on update to users do also select log_user(new.id, new.name)`)
 }
 
 // TestRowTriggerKeepsOtherEntries: a trigger that only changes the row it
@@ -136,12 +127,7 @@ func TestOtherProcessDDLFollowed(t *testing.T) {
 			env.register(t, auditOf, cachedpq.Policy{})
 			env.prime(t, auditOf, 1)
 			mustExec(t, env.db, `update users set name = 'before' where id = 2`) // the catalog is read, without the trigger
-			mustExec(t, env.raw, `create function users_audit() returns trigger language plpgsql as $$
-				begin
-					insert into audit values (new.id, new.name);
-					return new;
-				end $$;
-				create trigger users_audit after update on users for each row execute function users_audit()`)
+			mustExec(t, env.raw, usersAudit(`insert into audit values (new.id, new.name)`))
 			time.Sleep(2 * refresh)
 			mustExec(t, env.db, `update users set name = 'changed' where id = 1`)
 			if got := env.same(t, auditOf, 1); len(got) != 1 {
@@ -195,13 +181,7 @@ func TestStableWrapperTriggerInvalidates(t *testing.T) {
 			triggerCase(t, `create function really_log(int8, text) returns void language sql as $$
 					insert into audit values ($1, $2) $$;
 				`+wrapper+`;
-				create function users_audit() returns trigger language plpgsql as $$
-				begin
-					perform log_it(new.id, new.name);
-					return new;
-				end $$;
-				create trigger users_audit after update on users for each row execute function users_audit()`,
-				`update users set name = 'changed' where id = 1`)
+				`+usersAudit(`perform log_it(new.id, new.name)`))
 		})
 	}
 }
@@ -214,8 +194,7 @@ func TestTriggerWhenInvalidates(t *testing.T) {
 			begin insert into audit values ($1, $2); return true; end $$;
 		create function noop() returns trigger language plpgsql as $$ begin return new; end $$;
 		create trigger users_audit before update on users for each row
-			when (really_log(new.id, new.name)) execute function noop()`,
-		`update users set name = 'changed' where id = 1`)
+			when (really_log(new.id, new.name)) execute function noop()`)
 }
 
 // TestEventTriggerWritesInvalidate: an event trigger logs DDL into a
@@ -256,13 +235,7 @@ const logUser = `create function log_user(id int8, name text) returns void langu
 // calls a volatile helper writes what the helper's source names.
 func TestTriggerCallingVolatileHelperInvalidates(t *testing.T) {
 	triggerCase(t, logUser+`;
-		create function users_audit() returns trigger language plpgsql as $$
-		begin
-			perform log_user(new.id, new.name);
-			return new;
-		end $$;
-		create trigger users_audit after update on users for each row execute function users_audit()`,
-		`update users set name = 'changed' where id = 1`)
+		`+usersAudit(`perform log_user(new.id, new.name)`))
 }
 
 // TestVolatileCallNarrowed: a call of a volatile function whose source
@@ -402,4 +375,15 @@ func TestDefaultAndCheckCallsInvalidate(t *testing.T) {
 			t.Fatalf("an insert with a uuid default voided users' entry: %+v", env.stats())
 		}
 	})
+}
+
+// usersAudit creates a trigger after each update of a users row whose
+// function runs stmt.
+func usersAudit(stmt string) string {
+	return `create function users_audit() returns trigger language plpgsql as $$
+		begin
+			` + stmt + `;
+			return new;
+		end $$;
+		create trigger users_audit after update on users for each row execute function users_audit()`
 }
