@@ -34,6 +34,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 	"unsafe"
 
@@ -46,6 +47,7 @@ import (
 type redisClient interface {
 	redis.Scripter
 	Pipeline() redis.Pipeliner
+	Process(ctx context.Context, cmd redis.Cmder) error
 	Ping(ctx context.Context) *redis.StatusCmd
 	SetArgs(ctx context.Context, key string, value any, a redis.SetArgs) *redis.StatusCmd
 	ZCard(ctx context.Context, key string) *redis.IntCmd
@@ -154,6 +156,8 @@ type redisStore struct {
 	// cluster is the Cluster client whose masters a check reads one by
 	// one (see restarts_cluster.go); nil elsewhere.
 	cluster clusterNodes
+	// stampKeys holds lookupStampKey's keys by tag.
+	stampKeys sync.Map
 	// step bounds each command of a purge (0: only the purge's context):
 	// a stalled server must not hold a purge, and Close, for purgeTimeout.
 	step time.Duration
@@ -182,6 +186,18 @@ func newRedisStore(c redis.UniversalClient, prefix string) *redisStore {
 
 // stampKey is the key of tag's stamp.
 func (s *redisStore) stampKey(tag string) string { return s.prefix + ":stamp:" + tag }
+
+// lookupStampKey is stampKey as a command argument, kept from one lookup
+// to the next: a hit then builds no key of a stamp, nor boxes one. Only
+// lookups use it, so it holds the tags of registered reads, which the
+// schema and the registry bound.
+func (s *redisStore) lookupStampKey(tag string) any {
+	if k, ok := s.stampKeys.Load(tag); ok {
+		return k
+	}
+	k, _ := s.stampKeys.LoadOrStore(tag, any(s.stampKey(tag)))
+	return k
+}
 
 // indexKey is the key of tag's index of entry keys.
 func (s *redisStore) indexKey(tag string) string { return s.prefix + ":idx:" + tag }
@@ -249,17 +265,19 @@ func (s *redisStore) lookup(ctx context.Context, key string, tags []string, buf 
 // read together (not on a Cluster). MGET answers nil for a key of another
 // type, as lookup reads it.
 func (s *redisStore) mget(ctx context.Context, key string, tags []string, buf []uint64) ([]byte, []uint64, error) {
-	keys := make([]string, 0, 1+len(tags))
-	keys = append(keys, key)
+	args := make([]any, 2, 2+len(tags))
+	args[0], args[1] = "mget", key
 	for _, tag := range tags {
-		keys = append(keys, s.stampKey(tag))
+		args = append(args, s.lookupStampKey(tag))
 	}
-	vals, err := s.c.MGet(ctx, keys...).Result()
+	cmd := redis.NewSliceCmd(ctx, args...)
+	_ = s.c.Process(ctx, cmd)
+	vals, err := cmd.Result()
 	if err != nil {
 		return nil, nil, err
 	}
-	if len(vals) != len(keys) {
-		return nil, nil, fmt.Errorf("cachedpq: MGET of %d keys answered %d values", len(keys), len(vals))
+	if len(vals) != len(args)-1 {
+		return nil, nil, fmt.Errorf("cachedpq: MGET of %d keys answered %d values", len(args)-1, len(vals))
 	}
 	buf = buf[:0]
 	for _, v := range vals[1:] {
