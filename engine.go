@@ -198,15 +198,6 @@ func (e *engine) fail(ctx context.Context, op string, err error) {
 	}
 }
 
-// errCacheTimeout is the cause of a cache operation's own deadline. It
-// tells a cache too slow to answer from a caller that stopped waiting.
-var errCacheTimeout = errors.New("cachedpq: cache operation timed out")
-
-// withCacheTimeout bounds a cache operation by d, its own timeout.
-func withCacheTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
-	return context.WithTimeoutCause(ctx, d, errCacheTimeout)
-}
-
 // callerGone reports whether ctx, which a cache operation ran under, ended
 // for its caller's reasons (a client that went away, a request's deadline)
 // rather than by the cache's own timeout. An operation so cut short says
