@@ -44,7 +44,9 @@ type Options struct {
 	Prefix string
 
 	// Timeout bounds one cache operation. Zero means 50ms. Past it the call
-	// goes to Postgres as if the cache had missed.
+	// goes to Postgres as if the cache had missed. Operations whose context
+	// cannot be cancelled (a Query without a context, background fills)
+	// share one deadline per tick, and may run up to an eighth longer.
 	Timeout time.Duration
 
 	// MaxMemory bounds the embedded in-process store, in bytes. Zero means
