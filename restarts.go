@@ -144,19 +144,21 @@ var errServerChanging = errors.New("cachedpq: the Redis server kept changing dur
 
 // lookupChecked runs lookup, and again if a check of the server found it
 // had lost invalidations meanwhile (the answer may predate the epoch the
-// check gave it).
-func lookupChecked[T any](ctx context.Context, s *redisStore, lookup func() (T, error)) (T, error) {
+// check gave it). On a Cluster, lookup's context tallies the answers of
+// nodes a check vouches for (see lookupTally).
+func lookupChecked[T any](ctx context.Context, s *redisStore, lookup func(context.Context) (T, error)) (T, error) {
 	w := s.watch
 	if w == nil || w.off.Load() {
-		return lookup()
+		return lookup(ctx)
 	}
 	for range 3 {
 		checks := w.checks.Load()
-		res, err := lookup()
+		tally := w.tally(ctx)
+		res, err := lookup(tally.context(ctx))
 		if err != nil {
 			return res, err
 		}
-		if err := w.verify(ctx, s); err != nil {
+		if err := w.verify(ctx, s, tally.vouched(), checks); err != nil {
 			return res, err
 		}
 		if w.checks.Load() == checks {
@@ -167,10 +169,13 @@ func lookupChecked[T any](ctx context.Context, s *redisStore, lookup func() (T, 
 	return zero, errServerChanging
 }
 
-// verify checks the server if a connection was dialed since the last check
-// began, or the last check is older than w.every.
-func (w *serverWatch) verify(ctx context.Context, s *redisStore) error {
-	if w.current(w.dials.n.Load()) {
+// verify checks the server if a lookup that began with checks counted met a
+// server no check vouches for (vouched false: on a Cluster, a node no check
+// found a master answered it), a connection was dialed since the last
+// check began, or the last check is older than w.every. It returns at once
+// if another check completed meanwhile: the caller looks up again.
+func (w *serverWatch) verify(ctx context.Context, s *redisStore, vouched bool, checks uint64) error {
+	if vouched && w.current(w.dials.n.Load()) {
 		return nil
 	}
 	select {
@@ -179,11 +184,11 @@ func (w *serverWatch) verify(ctx context.Context, s *redisStore) error {
 		return ctx.Err()
 	}
 	defer func() { <-w.sem }()
-	n := w.dials.n.Load()
-	if w.current(n) {
+	if w.checks.Load() != checks {
 		return nil
 	}
-	runID, result, err := s.checkServer(ctx)
+	n := w.dials.n.Load()
+	runID, result, trust, err := s.checkServer(ctx)
 	switch {
 	case errors.Is(err, errNoRunID):
 		w.off.Store(true)
@@ -200,7 +205,12 @@ func (w *serverWatch) verify(ctx context.Context, s *redisStore) error {
 			w.onVoid(runID, result == 1)
 		}
 	}
-	w.checks.Add(1) // first: a lookup that sees this check current must see it counted
+	// First: a lookup that sees this check current, or the nodes it
+	// vouches for trusted, must see it counted.
+	w.checks.Add(1)
+	if trust != nil {
+		trust()
+	}
 	w.checked.Store(n)
 	w.last.Store(time.Now().UnixNano())
 	return nil
@@ -226,20 +236,22 @@ var errNotMaster = errors.New("cachedpq: the Redis server is not a master (a rep
 
 // checkServer records the server's identity (run_id and replication ID) for
 // the namespace, voiding the namespace if the record named another server
-// or none (as serverCheckScript answers).
-func (s *redisStore) checkServer(ctx context.Context) (id string, result int, err error) {
+// or none (as serverCheckScript answers). trust, if not nil, is to run once
+// the check is counted: on a Cluster it tells the node hooks which nodes
+// the check found masters.
+func (s *redisStore) checkServer(ctx context.Context) (id string, result int, trust func(), err error) {
 	if s.cluster != nil {
 		return s.checkCluster(ctx)
 	}
 	info, err := s.c.Info(ctx).Result() // server and replication: one section each before Redis 7
 	if refusesInfo(err) {
-		return "", 0, fmt.Errorf("%w: %w", errNoRunID, err)
+		return "", 0, nil, fmt.Errorf("%w: %w", errNoRunID, err)
 	}
 	if err != nil {
-		return "", 0, err
+		return "", 0, nil, err
 	}
 	if id, err = serverID(info); err != nil {
-		return "", 0, err
+		return "", 0, nil, err
 	}
 	keys := []string{s.serverKey(), s.stampKey(epochTag)}
 	// A master also takes a new replication ID when it creates its backlog
@@ -248,7 +260,7 @@ func (s *redisStore) checkServer(ctx context.Context) (id string, result int, er
 	// It cannot be told from a master promoted back after a failover that
 	// lost writes, whose previous ID (master_replid2) is cleared just so.
 	result, err = serverCheckScript.Run(ctx, s.c, keys, id, formatStamp(newStamp())).Int()
-	return id, result, err
+	return id, result, nil, err
 }
 
 // serverID reads a server's identity, "run_id master_replid", from its

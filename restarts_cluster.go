@@ -14,6 +14,19 @@ package cachedpq
 // that process made already, and lookupChecked redoes the lookups either
 // overlapped.
 //
+// A lookup is pipelined to the masters its keys live on, and its answer is
+// taken as checked only if every command was answered by a node that the
+// last check which met it found a master: each node client has a hook
+// (nodeHook) that adds the commands it answered to the lookup's tally, if
+// it vouches for its node. go-redis makes a client per node, perhaps before
+// the store began (and OnNewNode then never runs for it), and a replica may
+// be missing from every state a check reads yet known to the client from
+// an earlier one: a node whose client no check has hooked adds nothing, so
+// its answers make the lookup check (which hooks the nodes of the state it
+// reads) and look up again, as an answer from a node not known to be a
+// master does. A replica promoted by a failover is reached through
+// connections opened while it was a replica, with no dial to count.
+//
 // Resharding that moves the slot of a master's record to another master
 // (or gives a master a new first slot), and a master added to the
 // Cluster, cost one needless epoch bump: the record is missing where the
@@ -129,29 +142,26 @@ type master struct {
 	c      *redis.Client
 	hook   *nodeHook
 	id     string // "run_id master_replid"
-	key    string // its record's key
+	key    string // its record's key; "" if it holds no key of the namespace
 	record string // the record; "" if none
 	found  bool   // whether a record was there
 }
 
 // checkCluster is checkServer on a Cluster: it checks every master against
 // its own record, and voids the namespace if any differs or is missing.
-// It answers as checkServer does, id naming the masters that changed.
-func (s *redisStore) checkCluster(ctx context.Context) (id string, result int, err error) {
+// It answers as checkServer does, id naming the masters that changed, and
+// trust telling the node hooks which nodes are masters.
+func (s *redisStore) checkCluster(ctx context.Context) (id string, result int, trust func(), err error) {
 	ctx = context.WithValue(ctx, checking{}, true)
 	masters, replicas, err := s.readMasters(ctx)
 	if err != nil {
-		return "", 0, err
+		return "", 0, nil, err
 	}
-	defer func() {
-		if err == nil {
-			markMasters(masters, replicas)
-		}
-	}()
+	trust = func() { markMasters(masters, replicas) }
 	var changed []master
 	result = 2
 	for _, m := range masters {
-		if m.record == m.id {
+		if m.key == "" || m.record == m.id {
 			continue
 		}
 		changed = append(changed, m)
@@ -160,19 +170,21 @@ func (s *redisStore) checkCluster(ctx context.Context) (id string, result int, e
 		}
 	}
 	if len(changed) == 0 {
-		return "", 0, nil
+		return "", 0, trust, nil
 	}
 	// The bump first: a record written before a bump that failed would
 	// hide the lost invalidations from every later check.
 	if err := s.bump(ctx, []string{epochTag}); err != nil {
-		return "", 0, err
+		return "", 0, nil, err
 	}
-	err = writeRecords(ctx, changed)
-	return serverIDs(changed), result, err
+	if err := writeRecords(ctx, changed); err != nil {
+		return "", 0, nil, err
+	}
+	return serverIDs(changed), result, trust, nil
 }
 
 // markMasters tells the node hooks which nodes a check found masters, once
-// it is complete: lookups on them count no longer (only their dials).
+// it is complete and counted: their answers count in lookups' tallies.
 func markMasters(masters []master, replicas []*nodeHook) {
 	for _, m := range masters {
 		m.hook.master.Store(true)
@@ -199,21 +211,20 @@ func (s *redisStore) readMasters(ctx context.Context) (masters []master, replica
 		}
 		mu.Lock()
 		defer mu.Unlock()
-		switch {
-		case m.id == "":
+		if !ok {
 			replicas = append(replicas, hook)
-		case ok:
-			m.hook = hook
-			masters = append(masters, m)
+			return nil
 		}
+		m.hook = hook
+		masters = append(masters, m)
 		return nil
 	})
 	return masters, replicas, err
 }
 
 // readMaster reads one master's identity, the slots it serves and its
-// record. ok is false for a node that is not a master, or a master that
-// holds no key of the namespace.
+// record. ok is false for a node that is not a master. A master that holds
+// no key of the namespace has no record (key ""): it is not compared.
 func (s *redisStore) readMaster(ctx context.Context, c *redis.Client) (m master, ok bool, err error) {
 	pipe := c.Pipeline()
 	info := pipe.Info(ctx)
@@ -236,10 +247,11 @@ func (s *redisStore) readMaster(ctx context.Context, c *redis.Client) (m master,
 		return m, false, err
 	}
 	m.c = c
-	m.key, ok = s.recordKey(servedBy(slots.Val(), myID.Val()))
-	if !ok {
-		return m, false, nil
+	key, hasKey := s.recordKey(servedBy(slots.Val(), myID.Val()))
+	if !hasKey {
+		return m, true, nil
 	}
+	m.key = key
 	m.record, err = c.Get(ctx, m.key).Result()
 	switch {
 	case err == redis.Nil || isWrongType(err): // none, or foreign: replaced
@@ -301,10 +313,9 @@ func (h *nodeHooks) add(c *redis.Client) *nodeHook {
 	})
 }
 
-// nodeHook counts the dials of a node client, and the commands it sends
-// while no check has found it a master: a replica that a failover promotes
-// is reached through connections opened while it was a replica (for the
-// state reloads of go-redis, for a check), with no dial to count.
+// nodeHook counts the dials of a node client, and adds the lookup commands
+// it answered to their lookup's tally while the last check that met the
+// node found it a master.
 type nodeHook struct {
 	d      *dialCounter
 	master atomic.Bool // the last check that met the node found it a master
@@ -322,32 +333,85 @@ func (h *nodeHook) DialHook(next redis.DialHook) redis.DialHook {
 	}
 }
 
-func (h *nodeHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		h.count(ctx, cmd)
-		return next(ctx, cmd)
+func (h *nodeHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+
+// ProcessPipelineHook tallies the answers of a lookup, once they are in: the
+// node must be known a master when they are, not only when they were asked.
+func (h *nodeHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		err := next(ctx, cmds)
+		if t, ok := ctx.Value(tallyKey{}).(*lookupTally); ok && h.master.Load() && answered(cmds) {
+			t.answered.Add(int64(len(cmds)))
+		}
+		return err
 	}
 }
 
-func (h *nodeHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		for _, cmd := range cmds {
-			h.count(ctx, cmd)
+// answered reports whether every command of a node's batch has its answer:
+// a value, none or a value of another type (as lookups read them). go-redis
+// sends again elsewhere only commands of a batch with other errors (MOVED,
+// ASK, a broken connection, a node loading): none of those is tallied, so
+// each command of a lookup is tallied at most once, by the node whose
+// answer it keeps.
+func answered(cmds []redis.Cmder) bool {
+	for _, cmd := range cmds {
+		if err := cmd.Err(); err != nil && err != redis.Nil && !isWrongType(err) {
+			return false
 		}
-		return next(ctx, cmds)
 	}
+	return true
 }
 
 // checking marks the context of a check's commands.
 type checking struct{}
 
-// count counts cmd if it is a GET, as lookups on a Cluster send, on a node
-// not known to be a master. Other commands (go-redis's state reloads and
-// connection setup, fills) answer no lookup, and counting them would make
-// lookups check again and again.
-func (h *nodeHook) count(ctx context.Context, cmd redis.Cmder) {
-	if !h.master.Load() && cmd.Name() == "get" && ctx.Value(checking{}) == nil {
-		h.d.n.Add(1)
+// lookupTally is the context of a lookup on a Cluster: the hooks of the
+// nodes it reaches add the commands they answered while vouched for.
+// Embedding the caller's context costs one allocation per lookup.
+type lookupTally struct {
+	context.Context
+	want     int64 // the lookup's commands, set before they are sent
+	answered atomic.Int64
+}
+
+// tallyKey is the context key under which a lookupTally finds itself.
+type tallyKey struct{}
+
+func (t *lookupTally) Value(key any) any {
+	if key == (tallyKey{}) {
+		return t
+	}
+	return t.Context.Value(key)
+}
+
+// tally returns a tally for a lookup under ctx, or nil where lookups are not
+// tallied (a single node).
+func (w *serverWatch) tally(ctx context.Context) *lookupTally {
+	if w.nodes == nil {
+		return nil
+	}
+	return &lookupTally{Context: ctx}
+}
+
+// context returns the context of the tallied lookup: ctx if t is nil.
+func (t *lookupTally) context(ctx context.Context) context.Context {
+	if t == nil {
+		return ctx
+	}
+	return t
+}
+
+// vouched reports whether every command of the lookup was answered by a
+// node a check found a master (always, if t is nil).
+func (t *lookupTally) vouched() bool {
+	return t == nil || t.want > 0 && t.answered.Load() == t.want
+}
+
+// expectAnswers tells the tally of ctx, if any, how many commands its
+// lookup sends.
+func expectAnswers(ctx context.Context, n int) {
+	if t, ok := ctx.Value(tallyKey{}).(*lookupTally); ok {
+		t.want = int64(n)
 	}
 }
 

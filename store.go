@@ -83,7 +83,7 @@ func (b *redisBackend) lookup(ctx context.Context, key string, tags []string, bu
 		val    []byte
 		stamps []uint64
 	}
-	a, err := lookupChecked(ctx, b.redisStore, func() (answer, error) {
+	a, err := lookupChecked(ctx, b.redisStore, func(ctx context.Context) (answer, error) {
 		val, stamps, err := b.redisStore.lookup(ctx, key, tags, buf)
 		return answer{val, stamps}, err
 	})
@@ -128,7 +128,7 @@ func (b *redisBackend) lookupLease(ctx context.Context, key string, tags []strin
 		stamps []uint64
 		holder uint64
 	}
-	a, err := lookupChecked(ctx, b.redisStore, func() (answer, error) {
+	a, err := lookupChecked(ctx, b.redisStore, func(ctx context.Context) (answer, error) {
 		val, stamps, holder, err := b.redisStore.lookupLease(ctx, key, tags, ttl, always, token)
 		return answer{val, stamps, holder}, err
 	})

@@ -245,6 +245,7 @@ func (s *redisStore) lookup(ctx context.Context, key string, tags []string, buf 
 	for _, tag := range tags {
 		pipe.Get(ctx, s.stampKey(tag))
 	}
+	expectAnswers(ctx, 1+len(tags))
 	cmds, _ := pipe.Exec(ctx) // errors are read per command below
 	val, err := entryBytes(get)
 	if err != nil {
