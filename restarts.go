@@ -55,7 +55,8 @@ return 2`)
 // serverWatch decides when a lookup's answer needs a check of the server.
 type serverWatch struct {
 	// dials is the client's dial counter, shared by every watch over the
-	// client: the hook holds it alone, not the watch (nor its engine).
+	// client: the hook holds it alone, not the watch (nor its engine). On
+	// a Cluster it is the watch's own, and stays at 1 (see nodes).
 	dials   *dialCounter
 	checked atomic.Uint64 // dials counted before the last check began
 	voided  atomic.Uint64 // how many checks voided the namespace
@@ -78,8 +79,8 @@ type serverWatch struct {
 	// answered unchecked, and onOff, if set, runs once with the reason.
 	off   atomic.Bool
 	onOff func(err error)
-	// nodes hooks the node clients of a Cluster client (nil elsewhere):
-	// dials counts theirs.
+	// nodes hooks the node clients of a Cluster client (nil elsewhere),
+	// which count their dials and tally lookups: dials counts none.
 	nodes *nodeHooks
 }
 

@@ -141,6 +141,7 @@ func inRanges(ranges []redis.ClusterSlot, slot int) bool {
 type master struct {
 	c      *redis.Client
 	hook   *nodeHook
+	vouch  uint64 // what its hook is to hold (see nodeHook.vouch); 0: no read without a dial
 	id     string // "run_id master_replid"
 	key    string // its record's key; "" if it holds no key of the namespace
 	record string // the record; "" if none
@@ -152,7 +153,6 @@ type master struct {
 // It answers as checkServer does, id naming the masters that changed, and
 // trust telling the node hooks which nodes are masters.
 func (s *redisStore) checkCluster(ctx context.Context) (id string, result int, trust func(), err error) {
-	ctx = context.WithValue(ctx, checking{}, true)
 	masters, replicas, err := s.readMasters(ctx)
 	if err != nil {
 		return "", 0, nil, err
@@ -184,13 +184,14 @@ func (s *redisStore) checkCluster(ctx context.Context) (id string, result int, t
 }
 
 // markMasters tells the node hooks which nodes a check found masters, once
-// it is complete and counted: their answers count in lookups' tallies.
+// it is complete and counted: their answers count in lookups' tallies
+// until they dial again.
 func markMasters(masters []master, replicas []*nodeHook) {
 	for _, m := range masters {
-		m.hook.master.Store(true)
+		m.hook.vouch.Store(m.vouch)
 	}
 	for _, h := range replicas {
-		h.master.Store(false)
+		h.vouch.Store(0)
 	}
 }
 
@@ -205,7 +206,7 @@ func (s *redisStore) readMasters(ctx context.Context) (masters []master, replica
 	var mu sync.Mutex // guards masters and replicas
 	err = s.cluster.ForEachShard(ctx, func(ctx context.Context, c *redis.Client) error {
 		hook := s.watch.nodes.add(c)
-		m, ok, err := s.readMaster(ctx, c)
+		m, ok, err := s.readNode(ctx, c, hook)
 		if err != nil {
 			return err
 		}
@@ -220,6 +221,31 @@ func (s *redisStore) readMasters(ctx context.Context) (masters []master, replica
 		return nil
 	})
 	return masters, replicas, err
+}
+
+// nodeReads bounds the reads of one node in a check.
+const nodeReads = 3
+
+// readNode is readMaster bracketed by the dials of the node's hook h. A read
+// with no dial between speaks for every connection the node client dialed
+// before it: those reach the server that answered it, or one that is gone.
+// A dial between (the check's own first connections, or a lookup's) may
+// reach a server that came after: the node is read again, up to nodeReads
+// times, else it is left for the next check to vouch for. go-redis dials
+// on a goroutine of its own, under a context of its own: a check cannot
+// mark its dials to leave them uncounted.
+func (s *redisStore) readNode(ctx context.Context, c *redis.Client, h *nodeHook) (m master, ok bool, err error) {
+	for range nodeReads {
+		dials := h.dials.Load()
+		if m, ok, err = s.readMaster(ctx, c); err != nil || !ok {
+			return m, ok, err
+		}
+		if h.dials.Load() == dials {
+			m.vouch = dials + 1
+			return m, true, nil
+		}
+	}
+	return m, true, nil
 }
 
 // readMaster reads one master's identity, the slots it serves and its
@@ -299,7 +325,6 @@ func serverIDs(masters []master) string {
 // once: the Cluster client's own hooks never see its nodes' dials (go-redis
 // gives each node a *redis.Client of its own).
 type nodeHooks struct {
-	d     *dialCounter
 	mu    sync.Mutex                               // guards nodes
 	nodes map[weak.Pointer[redis.Client]]*nodeHook // the node clients hooked
 }
@@ -307,27 +332,35 @@ type nodeHooks struct {
 // add adds a nodeHook to node client c, unless it has one, and returns it.
 func (h *nodeHooks) add(c *redis.Client) *nodeHook {
 	return weakEntry(&h.mu, h.nodes, c, func() *nodeHook {
-		nh := &nodeHook{d: h.d}
+		nh := &nodeHook{}
 		c.AddHook(nh)
 		return nh
 	})
 }
 
 // nodeHook counts the dials of a node client, and adds the lookup commands
-// it answered to their lookup's tally while the last check that met the
-// node found it a master.
+// it answered to their lookup's tally while it vouches for its node: the
+// last check that met the node found it a master, and no connection was
+// dialed since that check read it.
 type nodeHook struct {
-	d      *dialCounter
-	master atomic.Bool // the last check that met the node found it a master
+	dials atomic.Uint64 // the connections the node client dialed
+	// vouch is dials+1 as counted when the last check that met the node
+	// read it, if it found a master and no dial came during the read; 0
+	// otherwise. The hook vouches for its node while vouch is dials+1.
+	vouch atomic.Uint64
 }
 
-// DialHook counts the dials, but those of a check: it checks the server
-// it dialed.
+// vouches reports whether h vouches for its node.
+func (h *nodeHook) vouches() bool {
+	v := h.vouch.Load()
+	return v != 0 && v == h.dials.Load()+1
+}
+
 func (h *nodeHook) DialHook(next redis.DialHook) redis.DialHook {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := next(ctx, network, addr)
-		if err == nil && ctx.Value(checking{}) == nil {
-			h.d.n.Add(1)
+		if err == nil {
+			h.dials.Add(1)
 		}
 		return c, err
 	}
@@ -336,11 +369,12 @@ func (h *nodeHook) DialHook(next redis.DialHook) redis.DialHook {
 func (h *nodeHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
 
 // ProcessPipelineHook tallies the answers of a lookup, once they are in: the
-// node must be known a master when they are, not only when they were asked.
+// hook must vouch for its node when they are (a connection they came by,
+// dialed meanwhile, is counted by then), not only when they were asked.
 func (h *nodeHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
 		err := next(ctx, cmds)
-		if t, ok := ctx.Value(tallyKey{}).(*lookupTally); ok && h.master.Load() && answered(cmds) {
+		if t, ok := ctx.Value(tallyKey{}).(*lookupTally); ok && h.vouches() && answered(cmds) {
 			t.answered.Add(int64(len(cmds)))
 		}
 		return err
@@ -361,9 +395,6 @@ func answered(cmds []redis.Cmder) bool {
 	}
 	return true
 }
-
-// checking marks the context of a check's commands.
-type checking struct{}
 
 // lookupTally is the context of a lookup on a Cluster: the hooks of the
 // nodes it reaches add the commands they answered while vouched for.
@@ -420,21 +451,22 @@ func expectAnswers(ctx context.Context, n int) {
 var clusterHooks = map[weak.Pointer[redis.ClusterClient]]*nodeHooks{}
 
 // nodeHooksOf returns cc's node hooks, which hook every node client cc
-// makes from then on; the check hooks those made before. The counter starts
-// at 1, as in dialsOf.
+// makes from then on; the check hooks those made before.
 func nodeHooksOf(cc *redis.ClusterClient) *nodeHooks {
 	return weakEntry(&dialMu, clusterHooks, cc, func() *nodeHooks {
-		h := &nodeHooks{d: &dialCounter{}, nodes: map[weak.Pointer[redis.Client]]*nodeHook{}}
-		h.d.n.Store(1)
+		h := &nodeHooks{nodes: map[weak.Pointer[redis.Client]]*nodeHook{}}
 		cc.OnNewNode(func(c *redis.Client) { h.add(c) })
 		return h
 	})
 }
 
-// newClusterWatch returns a watch over the dials of cc's nodes.
+// newClusterWatch returns a watch over cc's nodes. Its own dial counter
+// stays at 1, so that the first lookup checks: the node hooks count the
+// dials of their nodes, and a lookup answered by a node dialed since its
+// last check checks (see lookupTally).
 func newClusterWatch(cc *redis.ClusterClient) *serverWatch {
-	h := nodeHooksOf(cc)
-	w := &serverWatch{dials: h.d, nodes: h, sem: make(chan struct{}, 1)}
+	w := &serverWatch{dials: &dialCounter{}, nodes: nodeHooksOf(cc), sem: make(chan struct{}, 1)}
+	w.dials.n.Store(1)
 	w.every.Store(int64(serverRecheck))
 	return w
 }

@@ -175,23 +175,52 @@ func TestClusterUnhookedNodeChecked(t *testing.T) {
 	}
 }
 
-// TestClusterNodeDialsCounted: a dial on any node client makes the next
-// lookup check, whether the node client was made before the Connector
-// (hooked at the first check) or after (hooked by OnNewNode); go-redis
-// never runs a Cluster client's own dial hooks.
+// TestClusterCheckOwnDialsUncounted: the connections a check dials to read
+// the nodes do not make the next lookup check again, and hits check nothing
+// until a node dials or serverRecheck passes. go-redis dials on a goroutine
+// of its own, under a context of its own, so the mark a check put on its
+// context never reached the dial hook: its dials counted as any other.
+// Before, this first lookup checked twice, and one that met a dial at each
+// of its three tries gave up (errServerChanging), leaving the namespace
+// pending: TestFaultClusterFailoverLosesInvalidation, with
+// CACHEDPQ_TEST_CLUSTER_FAILOVER=1, cached 5 to 17 of its 30 rows in half
+// its runs.
+func TestClusterCheckOwnDialsUncounted(t *testing.T) {
+	cluster := redistest.StartCluster(t, 3)
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cluster.Addrs})
+	t.Cleanup(func() { cc.Close() })
+	db, c, _ := engineDB(t, cc)
+	must(t, c.opts.Registry.Register(`select v from kv where k = $1`, Policy{TTL: time.Hour}))
+	w := c.eng.direct.(*redisBackend).watch
+	getV(t, db, 1)
+	if n := w.checks.Load(); n != 1 || c.Stats().CacheErrors != 0 {
+		t.Fatalf("the first lookup checked %d times, want 1 (stats %+v)", n, c.Stats())
+	}
+	waitFor(t, func() bool { return c.Stats().Fills == 1 })
+	w.every.Store(0) // no check for time's sake
+	for range 20 {
+		getV(t, db, 1)
+	}
+	if s := c.Stats(); w.checks.Load() != 1 || s.Hits != 20 {
+		t.Fatalf("20 hits checked %d times (stats %+v)", w.checks.Load()-1, s)
+	}
+}
+
+// TestClusterNodeDialsCounted: a dial on a node client makes the next
+// lookup it answers check, whether the node client was made before the
+// Connector (hooked at the first check) or after (hooked by OnNewNode);
+// go-redis never runs a Cluster client's own dial hooks.
 func TestClusterNodeDialsCounted(t *testing.T) {
 	cluster, cc, c, read := clusterKV(t)
 	w := c.eng.direct.(*redisBackend).watch
 	ctx := context.Background()
-	before := w.dials.n.Load()
 	for _, srv := range cluster.Servers { // every connection is cut
 		must(t, srv.Client().ClientKillByFilter(ctx, "TYPE", "normal").Err())
 	}
 	checks := w.checks.Load()
 	read()
-	if w.dials.n.Load() == before || w.checks.Load() == checks {
-		t.Fatalf("dials %d -> %d, checks %d -> %d: the redials were not counted, or did not check",
-			before, w.dials.n.Load(), checks, w.checks.Load())
+	if w.checks.Load() == checks {
+		t.Fatal("a lookup answered through redialed connections did not check")
 	}
 	// Node clients made after the watch began: OnNewNode hooks them.
 	cc2 := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cluster.Addrs})
@@ -206,17 +235,15 @@ func TestClusterNodeDialsCounted(t *testing.T) {
 		return c.Ping(ctx).Err()
 	}))
 	node := <-nodes
-	if n := h.d.n.Load(); n < 1+3 {
-		t.Fatalf("dials counted on the new node clients: %d, want at least 3", n-1)
+	hook := h.add(node) // the hook OnNewNode added: hooked once however often a check meets it
+	if h.add(node) != hook || hook.dials.Load() == 0 {
+		t.Fatalf("the new node client's hook counted %d dials", hook.dials.Load())
 	}
-	// Hooked once however often a check meets it.
-	h.add(node)
-	h.add(node)
 	must(t, node.ClientKillByFilter(ctx, "SKIPME", "no").Err()) // its own connection too
-	before = h.d.n.Load()
+	before := hook.dials.Load()
 	_ = node.Ping(ctx) // may meet the killed connection
 	must(t, node.Ping(ctx).Err())
-	if n := h.d.n.Load(); n != before+1 {
+	if n := hook.dials.Load(); n != before+1 {
 		t.Fatalf("one dial counted %d times", n-before)
 	}
 }
