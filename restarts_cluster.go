@@ -16,9 +16,10 @@ package cachedpq
 //
 // A lookup is pipelined to the masters its keys live on, and its answer is
 // taken as checked only if every command was answered by a node that the
-// last check which met it found a master: each node client has a hook
-// (nodeHook) that adds the commands it answered to the lookup's tally, if
-// it vouches for its node. go-redis makes a client per node, perhaps before
+// last check which met it found a master, with no connection dialed to it
+// since that check read it: each node client has a hook (nodeHook) that
+// adds the commands it answered to the lookup's tally, if it vouches for
+// its node. go-redis makes a client per node, perhaps before
 // the store began (and OnNewNode then never runs for it), and a replica may
 // be missing from every state a check reads yet known to the client from
 // an earlier one: a node whose client no check has hooked adds nothing, so
