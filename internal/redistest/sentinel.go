@@ -23,7 +23,8 @@ const (
 	// sentinelName is the name the Sentinels know the master by.
 	sentinelName = "cpqmaster"
 	// downAfter is how long (ms) a Sentinel waits for an unanswering server
-	// before it calls it down; a failover takes a few of these.
+	// before it calls it down. A replica whose link to its master has been
+	// down ten times as long is not promoted.
 	downAfter = 1000
 	// failoverTimeout (ms) bounds each step of a failover, such as the wait
 	// for the promoted replica to report itself master.
@@ -34,7 +35,8 @@ const (
 )
 
 // Sentinel is a master, one replica of it and the Sentinels that monitor
-// them, owned by a test. Its methods are safe for concurrent use.
+// them, owned by a test. Its methods fail the test when something does not
+// happen in time: call them from the test's goroutine.
 type Sentinel struct {
 	Name      string    // the master's name, for redis.FailoverOptions.MasterName
 	Addrs     []string  // every Sentinel's host:port, for redis.FailoverOptions.SentinelAddrs
@@ -206,12 +208,16 @@ func masterAddr(ctx context.Context, addr, name string) (string, error) {
 }
 
 // Failover asks the first Sentinel to fail over (SENTINEL FAILOVER: the
-// master need not be down) and waits until every Sentinel names the
-// replica the master, and the replica says it is one. The old master is
-// left as it is: the Sentinels make it a replica of the new one some
-// seconds later, killing its clients' connections.
-func (s *Sentinel) Failover() {
+// master need not be down) and waits until the replica says it is the
+// master and the given Sentinels (every one if none is given; a paused one
+// cannot answer) name it so. The old master is left as it is: the
+// Sentinels make it a replica of the new one some seconds later, killing
+// its clients' connections.
+func (s *Sentinel) Failover(sentinels ...*Server) {
 	s.t.Helper()
+	if len(sentinels) == 0 {
+		sentinels = s.Sentinels
+	}
 	c := redis.NewSentinelClient(&redis.Options{Addr: s.Addrs[0]})
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -219,27 +225,29 @@ func (s *Sentinel) Failover() {
 	if err := c.Failover(ctx, s.Name).Err(); err != nil {
 		s.t.Fatalf("redistest: SENTINEL FAILOVER %s on %s: %v", s.Name, s.Addrs[0], err)
 	}
-	s.waitFor("the replica to take over", s.promoted)
+	s.waitFor("the replica to take over", func(ctx context.Context) error {
+		return s.promoted(ctx, sentinels)
+	})
 }
 
-// promoted reports whether every Sentinel names the replica the master and
-// the replica reports itself master.
-func (s *Sentinel) promoted(ctx context.Context) error {
-	for _, addr := range s.Addrs {
-		got, err := masterAddr(ctx, addr, s.Name)
-		if err != nil {
-			return err
-		}
-		if got != s.Replica.Addr {
-			return fmt.Errorf("Sentinel %s names %s the master", addr, got)
-		}
-	}
+// promoted reports whether the replica reports itself master and every one
+// of sentinels names it so.
+func (s *Sentinel) promoted(ctx context.Context, sentinels []*Server) error {
 	info, err := s.Replica.Client().Info(ctx, "replication").Result()
 	if err != nil {
 		return err
 	}
 	if !strings.Contains(info, "role:master\r\n") {
 		return fmt.Errorf("replica %s: %q", s.Replica.Addr, info)
+	}
+	for _, sn := range sentinels {
+		got, err := masterAddr(ctx, sn.Addr, s.Name)
+		if err != nil {
+			return err
+		}
+		if got != s.Replica.Addr {
+			return fmt.Errorf("Sentinel %s names %s the master", sn.Addr, got)
+		}
 	}
 	return nil
 }
