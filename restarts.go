@@ -30,6 +30,15 @@ import (
 // replica, a demoted master still reached through an old connection) is
 // not used at all: lookups fail, and the engine goes to Postgres.
 //
+// A process that finds a server other than the one its own last check
+// found voids the namespace too, even if another process recorded that
+// server already: behind Sentinel, a process told of a failover late
+// writes to the old master, which still takes writes, after the others
+// have moved and voided the namespace on the new one, and the stamp bumps
+// the old master acknowledges are lost. Its next lookup or stamp bump on
+// the new server checks it (a bump too: a process that only writes must
+// not leave them lost), and voids what they voided.
+//
 // On a Cluster the namespace spans the masters: each has a record of its
 // own (see restarts_cluster.go).
 
@@ -40,13 +49,15 @@ const serverRecheck = time.Second
 func (s *redisStore) serverKey() string { return s.prefix + ":server" }
 
 // serverCheckScript records ARGV[1] as the identity of the namespace's server
-// (KEYS[1]) and, if another or none was recorded, gives the epoch stamp
+// (KEYS[1]) and, if another or none was recorded, or if ARGV[3] is "1"
+// (the caller moved here from another server), gives the epoch stamp
 // (KEYS[2]) the fresh value ARGV[2]. It answers 0 if the server was the
-// one recorded, 1 if it was another, 2 if none was recorded (a new
-// namespace, or a record evicted or lost: void it all the same).
+// one recorded (and the caller did not move), 1 if it was another or the
+// caller moved, 2 if none was recorded (a new namespace, or a record
+// evicted or lost: void it all the same).
 var serverCheckScript = redis.NewScript(`
 local v = redis.pcall('GET', KEYS[1])
-if v == ARGV[1] then return 0 end
+if v == ARGV[1] and ARGV[3] ~= '1' then return 0 end
 redis.call('SET', KEYS[2], ARGV[2])
 redis.call('SET', KEYS[1], ARGV[1])
 if type(v) == 'string' then return 1 end
@@ -82,6 +93,9 @@ type serverWatch struct {
 	// nodes hooks the node clients of a Cluster client (nil elsewhere),
 	// which count their dials and tally lookups: dials counts none.
 	nodes *nodeHooks
+	// seen is the identity the last check found ("" before the first);
+	// guarded by sem.
+	seen string
 }
 
 // newServerWatch returns a watch over c's dials. The first lookup checks:
@@ -189,7 +203,7 @@ func (w *serverWatch) verify(ctx context.Context, s *redisStore, vouched bool, c
 		return nil
 	}
 	n := w.dials.n.Load()
-	runID, result, trust, err := s.checkServer(ctx)
+	runID, result, trust, err := s.checkServer(ctx, w.seen)
 	switch {
 	case errors.Is(err, errNoRunID):
 		w.off.Store(true)
@@ -206,6 +220,7 @@ func (w *serverWatch) verify(ctx context.Context, s *redisStore, vouched bool, c
 			w.onVoid(runID, result == 1)
 		}
 	}
+	w.seen = runID
 	// First: a lookup that sees this check current, or the nodes it
 	// vouches for trusted, must see it counted.
 	w.checks.Add(1)
@@ -237,10 +252,11 @@ var errNotMaster = errors.New("cachedpq: the Redis server is not a master (a rep
 
 // checkServer records the server's identity (run_id and replication ID) for
 // the namespace, voiding the namespace if the record named another server
-// or none (as serverCheckScript answers). trust, if not nil, is to run once
+// or none, or if the caller's last check found another server, seen ("" if
+// none), as serverCheckScript answers. trust, if not nil, is to run once
 // the check is counted: on a Cluster it tells the node hooks which nodes
 // the check found masters.
-func (s *redisStore) checkServer(ctx context.Context) (id string, result int, trust func(), err error) {
+func (s *redisStore) checkServer(ctx context.Context, seen string) (id string, result int, trust func(), err error) {
 	if s.cluster != nil {
 		return s.checkCluster(ctx)
 	}
@@ -260,8 +276,24 @@ func (s *redisStore) checkServer(ctx context.Context) (id string, result int, tr
 	// none) and when it frees it: that voids the namespace once, needlessly.
 	// It cannot be told from a master promoted back after a failover that
 	// lost writes, whose previous ID (master_replid2) is cleared just so.
-	result, err = serverCheckScript.Run(ctx, s.c, keys, id, formatStamp(newStamp())).Int()
+	// A process whose last check found another server voids it even if the
+	// record names this one (see the file comment): a restart or a failover
+	// voids it once in every process.
+	moved := boolArg(seen != "" && seen != id)
+	result, err = serverCheckScript.Run(ctx, s.c, keys, id, formatStamp(newStamp()), moved).Int()
 	return id, result, nil, err
+}
+
+// verifyBump checks the server after a stamp bump, as lookupChecked does
+// after a lookup, so that a process that only writes also voids the
+// namespace once it has moved to another server. Not on a Cluster, whose
+// check does not compare a process's servers.
+func (s *redisStore) verifyBump(ctx context.Context) error {
+	w := s.watch
+	if w == nil || w.off.Load() || s.cluster != nil {
+		return nil
+	}
+	return w.verify(ctx, s, true, w.checks.Load())
 }
 
 // serverID reads a server's identity, "run_id master_replid", from its

@@ -323,3 +323,38 @@ func TestPromotedBackBacklogFreed(t *testing.T) {
 		t.Fatalf("served %q after a failover lost the invalidation; Postgres has \"new\" (%+v)", got, c.Stats().Counters)
 	}
 }
+
+// TestServerCheckVoidsWhenProcessMoved: a process whose last check found
+// another server voids the namespace when it meets this one, although
+// another process recorded it already: behind Sentinel, a process told of
+// a failover late wrote to the old master after the others had moved, and
+// the new master never got those stamp bumps (TestSentinelLateWriter in
+// integration/). Its next lookup checks, and so does its next write, for a
+// process that only writes.
+func TestServerCheckVoidsWhenProcessMoved(t *testing.T) {
+	for _, next := range []string{"read", "write"} {
+		t.Run(next, func(t *testing.T) {
+			db, c := cachedKV(t, testRedis(t))
+			w := c.eng.direct.(*redisBackend).watch
+			w.sem <- struct{}{}
+			w.seen = "the-old-master " + w.seen
+			<-w.sem
+			w.dials.n.Add(1) // as the dial to the new master would
+			hits, bumps := c.Stats().Hits, c.Stats().EpochBumps
+			if next == "read" {
+				getV(t, db, 1)
+			} else if _, err := db.Exec(`update kv set v = v where k = 2`); err != nil {
+				t.Fatal(err)
+			}
+			if s := c.Stats(); s.Hits != hits || s.EpochBumps != bumps+1 {
+				t.Fatalf("the namespace was not voided: %+v", s)
+			}
+			// The same server again, after another dial: nothing is voided.
+			w.dials.n.Add(1)
+			getV(t, db, 1)
+			if s := c.Stats(); s.EpochBumps != bumps+1 {
+				t.Fatalf("the server met again was taken for another: %+v", s)
+			}
+		})
+	}
+}

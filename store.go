@@ -140,6 +140,15 @@ func (b *redisBackend) lookupLease(ctx context.Context, key string, tags []strin
 	return e, stamps, holder, err
 }
 
+// bump gives tags fresh stamps, then checks the server if a check is due,
+// as a lookup does (see verifyBump).
+func (b *redisBackend) bump(ctx context.Context, tags []string) error {
+	if err := b.redisStore.bump(ctx, tags); err != nil {
+		return err
+	}
+	return b.verifyBump(ctx)
+}
+
 // fill encodes e; an entry larger than maxBytes is not stored. (Policies
 // bound what is recorded by MaxBytes; this bounds what a lookup decodes.)
 func (b *redisBackend) fill(ctx context.Context, key string, e *entry, ttl time.Duration, tags []string) error {
