@@ -506,20 +506,34 @@ func flightID(key string, stamps []uint64) string {
 	return string(b)
 }
 
+// coldFlightID is the flight of key whose leader saw its stamps missing,
+// which a reader that saw them all may join (see flightGroup.join): the
+// leader creates them, and aliases its flight under them only after. ""
+// if seen lacks a stamp itself.
+func coldFlightID(key string, seen []uint64) string {
+	if len(seen) == 0 || slices.Contains(seen, 0) {
+		return ""
+	}
+	return flightID(key, make([]uint64, len(seen)))
+}
+
 // miss loads a registered read. Concurrent readers of one key that saw the
 // same stamps share one Postgres query: the first leads and streams its
 // rows, the others wait and replay the recorded result. holder is the
 // token of the fill lease under seen, if the lookup learnt it.
 func (e *engine) miss(ctx context.Context, r *read, seen []uint64, holder uint64) (driver.Rows, error) {
 	id := flightID(r.key, seen)
-	f, leader := e.flights.join(id, ctx)
+	f, leader, cold := e.flights.join(id, coldFlightID(r.key, seen), ctx)
 	if !leader {
 		e.note(r.rs, coalescedF)
 		ent, err := f.wait(ctx)
 		if err != nil {
 			return nil, err
 		}
-		if ent != nil && time.Now().UnixNano() < ent.expires {
+		// A load that saw the stamps missing serves only if it read, once
+		// it had created them, the stamps this reader saw: no write came
+		// between.
+		if ent != nil && time.Now().UnixNano() < ent.expires && (!cold || sameStamps(ent.stamps, seen)) {
 			return newReplayRows(&ent.snap), nil
 		}
 		return r.run(ctx) // the leader could not record: load for ourselves

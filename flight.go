@@ -30,18 +30,25 @@ type flightGroup struct {
 	flights map[string]*flight
 }
 
-// join returns the flight for id and whether the caller leads it. A leader
-// must call finish exactly once; a waiter that gives up calls leave.
-func (g *flightGroup) join(id string, leaderCtx context.Context) (*flight, bool) {
+// join returns the flight for id and whether the caller leads it, or
+// else the flight for cold ("" for none) if one is in progress, and
+// whether it joined that one: a flight whose leader saw the stamps
+// missing, which serves the caller only if the stamps its leader read
+// are the caller's. A leader must call finish exactly once; a waiter that
+// gives up calls leave.
+func (g *flightGroup) join(id, cold string, leaderCtx context.Context) (f *flight, leader, joinedCold bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if f, ok := g.flights[id]; ok && f.joinable() {
-		return f, false
+		return f, false, false
+	}
+	if f, ok := g.flights[cold]; ok && cold != "" && f.joinable() {
+		return f, false, true
 	}
 	if g.flights == nil {
 		g.flights = make(map[string]*flight)
 	}
-	f := &flight{done: make(chan struct{}), parties: 1}
+	f = &flight{done: make(chan struct{}), parties: 1}
 	if leaderCtx.Done() == nil {
 		// A leader that cannot be cancelled never leaves, so the load
 		// needs no cancellation of its own, and lib/pq no goroutine to
@@ -51,7 +58,7 @@ func (g *flightGroup) join(id string, leaderCtx context.Context) (*flight, bool)
 		f.ctx, f.cancel = context.WithCancel(context.WithoutCancel(leaderCtx))
 	}
 	g.flights[id] = f
-	return f, true
+	return f, true, false
 }
 
 // alias makes readers of id join f too, unless another flight holds id.

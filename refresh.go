@@ -56,7 +56,7 @@ func (e *engine) reload(r *read, seen []uint64) error {
 		}
 		r.src = &conn{inner: dc.(driver.Conn)} // its inner methods bypass the cache
 		id := flightID(r.key, seen)
-		f, leader := e.flights.join(id, ctx)
+		f, leader, _ := e.flights.join(id, "", ctx)
 		if !leader {
 			f.leave() // a load of the same key and stamps runs: it refreshes the entry
 			return nil
