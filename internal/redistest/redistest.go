@@ -130,7 +130,12 @@ func (s *Server) start(bin string) error {
 		"--save", "", "--appendonly", "no", "--dir", s.dir,
 		"--daemonize", "no", "--protected-mode", "yes",
 	}, s.args...)
-	cmd := exec.Command(bin, args...)
+	return s.run(exec.Command(bin, args...))
+}
+
+// run starts cmd as s's process and waits until it answers; on failure
+// the process is gone and the error carries its output.
+func (s *Server) run(cmd *exec.Cmd) error {
 	out := new(bytes.Buffer)
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {

@@ -4,7 +4,6 @@ package redistest
 // sentinel mode that monitor them, all on loopback ports.
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -108,22 +107,7 @@ sentinel failover-timeout %[3]s %[7]d
 	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
 		return err
 	}
-	cmd := exec.Command(bin, conf, "--sentinel") // the config file must come first
-	out := new(bytes.Buffer)
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
-	s.mu.Lock()
-	s.cmd, s.exited, s.out = cmd, exited, out
-	s.mu.Unlock()
-	if err := waitReady(s.Addr, exited); err != nil {
-		s.Kill()
-		return fmt.Errorf("%w; output:\n%s", err, out.String())
-	}
-	return nil
+	return s.run(exec.Command(bin, conf, "--sentinel")) // the config file must come first
 }
 
 // waitFor polls cond until it holds, failing the test after sentinelWait
@@ -146,12 +130,15 @@ func (s *Sentinel) waitFor(what string, cond func(context.Context) error) {
 }
 
 // replicaSynced reports whether the replica's link to the master is up.
-func (s *Sentinel) replicaSynced(ctx context.Context) error {
+func (s *Sentinel) replicaSynced(ctx context.Context) error { return s.replicaLink(ctx, "up") }
+
+// replicaLink reports whether the replica's link to the master is status.
+func (s *Sentinel) replicaLink(ctx context.Context, status string) error {
 	info, err := s.Replica.Client().Info(ctx, "replication").Result()
 	if err != nil {
 		return err
 	}
-	if !strings.Contains(info, "master_link_status:up\r\n") {
+	if !strings.Contains(info, "master_link_status:"+status+"\r\n") {
 		return fmt.Errorf("replica %s: %q", s.Replica.Addr, info)
 	}
 	return nil
@@ -270,13 +257,6 @@ func (s *Sentinel) CutReplication() {
 		s.t.Fatalf("redistest: CLIENT KILL TYPE replica on %s: %v", s.Master.Addr, err)
 	}
 	s.waitFor("the replica's link to go down", func(ctx context.Context) error {
-		info, err := s.Replica.Client().Info(ctx, "replication").Result()
-		if err != nil {
-			return err
-		}
-		if !strings.Contains(info, "master_link_status:down\r\n") {
-			return fmt.Errorf("replica %s: %q", s.Replica.Addr, info)
-		}
-		return nil
+		return s.replicaLink(ctx, "down")
 	})
 }
