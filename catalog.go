@@ -195,6 +195,7 @@ func loadCatalog(ctx context.Context, ci driver.Conn) (*catalog, error) {
 // rows: cascade, set null, set default (not no action or restrict).
 func changesChild(action string) bool { return action == "c" || action == "n" || action == "d" }
 
+// textOf returns a text value as lib/pq returns it, string or []byte.
 func textOf(v driver.Value) string {
 	switch s := v.(type) {
 	case string:

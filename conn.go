@@ -33,6 +33,9 @@ type conn struct {
 	// standby is set on a connection that reached a standby, whose rows may
 	// predate a write already invalidated: it never uses the cache.
 	standby bool
+	// otherSettings is set on a connection that started with other
+	// settings than the identity's (see probe.go): it never uses the cache.
+	otherSettings bool
 	// broken, once set, is returned by every later use: a statement turned
 	// standard_conforming_strings off, and the SQL analysis would misread
 	// what the connection runs. database/sql then discards it.

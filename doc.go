@@ -33,8 +33,10 @@
 // on a connection whose session state was not changed by SET, RESET or SET
 // ROLE. Its key holds its normalized SQL, its arguments (typed and
 // length-prefixed) and the identity of the database and role (host, port,
-// database, user and session settings of the DSN; never the password). A
-// hit replays the rows with the same Go values and column metadata as
+// database, user and session settings of the DSN, and the settings the
+// first connection's session started with; never the password). A
+// connection that starts with other settings (its role's changed since)
+// skips the cache. A hit replays the rows with the same Go values and column metadata as
 // lib/pq. A miss streams the rows from Postgres and stores the whole
 // result after the caller has read it; a result over the policy's limits
 // is served but not stored.

@@ -87,9 +87,13 @@ type Connector struct {
 
 	// probes is set for lib/pq: each new connection answers probeQuery
 	// (see probe.go).
-	probes        bool
-	infinityMu    sync.Mutex // serialises learning lib/pq's infinity setting
-	infinityKnown atomic.Bool
+	probes   bool
+	settleMu sync.Mutex // serialises settling the identity
+	settled  atomic.Bool
+	// settings are the first connection's (see settingsQuery), written
+	// before settled is set.
+	settings       string
+	warnedSettings atomic.Bool
 }
 
 // NewConnector returns a Connector for a lib/pq DSN with cache_* parameters.
@@ -265,13 +269,14 @@ func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	standby, err := c.probe(ctx, inner)
+	p, err := c.probe(ctx, inner)
 	if err != nil {
 		inner.Close()
 		return nil, err
 	}
 	cn := newConn(c, inner)
-	cn.standby = standby
+	cn.standby = p.standby
+	cn.otherSettings = p.otherSettings
 	return cn, nil
 }
 

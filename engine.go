@@ -44,7 +44,7 @@ const (
 type engine struct {
 	opts   Options
 	reg    *Registry
-	id     atomic.Pointer[identity] // the Connector's, or more (see learnInfinity)
+	id     atomic.Pointer[identity] // the Connector's, or more (see Connector.settle)
 	store  backend
 	direct backend  // the store without the breaker, for invalidations
 	breakr *guarded // nil for the in-process store, which cannot fail
@@ -75,8 +75,9 @@ type engine struct {
 
 	inner driver.Connector // lib/pq's, for background reloads
 	// probe answers whether a new background connection reached a standby
-	// (see Connector.probe): a reload there would store old rows.
-	probe  func(context.Context, driver.Conn) (bool, error)
+	// or started with other settings (see Connector.probe): a reload there
+	// would store rows the keys do not stand for.
+	probe  func(context.Context, driver.Conn) (probeAnswer, error)
 	bgOnce sync.Once // opens bgDB
 	bgDB   *sql.DB   // background reloads' connections; see background
 
@@ -310,6 +311,8 @@ func (c *conn) refuses() (bypassReason, bool) {
 		return bypassSession, true
 	case c.standby:
 		return bypassStandby, true
+	case c.otherSettings:
+		return bypassSettings, true
 	}
 	return 0, false
 }

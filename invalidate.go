@@ -591,7 +591,7 @@ func (c *Connector) InvalidateQuery(ctx context.Context, query string, args ...a
 		return err
 	}
 	// The key holds what the first connection tells (see probe.go).
-	if err := c.knowInfinity(ctx); err != nil {
+	if err := c.settleIdentity(ctx); err != nil {
 		if len(reg.tags) > 0 {
 			return nil // the tables' new stamps void the entry; its bytes expire
 		}

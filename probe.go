@@ -8,7 +8,7 @@ import (
 )
 
 // A new lib/pq connection answers one probe before it is handed out, for
-// three facts the DSN does not tell:
+// four facts the DSN does not tell:
 //
 //   - Whether it reached a standby. A standby replays the primary's writes
 //     late: a miss read there after a write's invalidation would store rows
@@ -18,39 +18,77 @@ import (
 //     process has called pq.EnableInfinityTs, one of the two times it was
 //     given. That is the process's choice, and processes sharing a cache
 //     may choose differently, so keys must tell them apart: the first
-//     probe adds the answer to the identity (unless it is the default, so
-//     that keys do not change for processes that never enable it).
+//     probe adds the answer to the identity, unless it is the default.
 //   - Whether standard_conforming_strings is on, as the SQL analysis
 //     assumes: a role or database may turn it off (ALTER ... SET). Such a
 //     connection is refused, as a DSN that turns it off is.
+//   - The settings a session starts with that change what a query returns
+//     (see settingsQuery). A role or database may set them (ALTER ... SET)
+//     where the DSN does not show it, and change them while connections
+//     are open. The first probe adds them to the identity; a later
+//     connection that starts with others (search_path now names another
+//     schema, say) skips the cache, as one that ran SET does: its rows
+//     are not the rows the keys stand for.
 
-// probeQuery reads whether the server is a standby, and both infinities as
-// lib/pq decodes them.
+// settingsQuery reads, as one text, the settings of a new session that
+// change what its queries return: the role it acts as, the settings that
+// change how values are found, compared and printed, and every setting
+// its role and database have of their own (ALTER ROLE/DATABASE ... SET),
+// custom ones (app.tenant, say) included, as a query may read those with
+// current_setting.
+const settingsQuery = `pg_catalog.concat_ws(E'\n', current_user,
+	pg_catalog.current_setting('search_path'), pg_catalog.current_setting('TimeZone'),
+	pg_catalog.current_setting('DateStyle'), pg_catalog.current_setting('IntervalStyle'),
+	pg_catalog.current_setting('extra_float_digits'), pg_catalog.current_setting('lc_monetary'),
+	pg_catalog.current_setting('lc_numeric'), pg_catalog.current_setting('lc_time'),
+	pg_catalog.current_setting('row_security'), pg_catalog.current_setting('default_text_search_config'),
+	(select pg_catalog.string_agg(pg_catalog.array_to_string(s.setconfig, E'\n'), E'\n' order by s.setdatabase, s.setrole)
+		from pg_catalog.pg_db_role_setting s
+		where s.setdatabase in (0, (select d.oid from pg_catalog.pg_database d where d.datname = pg_catalog.current_database()))
+			and s.setrole in (0, session_user::pg_catalog.regrole)))`
+
+// probeQuery reads whether the server is a standby, both infinities as
+// lib/pq decodes them, standard_conforming_strings and the settings.
 const probeQuery = `select pg_catalog.pg_is_in_recovery(), '-infinity'::timestamptz, 'infinity'::timestamptz,
-	pg_catalog.current_setting('standard_conforming_strings')`
+	pg_catalog.current_setting('standard_conforming_strings'), ` + settingsQuery
 
-// probe runs probeQuery on ic, a new connection, and reports whether it
-// reached a standby; the first probe also settles the identity.
-func (c *Connector) probe(ctx context.Context, ic driver.Conn) (standby bool, err error) {
+// probeAnswer is what the probe of a new connection found.
+type probeAnswer struct {
+	standby bool // it reached a standby
+	// otherSettings: it started with other settings than the first
+	// connection, whose settings are in the identity.
+	otherSettings bool
+}
+
+// probe runs probeQuery on ic, a new connection; the first probe also
+// settles the identity.
+func (c *Connector) probe(ctx context.Context, ic driver.Conn) (probeAnswer, error) {
 	if !c.probes {
-		return false, nil
+		return probeAnswer{}, nil
 	}
 	q, ok := ic.(driver.QueryerContext)
 	if !ok {
-		return false, fmt.Errorf("cachedpq: %T cannot run queries", ic)
+		return probeAnswer{}, fmt.Errorf("cachedpq: %T cannot run queries", ic)
 	}
-	vals, err := queryRow(ctx, q, probeQuery, 4)
+	vals, err := queryRow(ctx, q, probeQuery, 5)
 	if err != nil {
-		return false, fmt.Errorf("cachedpq: probing a new connection: %w", err)
+		return probeAnswer{}, fmt.Errorf("cachedpq: probing a new connection: %w", err)
 	}
 	if scs, _ := vals[3].(string); scs != "on" {
 		// Set for the role or the database (ALTER ... SET), which the DSN
 		// does not show.
-		return false, fmt.Errorf("%w (the server says %q)", errSCSOff, vals[3])
+		return probeAnswer{}, fmt.Errorf("%w (the server says %q)", errSCSOff, vals[3])
 	}
-	c.learnInfinity(vals[1:3])
-	standby, _ = vals[0].(bool)
-	return standby, nil
+	settings := textOf(vals[4])
+	c.settle(vals[1:3], settings)
+	p := probeAnswer{otherSettings: settings != c.settings}
+	p.standby, _ = vals[0].(bool)
+	if p.otherSettings && c.warnedSettings.CompareAndSwap(false, true) {
+		c.opts.Logger.Warn("cachedpq: a new connection started with other settings than the first " +
+			"(ALTER ROLE or ALTER DATABASE ... SET?): reads on such connections skip the cache; " +
+			"open a new Connector to cache under the new settings")
+	}
+	return p, nil
 }
 
 // queryRow runs query on q and returns its first row, which must have n
@@ -71,23 +109,28 @@ func queryRow(ctx context.Context, q driver.QueryerContext, query string, n int)
 	return vals, err
 }
 
-// learnInfinity adds how lib/pq decoded the infinities in vals to the
-// identity, once per Connector. Until then no connection is handed out:
-// every key is built with it.
-func (c *Connector) learnInfinity(vals []driver.Value) {
-	if c.infinityKnown.Load() {
+// settle adds to the identity how lib/pq decoded the infinities and the
+// settings of the first connection, once per Connector. Until then no
+// connection is handed out: every key is built with them.
+func (c *Connector) settle(infinities []driver.Value, settings string) {
+	if c.settled.Load() {
 		return
 	}
-	c.infinityMu.Lock()
-	defer c.infinityMu.Unlock()
-	if c.infinityKnown.Load() {
+	c.settleMu.Lock()
+	defer c.settleMu.Unlock()
+	if c.settled.Load() {
 		return
 	}
-	if setting := infinitySetting(vals); setting != "" {
-		id := c.id.with("infinity", setting)
-		c.eng.id.Store(&id)
+	id := c.id
+	if setting := infinitySetting(infinities); setting != "" {
+		id = id.with("infinity", setting)
 	}
-	c.infinityKnown.Store(true)
+	if settings != "" {
+		id = id.with("settings", settings)
+	}
+	c.eng.id.Store(&id)
+	c.settings = settings
+	c.settled.Store(true)
 }
 
 // infinitySetting describes how lib/pq decoded the infinities in vals: ""
@@ -106,10 +149,10 @@ func infinitySetting(vals []driver.Value) string {
 	return s
 }
 
-// knowInfinity probes a connection if none has been yet, for keys built
+// settleIdentity probes a connection if none has been yet, for keys built
 // without one (InvalidateQuery).
-func (c *Connector) knowInfinity(ctx context.Context) error {
-	if !c.probes || c.infinityKnown.Load() {
+func (c *Connector) settleIdentity(ctx context.Context) error {
+	if !c.probes || c.settled.Load() {
 		return nil
 	}
 	conn, err := c.Connect(ctx)

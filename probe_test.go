@@ -13,8 +13,12 @@ import (
 
 // probeConnector answers probeQuery as a server that is a standby or not,
 // decoded as lib/pq decodes infinities with or without EnableInfinityTs,
-// and every other query with one row: 1.
-type probeConnector struct{ standby, infinity bool }
+// with the session settings settings, and every other query with one row:
+// 1.
+type probeConnector struct {
+	standby, infinity bool
+	settings          string
+}
 
 func (c probeConnector) Connect(context.Context) (driver.Conn, error) { return probeConn(c), nil }
 func (c probeConnector) Driver() driver.Driver                        { return nil }
@@ -28,11 +32,16 @@ func (c probeConn) QueryContext(_ context.Context, query string, _ []driver.Name
 	if query != probeQuery {
 		return &valueRows{cols: []string{"v"}, rows: [][]driver.Value{{int64(1)}}}, nil
 	}
-	row := []driver.Value{c.standby, []byte("-infinity"), []byte("infinity"), "on"}
-	if c.infinity {
+	return probeRows(c.standby, c.infinity, c.settings), nil
+}
+
+// probeRows answers probeQuery.
+func probeRows(standby, infinity bool, settings string) *valueRows {
+	row := []driver.Value{standby, []byte("-infinity"), []byte("infinity"), "on", settings}
+	if infinity {
 		row[1], row[2] = time.Time{}, time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
 	}
-	return &valueRows{cols: []string{"r", "n", "p", "s"}, rows: [][]driver.Value{row}}, nil
+	return &valueRows{cols: []string{"r", "n", "p", "s", "g"}, rows: [][]driver.Value{row}}
 }
 
 // valueRows serves fixed rows.
@@ -109,24 +118,36 @@ func TestInfinitySettingInIdentity(t *testing.T) {
 // flipConnector reaches the primary until standby is set, then a
 // standby. The primary answers the registered read with "new", the
 // standby, which has not replayed the write yet, with "old".
-type flipConnector struct{ standby atomic.Bool }
+type flipConnector struct {
+	standby atomic.Bool
+	// settings, if set, are the settings new connections start with;
+	// those that do answer "old".
+	settings atomic.Pointer[string]
+}
 
 func (c *flipConnector) Connect(context.Context) (driver.Conn, error) {
-	return &flipConn{standby: c.standby.Load()}, nil
+	fc := &flipConn{standby: c.standby.Load()}
+	if s := c.settings.Load(); s != nil {
+		fc.settings = *s
+	}
+	return fc, nil
 }
 func (c *flipConnector) Driver() driver.Driver { return nil }
 
-type flipConn struct{ standby bool }
+type flipConn struct {
+	standby  bool
+	settings string
+}
 
 func (c *flipConn) Prepare(string) (driver.Stmt, error) { return nil, driver.ErrSkip }
 func (c *flipConn) Close() error                        { return nil }
 func (c *flipConn) Begin() (driver.Tx, error)           { return nil, driver.ErrSkip }
 func (c *flipConn) QueryContext(_ context.Context, query string, _ []driver.NamedValue) (driver.Rows, error) {
 	if query == probeQuery {
-		return &valueRows{cols: []string{"r", "n", "p", "s"}, rows: [][]driver.Value{{c.standby, []byte("-infinity"), []byte("infinity"), "on"}}}, nil
+		return probeRows(c.standby, false, c.settings), nil
 	}
 	v := "new"
-	if c.standby {
+	if c.standby || c.settings != "" {
 		v = "old"
 	}
 	return &valueRows{cols: []string{"v"}, rows: [][]driver.Value{{v}}}, nil
@@ -158,5 +179,77 @@ func TestRefreshSkipsStandby(t *testing.T) {
 	read() // a hit; it draws an early refresh, on a new connection
 	if got := read(); got != "new" {
 		t.Fatalf("served %q, a standby's row stored by an early refresh (stats %+v)", got, c.Stats().Counters)
+	}
+}
+
+// TestRefreshSkipsOtherSettings: an early refresh on a background
+// connection that started with other settings than the identity's (a role's
+// search_path changed) would store that connection's rows under keys that
+// stand for the first settings' rows.
+func TestRefreshSkipsOtherSettings(t *testing.T) {
+	const q = `select v from kv where k = $1`
+	inner := &flipConnector{}
+	c := newConnector(inner, Options{Registry: NewRegistry(), NoCatalog: true}, identityOf("test"))
+	c.probes = true
+	must(t, c.opts.Registry.Register(q, Policy{TTL: time.Hour, Beta: 1e12}))
+	db := sql.OpenDB(c)
+	defer db.Close()
+	db.SetMaxOpenConns(1)
+	read := func() string {
+		var v string
+		must(t, db.QueryRow(q, 1).Scan(&v))
+		c.eng.bg.Wait()
+		return v
+	}
+	read()
+	other := "search_path=elsewhere"
+	inner.settings.Store(&other)
+	read() // a hit; it draws an early refresh, on a new connection
+	if got := read(); got != "new" {
+		t.Fatalf("served %q, stored by an early refresh on a connection with other settings (stats %+v)", got, c.Stats().Counters)
+	}
+}
+
+// TestOtherSettingsSkipTheCache: the first connection's settings are in the
+// identity, so Connectors whose sessions start with different settings have
+// different keys; a later connection that starts with other settings than
+// the first (a role's settings changed meanwhile) neither reads nor fills
+// the cache, while the first connection still does.
+func TestOtherSettingsSkipTheCache(t *testing.T) {
+	const q = `select v from kv where k = $1`
+	inner := &flipConnector{}
+	first := "search_path=a"
+	inner.settings.Store(&first)
+	c := newConnector(inner, Options{Registry: NewRegistry(), NoCatalog: true}, identityOf("test"))
+	c.probes = true
+	must(t, c.opts.Registry.Register(q, Policy{TTL: time.Hour}))
+	db := sql.OpenDB(c)
+	defer db.Close()
+	ctx := context.Background()
+	old, err := db.Conn(ctx) // starts with the first settings
+	must(t, err)
+	defer old.Close()
+	if id := c.eng.id.Load().String(); !strings.Contains(id, `settings="search_path=a"`) {
+		t.Fatalf("the first settings are not in the identity: %s", id)
+	}
+	later := "search_path=b"
+	inner.settings.Store(&later)
+	changed, err := db.Conn(ctx)
+	must(t, err)
+	defer changed.Close()
+	for _, sc := range []*sql.Conn{old, changed, old, changed} {
+		var v string
+		must(t, sc.QueryRowContext(ctx, q, 1).Scan(&v))
+	}
+	s := c.Stats()
+	if s.Misses != 1 || s.Hits != 1 || s.Fills != 1 || s.Bypass["server_settings"] != 2 {
+		t.Fatalf("want the first connection to miss then hit, and the other to skip twice: %+v", s)
+	}
+	aDB, a := probed(t, probeConnector{settings: "search_path=a"}, q)
+	bDB, b := probed(t, probeConnector{settings: "search_path=b"}, q)
+	must(t, aDB.Ping())
+	must(t, bDB.Ping())
+	if a.eng.id.Load().digest == b.eng.id.Load().digest {
+		t.Errorf("Connectors whose sessions start with other settings share keys: %s", a.eng.id.Load())
 	}
 }

@@ -89,24 +89,34 @@ func (e *engine) background() *sql.DB {
 type plainConnector struct{ driver.Connector }
 
 // probingConnector probes each connection it opens, as Connector.Connect
-// does, and refuses one that reached a standby: a reload there would store
-// rows from before a write already invalidated.
+// does, and refuses one that reached a standby, where a reload would store
+// rows from before a write already invalidated, or one that started with
+// other settings, whose rows the keys do not stand for.
 type probingConnector struct {
 	driver.Connector
-	probe func(context.Context, driver.Conn) (bool, error)
+	probe func(context.Context, driver.Conn) (probeAnswer, error)
 }
 
-// errStandbyRefresh refuses a background connection that reached a standby.
-var errStandbyRefresh = errors.New("cachedpq: the background connection reached a standby: no early refresh")
+// Background connections that must not reload: one that reached a standby,
+// or that started with other settings than the identity's, which the keys
+// of the entries it would reload are built with.
+var (
+	errStandbyRefresh  = errors.New("cachedpq: the background connection reached a standby: no early refresh")
+	errSettingsRefresh = errors.New("cachedpq: the background connection started with other settings: no early refresh")
+)
 
 func (p probingConnector) Connect(ctx context.Context) (driver.Conn, error) {
 	cn, err := p.Connector.Connect(ctx)
 	if err != nil {
 		return nil, err
 	}
-	standby, err := p.probe(ctx, cn)
-	if err == nil && standby {
+	pr, err := p.probe(ctx, cn)
+	switch {
+	case err != nil:
+	case pr.standby:
 		err = errStandbyRefresh
+	case pr.otherSettings:
+		err = errSettingsRefresh
 	}
 	if err != nil {
 		cn.Close()

@@ -21,11 +21,13 @@ const (
 	bypassCacheError                      // a cache operation failed or timed out
 	bypassVolatile                        // the query calls a volatile function
 	bypassStandby                         // the connection reached a standby (see probe.go)
+	bypassSettings                        // the connection started with other settings (see probe.go)
 	numBypassReasons
 )
 
 var bypassNames = [numBypassReasons]string{"transaction", "session_state", "breaker_open",
-	"invalidation_pending", "too_large", "arguments", "cache_error", "volatile", "standby"}
+	"invalidation_pending", "too_large", "arguments", "cache_error", "volatile", "standby",
+	"server_settings"}
 
 // Stats is a snapshot of a Connector's counters since it was created.
 type Stats struct {
@@ -70,7 +72,7 @@ type Counters struct {
 	FillBytes      uint64 // size of the filled entries as stored
 	// Bypass counts reads that skipped the cache, by reason: transaction,
 	// session_state, breaker_open, invalidation_pending, too_large,
-	// arguments, cache_error, volatile.
+	// arguments, cache_error, volatile, standby, server_settings.
 	Bypass map[string]uint64
 }
 

@@ -297,3 +297,88 @@ func TestLostConnNoFalseSCS(t *testing.T) {
 		t.Fatalf("a lost connection reported as: %v", err)
 	}
 }
+
+// TestRoleSettingsChange: a role's own settings (ALTER ROLE ... SET: a
+// search_path naming another schema, a custom setting that a row security
+// policy reads) change while the pool holds connections. A connection opened after the
+// change was served the rows cached under the old settings, which the DSN
+// does not show; now each new connection reports the settings it starts
+// with, one whose settings differ from the first connection's skips the
+// cache, the connection opened before the change is still served, and a
+// process started after the change caches under keys of its own.
+func TestRoleSettingsChange(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		role := env.schema + "_role"
+		mustExec(t, env.raw, `create role `+role+` login`)
+		t.Cleanup(func() { env.raw.Exec(`drop owned by ` + role + `; drop role ` + role) })
+		for _, s := range []string{"a", "b"} {
+			schema := env.schema + "_" + s
+			mustExec(t, env.raw, `create schema `+schema+`; create table `+schema+`.rs (tenant text, v text);
+				insert into `+schema+`.rs values ('one', '`+s+`/one'), ('two', '`+s+`/two');
+				alter table `+schema+`.rs enable row level security;
+				create policy tenant on `+schema+`.rs using (tenant = current_setting('cpq.tenant'));
+				grant usage on schema `+schema+` to `+role+`; grant select on `+schema+`.rs to `+role)
+			t.Cleanup(func() { env.raw.Exec(`drop schema ` + schema + ` cascade`) })
+		}
+		alter := func(schema, tenant string) {
+			mustExec(t, env.raw, `alter role `+role+` set search_path = `+schema)
+			mustExec(t, env.raw, `alter role `+role+` set cpq.tenant = '`+tenant+`'`)
+		}
+		alter(env.schema+"_a", "one")
+		dsn := baseDSN() + " user=" + role
+		prefix := func(o *cachedpq.Options) { o.Prefix = env.prefix + "_role" }
+		proc := newEnvDSN(t, env.rdb, env.schema, dsn, prefix)
+		const q = `select v from rs`
+		proc.register(t, q, cachedpq.Policy{})
+		ctx := context.Background()
+		read := func(c *sql.Conn) string {
+			t.Helper()
+			var v string
+			if err := c.QueryRowContext(ctx, q).Scan(&v); err != nil {
+				t.Fatal(err)
+			}
+			return v
+		}
+		before, err := proc.db.Conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer before.Close()
+		read(before)
+		proc.waitFills(t, 1)
+		if got := read(before); got != "a/one" || proc.stats().Hits != 1 {
+			t.Fatalf("before the change: %q, %+v", got, proc.stats().Counters)
+		}
+
+		alter(env.schema+"_b", "two")
+		after, err := proc.db.Conn(ctx) // a new connection: before is in use
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer after.Close()
+		for range 2 {
+			if got := read(after); got != "b/two" {
+				t.Fatalf("a connection opened after the change read %q, the rows of the old settings", got)
+			}
+		}
+		if got := read(before); got != "a/one" {
+			t.Fatalf("the connection opened before the change read %q", got)
+		}
+		if s := proc.stats(); s.Bypass["server_settings"] != 2 || s.Hits != 2 {
+			t.Errorf("want 2 reads skipping the cache for their settings and 2 hits: %+v", s.Counters)
+		}
+
+		// A process started after the change, sharing the cache.
+		later := newEnvDSN(t, env.rdb, env.schema, dsn, prefix)
+		later.register(t, q, cachedpq.Policy{})
+		for i := range 2 {
+			if got := later.same(t, q)[0]; got != "[b/two]" {
+				t.Fatalf("read %d of a process started after the change: %q", i, got)
+			}
+			later.waitFills(t, 1)
+		}
+		if s := later.stats(); s.Misses != 1 || s.Hits != 1 {
+			t.Errorf("a process started after the change: want a miss, then a hit: %+v", s.Counters)
+		}
+	})
+}
