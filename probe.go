@@ -45,7 +45,7 @@ const settingsQuery = `pg_catalog.concat_ws(E'\n', current_user,
 	(select pg_catalog.string_agg(pg_catalog.array_to_string(s.setconfig, E'\n'), E'\n' order by s.setdatabase, s.setrole)
 		from pg_catalog.pg_db_role_setting s
 		where s.setdatabase in (0, (select d.oid from pg_catalog.pg_database d where d.datname = pg_catalog.current_database()))
-			and s.setrole in (0, session_user::pg_catalog.regrole)))`
+			and s.setrole in (0, pg_catalog.quote_ident(session_user)::pg_catalog.regrole)))`
 
 // probeQuery reads whether the server is a standby, both infinities as
 // lib/pq decodes them, standard_conforming_strings and the settings.

@@ -305,10 +305,13 @@ func TestLostConnNoFalseSCS(t *testing.T) {
 // does not show; now each new connection reports the settings it starts
 // with, one whose settings differ from the first connection's skips the
 // cache, the connection opened before the change is still served, and a
-// process started after the change caches under keys of its own.
+// process started after the change caches under keys of its own. The
+// role's name needs quoting: the first version of the probe refused every
+// connection of such a role.
 func TestRoleSettingsChange(t *testing.T) {
 	forEachStore(t, func(t *testing.T, env *cacheEnv) {
-		role := env.schema + "_role"
+		name := env.schema + " Role"
+		role := `"` + name + `"`
 		mustExec(t, env.raw, `create role `+role+` login`)
 		t.Cleanup(func() { env.raw.Exec(`drop owned by ` + role + `; drop role ` + role) })
 		for _, s := range []string{"a", "b"} {
@@ -325,7 +328,7 @@ func TestRoleSettingsChange(t *testing.T) {
 			mustExec(t, env.raw, `alter role `+role+` set cpq.tenant = '`+tenant+`'`)
 		}
 		alter(env.schema+"_a", "one")
-		dsn := baseDSN() + " user=" + role
+		dsn := baseDSN() + " user='" + name + "'"
 		prefix := func(o *cachedpq.Options) { o.Prefix = env.prefix + "_role" }
 		proc := newEnvDSN(t, env.rdb, env.schema, dsn, prefix)
 		const q = `select v from rs`
