@@ -30,8 +30,9 @@ type catalog struct {
 	// show all they write write, by schema-qualified name, and by bare
 	// name where every function of that name does (see loadFuncWrites).
 	funcWrites map[string][]string
-	ddlFired   []string // tables the enabled event triggers write, on DDL and REFRESH
-	ddlOpaque  bool     // an enabled event trigger may write what the catalog cannot read
+	ddlFired   []string   // tables the enabled event triggers write, on DDL and REFRESH
+	ddlOpaque  bool       // an enabled event trigger may write what the catalog cannot read
+	fns        *funcIndex // the user functions, for what they read (see funcreads.go)
 	// stale is set once the catalog has served Options.CatalogRefresh:
 	// the next statement that needs it reads it again.
 	stale atomic.Bool
@@ -186,6 +187,9 @@ func loadCatalog(ctx context.Context, ci driver.Conn) (*catalog, error) {
 		})
 	}
 	if err == nil {
+		err = cat.loadFuncReads(ctx, ci, funcs)
+	}
+	if err == nil {
 		err = cat.loadTriggers(ctx, ci, funcs)
 	}
 	return cat, err
@@ -294,18 +298,6 @@ const (
 	down
 )
 
-// readTags returns tags with the base relations of every view among them,
-// transitively: an entry of a view depends on its tables.
-func (cat *catalog) readTags(tags []string) []string {
-	out := slices.Clone(tags)
-	for i := 0; i < len(out); i++ {
-		for _, b := range cat.bases[out[i]] {
-			out = appendNew(out, b)
-		}
-	}
-	return out
-}
-
 // anyVolatile reports whether one of the functions, as the analysis wrote
 // them (tags, schema-qualified if written so), is a volatile user
 // function.
@@ -330,9 +322,11 @@ type regState struct {
 
 // regTags is a registration's tags resolved against one catalog.
 type regTags struct {
-	cat      *catalog
-	tags     []string // read tables, views' bases, policy tags, then the epoch
-	volatile bool     // the query calls a volatile user function
+	cat  *catalog
+	tags []string // read tables, views' bases, what its functions read, policy tags, then the epoch
+	// skip, unless 0, is why reg must not be cached: it calls a user
+	// function that may write, or read what its source does not show.
+	skip bypassReason
 }
 
 // state returns the engine's state for reg, creating it on first use.
@@ -344,22 +338,26 @@ func (e *engine) state(reg *registration) *regState {
 	return v.(*regState)
 }
 
-// tagsFor returns the tags an entry of reg depends on, the epoch last, and
-// false if reg must not be cached (it calls a volatile function, or the
-// catalog cannot be read to see what its views read).
-func (e *engine) tagsFor(ctx context.Context, c *conn, reg *registration, rs *regState) ([]string, bool) {
+// tagsFor returns the tags an entry of reg depends on, the epoch last, or
+// why reg must not be cached: it calls a function that may write, or read
+// what its source does not show, or the catalog cannot be read to see
+// what its views and functions read.
+func (e *engine) tagsFor(ctx context.Context, c *conn, reg *registration, rs *regState) ([]string, bypassReason, bool) {
 	if e.opts.NoCatalog {
-		return reg.epochTags, true
+		return reg.epochTags, 0, true
 	}
 	if rt := rs.resolved.Load(); rt != nil && rt.cat == e.cat.cur.Load() && !rt.cat.stale.Load() {
-		return rt.tags, !rt.volatile
+		return rt.tags, rt.skip, rt.skip == 0
 	}
 	cat, err := e.catalog(ctx, c)
 	if err != nil {
-		return nil, false
+		return nil, bypassVolatile, false
 	}
-	tags := append(cat.readTags(reg.tags), epochTag)
-	rt := &regTags{cat: cat, tags: tags, volatile: cat.anyMayWrite(reg.a.functions)}
+	tags, opaque := cat.reads(reg.tags, reg.a.functions)
+	rt := &regTags{cat: cat, tags: append(tags, epochTag)}
+	if opaque || cat.anyMayWrite(reg.a.functions) {
+		rt.skip = bypassVolatile
+	}
 	rs.resolved.Store(rt)
-	return rt.tags, !rt.volatile
+	return rt.tags, rt.skip, rt.skip == 0
 }

@@ -389,9 +389,9 @@ func (e *engine) skip(ctx context.Context, c *conn, r *read) (bypassReason, bool
 	case e.breakr != nil && e.breakr.open():
 		return bypassBreakerOpen, true
 	}
-	tags, ok := e.tagsFor(ctx, c, r.reg, r.rs)
+	tags, why, ok := e.tagsFor(ctx, c, r.reg, r.rs)
 	if !ok {
-		return bypassVolatile, true
+		return why, true
 	}
 	r.tags = tags
 	return 0, false

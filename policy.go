@@ -37,7 +37,9 @@ type Policy struct {
 	MaxBytes int
 
 	// Tags adds tables whose writes invalidate the query, for dependencies
-	// the SQL text cannot show (a view's base tables, a function's tables).
+	// neither the SQL text nor the catalog shows: the tables a C function
+	// reads, or with Options.NoCatalog, a view's base tables and a
+	// function's.
 	// They are folded like table names in SQL: "public.Users", "users" and
 	// `"users"` are one tag.
 	Tags []string

@@ -342,8 +342,13 @@ func (cat *catalog) loadWriters(all []userFunc) {
 }
 
 // quietWrites reports whether a STABLE or IMMUTABLE function may write.
-// A SQL function with a BEGIN ATOMIC body has no source to scan.
+// A SQL function with a SQL-standard body (BEGIN ATOMIC, RETURN) has no
+// source to scan, but the functions it calls are known (see
+// funcreads.go), and PostgreSQL refuses a write among its own statements.
 func (cat *catalog) quietWrites(f quietFunc) bool {
+	if f.lang == "sql" && f.src == "" && cat.fns != nil {
+		return slices.ContainsFunc(cat.fns.atomicFns[f.names], cat.mayWrite)
+	}
 	if f.lang != "plpgsql" && f.lang != "sql" || f.src == "" {
 		return true
 	}

@@ -1,0 +1,187 @@
+package cachedpq
+
+import (
+	"context"
+	"database/sql/driver"
+	"strings"
+)
+
+// A registered read that calls a user function reads what the function
+// reads: `select * from orders_of($1)`, a SQL function over orders, names
+// no table, yet a write to orders changes its answer. The catalog reads
+// the functions' sources, as it does for writes (see triggers.go), and an
+// entry depends on every relation its functions name, through the
+// functions they call and the views they read, transitively. A function
+// whose source cannot show what it reads (PL/pgSQL's EXECUTE, languages
+// other than SQL and PL/pgSQL) makes the read uncacheable, as one that may
+// write does (see loadWriters, which counts those among the writers). C
+// functions, which extensions provide (PostGIS, pg_trgm, citext), are
+// taken to read no table.
+
+const (
+	// relQuery lists the names of the relations a function may read.
+	relQuery = `select distinct c.relname
+		from pg_catalog.pg_class c
+		join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+		where c.relkind in ('r', 'v', 'm', 'p', 'f')
+			and n.nspname not in ('pg_catalog', 'information_schema', 'pg_toast')`
+	// atomicQuery lists what the SQL-standard bodies of SQL functions
+	// (BEGIN ATOMIC, RETURN), which have no source text, depend on: the
+	// relations they read and the user functions they call.
+	atomicQuery = `select n.nspname || '.' || p.proname, coalesce(t.relname, ''),
+			coalesce(qn.nspname || '.' || q.proname, '')
+		from pg_catalog.pg_depend d
+		join pg_catalog.pg_proc p on p.oid = d.objid
+		join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+		left join pg_catalog.pg_class t on d.refclassid = 'pg_catalog.pg_class'::regclass and t.oid = d.refobjid
+		left join pg_catalog.pg_proc q on d.refclassid = 'pg_catalog.pg_proc'::regclass and q.oid = d.refobjid
+		left join pg_catalog.pg_namespace qn on qn.oid = q.pronamespace
+			and qn.nspname not in ('pg_catalog', 'information_schema')
+		where d.classid = 'pg_catalog.pg_proc'::regclass and p.prosrc = ''
+			and (t.oid is not null or qn.oid is not null)`
+	// viewCallQuery lists the user functions each view calls.
+	viewCallQuery = `select distinct v.relname, n.nspname || '.' || p.proname
+		from pg_catalog.pg_rewrite r
+		join pg_catalog.pg_class v on v.oid = r.ev_class
+		join pg_catalog.pg_depend d on d.objid = r.oid
+			and d.classid = 'pg_catalog.pg_rewrite'::regclass
+			and d.refclassid = 'pg_catalog.pg_proc'::regclass
+		join pg_catalog.pg_proc p on p.oid = d.refobjid
+		join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+		where v.relkind in ('v', 'm') and n.nspname not in ('pg_catalog', 'information_schema')`
+)
+
+// funcIndex holds the user functions by name, for what they read.
+type funcIndex struct {
+	funcs     []userFunc
+	byName    map[string][]int    // bare and schema-qualified name -> overloads
+	relations map[string]bool     // names of the relations a function may read
+	atomic    map[string][]string // schema-qualified name of a SQL-standard body -> relations it reads
+	atomicFns map[string][]string // schema-qualified name of a SQL-standard body -> user functions it calls
+	viewCalls map[string][]string // view -> schema-qualified user functions it calls
+}
+
+// loadFuncReads reads what reads needs besides funcs, the user functions
+// funcQuery listed.
+func (cat *catalog) loadFuncReads(ctx context.Context, ci driver.Conn, funcs []userFunc) error {
+	ix := &funcIndex{
+		funcs:     funcs,
+		byName:    map[string][]int{},
+		relations: map[string]bool{},
+		atomic:    map[string][]string{},
+		atomicFns: map[string][]string{},
+		viewCalls: map[string][]string{},
+	}
+	for i, f := range funcs {
+		ix.byName[f.name] = append(ix.byName[f.name], i)
+		q := f.schema + "." + f.name
+		ix.byName[q] = append(ix.byName[q], i)
+	}
+	err := catalogRows(ctx, ci, relQuery, 1, func(r []driver.Value) {
+		ix.relations[textOf(r[0])] = true
+	})
+	if err == nil {
+		err = catalogRows(ctx, ci, atomicQuery, 3, func(r []driver.Value) {
+			f := textOf(r[0])
+			if t := textOf(r[1]); t != "" {
+				ix.atomic[f] = appendNew(ix.atomic[f], t)
+			}
+			if g := textOf(r[2]); g != "" {
+				ix.atomicFns[f] = appendNew(ix.atomicFns[f], g)
+			}
+		})
+	}
+	if err == nil {
+		err = catalogRows(ctx, ci, viewCallQuery, 2, func(r []driver.Value) {
+			v := textOf(r[0])
+			ix.viewCalls[v] = appendNew(ix.viewCalls[v], textOf(r[1]))
+		})
+	}
+	cat.fns = ix
+	return err
+}
+
+// reads returns tables with what a read of them that calls fns (user
+// functions, as the analysis names them) also reads: the base relations
+// of views, and the relations the functions and the views' functions
+// name, transitively. opaque reports a function that may read what its
+// source does not show.
+func (cat *catalog) reads(tables, fns []string) (out []string, opaque bool) {
+	out = append([]string(nil), tables...)
+	pending := append([]string(nil), fns...)
+	seen := map[int]bool{} // overloads read
+	for i := 0; i < len(out) || len(pending) > 0; {
+		if i < len(out) {
+			t := out[i]
+			i++
+			for _, b := range cat.bases[t] {
+				out = appendNew(out, b)
+			}
+			if cat.fns != nil {
+				pending = append(pending, cat.fns.viewCalls[t]...)
+			}
+			continue
+		}
+		name := pending[len(pending)-1]
+		pending = pending[:len(pending)-1]
+		if cat.fns == nil {
+			continue
+		}
+		for _, k := range cat.fns.overloads(name) {
+			if seen[k] {
+				continue
+			}
+			seen[k] = true
+			rels, calls, ok := cat.fns.body(k)
+			opaque = opaque || !ok
+			for _, r := range rels {
+				out = appendNew(out, r)
+			}
+			pending = append(pending, calls...)
+		}
+	}
+	return out, opaque
+}
+
+// overloads returns the functions a call of name may reach: those of its
+// schema-qualified name, or of its bare name in any schema.
+func (ix *funcIndex) overloads(name string) []int {
+	if ks, ok := ix.byName[name]; ok || strings.Count(name, ".") < 2 {
+		return ks
+	}
+	// database.schema.function
+	return ix.byName[name[strings.IndexByte(name, '.')+1:]]
+}
+
+// body returns the relations function k's source names and the user
+// functions it calls, or false if it may read what its source does not
+// show.
+func (ix *funcIndex) body(k int) (rels, calls []string, ok bool) {
+	f := &ix.funcs[k]
+	switch {
+	case f.lang == "c" || f.lang == "internal":
+		return nil, nil, true
+	case f.lang == "sql" && f.src == "":
+		q := f.schema + "." + f.name
+		return ix.atomic[q], ix.atomicFns[q], true
+	case f.lang != "sql" && f.lang != "plpgsql":
+		return nil, nil, false
+	}
+	p := newParser(f.src)
+	for i := range p.toks {
+		if f.lang == "plpgsql" && p.is(i, "execute") {
+			return nil, nil, false // dynamic SQL
+		}
+		if !p.isName(i) {
+			continue
+		}
+		name := p.tagOf(i)
+		if ix.relations[name] {
+			rels = appendNew(rels, name)
+		}
+		if _, fn := ix.byName[name]; fn && p.isPunct(i+1, '(') {
+			calls = appendNew(calls, name)
+		}
+	}
+	return rels, calls, true
+}
