@@ -53,6 +53,30 @@ const (
 		join pg_catalog.pg_class c on c.oid = coalesce(ad.adrelid, con.conrelid)
 		where d.refclassid = 'pg_catalog.pg_proc'::regclass
 			and n.nspname not in ('pg_catalog', 'information_schema')`
+	// domainQuery lists the user functions that the defaults and CHECK
+	// constraints of the domains a table's columns are of call: directly,
+	// through the domains those are over, or as an array's elements.
+	domainQuery = `with recursive cols(relname, typ) as (
+			select c.relname, a.atttypid
+			from pg_catalog.pg_attribute a
+			join pg_catalog.pg_class c on c.oid = a.attrelid
+			where a.attnum > 0 and not a.attisdropped and c.relkind in ('r', 'p', 'f')
+		union
+			select cols.relname, case t.typtype when 'd' then t.typbasetype else t.typelem end
+			from cols
+			join pg_catalog.pg_type t on t.oid = cols.typ
+			where t.typtype = 'd' or t.typcategory = 'A' and t.typelem <> 0
+		)
+		select distinct cols.relname, n.nspname, p.proname
+		from cols
+		join pg_catalog.pg_type t on t.oid = cols.typ and t.typtype = 'd'
+		left join pg_catalog.pg_constraint con on con.contypid = t.oid and con.contype = 'c'
+		join pg_catalog.pg_depend d on d.refclassid = 'pg_catalog.pg_proc'::regclass
+			and (d.classid = 'pg_catalog.pg_type'::regclass and d.objid = t.oid
+				or d.classid = 'pg_catalog.pg_constraint'::regclass and d.objid = con.oid)
+		join pg_catalog.pg_proc p on p.oid = d.refobjid
+		join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+		where n.nspname not in ('pg_catalog', 'information_schema')`
 	// eventQuery lists the enabled event triggers' functions, as
 	// triggerQuery does: they run on DDL and REFRESH, on no table.
 	eventQuery = `select l.lanname, n.nspname = 'pg_catalog', p.prosrc
@@ -112,16 +136,19 @@ func (cat *catalog) loadTriggers(ctx context.Context, ci driver.Conn, funcs []us
 			cat.note(textOf(r[0]), nil, !cat.mayWrite(textOf(r[1])+"."+textOf(r[2])))
 		})
 	}
-	if err == nil {
-		err = catalogRows(ctx, ci, defaultQuery, 3, func(r []driver.Value) {
-			// Only what a source shows: a default calling a volatile C
-			// function (uuid_generate_v4, pgcrypto's gen_random_uuid) is
-			// the rule, and voiding the namespace at every insert into
-			// its table would cost more than such a default ever writes.
-			if tables, ok := cat.calls(textOf(r[1]) + "." + textOf(r[2])); ok {
-				cat.note(textOf(r[0]), tables, true)
-			}
-		})
+	// Only what a source shows: a default calling a volatile C function
+	// (uuid_generate_v4, pgcrypto's gen_random_uuid) is the rule, and
+	// voiding the namespace at every insert into its table would cost more
+	// than such a default ever writes.
+	noteCalled := func(r []driver.Value) {
+		if tables, ok := cat.calls(textOf(r[1]) + "." + textOf(r[2])); ok {
+			cat.note(textOf(r[0]), tables, true)
+		}
+	}
+	for _, q := range []string{defaultQuery, domainQuery} {
+		if err == nil {
+			err = catalogRows(ctx, ci, q, 3, noteCalled)
+		}
 	}
 	if err == nil {
 		err = catalogRows(ctx, ci, ruleQuery, 2, func(r []driver.Value) {

@@ -158,6 +158,7 @@ func TestStaleCatalogServesWhenReloadFails(t *testing.T) {
 			"begin update audit_count set n = n + 1; return new; end"}},
 		{whenQuery, []string{"a", "b", "c"}, nil},
 		{defaultQuery, []string{"a", "b", "c"}, nil},
+		{domainQuery, []string{"a", "b", "c"}, nil},
 		{ruleQuery, []string{"a", "b"}, nil},
 		{ruleCallQuery, []string{"a"}, nil},
 		{eventQuery, []string{"a", "b", "c"}, nil},

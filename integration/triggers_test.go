@@ -343,12 +343,18 @@ func TestVolatileSelectIntoTempShadows(t *testing.T) {
 }
 
 // TestDefaultAndCheckCallsInvalidate: a column default or a CHECK
-// constraint of the written table calls a function that writes: what it
-// writes is written with the row. It went unseen (found by review D).
+// constraint of the written table, or of the domain a column is of,
+// calls a function that writes: what it writes is written with the row.
+// It went unseen (found by review D); the domains' too, until the catalog
+// read them.
 func TestDefaultAndCheckCallsInvalidate(t *testing.T) {
 	for name, side := range map[string]string{
-		"default": `create table side (x int default bump())`,
-		"check":   `create table side (x int check (bump() = 1))`,
+		"default":        `create table side (x int default bump())`,
+		"check":          `create table side (x int check (bump() = 1))`,
+		"domain-default": `create domain bumped as int default bump(); create table side (x bumped)`,
+		"domain-check":   `create domain bumped as int check (bump() = 1); create table side (x bumped)`,
+		"domain-over":    `create domain bumped as int check (bump() = 1); create domain outer_d as bumped; create table side (x outer_d default 1)`,
+		"domain-array":   `create domain bumped as int check (bump() = 1); create table side (x bumped[] default array[1])`,
 	} {
 		t.Run(name, func(t *testing.T) {
 			forEachStore(t, func(t *testing.T, env *cacheEnv) {
