@@ -153,60 +153,42 @@ func (c *flipConn) QueryContext(_ context.Context, query string, _ []driver.Name
 	return &valueRows{cols: []string{"v"}, rows: [][]driver.Value{{v}}}, nil
 }
 
-// TestRefreshSkipsStandby: an early refresh (Beta) reloads on a connection
-// of the engine's own, opened on lib/pq's connector directly; it did not
-// answer the probe, so one that reached a standby stored rows from before
-// a write for every reader (found by review E).
-func TestRefreshSkipsStandby(t *testing.T) {
-	const q = `select v from kv where k = $1`
-	inner := &flipConnector{}
-	c := newConnector(inner, Options{Registry: NewRegistry(), NoCatalog: true}, identityOf("test"))
-	c.probes = true
-	must(t, c.opts.Registry.Register(q, Policy{TTL: time.Hour, Beta: 1e12}))
-	db := sql.OpenDB(c)
-	defer db.Close()
-	db.SetMaxOpenConns(1) // the reader keeps its connection to the primary
-	read := func() string {
-		var v string
-		must(t, db.QueryRow(q, 1).Scan(&v))
-		c.eng.bg.Wait()
-		return v
-	}
-	read() // a miss on the primary fills "new"
-	// New connections now reach a standby (a multi-host DSN, a proxy, a
-	// failover): the standby has not replayed the write yet.
-	inner.standby.Store(true)
-	read() // a hit; it draws an early refresh, on a new connection
-	if got := read(); got != "new" {
-		t.Fatalf("served %q, a standby's row stored by an early refresh (stats %+v)", got, c.Stats().Counters)
-	}
-}
-
-// TestRefreshSkipsOtherSettings: an early refresh on a background
-// connection that started with other settings than the identity's (a role's
-// search_path changed) would store that connection's rows under keys that
-// stand for the first settings' rows.
-func TestRefreshSkipsOtherSettings(t *testing.T) {
-	const q = `select v from kv where k = $1`
-	inner := &flipConnector{}
-	c := newConnector(inner, Options{Registry: NewRegistry(), NoCatalog: true}, identityOf("test"))
-	c.probes = true
-	must(t, c.opts.Registry.Register(q, Policy{TTL: time.Hour, Beta: 1e12}))
-	db := sql.OpenDB(c)
-	defer db.Close()
-	db.SetMaxOpenConns(1)
-	read := func() string {
-		var v string
-		must(t, db.QueryRow(q, 1).Scan(&v))
-		c.eng.bg.Wait()
-		return v
-	}
-	read()
-	other := "search_path=elsewhere"
-	inner.settings.Store(&other)
-	read() // a hit; it draws an early refresh, on a new connection
-	if got := read(); got != "new" {
-		t.Fatalf("served %q, stored by an early refresh on a connection with other settings (stats %+v)", got, c.Stats().Counters)
+// TestRefreshSkipsUnfitConnections: an early refresh (Beta) reloads on a
+// connection of the engine's own, opened on lib/pq's connector directly;
+// it did not answer the probe, so one that reached a standby stored rows
+// from before a write for every reader (found by review E). One that
+// started with other settings than the identity's (a role's search_path
+// changed) would store its rows under keys that stand for the first
+// settings' rows.
+func TestRefreshSkipsUnfitConnections(t *testing.T) {
+	for name, unfit := range map[string]func(*flipConnector){
+		// A multi-host DSN, a proxy, a failover: the standby has not
+		// replayed the write yet.
+		"standby":  func(c *flipConnector) { c.standby.Store(true) },
+		"settings": func(c *flipConnector) { s := "search_path=elsewhere"; c.settings.Store(&s) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			const q = `select v from kv where k = $1`
+			inner := &flipConnector{}
+			c := newConnector(inner, Options{Registry: NewRegistry(), NoCatalog: true}, identityOf("test"))
+			c.probes = true
+			must(t, c.opts.Registry.Register(q, Policy{TTL: time.Hour, Beta: 1e12}))
+			db := sql.OpenDB(c)
+			defer db.Close()
+			db.SetMaxOpenConns(1) // the reader keeps its first connection
+			read := func() string {
+				var v string
+				must(t, db.QueryRow(q, 1).Scan(&v))
+				c.eng.bg.Wait()
+				return v
+			}
+			read() // a miss fills "new"
+			unfit(inner)
+			read() // a hit; it draws an early refresh, on a new connection
+			if got := read(); got != "new" {
+				t.Fatalf("served %q, stored by an early refresh on an unfit connection (stats %+v)", got, c.Stats().Counters)
+			}
+		})
 	}
 }
 
