@@ -215,12 +215,21 @@ func appendValue(b []byte, v driver.Value) ([]byte, bool) {
 	return b, false
 }
 
-// appendTime encodes seconds, nanoseconds and zone offset.
+// appendTime encodes seconds, nanoseconds and zone offset: what lib/pq
+// sends of a time from year 1 on. A time before it is sent as the date of
+// year 1-y in the time's own Location, followed by " BC", and a zone such
+// as America/New_York gives that other date another offset than a fixed
+// zone equal at the instant itself: two such times are other timestamps
+// for Postgres, so the text lib/pq sends is kept too.
 func appendTime(b []byte, t time.Time) []byte {
 	_, offset := t.Zone()
 	b = binary.LittleEndian.AppendUint64(b, uint64(t.Unix()))
 	b = binary.LittleEndian.AppendUint32(b, uint32(t.Nanosecond()))
-	return binary.LittleEndian.AppendUint32(b, uint32(int32(offset)))
+	b = binary.LittleEndian.AppendUint32(b, uint32(int32(offset)))
+	if t.Year() <= 0 {
+		b = appendBytes(b, pq.FormatTimestamp(t))
+	}
+	return b
 }
 
 // appendString appends a length-prefixed string.

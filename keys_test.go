@@ -63,6 +63,7 @@ func TestKeyDistinguishesArguments(t *testing.T) {
 		{"named", []driver.NamedValue{{Ordinal: 1, Name: "a", Value: "x"}}, []driver.NamedValue{{Ordinal: 1, Name: "b", Value: "x"}}},
 		{"ordinal", []driver.NamedValue{{Ordinal: 1, Value: "x"}}, []driver.NamedValue{{Ordinal: 2, Value: "x"}}},
 		{"embedded separator", args("a\x00b", "c"), args("a", "\x00bc")},
+		{"BC time in a tz zone", args(bcNamed(t), "y"), args(bcNamed(t).In(time.FixedZone("", -17762)), "y")},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -76,6 +77,17 @@ func TestKeyDistinguishesArguments(t *testing.T) {
 }
 
 func negZero() float64 { z := 0.0; return -z }
+
+// bcNamed is a time before year 1 in America/New_York, at whose instant
+// the zone's offset is -4:56:02 (local mean time), while lib/pq formats it
+// at a date of 2021, in EDT.
+func bcNamed(t *testing.T) time.Time {
+	ny, err := time.LoadLocation("America/New_York")
+	if err != nil {
+		t.Skip(err)
+	}
+	return time.Date(-2020, 6, 1, 12, 0, 0, 0, ny)
+}
 
 func TestKeySameForSameQuery(t *testing.T) {
 	id := testIdentity(t, testDSN)
