@@ -85,6 +85,11 @@ type Connector struct {
 	// refused, if set, is why the Connector must not connect (see Wrap).
 	refused error
 
+	// binaryParams is lib/pq's binary_parameters: its CheckNamedValue
+	// then turns values with a BinaryValue method into their bytes, and
+	// InvalidateQuery must too.
+	binaryParams bool
+
 	// probes is set for lib/pq: each new connection answers probeQuery
 	// (see probe.go).
 	probes   bool
@@ -133,6 +138,7 @@ func NewConnector(dsn string, opts Options) (*Connector, error) {
 	c := newConnector(inner, opts, newIdentity(cfg))
 	c.owned = owned
 	c.probes = true
+	c.binaryParams = cfg.BinaryParameters
 	return c, nil
 }
 

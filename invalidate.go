@@ -6,8 +6,10 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"math"
 	"reflect"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/lib/pq"
@@ -578,7 +580,7 @@ func (c *Connector) InvalidateQuery(ctx context.Context, query string, args ...a
 	}
 	named := make([]driver.NamedValue, len(args))
 	for i, v := range args {
-		dv, err := driverValue(v)
+		dv, err := driverValue(v, c.binaryParams)
 		if err != nil {
 			return fmt.Errorf("cachedpq: invalidate: argument %d: %w", i+1, err)
 		}
@@ -607,19 +609,54 @@ func (c *Connector) InvalidateQuery(ctx context.Context, query string, args ...a
 }
 
 // driverValue converts an argument the way database/sql and lib/pq do
-// before a query reaches the driver, so the key matches the query's.
-func driverValue(v any) (driver.Value, error) {
-	if vr, ok := v.(driver.Valuer); ok {
-		return vr.Value()
-	}
-	rv := reflect.ValueOf(v)
-	if rv.Kind() == reflect.Slice && rv.Type().Elem().Kind() != reflect.Uint8 {
-		return pq.Array(v).Value()
-	}
-	if u, ok := v.(uint64); ok && u >= 1<<63 {
-		return fmt.Sprint(u), nil
+// before a query reaches the driver, so the key matches the query's:
+// lib/pq's CheckNamedValue first (binary, as binary_parameters=yes), then,
+// where it declines, database/sql's default conversion, which calls Value
+// methods as database/sql does (a nil pointer to a type whose Value has a
+// value receiver is NULL, not a panic).
+func driverValue(v any, binary bool) (driver.Value, error) {
+	if dv, ok, err := pqCheckValue(v, binary); ok || err != nil {
+		return dv, err
 	}
 	return driver.DefaultParameterConverter.ConvertValue(v)
+}
+
+// pqCheckValue is lib/pq's conn.CheckNamedValue (v1.12): ok is false where
+// it returns driver.ErrSkip.
+func pqCheckValue(x any, binary bool) (v driver.Value, ok bool, err error) {
+	if binary {
+		if bin, is := x.(interface{ BinaryValue() ([]byte, error) }); is {
+			v, err = bin.BinaryValue()
+			return v, true, err
+		}
+	}
+	if _, is := x.(driver.Valuer); is {
+		return nil, false, nil // for pq.Array and the like
+	}
+	rv := reflect.ValueOf(x)
+	if !rv.IsValid() {
+		return nil, false, nil
+	}
+	t := rv.Type()
+	for t.Kind() == reflect.Pointer && rv.IsValid() {
+		t, rv = t.Elem(), rv.Elem()
+	}
+	// []byte and its kin (json.RawMessage) are left to database/sql.
+	if t.Kind() == reflect.Slice && t.Elem().Kind() == reflect.Uint8 {
+		return nil, false, nil
+	}
+	switch rv.Kind() {
+	case reflect.Slice:
+		v, err = pq.Array(rv.Interface()).Value()
+		return v, true, err
+	case reflect.Uint64:
+		u := rv.Uint()
+		if u >= math.MaxInt64 { // sic: MaxInt64 itself too
+			return strconv.FormatUint(u, 10), true, nil
+		}
+		return int64(u), true, nil
+	}
+	return nil, false, nil
 }
 
 // ConnectorOf returns the Connector behind a DB opened with the "cachedpq"

@@ -1,8 +1,16 @@
 package integration
 
 import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"fmt"
+	"math"
+	"reflect"
 	"testing"
 	"time"
+
+	"github.com/lib/pq"
 
 	"github.com/cachedpq/cachedpq"
 )
@@ -41,4 +49,63 @@ func TestKeyBCTimesInNamedZones(t *testing.T) {
 	forEachStore(t, func(t *testing.T, env *cacheEnv) {
 		argsAnswer(t, env, `select $1::timestamptz at time zone 'UTC'`, []any{named}, []any{fixed})
 	})
+}
+
+// TestInvalidateQueryConvertsArgumentsAsQueries: InvalidateQuery must
+// find the entry a query with the same arguments filled, so it must turn
+// them into driver values exactly as database/sql and lib/pq do: a nil
+// pointer to a type whose Value method has a value receiver is NULL (it
+// panicked), and lib/pq sends a uint64 of math.MaxInt64 as a string (the
+// key had an int64, and the entry survived). The query reads no table, so
+// that removing the entry is all the invalidation does.
+func TestInvalidateQueryConvertsArgumentsAsQueries(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		invalidateQueryArgs(t, env, `select $1::text as v, random() from generate_series(1, 1)`,
+			(*pq.NullTime)(nil), uint64(math.MaxInt64), &sql.NullString{String: "x", Valid: true})
+	})
+	// With binary_parameters=yes lib/pq sends what a BinaryValue method
+	// gives (hstore.Hstore has one), not what Value gives.
+	t.Run("binary_parameters", func(t *testing.T) {
+		schema := newSchema(t)
+		env := newEnvDSN(t, newRedis(t), schema, baseDSN()+" search_path="+schema+" binary_parameters=yes")
+		invalidateQueryArgs(t, env, `select $1::bytea as v, random() from generate_series(1, 1)`, binValue{})
+	})
+}
+
+// binValue is sent as "text" by Value and as "binary" by BinaryValue.
+type binValue struct{}
+
+func (binValue) Value() (driver.Value, error) { return "text", nil }
+func (binValue) BinaryValue() ([]byte, error) { return []byte("binary"), nil }
+
+// invalidateQueryArgs fills q's entry for each argument, invalidates it
+// with InvalidateQuery, and checks that the next read is not the entry.
+func invalidateQueryArgs(t *testing.T, env *cacheEnv, q string, args ...any) {
+	t.Helper()
+	env.register(t, q, cachedpq.Policy{AllowNondeterministic: true})
+	for _, arg := range args {
+		t.Run(fmt.Sprintf("%T", arg), func(t *testing.T) {
+			fills := env.stats().Fills
+			first := rowsOf(t, env.db, q, arg)
+			env.waitFills(t, fills+1)
+			if again := rowsOf(t, env.db, q, arg); !reflect.DeepEqual(again, first) {
+				t.Fatalf("not served from the cache: %v then %v", first, again)
+			}
+			var err error
+			func() {
+				defer func() {
+					if p := recover(); p != nil {
+						err = fmt.Errorf("panic: %v", p)
+					}
+				}()
+				err = env.conn.InvalidateQuery(context.Background(), q, arg)
+			}()
+			if err != nil {
+				t.Fatalf("InvalidateQuery(%#v): %v", arg, err)
+			}
+			if after := rowsOf(t, env.db, q, arg); reflect.DeepEqual(after, first) {
+				t.Fatalf("InvalidateQuery(%#v) left the entry: %v served again", arg, after)
+			}
+		})
+	}
 }
