@@ -325,8 +325,14 @@ type inner interface {
 	innerExec(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error)
 }
 
-// run runs the read's query on Postgres.
+// run runs the read's query on Postgres, unless ctx has ended (in a cache
+// lookup or wait): the caller gets its context's error, as database/sql
+// gives one whose context ended before the query, rather than a query
+// sent with an ended context, which lib/pq may fail to cancel.
 func (r *read) run(ctx context.Context) (driver.Rows, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	return r.src.innerQuery(ctx, r.query, r.args)
 }
 
@@ -583,7 +589,23 @@ func (e *engine) lead(ctx context.Context, f *flight, id string, r *read, seen [
 		}
 		return newReplayRows(&ent.snap), nil
 	}
-	stop := context.AfterFunc(ctx, f.leave)
+	stop := func() bool { return false }
+	if err := ctx.Err(); err != nil {
+		// The leader's context ended before its query began (while it
+		// waited for another process's lease, say). It leaves now, not in
+		// AfterFunc's goroutine: if nobody else waits, the query is not
+		// sent at all. lib/pq would send it, and its cancel request, racing
+		// the query, could arrive first and be lost, holding the caller
+		// until the query ended.
+		if f.leave(); f.ctx.Err() != nil {
+			end(nil)
+			e.releaseLease(r)
+			return nil, err
+		}
+		// Waiters remain: load for them; handOver returns err.
+	} else {
+		stop = context.AfterFunc(ctx, f.leave)
+	}
 	start := time.Now()
 	rows, err := r.run(f.ctx)
 	if err != nil {

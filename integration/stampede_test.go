@@ -438,3 +438,42 @@ func TestStaleWhileRevalidate(t *testing.T) {
 		}
 	})
 }
+
+// TestLeaseWaiterDeadline: a process whose deadline passes while it waits
+// for another process's fill lease returns context.DeadlineExceeded by its
+// deadline, without running the query, and keeps its connection. Before,
+// it ran the query on its ended context once the wait gave up: lib/pq's
+// cancel request, sent before the query reached Postgres, was lost, and the
+// call hung until the query ended (here, until the gate opened), or Postgres
+// cancelled it (57014) and lib/pq closed the connection; either way Postgres
+// ran the query twice.
+func TestLeaseWaiterDeadline(t *testing.T) {
+	rdb := newRedis(t)
+	env := newStressEnv(t, rdb, 2*time.Second)
+	env.register(t, countedQuery, cachedpq.Policy{})
+	other, _ := env.open(t, rdb, 2*time.Second) // the second process
+	release := sync.OnceFunc(env.holdGate(t))
+	leader := startLeader(t, env, context.Background(), 5) // holds the lease, held at the gate
+	// Lets a hung read end, so that it fails rather than the run.
+	defer time.AfterFunc(10*time.Second, release).Stop()
+
+	// The other process misses too, and waits for the leader's lease.
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := readItem(ctx, other, 5)
+	took := time.Since(start)
+	if !errors.Is(err, context.DeadlineExceeded) || took > 2*time.Second {
+		t.Fatalf("reader past its deadline: %v after %v, want context.DeadlineExceeded at once", err, took)
+	}
+	if n := env.calls(t); n != 1 {
+		t.Fatalf("Postgres ran the query %d times, want 1: the reader whose deadline passed ran it", n)
+	}
+	if n := other.Stats().OpenConnections; n != 1 {
+		t.Fatalf("the reader's process has %d connections open, want 1 (not cancelled)", n)
+	}
+	release()
+	if err := <-leader; err != nil {
+		t.Fatalf("leader: %v", err)
+	}
+}
