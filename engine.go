@@ -88,6 +88,9 @@ type engine struct {
 	// beforeFill, if set by a test, runs between the Postgres read and the
 	// cache fill of a miss.
 	beforeFill func(key string)
+	// beforeJoin, if set by a test, runs when a miss is about to join or
+	// lead a load of key.
+	beforeJoin func(key string)
 }
 
 func newEngine(c *Connector) *engine {
@@ -531,6 +534,9 @@ func coldFlightID(key string, seen []uint64) string {
 // rows, the others wait and replay the recorded result. holder is the
 // token of the fill lease under seen, if the lookup learnt it.
 func (e *engine) miss(ctx context.Context, r *read, seen []uint64, holder uint64) (driver.Rows, error) {
+	if e.beforeJoin != nil {
+		e.beforeJoin(r.key)
+	}
 	id := flightID(r.key, seen)
 	f, leader, cold := e.flights.join(id, coldFlightID(r.key, seen), ctx)
 	if !leader {
@@ -547,8 +553,32 @@ func (e *engine) miss(ctx context.Context, r *read, seen []uint64, holder uint64
 		}
 		return r.run(ctx) // the leader could not record: load for ourselves
 	}
+	if ent := e.filledMeanwhile(r); ent != nil {
+		e.flights.forget(id, f)
+		f.finish(ent)
+		e.note(r.rs, hitsF)
+		return newReplayRows(&ent.snap), nil
+	}
 	lr := *r // the recording callback keeps it; r stays on the caller's stack
 	return e.lead(ctx, f, id, &lr, seen, holder)
+}
+
+// filledMeanwhile returns the in-process store's entry for r if it is
+// current now. Another load of r's key may have stored it, and left the
+// flight group, between r's lookup and its join: r would lead a second
+// load. (With Redis, r's lookup learnt that load's lease, and r waits for
+// its entry instead; see awaitLease.)
+func (e *engine) filledMeanwhile(r *read) *entry {
+	ms, ok := e.store.(*memStore)
+	if !ok {
+		return nil
+	}
+	var sb [stampBufCap]uint64
+	ent, now, _ := ms.lookup(context.Background(), r.key, r.tags, sb[:0])
+	if ent == nil || ent.check != r.check || !sameStamps(ent.stamps, now) || time.Now().UnixNano() >= ent.expires {
+		return nil
+	}
+	return ent
 }
 
 // lead runs the query of a miss for every reader waiting on f.

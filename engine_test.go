@@ -611,3 +611,40 @@ func TestBeginTxJoiningATextTransaction(t *testing.T) {
 		t.Fatalf("after the commit: %q", got)
 	}
 }
+
+// TestMissAfterFillRunsNoQuery: a reader whose lookup missed joins the
+// loads of its key only after another load has stored the entry and left
+// the flight group; it must not run the query again. On the in-process
+// store it did: TestStampedeLeaderCancelled/memory ran the query twice in
+// about 1 of 100 runs on a loaded machine, where a reader was preempted
+// between its lookup and its join.
+func TestMissAfterFillRunsNoQuery(t *testing.T) {
+	eachStore(t, func(t *testing.T, rdb redis.UniversalClient) {
+		db, c, _ := engineDB(t, rdb)
+		if err := c.opts.Registry.Register(`select v from kv where k = $1`, Policy{TTL: time.Hour}); err != nil {
+			t.Fatal(err)
+		}
+		reached, proceed := make(chan struct{}), make(chan struct{})
+		var first atomic.Bool
+		c.eng.beforeJoin = func(string) {
+			if first.CompareAndSwap(false, true) { // not sync.Once: the other reader would wait in Do
+				close(reached)
+				<-proceed
+			}
+		}
+		late := make(chan string)
+		go func() { late <- getV(t, db, 1) }()
+		<-reached // the late reader missed, and has not joined yet
+		if got := getV(t, db, 1); got != "v1" {
+			t.Fatalf("the other reader got %q", got)
+		}
+		waitFor(t, func() bool { return c.Stats().Fills == 1 })
+		close(proceed)
+		if got := <-late; got != "v1" {
+			t.Fatalf("the late reader got %q", got)
+		}
+		if s := c.Stats(); s.Misses != 1 || s.Hits != 1 {
+			t.Fatalf("want one load and one hit: %+v", s.Counters)
+		}
+	})
+}
