@@ -32,20 +32,28 @@ import (
 
 // settingsQuery reads, as one text, the settings of a new session that
 // change what its queries return: the role it acts as, the settings that
-// change how values are found, compared and printed, and every setting
-// its role and database have of their own (ALTER ROLE/DATABASE ... SET),
+// change how values are found, compared and printed, and the settings its
+// role and database have of their own (ALTER ROLE/DATABASE ... SET),
 // custom ones (app.tenant, say) included, as a query may read those with
-// current_setting.
+// current_setting, but for harmlessSettings.
 const settingsQuery = `pg_catalog.concat_ws(E'\n', current_user,
 	pg_catalog.current_setting('search_path'), pg_catalog.current_setting('TimeZone'),
 	pg_catalog.current_setting('DateStyle'), pg_catalog.current_setting('IntervalStyle'),
 	pg_catalog.current_setting('extra_float_digits'), pg_catalog.current_setting('lc_monetary'),
 	pg_catalog.current_setting('lc_numeric'), pg_catalog.current_setting('lc_time'),
 	pg_catalog.current_setting('row_security'), pg_catalog.current_setting('default_text_search_config'),
-	(select pg_catalog.string_agg(pg_catalog.array_to_string(s.setconfig, E'\n'), E'\n' order by s.setdatabase, s.setrole)
-		from pg_catalog.pg_db_role_setting s
+	(select pg_catalog.string_agg(u.c, E'\n' order by s.setdatabase, s.setrole, u.o)
+		from pg_catalog.pg_db_role_setting s, pg_catalog.unnest(s.setconfig) with ordinality u(c, o)
 		where s.setdatabase in (0, (select d.oid from pg_catalog.pg_database d where d.datname = pg_catalog.current_database()))
-			and s.setrole in (0, pg_catalog.quote_ident(session_user)::pg_catalog.regrole)))`
+			and s.setrole in (0, pg_catalog.quote_ident(session_user)::pg_catalog.regrole)
+			and pg_catalog.split_part(u.c, '=', 1) not in (` + harmlessSettings + `)
+			and pg_catalog.split_part(u.c, '=', 1) !~ '^log_|_timeout$'))`
+
+// harmlessSettings are settings a role or database may have that change
+// no query's rows, only how long it may take, what it may use, or what is
+// logged (as do log_* and *_timeout): a change of one leaves the keys.
+const harmlessSettings = `'application_name', 'work_mem', 'maintenance_work_mem', 'temp_buffers',
+	'synchronous_commit', 'jit', 'random_page_cost', 'effective_cache_size'`
 
 // probeQuery reads whether the server is a standby, both infinities as
 // lib/pq decodes them, standard_conforming_strings and the settings.

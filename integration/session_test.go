@@ -353,6 +353,19 @@ func TestRoleSettingsChange(t *testing.T) {
 			t.Fatalf("before the change: %q, %+v", got, proc.stats().Counters)
 		}
 
+		// A setting that changes no rows leaves the keys: a new connection
+		// is served.
+		mustExec(t, env.raw, `alter role `+role+` set statement_timeout = '1min'`)
+		mustExec(t, env.raw, `alter role `+role+` set application_name = 'renamed'`)
+		harmless, err := proc.db.Conn(ctx) // held, so that the next is new too
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer harmless.Close()
+		if got := read(harmless); got != "a/one" || proc.stats().Hits != 2 {
+			t.Fatalf("after a harmless change: %q, %+v", got, proc.stats().Counters)
+		}
+
 		alter(env.schema+"_b", "two")
 		after, err := proc.db.Conn(ctx) // a new connection: before is in use
 		if err != nil {
@@ -367,8 +380,8 @@ func TestRoleSettingsChange(t *testing.T) {
 		if got := read(before); got != "a/one" {
 			t.Fatalf("the connection opened before the change read %q", got)
 		}
-		if s := proc.stats(); s.Bypass["server_settings"] != 2 || s.Hits != 2 {
-			t.Errorf("want 2 reads skipping the cache for their settings and 2 hits: %+v", s.Counters)
+		if s := proc.stats(); s.Bypass["server_settings"] != 2 || s.Hits != 3 {
+			t.Errorf("want 2 reads skipping the cache for their settings and 3 hits: %+v", s.Counters)
 		}
 
 		// A process started after the change, sharing the cache.
