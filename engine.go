@@ -660,7 +660,7 @@ func (e *engine) lead(ctx context.Context, f *flight, id string, r *read, seen [
 		// Readers who come while the entry is being stored get it from the
 		// flight, rather than miss the cache and wait for our lease.
 		f.finish(ent)
-		e.store1(r, ent, forget)
+		e.store1(r, ent, &f.void, forget)
 	})
 	return e.handOver(ctx, rec)
 }
@@ -719,9 +719,13 @@ func (r *registration) ttl(empty bool) time.Duration {
 // store1 writes a recorded entry off the caller's path: inline for the
 // in-process store (a map write), in the background for Redis. It calls
 // stored once a lookup finds the entry, or once it is clear none will.
-func (e *engine) store1(r *read, ent *entry, stored func()) {
+// Once void is set (InvalidateQuery removed the key since the load began)
+// it stores nothing: for a query that reads no table, no stamp tells the
+// entry is old. (A fill already on its way may still land after the
+// removal.)
+func (e *engine) store1(r *read, ent *entry, void *atomic.Bool, stored func()) {
 	ttl := time.Duration(ent.expires-ent.created) + r.reg.policy.StaleFor
-	if ent.expires <= ent.created {
+	if ent.expires <= ent.created || void.Load() {
 		e.storeNothing(r, stored)
 		return
 	}
@@ -739,6 +743,10 @@ func (e *engine) store1(r *read, ent *entry, stored func()) {
 	started := e.goBackground(func() {
 		if e.beforeFill != nil {
 			e.beforeFill(r.key)
+		}
+		if void.Load() { // InvalidateQuery removed the key since the load began
+			e.storeNothing(r, stored)
+			return
 		}
 		ctx, cancel := withCacheTimeout(context.Background(), fillTimeout)
 		defer cancel()

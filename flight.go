@@ -2,7 +2,9 @@ package cachedpq
 
 import (
 	"context"
+	"strings"
 	"sync"
+	"sync/atomic"
 )
 
 // flight is one load of a missing entry that concurrent readers of the same
@@ -19,6 +21,10 @@ type flight struct {
 	mu      sync.Mutex // guards parties and ended
 	parties int        // the leader and the waiters still interested
 	ended   bool
+
+	// void is set when InvalidateQuery removed the key while the load
+	// ran: its entry is handed to the readers already waiting, not stored.
+	void atomic.Bool
 }
 
 // flightGroup holds the flights in progress, by key and the stamps their
@@ -74,6 +80,20 @@ func (g *flightGroup) alias(id string, f *flight) bool {
 	}
 	g.flights[id] = f
 	return true
+}
+
+// voidKey removes the flights of key from the group and marks them void:
+// readers that come later load afresh, and the loads do not store.
+// Flights are named by their key and 8 bytes per stamp (see flightID).
+func (g *flightGroup) voidKey(key string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for id, f := range g.flights {
+		if strings.HasPrefix(id, key) && (len(id)-len(key))%8 == 0 {
+			f.void.Store(true)
+			delete(g.flights, id)
+		}
+	}
 }
 
 // forget removes f from the group, so that later readers start afresh.

@@ -600,6 +600,11 @@ func (c *Connector) InvalidateQuery(ctx context.Context, query string, args ...a
 		return fmt.Errorf("cachedpq: invalidate: %w", err)
 	}
 	key, _, _ := appendKey(nil, c.eng.opts.Prefix, reg.name, c.eng.id.Load(), reg.a, named)
+	// A load of the key that has stored its entry may still be in the
+	// flight group, whose later readers it would serve: for a query that
+	// reads no table, whose stamps do not change, they would see the same
+	// stamps, and join it.
+	c.eng.flights.voidKey(string(key))
 	rctx, cancel := c.eng.cacheCtx(ctx)
 	defer cancel()
 	if err := c.eng.store.remove(rctx, string(key)); err != nil {

@@ -103,9 +103,14 @@ func invalidateQueryArgs(t *testing.T, env *cacheEnv, q string, args ...any) {
 			if err != nil {
 				t.Fatalf("InvalidateQuery(%#v): %v", arg, err)
 			}
+			fills = env.stats().Fills
 			if after := rowsOf(t, env.db, q, arg); reflect.DeepEqual(after, first) {
 				t.Fatalf("InvalidateQuery(%#v) left the entry: %v served again", arg, after)
 			}
+			// The next argument's first fill must not be this one's: it
+			// waited for any fill (one in 20 runs failed so, the entry
+			// being filled after InvalidateQuery).
+			env.waitFills(t, fills+1)
 		})
 	}
 }
