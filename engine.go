@@ -721,8 +721,8 @@ func (r *registration) ttl(empty bool) time.Duration {
 // stored once a lookup finds the entry, or once it is clear none will.
 // Once void is set (InvalidateQuery removed the key since the load began)
 // it stores nothing: for a query that reads no table, no stamp tells the
-// entry is old. (A fill already on its way may still land after the
-// removal.)
+// entry is old. A fill that void was set during is removed again:
+// InvalidateQuery's own removal may have come before it.
 func (e *engine) store1(r *read, ent *entry, void *atomic.Bool, stored func()) {
 	ttl := time.Duration(ent.expires-ent.created) + r.reg.policy.StaleFor
 	if ent.expires <= ent.created || void.Load() {
@@ -736,17 +736,18 @@ func (e *engine) store1(r *read, ent *entry, void *atomic.Bool, stored func()) {
 		}
 		ent.size = ent.snap.approxSize()
 		e.fillNow(context.Background(), r, ent, ttl, tags, 0)
+		e.removeIfVoid(context.Background(), r, void)
 		stored()
 		e.refreshers.Delete(r.key)
 		return
 	}
 	started := e.goBackground(func() {
-		if e.beforeFill != nil {
-			e.beforeFill(r.key)
-		}
 		if void.Load() { // InvalidateQuery removed the key since the load began
 			e.storeNothing(r, stored)
 			return
+		}
+		if e.beforeFill != nil {
+			e.beforeFill(r.key)
 		}
 		ctx, cancel := withCacheTimeout(context.Background(), fillTimeout)
 		defer cancel()
@@ -755,11 +756,25 @@ func (e *engine) store1(r *read, ent *entry, void *atomic.Bool, stored func()) {
 			token = h.token // released with the fill
 		}
 		e.fillNow(ctx, r, ent, ttl, tags, token)
+		e.removeIfVoid(ctx, r, void)
 		stored()
 		e.refreshers.Delete(r.key) // only now does a lookup see the new entry
 	})
 	if !started { // closed: the next process to miss fills it
 		e.storeNothing(r, stored)
+	}
+}
+
+// removeIfVoid removes the entry r's load has just stored if void is set:
+// InvalidateQuery voids the loads of a key before it removes the key, so
+// a fill it came during may have landed after its removal. A failed
+// removal counts as a cache failure, which voids the namespace.
+func (e *engine) removeIfVoid(ctx context.Context, r *read, void *atomic.Bool) {
+	if !void.Load() {
+		return
+	}
+	if err := e.store.remove(ctx, r.key); err != nil {
+		e.fail(ctx, "remove", err)
 	}
 }
 

@@ -672,3 +672,37 @@ func TestMissAfterFillRunsNoQuery(t *testing.T) {
 		}
 	})
 }
+
+// TestInvalidateQueryDuringFill: InvalidateQuery comes while a load of its
+// key is being stored, its removal before the fill lands. For a query
+// that reads no table no stamp tells the entry is old: the fill must be
+// removed again (it was served until its TTL).
+func TestInvalidateQueryDuringFill(t *testing.T) {
+	eachStore(t, func(t *testing.T, rdb redis.UniversalClient) {
+		db, c, _ := engineDB(t, rdb)
+		const q = `select random()::text where $1::int > 0`
+		if err := c.opts.Registry.Register(q, Policy{TTL: time.Hour, AllowNondeterministic: true}); err != nil {
+			t.Fatal(err)
+		}
+		var first atomic.Bool
+		c.eng.beforeFill = func(string) {
+			if first.CompareAndSwap(false, true) {
+				if err := c.InvalidateQuery(context.Background(), q, 1); err != nil {
+					t.Error(err)
+				}
+			}
+		}
+		read := func() string {
+			var v string
+			if err := db.QueryRow(q, 1).Scan(&v); err != nil {
+				t.Fatal(err)
+			}
+			c.eng.bg.Wait()
+			return v
+		}
+		before := read()
+		if after := read(); after == before {
+			t.Fatalf("the entry filled during InvalidateQuery was served: %q (stats %+v)", after, c.Stats().Counters)
+		}
+	})
+}
