@@ -575,7 +575,7 @@ func (e *engine) filledMeanwhile(r *read) *entry {
 	}
 	var sb [stampBufCap]uint64
 	ent, now, _ := ms.lookup(context.Background(), r.key, r.tags, sb[:0])
-	if ent == nil || ent.check != r.check || !sameStamps(ent.stamps, now) || time.Now().UnixNano() >= ent.expires {
+	if !usable(r, ent, now, now) {
 		return nil
 	}
 	return ent

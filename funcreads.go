@@ -61,9 +61,8 @@ type funcIndex struct {
 	viewCalls map[string][]string // view -> schema-qualified user functions it calls
 }
 
-// loadFuncReads reads what reads needs besides funcs, the user functions
-// funcQuery listed.
-func (cat *catalog) loadFuncReads(ctx context.Context, ci driver.Conn, funcs []userFunc) error {
+// newFuncIndex indexes funcs by name; the rest is empty.
+func newFuncIndex(funcs []userFunc) *funcIndex {
 	ix := &funcIndex{
 		funcs:     funcs,
 		byName:    map[string][]int{},
@@ -77,6 +76,13 @@ func (cat *catalog) loadFuncReads(ctx context.Context, ci driver.Conn, funcs []u
 		q := f.schema + "." + f.name
 		ix.byName[q] = append(ix.byName[q], i)
 	}
+	return ix
+}
+
+// loadFuncReads reads what reads needs besides funcs, the user functions
+// funcQuery listed.
+func (cat *catalog) loadFuncReads(ctx context.Context, ci driver.Conn, funcs []userFunc) error {
+	ix := newFuncIndex(funcs)
 	err := catalogRows(ctx, ci, relQuery, 1, func(r []driver.Value) {
 		ix.relations[textOf(r[0])] = true
 	})

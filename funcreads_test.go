@@ -19,19 +19,12 @@ func testFuncCatalog() *catalog {
 		{schema: "public", name: "py", lang: "plpython3u", src: `return 1`},
 		{schema: "public", name: "abs2", lang: "c", src: `abs2`},
 	}
-	cat := &catalog{bases: map[string][]string{"summary": {"orders"}}}
-	cat.fns = &funcIndex{
-		funcs:     funcs,
-		byName:    map[string][]int{},
-		relations: map[string]bool{"users": true, "labels": true, "orders": true, "items": true, "summary": true},
-		atomic:    map[string][]string{"public.atomic": {"items"}},
-		atomicFns: map[string][]string{},
-		viewCalls: map[string][]string{"summary": {"public.outer_name"}},
+	cat := &catalog{bases: map[string][]string{"summary": {"orders"}}, fns: newFuncIndex(funcs)}
+	for _, r := range []string{"users", "labels", "orders", "items", "summary"} {
+		cat.fns.relations[r] = true
 	}
-	for i, f := range funcs {
-		cat.fns.byName[f.name] = append(cat.fns.byName[f.name], i)
-		cat.fns.byName[f.schema+"."+f.name] = append(cat.fns.byName[f.schema+"."+f.name], i)
-	}
+	cat.fns.atomic["public.atomic"] = []string{"items"}
+	cat.fns.viewCalls["summary"] = []string{"public.outer_name"}
 	return cat
 }
 
