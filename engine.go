@@ -114,6 +114,7 @@ func newEngine(c *Connector) *engine {
 		e.lookups.fn, e.lookups.timeout = e.lookupOnce, c.opts.Timeout
 		e.leasing = rb.leasing()
 		rb.step = c.opts.Timeout
+		rb.background = e.goBackground
 		if w := rb.watch; w != nil {
 			w.onVoid = e.serverChanged
 			w.onOff = func(err error) {

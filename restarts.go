@@ -280,7 +280,11 @@ func (s *redisStore) checkServer(ctx context.Context, seen string) (id string, r
 	// record names this one (see the file comment): a restart or a failover
 	// voids it once in every process.
 	moved := boolArg(seen != "" && seen != id)
-	result, err = serverCheckScript.Run(ctx, s.c, keys, id, formatStamp(newStamp()), moved).Int()
+	epoch := newStamp()
+	result, err = serverCheckScript.Run(ctx, s.c, keys, id, formatStamp(epoch), moved).Int()
+	if err == nil && result != 0 {
+		s.saw([]string{epochTag}, []uint64{epoch})
+	}
 	return id, result, nil, err
 }
 

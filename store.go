@@ -127,11 +127,15 @@ func (b *redisBackend) lookupLease(ctx context.Context, key string, tags []strin
 		val    []byte
 		stamps []uint64
 		holder uint64
+		upkeep func(context.Context)
 	}
 	a, err := lookupChecked(ctx, b.redisStore, func(ctx context.Context) (answer, error) {
-		val, stamps, holder, err := b.redisStore.lookupLease(ctx, key, tags, ttl, always, token)
-		return answer{val, stamps, holder}, err
+		val, stamps, holder, upkeep, err := b.redisStore.lookupLeaseUpkeep(ctx, key, tags, ttl, always, token)
+		return answer{val, stamps, holder, upkeep}, err
 	})
+	if err == nil && a.upkeep != nil { // not while lookupChecked tries: its dials would call for more tries
+		b.later(a.upkeep)
+	}
 	val, stamps, holder := a.val, a.stamps, a.holder
 	if err != nil || val == nil {
 		return nil, stamps, holder, err

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -111,4 +112,47 @@ func BenchmarkStoreRedisPaired(b *testing.B) {
 	b.ReportMetric(float64(raw.Nanoseconds())/float64(b.N), "raw-ns/op")
 	b.ReportMetric(float64(look.Nanoseconds())/float64(b.N), "lookup-ns/op")
 	b.ReportMetric(float64(look)/float64(raw), "lookup/raw")
+}
+
+// BenchmarkLeaseTrips is a miss's lookup, which takes the fill lease, each
+// right after a Postgres query as on a miss: the lease pipeline (see
+// leaseByGuess), the lookup script it stands in for, and a raw go-redis
+// GET of a missing key, the round trip a miss's floor allows.
+func BenchmarkLeaseTrips(b *testing.B) {
+	raw, _ := benchDB(b, "raw")
+	c := testRedis(b)
+	ctx := context.Background()
+	s := newRedisStore(c, testPrefix(b, c))
+	_, err := s.readStamps(ctx, benchTags) // the guess: the stamps seen last
+	must(b, err)
+	must(b, lookupScript.Load(ctx, c).Err())
+	i := 0
+	lease := func(script bool) func() {
+		return func() {
+			i++
+			key := s.prefix + ":e:" + strconv.Itoa(i)
+			var err error
+			if script { // as lookupLease runs it when the guess fails
+				keys := []string{key, leaseKey(key)}
+				args := []any{int64(10_000), formatStamp(newStamp()), "0"}
+				for _, tag := range benchTags {
+					keys = append(keys, s.stampKey(tag))
+					args = append(args, formatStamp(newStamp()))
+				}
+				err = lookupScript.Run(ctx, c, keys, args...).Err()
+			} else {
+				_, _, _, err = s.lookupLease(ctx, key, benchTags, 10*time.Second, false, newStamp())
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	j := int64(0)
+	query := func() { j++; benchScan(b, raw, benchMiss, j%benchRows+1, j) }
+	runPaired(b, []pairedOp{
+		{name: "get", run: func() { missingGet(b, c) }, settle: query},
+		{name: "pipeline", run: lease(false), settle: query},
+		{name: "script", run: lease(true), settle: query},
+	}, [2]string{"pipeline", "get"}, [2]string{"script", "get"})
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"testing"
@@ -498,5 +499,82 @@ func TestRedisStoreLookupLeaseForeign(t *testing.T) {
 func TestRedisStoreClusterRunsNoScripts(t *testing.T) {
 	if s := newRedisStore(redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{"127.0.0.1:1"}}), "p"); s.scripts {
 		t.Fatal("a cluster client would run a script over keys on several nodes")
+	}
+}
+
+// TestLeaseByGuess checks the lease pipeline against the script it stands
+// in for: it settles a lookup only when the stamps it guessed are the
+// current ones and the lease is free, or held under them; otherwise
+// lookupLease runs the script, whose answer names the current stamps. A
+// lease taken beside a current entry is given back.
+func TestLeaseByGuess(t *testing.T) {
+	c := testRedis(t)
+	ctx := testCtx(t)
+	s := newRedisStore(c, testPrefix(t, c))
+	key, tags := s.prefix+":e:g", []string{"a", "b"}
+	if _, ok := s.guess(tags); ok {
+		t.Fatal("a guess before any stamp was seen")
+	}
+	stamps, err := s.readStamps(ctx, tags)
+	must(t, err)
+	guess, ok := s.guess(tags)
+	if !ok || string(guess) != stampTag(stamps) {
+		t.Fatalf("guess %q after reading %v", guess, stamps)
+	}
+	leaseOf := func() string { return c.Get(ctx, leaseKey(key)).Val() }
+
+	// A right guess: the pipeline takes the lease, or names its holder.
+	tok := newStamp()
+	_, got, holder, upkeep, done, err := s.leaseByGuess(ctx, key, tags, time.Minute, false, tok, guess)
+	must(t, err)
+	if !done || holder != tok || upkeep != nil || !slices.Equal(got, stamps) {
+		t.Fatalf("right guess = %v, holder %d, done %v", got, holder, done)
+	}
+	if leaseOf() != formatStamp(tok)+"|"+stampTag(stamps) {
+		t.Fatalf("lease stored as %q", leaseOf())
+	}
+	if _, _, h, _, done, _ := s.leaseByGuess(ctx, key, tags, time.Minute, false, newStamp(), guess); !done || h != tok {
+		t.Fatalf("a second lookup: holder %d (want %d), done %v", h, tok, done)
+	}
+
+	// Another process writes: the guess is stale. The pipeline does not
+	// settle, the script replaces the lease held under the old stamps.
+	must(t, c.Set(ctx, s.stampKey("b"), formatStamp(newStamp()), 0).Err())
+	tok2 := newStamp()
+	if _, _, _, _, done, err := s.leaseByGuess(ctx, key, tags, time.Minute, false, tok2, guess); err != nil || done {
+		t.Fatalf("a stale guess settled the lookup: %v", err)
+	}
+	must(t, c.Set(ctx, s.stampKey("a"), formatStamp(newStamp()), 0).Err())
+	_, now, holder, err := s.lookupLease(ctx, key, tags, time.Minute, false, tok2)
+	must(t, err)
+	if holder != tok2 || leaseOf() != formatStamp(tok2)+"|"+stampTag(now) {
+		t.Fatalf("after another's write: holder %d (want %d), lease %q, stamps %v", holder, tok2, leaseOf(), now)
+	}
+	if g, _ := s.guess(tags); string(g) != stampTag(now) {
+		t.Fatalf("the guess %q did not learn the stamps %v", g, now)
+	}
+
+	// A current entry: the lease the pipeline took is given back.
+	must(t, s.releaseLease(ctx, key, tok2))
+	cur := stampTag(now) + "|entry"
+	must(t, s.fill(ctx, key, []byte(cur), time.Minute, tags))
+	val, _, holder, err := s.lookupLease(ctx, key, tags, time.Minute, false, newStamp())
+	if err != nil || string(val) != cur || holder != 0 {
+		t.Fatalf("hit = %q, holder %d, %v", val, holder, err)
+	}
+	if n := c.Exists(ctx, leaseKey(key)).Val(); n != 0 {
+		t.Fatalf("the hit left the lease it took: %q", leaseOf())
+	}
+
+	// A stamp gone (evicted): the script creates it.
+	must(t, c.Del(ctx, s.stampKey("a")).Err())
+	tok3 := newStamp()
+	if _, _, _, _, done, _ := s.leaseByGuess(ctx, key, tags, time.Minute, false, tok3, guess); done {
+		t.Fatal("a missing stamp settled the lookup")
+	}
+	_, fresh, holder, err := s.lookupLease(ctx, key, tags, time.Minute, false, tok3)
+	must(t, err)
+	if fresh[0] == 0 || fresh[0] == now[0] || holder != tok3 {
+		t.Fatalf("after eviction: stamps %v (before %v), holder %d", fresh, now, holder)
 	}
 }
