@@ -115,6 +115,10 @@ func newEngine(c *Connector) *engine {
 		e.leasing = rb.leasing()
 		rb.step = c.opts.Timeout
 		rb.background = e.goBackground
+		rb.unclaimed = func(token uint64) bool {
+			v, ok := e.leases.Load(token)
+			return !ok || e.withdraw(v.(*heldLease))
+		}
 		if w := rb.watch; w != nil {
 			w.onVoid = e.serverChanged
 			w.onOff = func(err error) {

@@ -76,6 +76,10 @@ type redisBackend struct {
 	*redisStore
 	maxBytes int         // decode limit, the largest MaxBytes a policy may have
 	memo     *decodeMemo // nil: every lookup decodes
+	// unclaimed, if set, withdraws the lease asked for under token, and
+	// reports false if a load here claimed it first: that load holds it
+	// now, and a lookup's upkeep must not give it back.
+	unclaimed func(token uint64) bool
 }
 
 func (b *redisBackend) lookup(ctx context.Context, key string, tags []string, buf []uint64) (*entry, []uint64, error) {
@@ -133,7 +137,11 @@ func (b *redisBackend) lookupLease(ctx context.Context, key string, tags []strin
 		val, stamps, holder, upkeep, err := b.redisStore.lookupLeaseUpkeep(ctx, key, tags, ttl, always, token)
 		return answer{val, stamps, holder, upkeep}, err
 	})
-	if err == nil && a.upkeep != nil { // not while lookupChecked tries: its dials would call for more tries
+	// Not while lookupChecked tries: its dials would call for more tries.
+	// A load here told by its own lookup that token holds the lease may
+	// have claimed it while this answer was on its way: it is then that
+	// load's to give back.
+	if err == nil && a.upkeep != nil && (b.unclaimed == nil || b.unclaimed(token)) {
 		b.later(a.upkeep)
 	}
 	val, stamps, holder := a.val, a.stamps, a.holder

@@ -1,0 +1,90 @@
+package cachedpq
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// pausePipeline is a go-redis hook that, once armed, holds back the reply
+// of the next pipeline after Redis ran it, until resume is closed: another
+// reader's round trip then comes between the pipeline and its caller.
+type pausePipeline struct {
+	armed  atomic.Bool
+	ran    chan struct{}
+	resume chan struct{}
+}
+
+func (h *pausePipeline) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (h *pausePipeline) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+
+func (h *pausePipeline) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		err := next(ctx, cmds)
+		if h.armed.CompareAndSwap(true, false) {
+			close(h.ran)
+			<-h.resume
+		}
+		return err
+	}
+}
+
+// TestHitLeaseClaimedMeanwhile: the lease pipeline takes the lease beside
+// a current entry, and the answer says nobody holds it. Its token is
+// registered here before the request leaves, so a load of this process
+// told (by its own lookup, while the hit's answer is on its way) that the
+// token holds the lease claims it, and loads under it. The hit's give-back
+// must then leave the lease to that load: released, it no longer keeps
+// the other processes' readers from loading too.
+func TestHitLeaseClaimedMeanwhile(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: testRedis(t).Options().Addr})
+	t.Cleanup(func() { rdb.Close() })
+	pause := &pausePipeline{ran: make(chan struct{}), resume: make(chan struct{})}
+	rdb.AddHook(pause)
+	_, c, _ := engineDB(t, rdb)
+	e := c.eng
+	rb := e.direct.(*redisBackend)
+	ctx := context.Background()
+	key, tags := c.opts.Prefix+":kv:hitclaim", []string{"public.kv", epochTag}
+
+	// A first lookup checks the server, which gives the namespace its epoch.
+	_, _, _, err := e.storeLookup(ctx, key+":warm", tags)
+	must(t, err)
+	e.bg.Wait()
+	stamps, err := rb.readStamps(ctx, tags)
+	must(t, err)
+	now := time.Now()
+	ent := &entry{stamps: stamps, created: now.UnixNano(), expires: now.Add(time.Hour).UnixNano(),
+		snap: snapshot{columns: []column{{name: "v"}}}}
+	must(t, rb.fill(ctx, key, ent, time.Hour, tags))
+
+	// The hit: its pipeline takes the lease, and its answer is held back.
+	pause.armed.Store(true)
+	hit := make(chan error, 1)
+	go func() {
+		got, _, holder, err := e.storeLookup(ctx, key, tags)
+		if err == nil && (got == nil || holder != 0) {
+			t.Errorf("the hit: entry %v, holder %d", got, holder)
+		}
+		hit <- err
+	}()
+	<-pause.ran
+	// An early refresh of the entry asks for the lease meanwhile: it is
+	// told the hit's token holds it, and claims it.
+	r := &read{key: key, tags: tags, replaces: ent.created}
+	got, load, err := e.takeLease(ctx, r, stamps)
+	must(t, err)
+	if got != nil || !load || r.held == nil {
+		t.Fatalf("the refresh: entry %v, load %v, held %+v", got, load, r.held)
+	}
+	close(pause.resume)
+	must(t, <-hit)
+	e.bg.Wait()
+	if v := rdb.Get(ctx, leaseKey(key)).Val(); v != formatStamp(r.held.token)+"|"+stampTag(stamps) {
+		t.Fatalf("the refresh loads under lease %d, but Redis holds %q", r.held.token, v)
+	}
+	e.releaseLease(r)
+}
