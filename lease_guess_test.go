@@ -2,6 +2,7 @@ package cachedpq
 
 import (
 	"context"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -87,4 +88,50 @@ func TestHitLeaseClaimedMeanwhile(t *testing.T) {
 		t.Fatalf("the refresh loads under lease %d, but Redis holds %q", r.held.token, v)
 	}
 	e.releaseLease(r)
+}
+
+// TestExpiredHitLeaseFree: a lookup that finds its entry expired (current
+// stamps, past its expiry: kept for StaleFor, or for the query's time) is
+// answered as the script answers it, a current entry that nobody leases;
+// the reader that reloads it then asks for the lease (takeLease), and must
+// get it at once, as it did after the script. The lease pipeline takes
+// the lease beside the entry and gives it back in the background: the
+// reload finds it held, by a lease of this very process that no load will
+// use, and waits leasePollMin and two more round trips for the give-back
+// (or, should the give-back fail, until the lease expires).
+func TestExpiredHitLeaseFree(t *testing.T) {
+	_, c, _ := engineDB(t, testRedis(t))
+	e := c.eng
+	rb := e.direct.(*redisBackend)
+	ctx := context.Background()
+	tags := []string{"public.kv", epochTag}
+	_, _, _, err := e.storeLookup(ctx, c.opts.Prefix+":kv:warm", tags) // checks the server
+	must(t, err)
+	e.bg.Wait()
+	held := 0
+	for i := range 20 {
+		key := fmt.Sprintf("%s:kv:expired%d", c.opts.Prefix, i)
+		stamps, err := rb.readStamps(ctx, tags)
+		must(t, err)
+		now := time.Now()
+		ent := &entry{stamps: stamps, created: now.Add(-2 * time.Hour).UnixNano(), expires: now.Add(-time.Hour).UnixNano(),
+			snap: snapshot{columns: []column{{name: "v"}}}}
+		must(t, rb.fill(ctx, key, ent, time.Hour, tags))
+		got, seen, _, err := e.storeLookup(ctx, key, tags)
+		must(t, err)
+		if got == nil || !sameStamps(got.stamps, seen) {
+			t.Fatalf("the lookup found no current entry: %v", got)
+		}
+		r := &read{key: key, tags: tags}
+		if got, load, err := e.takeLease(ctx, r, seen); err != nil || got != nil {
+			t.Fatalf("the reload: entry %v, %v", got, err)
+		} else if !load {
+			held++
+		}
+		e.releaseLease(r)
+		e.bg.Wait()
+	}
+	if held != 0 {
+		t.Fatalf("the reload of an expired entry found the lease held %d times of 20", held)
+	}
 }

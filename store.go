@@ -141,14 +141,30 @@ func (b *redisBackend) lookupLease(ctx context.Context, key string, tags []strin
 	// A load here told by its own lookup that token holds the lease may
 	// have claimed it while this answer was on its way: it is then that
 	// load's to give back.
-	if err == nil && a.upkeep != nil && (b.unclaimed == nil || b.unclaimed(token)) {
-		b.later(a.upkeep)
+	upkeep := a.upkeep
+	if err != nil || upkeep != nil && b.unclaimed != nil && !b.unclaimed(token) {
+		upkeep = nil
 	}
 	val, stamps, holder := a.val, a.stamps, a.holder
 	if err != nil || val == nil {
+		if upkeep != nil {
+			b.later(upkeep)
+		}
 		return nil, stamps, holder, err
 	}
 	e, err := b.decode(val)
+	switch {
+	case upkeep == nil:
+	case err == nil && time.Now().UnixNano() >= e.expires:
+		// The entry is current but expired: its reader reloads it, and
+		// asks for the lease at once. Given back in the background, the
+		// lease would still be held then, by nobody's load.
+		ctx, cancel := b.stepCtx(ctx)
+		upkeep(ctx)
+		cancel()
+	default:
+		b.later(upkeep)
+	}
 	return e, stamps, holder, err
 }
 
