@@ -3,6 +3,7 @@ package cachedpq
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -133,5 +134,83 @@ func TestExpiredHitLeaseFree(t *testing.T) {
 	}
 	if held != 0 {
 		t.Fatalf("the reload of an expired entry found the lease held %d times of 20", held)
+	}
+}
+
+// splitPipeline is a go-redis hook that, once armed, runs the next
+// pipeline's first command, calls between, then runs the rest: Redis does
+// not promise to run a pipeline's commands without other clients' commands
+// between them. A transaction's come before it (EXEC runs them at once).
+type splitPipeline struct {
+	armed   atomic.Bool
+	between func()
+}
+
+func (h *splitPipeline) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (h *splitPipeline) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+
+func (h *splitPipeline) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if len(cmds) < 2 || !h.armed.CompareAndSwap(true, false) {
+			return next(ctx, cmds)
+		}
+		if cmds[0].Name() == "multi" { // nothing comes between MULTI and EXEC
+			h.between()
+			return next(ctx, cmds)
+		}
+		err := next(ctx, cmds[:1])
+		h.between()
+		if err2 := next(ctx, cmds[1:]); err == nil {
+			err = err2
+		}
+		return err
+	}
+}
+
+// TestLeaseByGuessInterleaved: the holder of the lease fills the entry and
+// lets the lease go between the pipeline's MGET and its SET. The script,
+// run before or after, would answer "that holder" or "a current entry";
+// the pipeline must not answer "a stale entry, and the lease is yours",
+// which loads the entry a second time.
+func TestLeaseByGuessInterleaved(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: testRedis(t).Options().Addr})
+	t.Cleanup(func() { rdb.Close() })
+	split := &splitPipeline{}
+	rdb.AddHook(split)
+	ctx := testCtx(t)
+	s := newRedisStore(rdb, testPrefix(t, rdb))
+	key, tags := s.prefix+":e:split", []string{"a"}
+	stamps, err := s.readStamps(ctx, tags)
+	must(t, err)
+	other := newStamp()
+	must(t, rdb.Set(ctx, leaseKey(key), formatStamp(other)+"|"+stampTag(stamps), time.Minute).Err())
+	cur := stampTag(stamps) + "|entry"
+	split.between = func() {
+		must(t, s.fillReleasing(ctx, key, []byte(cur), time.Minute, tags, other))
+	}
+	split.armed.Store(true)
+	tok := newStamp()
+	val, _, holder, err := s.lookupLease(ctx, key, tags, time.Minute, false, tok)
+	must(t, err)
+	if holder == tok && string(val) != cur {
+		t.Fatalf("the lookup took the lease beside a stale entry (%q) that its holder had filled meanwhile", val)
+	}
+}
+
+// TestLeaseByGuessForeignLease: a lease key of another type fails the SET
+// in the transaction, not the MGET: the script replaces it.
+func TestLeaseByGuessForeignLease(t *testing.T) {
+	c := testRedis(t)
+	ctx := testCtx(t)
+	s := newRedisStore(c, testPrefix(t, c))
+	key, tags := s.prefix+":e:foreign", []string{"a"}
+	stamps, err := s.readStamps(ctx, tags)
+	must(t, err)
+	must(t, c.RPush(ctx, leaseKey(key), "x").Err())
+	tok := newStamp()
+	_, got, holder, err := s.lookupLease(ctx, key, tags, time.Minute, false, tok)
+	must(t, err)
+	if holder != tok || !slices.Equal(got, stamps) || c.Get(ctx, leaseKey(key)).Val() != formatStamp(tok)+"|"+stampTag(stamps) {
+		t.Fatalf("foreign lease: holder %d (want %d), stamps %v (want %v)", holder, tok, got, stamps)
 	}
 }

@@ -50,6 +50,7 @@ import (
 type redisClient interface {
 	redis.Scripter
 	Pipeline() redis.Pipeliner
+	TxPipeline() redis.Pipeliner
 	Process(ctx context.Context, cmd redis.Cmder) error
 	Ping(ctx context.Context) *redis.StatusCmd
 	SetArgs(ctx context.Context, key string, value any, a redis.SetArgs) *redis.StatusCmd
@@ -719,7 +720,11 @@ func (s *redisStore) leaseByGuess(ctx context.Context, key string, tags []string
 	lease := make([]byte, 0, 20+1+len(guess))
 	lease = append(strconv.AppendUint(lease, token, 10), '|')
 	lease = append(lease, guess...)
-	pipe := s.c.Pipeline()
+	// MULTI/EXEC, in the same round trip: another client's commands
+	// between the MGET and the SET could fill the entry and let its lease
+	// go, and the SET would then take the lease beside an entry the MGET
+	// saw stale, for a second load.
+	pipe := s.c.TxPipeline()
 	mget := redis.NewSliceCmd(ctx, args...)
 	_ = pipe.Process(ctx, mget)
 	set := pipe.SetArgs(ctx, leaseKey(key), lease, redis.SetArgs{Mode: "NX", Get: true, TTL: ttl})
