@@ -693,8 +693,9 @@ func (s *redisStore) lookupLeaseUpkeep(ctx context.Context, key string, tags []s
 
 // leaseByGuess does lookupScript's work with a pipeline of MGET and SET NX
 // GET, which costs Redis far less than the script: on the 2-vCPU VM of
-// November 2026, right after a Postgres query, a round trip took 96µs
-// against the script's 130µs and a GET's 82µs (BenchmarkLeaseTrips). A
+// November 2026, right after a Postgres query, a round trip took 111µs
+// (in MULTI/EXEC) against the script's 152µs and a GET's 87µs (medians of
+// BenchmarkLeaseTrips, -count 6). A
 // lease's value names the stamps it was taken under, which only the MGET
 // of the same round trip reads: the SET names guess, the stamps last seen
 // under tags, which change only when the tables are written.
