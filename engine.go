@@ -55,9 +55,10 @@ type engine struct {
 
 	flights    flightGroup
 	lookups    lookupGroup
-	refreshers sync.Map   // key -> struct{}: the one reader reloading an entry early or while serving it stale
-	leases     sync.Map   // token -> *heldLease: the fill leases this process holds or is asking for
-	hot        hotKeys    // keys likely to hit, whose lookups take no lease
+	refreshers sync.Map // key -> struct{}: the one reader reloading an entry early or while serving it stale
+	leases     sync.Map // token -> *heldLease: the fill leases this process holds or is asking for
+	hot        hotKeys  // keys likely to hit, whose lookups take no lease
+	cold       coldOutcomes
 	bumps      localBumps // when this process last invalidated each tag
 	regs       sync.Map   // *registration -> *regState
 	stats      stats

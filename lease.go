@@ -40,24 +40,35 @@ const leaseClaim = 100 * time.Millisecond
 // the fill lease in the same round trip,
 // so that a miss costs one round trip before its query, not three. Keys
 // whose last lookup was a hit skip that: a plain MGET costs less than the
-// script, and they are likely hits again (if not, the lease costs one
-// more round trip).
+// lease's round trip, and they are likely hits again (if not, the lease
+// costs one more round trip). So do the other keys while most lookups of
+// keys not known hot find a current entry (see coldOutcomes): their lease
+// would mostly be given back unused, in a second round trip.
 func (e *engine) storeLookup(ctx context.Context, key string, tags []string) (*entry, []uint64, uint64, error) {
 	h := xxh3.HashString(key)
 	seq := e.bumps.now() // a local write from here on makes the key's next lookup take the lease
-	if !e.leasing || e.hot.has(h) && !e.bumps.since(tags, e.hot.foundAt(h)) {
+	hot := e.hot.has(h)
+	if !e.leasing || hot && !e.bumps.since(tags, e.hot.foundAt(h)) || !hot && e.cold.likelyFound() {
 		ent, stamps, err := e.store.lookup(ctx, key, tags, nil)
-		if err == nil && ent != nil && sameStamps(ent.stamps, stamps) {
+		current := err == nil && ent != nil && sameStamps(ent.stamps, stamps)
+		if current {
 			e.hot.setAt(h, seq)
 		} else {
 			e.hot.set(h, false)
+		}
+		if !hot && err == nil {
+			e.cold.note(current)
 		}
 		return ent, stamps, 0, err
 	}
 	lh := e.ask(key)
 	ent, stamps, holder, err := e.store.(leaser).lookupLease(ctx, key, tags, leaseTTL, false, lh.token)
-	if ent != nil && sameStamps(ent.stamps, stamps) {
+	current := ent != nil && sameStamps(ent.stamps, stamps)
+	if current {
 		e.hot.setAt(h, seq)
+	}
+	if !hot && err == nil {
+		e.cold.note(current)
 	}
 	switch {
 	case err != nil:
@@ -108,6 +119,40 @@ func (t *hotKeys) set(h uint64, hot bool) {
 func (t *hotKeys) setAt(h, seq uint64) {
 	t.at[h%hotSlots].Store(seq)
 	t.slots[h%hotSlots].Store(h)
+}
+
+// coldOutcomes tallies whether lookups of keys not known hot found a
+// current entry, halving both counts every coldWindow lookups so that
+// recent ones weigh most. Where most do (a shared cache warmed by other
+// processes, a keyspace larger than hotKeys holds), such lookups skip the
+// lease, as hot keys' do: a hit then costs one MGET, where the lease
+// pipeline also took a lease and gave it back in a second round trip,
+// and a miss costs a second round trip, for its lease.
+type coldOutcomes struct {
+	looked, found atomic.Uint64
+}
+
+const (
+	coldWindow = 1024 // lookups between two halvings
+	coldMin    = 64   // lookups tallied before any judgement
+)
+
+// note tallies one lookup of a key not known hot.
+func (c *coldOutcomes) note(found bool) {
+	if found {
+		c.found.Add(1)
+	}
+	if n := c.looked.Add(1); n >= coldWindow { // races may halve twice, or not quite: a tally
+		c.looked.Store(n / 2)
+		c.found.Store(c.found.Load() / 2)
+	}
+}
+
+// likelyFound reports whether at least three in four of the lookups
+// tallied found a current entry.
+func (c *coldOutcomes) likelyFound() bool {
+	n := c.looked.Load()
+	return n >= coldMin && 4*c.found.Load() >= 3*n
 }
 
 // localBumps remembers, lossily, when this process last invalidated each

@@ -337,3 +337,100 @@ func slowRedis(t *testing.T, delay time.Duration) (*redis.Client, *slowScripts) 
 	c.AddHook(h)
 	return c, h
 }
+
+// TestColdOutcomes: the tally judges only after coldMin lookups, needs
+// three in four found, and forgets old lookups by halving.
+func TestColdOutcomes(t *testing.T) {
+	var c coldOutcomes
+	for range coldMin - 1 {
+		c.note(true)
+	}
+	if c.likelyFound() {
+		t.Fatal("judged before coldMin lookups")
+	}
+	c.note(true)
+	if !c.likelyFound() {
+		t.Fatal("all found, not judged likely")
+	}
+	for range coldMin / 2 { // 64 of 96
+		c.note(false)
+	}
+	if c.likelyFound() {
+		t.Fatalf("%d found of %d judged likely", c.found.Load(), c.looked.Load())
+	}
+	for range 4 * coldWindow {
+		c.note(true)
+	}
+	if n := c.looked.Load(); n >= coldWindow || !c.likelyFound() {
+		t.Fatalf("after halving: %d found of %d", c.found.Load(), n)
+	}
+}
+
+// TestColdHitsSkipTheLease: while most lookups of keys not known hot find
+// their entry, such a lookup is a plain MGET: a hit costs one round trip in
+// all, and takes no lease; a miss takes its lease in a second round trip.
+// Once most miss, they take the lease again, as the lookup's pipeline.
+func TestColdHitsSkipTheLease(t *testing.T) {
+	rdb, trips := countedRedis(t)
+	trips.onPath = true
+	all := &tripCounter{}
+	rdb.AddHook(all)
+	db, c, _ := engineDB(t, rdb)
+	must(t, c.opts.Registry.Register(`select v from kv where k = $1`, Policy{TTL: time.Hour}))
+	ctx := callerPath(context.Background())
+	get := func(k int) {
+		t.Helper()
+		var v string
+		must(t, db.QueryRowContext(ctx, `select v from kv where k = $1`, k).Scan(&v))
+	}
+	for k := 1; k <= 3; k++ {
+		get(k)
+		waitFor(t, func() bool { return c.Stats().Fills == uint64(k) })
+	}
+	c.eng.bg.Wait()
+	c.eng.direct.(*redisBackend).watch.every.Store(0) // no check for time's sake
+	cold := func() {
+		for i := range c.eng.hot.slots {
+			c.eng.hot.slots[i].Store(0)
+		}
+	}
+	// count runs f and returns the round trips its caller waited for, and
+	// all of them once the background work is done.
+	count := func(f func()) (onPath, total int64) {
+		c.eng.bg.Wait()
+		p, a := trips.n.Load(), all.n.Load()
+		f()
+		waitFor(t, func() bool { return leasesHeld(c.eng) == 0 })
+		c.eng.bg.Wait()
+		return trips.n.Load() - p, all.n.Load() - a
+	}
+
+	for range coldMin {
+		c.eng.cold.note(true)
+	}
+	cold()
+	if p, a := count(func() { get(1) }); p != 1 || a != 1 {
+		t.Errorf("a cold hit among hits made %d round trips (%d in all), want 1 (1)", p, a)
+	}
+	if leases := rdb.Keys(ctx, c.opts.Prefix+"*:lease").Val(); len(leases) != 0 {
+		t.Errorf("a cold hit among hits left leases: %v", leases)
+	}
+	cold()
+	misses := c.Stats().Misses
+	if p, _ := count(func() { get(4) }); p != 2 || c.Stats().Misses != misses+1 {
+		t.Errorf("a cold miss among hits made %d round trips before its rows came back, want 2", p)
+	}
+
+	for range 4 * coldMin {
+		c.eng.cold.note(false)
+	}
+	cold()
+	if p, a := count(func() { get(2) }); p != 1 || a != 2 {
+		t.Errorf("a cold hit among misses made %d round trips (%d in all), want 1 (2: the lease given back)", p, a)
+	}
+	cold()
+	misses = c.Stats().Misses
+	if p, _ := count(func() { get(5) }); p != 1 || c.Stats().Misses != misses+1 {
+		t.Errorf("a cold miss among misses made %d round trips before its rows came back, want 1", p)
+	}
+}
