@@ -348,3 +348,21 @@ func BenchmarkEngineWrite(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkEngineColdHits reads point entries cached in Redis but not
+// known hot here: 20,000 keys, more than hotKeys holds, read in turn (the
+// setup fills them, about ten seconds). Such hits cost a plain MGET once
+// most lookups of cold keys hit (see coldOutcomes).
+func BenchmarkEngineColdHits(b *testing.B) {
+	db, c := benchDB(b, "redis")
+	const n = 20_000
+	for i := int64(1); i <= n; i++ {
+		benchScan(b, db, benchPoint, i)
+	}
+	c.eng.bg.Wait()
+	i := int64(0)
+	for b.Loop() {
+		i++
+		benchScan(b, db, benchPoint, i%n+1)
+	}
+}
