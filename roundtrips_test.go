@@ -70,13 +70,10 @@ func countedRedis(t *testing.T) (*redis.Client, *tripCounter) {
 	return c, h
 }
 
-// TestRedisRoundTrips holds the engine to its round trips, which are what
-// a hit, a miss and a write cost beyond Postgres: a hit makes one, a miss
-// one before its query (the fill comes after the caller has its rows), a
-// write one before Exec returns (the purge comes later). Only the round
-// trips a caller waits for are counted; the rest are checked for what
-// they leave behind.
-func TestRedisRoundTrips(t *testing.T) {
+// onPathKV returns a counted client of the test Redis that counts only
+// the round trips a caller waits for, an engine over it with the point
+// read of kv registered, and get, which reads kv's row k through it.
+func onPathKV(t *testing.T) (*redis.Client, *tripCounter, *sql.DB, *Connector, func(k int)) {
 	rdb, trips := countedRedis(t)
 	trips.onPath = true
 	db, c, _ := engineDB(t, rdb)
@@ -87,6 +84,25 @@ func TestRedisRoundTrips(t *testing.T) {
 		var v string
 		must(t, db.QueryRowContext(ctx, `select v from kv where k = $1`, k).Scan(&v))
 	}
+	return rdb, trips, db, c, get
+}
+
+// forgetHot makes every key not known hot.
+func forgetHot(e *engine) {
+	for i := range e.hot.slots {
+		e.hot.slots[i].Store(0)
+	}
+}
+
+// TestRedisRoundTrips holds the engine to its round trips, which are what
+// a hit, a miss and a write cost beyond Postgres: a hit makes one, a miss
+// one before its query (the fill comes after the caller has its rows), a
+// write one before Exec returns (the purge comes later). Only the round
+// trips a caller waits for are counted; the rest are checked for what
+// they leave behind.
+func TestRedisRoundTrips(t *testing.T) {
+	rdb, trips, db, c, get := onPathKV(t)
+	ctx := callerPath(context.Background())
 	// The first lookup checks the server (connections were dialed before
 	// the store began), and so does the next, after the fill dialed the
 	// first connection of go-redis's pipeline pool.
@@ -186,9 +202,7 @@ func TestRedisRoundTrips(t *testing.T) {
 	// in a second round trip.
 	coldMiss := func(want int64, what string) {
 		t.Helper()
-		for i := range c.eng.hot.slots {
-			c.eng.hot.slots[i].Store(0)
-		}
+		forgetHot(c.eng)
 		stale := c.Stats().Stale
 		if n := missTrips(); n != want {
 			t.Errorf("the miss of a stale entry %s made %d round trips before its rows came back, want %d", what, n, want)
@@ -374,29 +388,17 @@ func TestColdOutcomes(t *testing.T) {
 // all, and takes no lease; a miss takes its lease in a second round trip.
 // Once most miss, they take the lease again, as the lookup's pipeline.
 func TestColdHitsSkipTheLease(t *testing.T) {
-	rdb, trips := countedRedis(t)
-	trips.onPath = true
+	rdb, trips, _, c, get := onPathKV(t)
 	all := &tripCounter{}
 	rdb.AddHook(all)
-	db, c, _ := engineDB(t, rdb)
-	must(t, c.opts.Registry.Register(`select v from kv where k = $1`, Policy{TTL: time.Hour}))
 	ctx := callerPath(context.Background())
-	get := func(k int) {
-		t.Helper()
-		var v string
-		must(t, db.QueryRowContext(ctx, `select v from kv where k = $1`, k).Scan(&v))
-	}
 	for k := 1; k <= 3; k++ {
 		get(k)
 		waitFor(t, func() bool { return c.Stats().Fills == uint64(k) })
 	}
 	c.eng.bg.Wait()
 	c.eng.direct.(*redisBackend).watch.every.Store(0) // no check for time's sake
-	cold := func() {
-		for i := range c.eng.hot.slots {
-			c.eng.hot.slots[i].Store(0)
-		}
-	}
+	cold := func() { forgetHot(c.eng) }
 	// count runs f and returns the round trips its caller waited for, and
 	// all of them once the background work is done.
 	count := func(f func()) (onPath, total int64) {

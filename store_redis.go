@@ -214,13 +214,18 @@ func (s *redisStore) slot(tag string) *stampSlot {
 	return v.(*stampSlot)
 }
 
-// saw notes stamps, read or written under tags, for leaseByGuess. A
-// missing stamp (0) is not noted: it says nothing of the next one.
+// saw notes stamps, read or written under tags, for leaseByGuess.
 func (s *redisStore) saw(tags []string, stamps []uint64) {
 	for i, v := range stamps {
-		if sl := s.slot(tags[i]); v != 0 && sl.seen.Load() != v {
-			sl.seen.Store(v)
-		}
+		s.slot(tags[i]).note(v)
+	}
+}
+
+// note records v as the stamp last seen. A missing stamp (0) is not
+// noted: it says nothing of the next one.
+func (sl *stampSlot) note(v uint64) {
+	if v != 0 && sl.seen.Load() != v {
+		sl.seen.Store(v)
 	}
 }
 
@@ -305,26 +310,42 @@ func (s *redisStore) lookup(ctx context.Context, key string, tags []string, buf 
 // read together (not on a Cluster). MGET answers nil for a key of another
 // type, as lookup reads it.
 func (s *redisStore) mget(ctx context.Context, key string, tags []string, buf []uint64) ([]byte, []uint64, error) {
+	var sb [stampBufCap]*stampSlot
+	cmd, slots := s.lookupCmd(ctx, key, tags, sb[:0])
+	_ = s.c.Process(ctx, cmd)
+	return readLookup(cmd, slots, buf)
+}
+
+// lookupCmd is the MGET of key and of the stamps of tags, whose slots it
+// appends to slots.
+func (s *redisStore) lookupCmd(ctx context.Context, key string, tags []string, slots []*stampSlot) (*redis.SliceCmd, []*stampSlot) {
 	args := make([]any, 2, 2+len(tags))
 	args[0], args[1] = "mget", key
 	for _, tag := range tags {
-		args = append(args, s.slot(tag).key)
+		sl := s.slot(tag)
+		args = append(args, sl.key)
+		slots = append(slots, sl)
 	}
-	cmd := redis.NewSliceCmd(ctx, args...)
-	_ = s.c.Process(ctx, cmd)
+	return redis.NewSliceCmd(ctx, args...), slots
+}
+
+// readLookup reads lookupCmd's answer: the value (nil if absent) and the
+// stamps (0 where missing or unreadable), appended to buf[:0]. It notes
+// the stamps in their slots (see saw).
+func readLookup(cmd *redis.SliceCmd, slots []*stampSlot, buf []uint64) ([]byte, []uint64, error) {
 	vals, err := cmd.Result()
 	if err != nil {
 		return nil, nil, err
 	}
-	if len(vals) != len(args)-1 {
-		return nil, nil, fmt.Errorf("cachedpq: MGET of %d keys answered %d values", len(args)-1, len(vals))
+	if len(vals) != len(slots)+1 {
+		return nil, nil, fmt.Errorf("cachedpq: MGET of %d keys answered %d values", len(slots)+1, len(vals))
 	}
 	buf = buf[:0]
-	for _, v := range vals[1:] {
+	for i, v := range vals[1:] {
 		str, _ := v.(string)
 		buf = append(buf, parseStamp(str))
+		slots[i].note(buf[i])
 	}
-	s.saw(tags, buf)
 	return stringBytes(vals[0]), buf, nil
 }
 
@@ -695,29 +716,26 @@ func (s *redisStore) lookupLeaseUpkeep(ctx context.Context, key string, tags []s
 // GET, which costs Redis far less than the script: on the 2-vCPU VM of
 // November 2026, right after a Postgres query, a round trip took 111µs
 // (in MULTI/EXEC) against the script's 152µs and a GET's 87µs (medians of
-// BenchmarkLeaseTrips, -count 6). A
-// lease's value names the stamps it was taken under, which only the MGET
-// of the same round trip reads: the SET names guess, the stamps last seen
-// under tags, which change only when the tables are written.
+// BenchmarkLeaseTrips, -count 6). A lease's value names the stamps it was
+// taken under, which only the MGET of the same round trip reads: the SET
+// names guess, the stamps last seen under tags, which change only when
+// the tables are written.
 //
 // done is false when the answer does not settle the lookup as the script
-// would, which then runs (upkeep then gives back a lease taken here, if
-// the script does not take it over): the guess was wrong (another process wrote since
+// would, which then runs: the guess was wrong (another process wrote since
 // this one last read the stamps), a stamp is missing or foreign, or the
 // lease is held under other stamps (or its key holds something else). A
 // lease taken here under a wrong guess names stamps that are not current:
-// it is void to every reader, and the script replaces it.
+// it is void to every reader, and the script replaces it; if the script
+// takes none (the entry is current), upkeep gives it back.
 //
 // Unlike the script it takes the lease also when it finds a current entry
 // (unless another holds it). The lease is then given back by upkeep, which
 // the caller runs off its path, and the answer is the script's: nobody
 // holds it.
 func (s *redisStore) leaseByGuess(ctx context.Context, key string, tags []string, ttl time.Duration, always bool, token uint64, guess []byte) (val []byte, stamps []uint64, holder uint64, upkeep func(context.Context), done bool, err error) {
-	args := make([]any, 2, 2+len(tags))
-	args[0], args[1] = "mget", key
-	for _, tag := range tags {
-		args = append(args, s.slot(tag).key)
-	}
+	var sb [stampBufCap]*stampSlot
+	mget, slots := s.lookupCmd(ctx, key, tags, sb[:0])
 	lease := make([]byte, 0, 20+1+len(guess))
 	lease = append(strconv.AppendUint(lease, token, 10), '|')
 	lease = append(lease, guess...)
@@ -726,27 +744,17 @@ func (s *redisStore) leaseByGuess(ctx context.Context, key string, tags []string
 	// go, and the SET would then take the lease beside an entry the MGET
 	// saw stale, for a second load.
 	pipe := s.c.TxPipeline()
-	mget := redis.NewSliceCmd(ctx, args...)
 	_ = pipe.Process(ctx, mget)
 	set := pipe.SetArgs(ctx, leaseKey(key), lease, redis.SetArgs{Mode: "NX", Get: true, TTL: ttl})
 	_, _ = pipe.Exec(ctx) // errors are read per command below
-	vals, err := mget.Result()
-	if err != nil {
+	val, stamps, err = readLookup(mget, slots, make([]uint64, 0, len(tags)))
+	switch {
+	case err != nil:
 		return nil, nil, 0, nil, false, err
+	case slices.Contains(stamps, 0):
+		return nil, nil, 0, nil, false, nil // the script creates it
 	}
-	if len(vals) != len(args)-1 {
-		return nil, nil, 0, nil, false, fmt.Errorf("cachedpq: MGET of %d keys answered %d values", len(args)-1, len(vals))
-	}
-	stamps = make([]uint64, len(tags))
-	for i, v := range vals[1:] {
-		str, _ := v.(string)
-		if stamps[i] = parseStamp(str); stamps[i] == 0 {
-			return nil, nil, 0, nil, false, nil // the script creates it
-		}
-	}
-	s.saw(tags, stamps)
 	tag := appendStampTag(nil, stamps)
-	val = stringBytes(vals[0])
 	current := !always && len(val) > len(tag) && val[len(tag)] == '|' && bytes.HasPrefix(val, tag)
 	prev, err := set.Result()
 	switch {
