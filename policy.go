@@ -18,7 +18,9 @@ type Policy struct {
 	// table the query reads. It may hold letters, digits and _ . -.
 	Name string
 
-	// TTL is how long an entry may be served. It is required.
+	// TTL is how long an entry may be served. It is required. Like
+	// NegativeTTL and StaleFor, it is at most 50 years: a longer one (such
+	// as math.MaxInt64, for "forever") is taken as 50 years.
 	TTL time.Duration
 
 	// Jitter spreads expiries: each entry lives TTL plus a random extra of up
@@ -71,6 +73,11 @@ const (
 	defaultMaxRows     = 10_000
 	defaultMaxBytes    = 1 << 20
 	maxNegativeDefault = time.Minute
+	// maxLifetime bounds TTL, NegativeTTL and StaleFor: an entry's expiry
+	// and the end of its stale window, in Unix nanoseconds, must fit in an
+	// int64 (until 2262) with twice the TTL (full jitter) and StaleFor on
+	// top. Longer ones mean "forever" and are taken as this.
+	maxLifetime = 50 * 365 * 24 * time.Hour
 )
 
 // withDefaults validates p and fills in its zero fields.
@@ -78,6 +85,9 @@ func (p Policy) withDefaults() (Policy, error) {
 	if p.TTL <= 0 {
 		return p, errors.New("TTL must be positive")
 	}
+	p.TTL = min(p.TTL, maxLifetime)
+	p.NegativeTTL = min(p.NegativeTTL, maxLifetime)
+	p.StaleFor = min(p.StaleFor, maxLifetime)
 	switch {
 	case math.IsNaN(p.Jitter):
 		return p, errors.New("Jitter is NaN")
