@@ -438,8 +438,29 @@ func (s *redisStore) overwriteStamps(ctx context.Context, tags []string, out []u
 func formatStamp(v uint64) string { return strconv.FormatUint(v, 10) }
 
 // bump replaces the stamps of tags with fresh random values in one round
-// trip: every entry that recorded an old stamp is void from then on.
+// trip: every entry that recorded an old stamp is void from then on. A
+// Redis over its maxmemory under noeviction (the default policy) refuses
+// the SETs, but not UNLINK: the stamps are then deleted, which voids the
+// entries as surely (a missing stamp matches none), in a second round trip.
 func (s *redisStore) bump(ctx context.Context, tags []string) error {
+	err := s.replaceStamps(ctx, tags)
+	if !isOOM(err) {
+		return err
+	}
+	keys := make([]string, len(tags))
+	for i, tag := range tags {
+		keys[i] = s.stampKey(tag)
+	}
+	return s.remove(ctx, keys...)
+}
+
+// isOOM reports a command a full Redis refused (maxmemory, noeviction).
+func isOOM(err error) bool {
+	return err != nil && err != redis.Nil && redis.HasErrorPrefix(err, "OOM")
+}
+
+// replaceStamps is bump's first try: new stamps for tags.
+func (s *redisStore) replaceStamps(ctx context.Context, tags []string) error {
 	switch {
 	case len(tags) == 0:
 		return nil

@@ -3,6 +3,7 @@ package cachedpq
 import (
 	"context"
 	"crypto/rand"
+	"database/sql"
 	"encoding/hex"
 	"fmt"
 	"os"
@@ -576,5 +577,47 @@ func TestLeaseByGuess(t *testing.T) {
 	must(t, err)
 	if fresh[0] == 0 || fresh[0] == now[0] || holder != tok3 {
 		t.Fatalf("after eviction: stamps %v (before %v), holder %d", fresh, now, holder)
+	}
+}
+
+// TestInvalidationReachesAFullRedis: a Redis over its maxmemory under the
+// default policy, noeviction, refuses every command that may grow it (SET
+// included) but still answers reads and deletions. A write's invalidation
+// must still void the entries other processes serve: another Connector
+// sharing the prefix, whose key is hot (a plain MGET, no lease), must not
+// go on serving the old row.
+func TestInvalidationReachesAFullRedis(t *testing.T) {
+	srv := redistest.Start(t, "--maxmemory-policy", "noeviction")
+	rdb := srv.Client()
+	reader, c := cachedKV(t, rdb)
+	writerConn, err := NewConnector(pqDSN(t)+" search_path="+c.opts.Prefix, Options{
+		Redis: srv.Client(), Prefix: c.opts.Prefix, Registry: c.opts.Registry, Timeout: time.Second,
+	})
+	must(t, err)
+	writer := sql.OpenDB(writerConn)
+	t.Cleanup(func() { writer.Close() })
+	must(t, writer.Ping())
+
+	ctx := context.Background()
+	store := c.eng.direct.(*redisBackend).redisStore
+	tags := []string{"a", "b"}
+	stamps, err := store.readStamps(ctx, tags)
+	must(t, err)
+	must(t, rdb.ConfigSet(ctx, "maxmemory", "1").Err()) // full from now on
+	if err := rdb.Set(ctx, "probe", "x", 0).Err(); err == nil {
+		t.Fatal("a full Redis took a SET")
+	}
+	if _, err := writer.Exec(`update kv set v = 'new' where k = 1`); err != nil {
+		t.Fatal(err)
+	}
+	if got := getV(t, reader, 1); got != "new" {
+		t.Fatalf("the other process served %q after a write to a full Redis", got)
+	}
+	// A write of several tables bumps them in a pipeline.
+	if err := store.bump(ctx, tags); err != nil {
+		t.Fatalf("bump on a full Redis: %v", err)
+	}
+	if _, now, _ := store.lookup(ctx, "k", tags, nil); now[0] == stamps[0] || now[1] == stamps[1] {
+		t.Fatalf("stamps %v before the bump, %v after", stamps, now)
 	}
 }
