@@ -39,7 +39,10 @@ func newGuarded(inner backend, onChange func(from, to gobreaker.State)) *guarded
 			return err == nil || errors.As(err, &corrupt) // the cache answered
 		},
 		IsExcluded: func(err error) bool {
-			return errors.Is(err, context.Canceled) || errors.Is(err, errCallerGone)
+			// An entry the codec refused never reached the cache: it says
+			// nothing of it.
+			return errors.Is(err, context.Canceled) || errors.Is(err, errCallerGone) ||
+				errors.Is(err, errUncacheable) || errors.Is(err, errTooLarge)
 		},
 		OnStateChange: func(_ string, from, to gobreaker.State) { onChange(from, to) },
 	})}

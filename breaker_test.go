@@ -2,9 +2,13 @@ package cachedpq
 
 import (
 	"context"
+	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sony/gobreaker/v2"
 )
 
 // TestCallerDeadlineIsNoCacheFailure: a lookup cut short by its caller's
@@ -71,5 +75,29 @@ func TestSharedLookupFailureCountsOnce(t *testing.T) {
 	failures := slow.cut.Load() // the breaker's counts restart when it opens
 	if got := c.Stats().CacheErrors; failures == 0 || got != uint64(failures) {
 		t.Fatalf("%d cache errors for %d failed lookups", got, failures)
+	}
+}
+
+// TestUnstorableEntriesAreNoCacheFailure: a fill refused before it reaches
+// Redis (a value the format cannot hold, an entry over the decode limit)
+// says nothing about Redis. Counted as failures, a few such fills in a row
+// opened the breaker, and every read skipped a healthy cache.
+func TestUnstorableEntriesAreNoCacheFailure(t *testing.T) {
+	rdb := testRedis(t)
+	rb := &redisBackend{redisStore: newRedisStore(rdb, testPrefix(t, rdb)), maxBytes: 64}
+	g := newGuarded(rb, func(from, to gobreaker.State) {})
+	ctx := context.Background()
+	big := oneValueEntry(strings.Repeat("x", 100))
+	big.stamps = []uint64{1}
+	for range 2 * breakerTrip {
+		if err := g.fill(ctx, "k", oneValueEntry(struct{}{}), time.Minute, nil); !errors.Is(err, errUncacheable) {
+			t.Fatalf("fill of an unstorable value: %v", err)
+		}
+		if err := g.fill(ctx, "k", big, time.Minute, nil); !errors.Is(err, errTooLarge) {
+			t.Fatalf("fill of a large entry: %v", err)
+		}
+	}
+	if c := g.cb.Counts(); g.open() || c.TotalFailures > 0 {
+		t.Fatalf("breaker open %v after fills Redis never saw: %+v", g.open(), c)
 	}
 }
