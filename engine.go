@@ -561,6 +561,9 @@ func (e *engine) miss(ctx context.Context, r *read, seen []uint64, holder uint64
 	}
 	if ent := e.filledMeanwhile(r); ent != nil {
 		e.flights.forget(id, f)
+		// A reload this reader claimed is done: the entry is new. (The
+		// load that stored it ended the key's claim, if it came first.)
+		e.refreshers.Delete(r.key)
 		f.finish(ent)
 		e.note(r.rs, hitsF)
 		return newReplayRows(&ent.snap), nil

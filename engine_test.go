@@ -706,3 +706,36 @@ func TestInvalidateQueryDuringFill(t *testing.T) {
 		}
 	})
 }
+
+// TestStaleWindowClaimEndsOnAFillMeanwhile: the reader that claims the
+// reload of an expired entry (StaleFor) may find, once it joins the loads
+// of its key, that another load has stored a current entry since its
+// lookup: it is served that entry, and its claim must end with it. Its
+// claim came after that load's, which ends the key's claim when it
+// stores, had ended. Kept, the claim made every reader of the next expiry
+// be served the old entry for all of StaleFor, with nobody reloading it.
+func TestStaleWindowClaimEndsOnAFillMeanwhile(t *testing.T) {
+	db, c, _ := engineDB(t, nil)
+	must(t, c.opts.Registry.Register(`select v from kv where k = $1`,
+		Policy{TTL: 50 * time.Millisecond, Jitter: -1, StaleFor: time.Hour}))
+	getV(t, db, 1)
+	time.Sleep(100 * time.Millisecond) // expired, within StaleFor
+	var first atomic.Bool
+	c.eng.beforeJoin = func(key string) {
+		if !first.CompareAndSwap(false, true) {
+			return
+		}
+		// Another load stores a current entry, and ends the key's claim...
+		must(t, c.eng.store.remove(context.Background(), key))
+		getV(t, db, 1)
+		// ...before this reader's claim, made after its lookup.
+		if !c.eng.claimRefresh(key) {
+			t.Error("the other load left its claim")
+		}
+	}
+	getV(t, db, 1)
+	c.eng.refreshers.Range(func(k, _ any) bool {
+		t.Fatalf("the reader served a fill made meanwhile kept its claim on %q", k)
+		return false
+	})
+}
