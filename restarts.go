@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -300,11 +301,15 @@ func (s *redisStore) verifyBump(ctx context.Context) error {
 	return w.verify(ctx, s, true, w.checks.Load())
 }
 
+// errOldRedis reports a server older than Redis 7.0: fills and leases use
+// SET ... NX GET and EXPIRE ... NX/GT, which it would refuse on every call.
+var errOldRedis = errors.New("cachedpq: Redis 7.0 or later is required (SET ... NX GET, EXPIRE ... NX/GT): not used")
+
 // serverID reads a server's identity, "run_id master_replid", from its
 // INFO: errNoRunID if it names no run_id, errNotMaster if the server is
-// not a master.
+// not a master, errOldRedis if its redis_version is below 7.
 func serverID(info string) (string, error) {
-	var runID, replID, role string
+	var runID, replID, role, version string
 	for line := range strings.Lines(info) {
 		k, v, _ := strings.Cut(strings.TrimSpace(line), ":")
 		switch k {
@@ -314,6 +319,8 @@ func serverID(info string) (string, error) {
 			replID = v
 		case "role":
 			role = v
+		case "redis_version":
+			version = v
 		}
 	}
 	switch {
@@ -321,8 +328,19 @@ func serverID(info string) (string, error) {
 		return "", errNoRunID
 	case role != "" && role != "master":
 		return "", errNotMaster
+	case version != "" && !atLeast7(version):
+		return "", fmt.Errorf("%w (the server runs %s)", errOldRedis, version)
 	}
 	return runID + " " + replID, nil
+}
+
+// atLeast7 reports whether a redis_version such as "7.0.15" is 7.0 or
+// later. A version that does not start with a number is given the benefit
+// of the doubt: the commands themselves then tell.
+func atLeast7(version string) bool {
+	major, _, _ := strings.Cut(version, ".")
+	n, err := strconv.Atoi(major)
+	return err != nil || n >= 7
 }
 
 // dialCounter is a go-redis hook that counts the connections its client

@@ -3,6 +3,7 @@ package cachedpq
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -360,5 +361,78 @@ func TestServerCheckVoidsWhenProcessMoved(t *testing.T) {
 				t.Fatalf("the server met again was taken for another: %+v", s)
 			}
 		})
+	}
+}
+
+// oldVersion rewrites the redis_version of every INFO answer, as a server
+// older than 7.0 would give it.
+type oldVersion struct{}
+
+func (oldVersion) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (oldVersion) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		if c, ok := cmd.(*redis.StringCmd); ok && cmd.Name() == "info" && err == nil {
+			var b strings.Builder
+			for line := range strings.Lines(c.Val()) {
+				if strings.HasPrefix(line, "redis_version:") {
+					line = "redis_version:6.2.14\r\n"
+				}
+				b.WriteString(line)
+			}
+			c.SetVal(b.String())
+		}
+		return err
+	}
+}
+func (oldVersion) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// TestOldRedisNotUsed: a server older than Redis 7.0 would refuse the
+// commands fills and leases use on every call. The server check refuses it
+// with errOldRedis, a cache error: reads are answered by Postgres. (The
+// namespace stays pending, its invalidation retried in the background,
+// until the server is replaced.)
+func TestOldRedisNotUsed(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client()
+	rdb.AddHook(oldVersion{})
+	var logged atomic.Bool
+	db, c, _ := engineDB(t, rdb)
+	c.eng.opts.OnError = func(err error) {
+		if errors.Is(err, errOldRedis) {
+			logged.Store(true)
+		}
+	}
+	must(t, c.opts.Registry.Register(`select v from kv where k = $1`, Policy{TTL: time.Hour}))
+	for range 3 {
+		getV(t, db, 1)
+	}
+	if s := c.Stats(); s.Hits != 0 || s.CacheErrors == 0 || !logged.Load() {
+		t.Fatalf("a Redis 6 was used, or not refused with errOldRedis: %+v", s)
+	}
+}
+
+func TestServerID(t *testing.T) {
+	info := func(lines ...string) string { return strings.Join(lines, "\r\n") + "\r\n" }
+	for _, tc := range []struct {
+		info string
+		id   string
+		err  error
+	}{
+		{info("# Server", "redis_version:7.0.15", "run_id:abc", "# Replication", "role:master", "master_replid:r1"), "abc r1", nil},
+		{info("redis_version:8.2.1", "run_id:abc", "master_replid:r1"), "abc r1", nil},
+		{info("redis_version:255.255.255", "run_id:abc", "master_replid:r1"), "abc r1", nil}, // a build from source
+		{info("run_id:abc", "master_replid:r1"), "abc r1", nil},                              // no version: the commands tell
+		{info("redis_version:6.2.14", "run_id:abc", "role:master", "master_replid:r1"), "", errOldRedis},
+		{info("redis_version:5.0.7", "run_id:abc"), "", errOldRedis},
+		{info("redis_version:7.0.15", "run_id:abc", "role:slave"), "", errNotMaster},
+		{info("redis_version:7.0.15"), "", errNoRunID},
+	} {
+		id, err := serverID(tc.info)
+		if id != tc.id || !errors.Is(err, tc.err) || (tc.err == nil) != (err == nil) {
+			t.Errorf("serverID(%q) = %q, %v; want %q, %v", tc.info, id, err, tc.id, tc.err)
+		}
 	}
 }
