@@ -77,6 +77,7 @@ type analysis struct {
 	txPrepares       bool     // a PREPARE TRANSACTION
 	commitPrepared   bool     // COMMIT PREPARED: commits writes this connection did not see
 	runsCode         bool     // CALL, DO, EXECUTE: code the text does not show, which may change the session too
+	commitsMidway    bool     // CALL, DO, DETACH PARTITION ... CONCURRENTLY: may commit part of itself, then fail
 	ddl              bool     // the catalog may have changed
 	events           bool     // REFRESH MATERIALIZED VIEW: fires event triggers as DDL does
 	cascade          bool     // TRUNCATE ... CASCADE
@@ -1201,10 +1202,10 @@ func (p *parser) control(s, e int) stmtKind {
 		p.txStatement(s, e)
 		return kindTx
 	case p.is(s, "call"):
-		a.unknownWrite, a.runsCode = true, true
+		a.unknownWrite, a.runsCode, a.commitsMidway = true, true, true
 		return kindCall
 	case p.is(s, "do"):
-		a.unknownWrite, a.runsCode = true, true
+		a.unknownWrite, a.runsCode, a.commitsMidway = true, true, true
 		return kindDo
 	case p.is(s, "lock"):
 		a.locking = true
@@ -1444,8 +1445,13 @@ func (p *parser) alter(i, e int) stmtKind {
 		j++
 	}
 	for k := p.addWrite(j, e); k < e; k++ {
-		if p.is(k, "rename") && p.is(k+1, "to") {
+		switch {
+		case p.is(k, "rename") && p.is(k+1, "to"):
 			p.addWrite(k+2, e)
+		case p.is(k, "detach") && p.is(k+1, "partition") && p.is(e-1, "concurrently"):
+			// Its first transaction commits the partition's leaving, and
+			// its second may yet be cancelled.
+			p.a.commitsMidway = true
 		}
 	}
 	return kindDDL

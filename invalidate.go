@@ -68,9 +68,11 @@ func mayWrite(a *analysis) bool {
 
 // afterStatement runs once a statement that mayWrite has run. err is what
 // it returned: a statement Postgres refused wrote nothing, unless it was
-// one of several in a string that committed some before it failed, or it
-// was transaction control (a refused COMMIT rolled back); any other error
-// (a lost connection) may hide a write that committed.
+// one of several in a string that committed some before it failed, or one
+// that commits part of itself (CALL, DO, DETACH PARTITION ...
+// CONCURRENTLY), or it was transaction control (a refused COMMIT rolled
+// back); any other error (a lost connection) may hide a write that
+// committed.
 func (e *engine) afterStatement(ctx context.Context, c *conn, a *analysis, err error) {
 	switch {
 	case err == nil || !reportedByServer(err):
@@ -84,6 +86,10 @@ func (e *engine) afterStatement(ctx context.Context, c *conn, a *analysis, err e
 		var w writeSet
 		e.noteEffects(ctx, c, a, &w)
 		e.lostTrack(ctx, c, &w)
+	case a.commitsMidway:
+		// What it committed before it failed is as unknown as what it
+		// writes when it succeeds.
+		e.afterWrite(ctx, c, a, false)
 	case a.txControl:
 		e.refused(ctx, c, a, err)
 	}
@@ -201,14 +207,22 @@ func (e *engine) refused(ctx context.Context, c *conn, a *analysis, err error) {
 }
 
 // notRun reports a syntax error in the statement text itself, which
-// Postgres raises before it runs any statement of the string (also, with
-// no position, for a string of several statements sent with arguments,
-// which lib/pq prepares). A syntax error in SQL that a function runs
-// points into that SQL instead (InternalPosition).
+// Postgres's raw parser raises before it runs any statement of the string
+// (also its refusal to prepare a string of several statements sent with
+// arguments, as lib/pq does). A syntax error in SQL that a function runs
+// points into that SQL instead (InternalPosition); one raised as a
+// statement is analyzed or runs (SELECT INTO in a UNION, to_tsquery('&&'))
+// comes after the statements before it in the string ran, and from
+// another routine.
 func notRun(err error) bool {
 	var pqErr *pq.Error
-	return errors.As(err, &pqErr) && pqErr.Code == "42601" && pqErr.InternalPosition == ""
+	return errors.As(err, &pqErr) && pqErr.Code == "42601" && pqErr.InternalPosition == "" &&
+		parseRoutines[pqErr.Routine]
 }
+
+// parseRoutines are the server's routines that raise the syntax errors of
+// notRun: the scanner's and grammar's, and exec_parse_message's refusal.
+var parseRoutines = map[string]bool{"scanner_yyerror": true, "base_yyparse": true, "exec_parse_message": true}
 
 // failedAtCommit reports an error a COMMIT raises as it commits, after
 // which the transaction is over: a deferred constraint (class 23) or a
