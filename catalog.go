@@ -93,6 +93,36 @@ func (e *engine) catalog(ctx context.Context, c *conn) (*catalog, error) {
 	return cat, err
 }
 
+// catalogBefore reads the catalog before a DDL statement runs on c, and
+// returns it, or nil for other statements and where none can be read. The
+// tables DDL names are reached through it (a partition it drops, an
+// inheritance it ends), and through the catalog read after it commits (an
+// inheritance it starts, see committed): a reading made after it ran, the
+// first since other DDL or once CatalogRefresh passed, would miss the
+// former.
+func (e *engine) catalogBefore(ctx context.Context, c *conn, a *analysis) *catalog {
+	if !a.ddl || e.opts.NoCatalog {
+		return nil
+	}
+	cat, _ := e.catalog(ctx, c)
+	return cat
+}
+
+// errNoCatalogBefore stands for a catalog catalogBefore could not read.
+var errNoCatalogBefore = errors.New("cachedpq: no reading of pg_catalog from before the DDL")
+
+// catalogOf returns the catalog a statement's writes are reached through:
+// for DDL, the one read before it ran.
+func (e *engine) catalogOf(ctx context.Context, c *conn, a *analysis, before *catalog) (*catalog, error) {
+	switch {
+	case !a.ddl:
+		return e.catalog(ctx, c)
+	case before == nil:
+		return nil, errNoCatalogBefore
+	}
+	return before, nil
+}
+
 // loadCatalog reads the catalog for e.catalog, which holds loadMu.
 func (e *engine) loadCatalog(ctx context.Context, c *conn) (*catalog, error) {
 	gen, src := e.cat.gen.Load(), c.inner

@@ -278,13 +278,14 @@ func (e *engine) uncached(ctx context.Context, c *conn, src inner, a *analysis, 
 	if !mayWrite(a) {
 		return src.innerQuery(ctx, query, args)
 	}
+	before := e.catalogBefore(ctx, c, a)
 	inner, err := src.innerQuery(ctx, query, args)
 	if err != nil {
-		e.afterStatement(ctx, c, a, err)
+		e.afterStatement(ctx, c, a, before, err)
 		return nil, err
 	}
 	r := newRows(inner, nil)
-	r.onClose = func() { e.afterStatement(ctx, c, a, r.err) }
+	r.onClose = func() { e.afterStatement(ctx, c, a, before, r.err) }
 	return r, nil
 }
 
@@ -294,9 +295,11 @@ func (e *engine) exec(ctx context.Context, c *conn, src inner, query string, arg
 	if err := c.usable(ctx); err != nil {
 		return nil, err
 	}
+	a := analyze(query)
+	before := e.catalogBefore(ctx, c, a)
 	res, err := src.innerExec(ctx, query, args)
-	if a := analyze(query); mayWrite(a) {
-		e.afterStatement(ctx, c, a, err)
+	if mayWrite(a) {
+		e.afterStatement(ctx, c, a, before, err)
 	}
 	return res, err
 }

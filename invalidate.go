@@ -72,11 +72,12 @@ func mayWrite(a *analysis) bool {
 // that commits part of itself (CALL, DO, DETACH PARTITION ...
 // CONCURRENTLY), or it was transaction control (a refused COMMIT rolled
 // back); any other error (a lost connection) may hide a write that
-// committed.
-func (e *engine) afterStatement(ctx context.Context, c *conn, a *analysis, err error) {
+// committed. before is the catalog as read before a DDL statement ran (see
+// catalogBefore).
+func (e *engine) afterStatement(ctx context.Context, c *conn, a *analysis, before *catalog, err error) {
 	switch {
 	case err == nil || !reportedByServer(err):
-		e.afterWrite(ctx, c, a, err != nil)
+		e.afterWrite(ctx, c, a, before, err != nil)
 	case notRun(err):
 		// Postgres parses a whole string before it runs any of it: nothing
 		// changed, and the state is as it was.
@@ -84,12 +85,12 @@ func (e *engine) afterStatement(ctx context.Context, c *conn, a *analysis, err e
 		// Some of the string ran: a COMMIT in it may have made its writes,
 		// its DDL and its session changes last.
 		var w writeSet
-		e.noteEffects(ctx, c, a, &w)
+		e.noteEffects(ctx, c, a, before, &w)
 		e.lostTrack(ctx, c, &w)
 	case a.commitsMidway:
 		// What it committed before it failed is as unknown as what it
 		// writes when it succeeds.
-		e.afterWrite(ctx, c, a, false)
+		e.afterWrite(ctx, c, a, before, false)
 	case a.txControl:
 		e.refused(ctx, c, a, err)
 	}
@@ -97,8 +98,8 @@ func (e *engine) afterStatement(ctx context.Context, c *conn, a *analysis, err e
 
 // noteEffects adds what a statement wrote to w, and notes what else it
 // changed: its connection's session, the catalog.
-func (e *engine) noteEffects(ctx context.Context, c *conn, a *analysis, w *writeSet) {
-	e.writesOf(ctx, c, a, w)
+func (e *engine) noteEffects(ctx context.Context, c *conn, a *analysis, before *catalog, w *writeSet) {
+	e.writesOf(ctx, c, a, before, w)
 	if a.sessionLasting || w.hidden {
 		// SET LOCAL ends with its transaction, where reads bypass anyway; a
 		// function or DO block may call set_config (a tenant for row level
@@ -165,10 +166,11 @@ func scsOn(ctx context.Context, c *conn) (bool, error) {
 
 // afterWrite notes what a statement that ran changed: the session, and
 // the tables it wrote, invalidated now outside a transaction, at commit
-// inside one. unsure is true when the statement's outcome is unknown.
-func (e *engine) afterWrite(ctx context.Context, c *conn, a *analysis, unsure bool) {
+// inside one (DDL reaches them through the new catalog too, see
+// committed). unsure is true when the statement's outcome is unknown.
+func (e *engine) afterWrite(ctx context.Context, c *conn, a *analysis, before *catalog, unsure bool) {
 	var w writeSet
-	e.noteEffects(ctx, c, a, &w)
+	e.noteEffects(ctx, c, a, before, &w)
 	switch {
 	case a.txControl && unsure:
 		e.lostTrack(ctx, c, &w)
@@ -182,9 +184,9 @@ func (e *engine) afterWrite(ctx context.Context, c *conn, a *analysis, unsure bo
 		c.rawWrites.merge(&w)
 	case c.txUnsure:
 		c.rawWrites.merge(&w)
-		e.invalidate(ctx, &w)
+		e.committed(ctx, c, &w)
 	default:
-		e.invalidate(ctx, &w)
+		e.committed(ctx, c, &w)
 	}
 }
 
@@ -235,9 +237,9 @@ func failedAtCommit(err error) bool {
 // lostTrack handles transaction control whose outcome is unknown: a
 // refused COMMIT, a string of statements that failed part way. Writes it
 // may have committed (w, and those of the transaction) are invalidated
-// now, and the connection is unsure whether a transaction is open: its
-// reads skip the cache, and its writes are invalidated both at once and
-// at the next COMMIT, until transaction control tells again.
+// now (see committed), and the connection is unsure whether a transaction
+// is open: its reads skip the cache, and its writes are invalidated both
+// at once and at the next COMMIT, until transaction control tells again.
 func (e *engine) lostTrack(ctx context.Context, c *conn, w *writeSet) {
 	// The writes stay pending too: the transaction may live on (an error
 	// in a savepoint it rolls back to) and commit them later.
@@ -250,13 +252,14 @@ func (e *engine) lostTrack(ctx context.Context, c *conn, w *writeSet) {
 		c.rawTx, c.txUnsure = false, true
 		w.merge(&c.rawWrites)
 	}
-	e.invalidate(ctx, w)
+	e.committed(ctx, c, w)
 }
 
-// committed invalidates what a transaction wrote, once it committed. A
-// transaction that ran DDL reached its tables through the catalog as it was
-// before (a view, foreign key or partition of its own was not in it): they
-// are reached again through the committed catalog.
+// committed invalidates what a transaction, or a statement outside one,
+// wrote, once it committed. A transaction that ran DDL reached its tables
+// through the catalog as it was before (a view, foreign key, partition or
+// parent of its own was not in it): they are reached again through the
+// committed catalog.
 func (e *engine) committed(ctx context.Context, c *conn, w *writeSet) {
 	if w.ddl && !e.opts.NoCatalog {
 		e.cat.reset()
@@ -326,8 +329,9 @@ func (e *engine) txStatementInTx(ctx context.Context, t *tx, a *analysis, w *wri
 
 // writesOf adds to w the tags a statement wrote: the tables its text names,
 // the tables foreign keys cascade to, the base tables of written views, and
-// the whole namespace for writes the text cannot show.
-func (e *engine) writesOf(ctx context.Context, c *conn, a *analysis, w *writeSet) {
+// the whole namespace for writes the text cannot show. DDL reaches them
+// through before, the catalog as it was before it ran.
+func (e *engine) writesOf(ctx context.Context, c *conn, a *analysis, before *catalog, w *writeSet) {
 	w.merge(&writeSet{named: a.writes})
 	truncateCascade := a.cascade && a.kind == kindTruncate && !a.multi
 	if a.unknownWrite && !(truncateCascade && !e.opts.NoCatalog) {
@@ -342,7 +346,7 @@ func (e *engine) writesOf(ctx context.Context, c *conn, a *analysis, w *writeSet
 		w.add(a.writes...)
 		return
 	}
-	cat, err := e.catalog(ctx, c)
+	cat, err := e.catalogOf(ctx, c, a, before)
 	if err != nil {
 		w.all = true // cannot see cascades or volatility: assume the worst
 		if len(a.functions) > 0 {
