@@ -1425,8 +1425,8 @@ func (p *parser) onCommitDrop(i, e int) bool {
 	return false
 }
 
-// alter analyzes ALTER; on a table or view it writes the relation, and
-// RENAME TO writes the new name as well.
+// alter analyzes ALTER; on a table or view it writes the relation (and
+// the new name of RENAME TO), and calls the functions its expressions do.
 func (p *parser) alter(i, e int) stmtKind {
 	p.a.ddl = true
 	j := p.relationObject(i)
@@ -1452,6 +1452,10 @@ func (p *parser) alter(i, e int) stmtKind {
 			// Its first transaction commits the partition's leaving, and
 			// its second may yet be cancelled.
 			p.a.commitsMidway = true
+		case p.isName(k):
+			// A column default, a USING or CHECK expression: evaluated on
+			// every row, they may call a function that writes.
+			p.call(k, e)
 		}
 	}
 	return kindDDL

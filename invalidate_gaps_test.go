@@ -1,6 +1,7 @@
 package cachedpq
 
 import (
+	"slices"
 	"testing"
 
 	"github.com/lib/pq"
@@ -50,6 +51,27 @@ func TestNotRun(t *testing.T) {
 	for _, tt := range tests {
 		if got := notRun(tt.err); got != tt.want {
 			t.Errorf("%s from %q: notRun = %v, want %v", tt.err.Code, tt.err.Routine, got, tt.want)
+		}
+	}
+}
+
+// TestAlterCalls: ALTER TABLE evaluates the expressions of a column
+// default it adds, of USING and of CHECK on every row, so their functions
+// are calls of the statement.
+func TestAlterCalls(t *testing.T) {
+	tests := []struct {
+		q    string
+		want string
+	}{
+		{`alter table users add column c int default bump()`, "bump"},
+		{`alter table users alter column score type int using s.bump(score)`, "s.bump"},
+		{`alter table only users add constraint k check (ok(id))`, "ok"},
+		{`alter table t rename to u`, ""},
+	}
+	for _, tt := range tests {
+		fns := analyzeUncached(tt.q).functions
+		if tt.want == "" && len(fns) > 0 || tt.want != "" && !slices.Contains(fns, tt.want) {
+			t.Errorf("%q: functions %q, want %q among them", tt.q, fns, tt.want)
 		}
 	}
 }

@@ -84,3 +84,27 @@ func TestAlterInherit(t *testing.T) {
 		env.same(t, q)
 	})
 }
+
+// TestAlterEvaluatesWriter guards ALTER TABLE that calls a function on
+// every row, a column default or a USING expression, where the function
+// writes another table.
+func TestAlterEvaluatesWriter(t *testing.T) {
+	for _, ddl := range []string{
+		`alter table users add column c int default bump()`,
+		`alter table users alter column score type int using bump()`,
+	} {
+		t.Run(ddl, func(t *testing.T) {
+			forEachStore(t, func(t *testing.T, env *cacheEnv) {
+				setupUsers(t, env)
+				mustExec(t, env.raw, `create table log (n int); insert into log values (0);
+					create function bump() returns int volatile language sql as
+						$$ update log set n = n + 1; select 1 $$`)
+				q := `select n from log`
+				env.register(t, q, cachedpq.Policy{})
+				env.prime(t, q)
+				mustExec(t, env.db, ddl)
+				env.same(t, q)
+			})
+		})
+	}
+}
