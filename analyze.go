@@ -194,6 +194,7 @@ type parser struct {
 	temp    bool   // a pg_temp table is referenced
 	catalog bool   // a system catalog is read
 	opaque  bool   // a U&"" name has an escape character the analysis cannot read
+	unseen  string // the first built-in seen that reads what no tag covers (see unseenBuiltins)
 	selInto bool   // SELECT ... INTO creates a table
 }
 
@@ -891,6 +892,35 @@ var nondetBuiltins = map[string]bool{
 	"pg_my_temp_schema": true, "pg_trigger_depth": true, "pg_stat_get_activity": true,
 }
 
+// unseenKind is why a built-in reads what no tag covers.
+type unseenKind uint8
+
+const (
+	runsSQL       unseenKind = iota + 1 // runs SQL of its own: a query given as text, or over the tables an argument names
+	largeObject                         // reads large objects, which lo_put and the like write under no tag
+	sequenceState                       // reads a sequence, which nextval and serial columns advance under no tag
+)
+
+var unseenWhat = [...]string{runsSQL: "it runs SQL the analysis does not see",
+	largeObject: "large objects", sequenceState: "a sequence"}
+
+// unseenBuiltins are the built-ins that read what no write's tag covers: a
+// read that calls one is never cached, and a statement that calls one that
+// runs SQL (which may call a volatile function, or set_config) is an
+// unknown write that runs code. The xml functions over a table, a schema
+// or the database read them through SQL of their own, as ts_stat and
+// ts_rewrite run the query they are given (ts_rewrite's form of three
+// tsquery arguments runs none, but is counted all the same).
+var unseenBuiltins = map[string]unseenKind{
+	"query_to_xml": runsSQL, "query_to_xmlschema": runsSQL, "query_to_xml_and_xmlschema": runsSQL,
+	"cursor_to_xml": runsSQL, "cursor_to_xmlschema": runsSQL, "table_to_xml": runsSQL,
+	"table_to_xmlschema": runsSQL, "table_to_xml_and_xmlschema": runsSQL, "schema_to_xml": runsSQL,
+	"schema_to_xmlschema": runsSQL, "schema_to_xml_and_xmlschema": runsSQL, "database_to_xml": runsSQL,
+	"database_to_xmlschema": runsSQL, "database_to_xml_and_xmlschema": runsSQL, "ts_stat": runsSQL,
+	"ts_rewrite": runsSQL, "lo_get": largeObject, "loread": largeObject, "lo_open": largeObject,
+	"pg_sequence_last_value": sequenceState,
+}
+
 // nondetKeywords may appear without parentheses; as keywords they are
 // reserved, so an unquoted one is always the function.
 var nondetKeywords = map[string]bool{
@@ -1137,6 +1167,8 @@ func (p *parser) builtinCall(name string, open, e int) {
 		}
 	case nondetBuiltins[name] || strings.HasPrefix(name, "uuid_generate_"):
 		p.noteNondet(name)
+	case unseenBuiltins[name] != 0:
+		p.noteUnseen(name)
 	case name == "age" && !p.hasTopComma(open, e):
 		p.noteNondet("age") // age(x) is measured from current_date
 	}
@@ -1154,6 +1186,18 @@ func (p *parser) hasTopComma(open, e int) bool {
 		}
 	}
 	return false
+}
+
+// noteUnseen notes a call of a built-in that reads what no tag covers: the
+// statement is not cacheable, and one that runs SQL it is given writes
+// what the text does not show.
+func (p *parser) noteUnseen(name string) {
+	if p.unseen == "" {
+		p.unseen = name
+	}
+	if unseenBuiltins[name] == runsSQL {
+		p.a.unknownWrite, p.a.runsCode = true, true
+	}
 }
 
 // noteNondet remembers the first non-deterministic built-in seen.
@@ -1553,6 +1597,9 @@ func (p *parser) cacheability() (reason string, nondet bool) {
 		return "reads a system catalog", false
 	case p.opaque:
 		return "a U&\"\" name the analysis cannot decode", false
+	case p.unseen != "":
+		return "calls " + p.unseen + ", which reads what writes do not invalidate (" +
+			unseenWhat[unseenBuiltins[p.unseen]] + ")", false
 	case p.nondet != "":
 		return "calls non-deterministic or session-dependent " + p.nondet, true
 	}

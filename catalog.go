@@ -36,6 +36,15 @@ type catalog struct {
 	// stale is set once the catalog has served Options.CatalogRefresh:
 	// the next statement that needs it reads it again.
 	stale atomic.Bool
+
+	// readFired holds what a read of a view writes: what the functions it
+	// calls write; readOpaque, the views whose functions may write what the
+	// catalog cannot read (see noteViewCalls).
+	readFired  map[string][]string
+	readOpaque map[string]bool
+	// sequences holds the sequences' names: nextval and serial columns
+	// advance them under no tag, so a read of one is never cached.
+	sequences map[string]bool
 }
 
 // serveFor marks cat stale after d (never if d is negative).
@@ -159,6 +168,7 @@ const (
 			and d.refclassid = 'pg_catalog.pg_class'::regclass
 		join pg_catalog.pg_class t on t.oid = d.refobjid
 		where v.relkind in ('v', 'm') and t.oid <> v.oid`
+	seqQuery     = `select relname from pg_catalog.pg_class where relkind = 'S'`
 	inheritQuery = `select c.relname, p.relname
 		from pg_catalog.pg_inherits i
 		join pg_catalog.pg_class c on c.oid = i.inhrelid
@@ -185,6 +195,7 @@ func loadCatalog(ctx context.Context, ci driver.Conn) (*catalog, error) {
 		opaque:     map[string]bool{},
 		writers:    map[string]bool{},
 		funcWrites: map[string][]string{},
+		sequences:  map[string]bool{},
 	}
 	var funcs []userFunc
 	err := catalogRows(ctx, ci, fkQuery, 4, func(r []driver.Value) {
@@ -205,6 +216,9 @@ func loadCatalog(ctx context.Context, ci driver.Conn) (*catalog, error) {
 			cat.parents[child] = appendNew(cat.parents[child], parent)
 			cat.children[parent] = appendNew(cat.children[parent], child)
 		})
+	}
+	if err == nil {
+		err = catalogRows(ctx, ci, seqQuery, 1, func(r []driver.Value) { cat.sequences[textOf(r[0])] = true })
 	}
 	if err == nil {
 		err = catalogRows(ctx, ci, funcQuery, 5, func(r []driver.Value) {
@@ -369,9 +383,10 @@ func (e *engine) state(reg *registration) *regState {
 }
 
 // tagsFor returns the tags an entry of reg depends on, the epoch last, or
-// why reg must not be cached: it calls a function that may write, or read
-// what its source does not show, or the catalog cannot be read to see
-// what its views and functions read.
+// why reg must not be cached: it reads a sequence (through its views and
+// functions too), it calls a function that may write, or read what its
+// source does not show, or a volatile built-in, or the catalog cannot be
+// read to see what its views and functions read.
 func (e *engine) tagsFor(ctx context.Context, c *conn, reg *registration, rs *regState) ([]string, bypassReason, bool) {
 	if e.opts.NoCatalog {
 		return reg.epochTags, 0, true
@@ -385,7 +400,10 @@ func (e *engine) tagsFor(ctx context.Context, c *conn, reg *registration, rs *re
 	}
 	tags, opaque := cat.reads(reg.tags, reg.a.functions)
 	rt := &regTags{cat: cat, tags: append(tags, epochTag)}
-	if opaque || cat.anyMayWrite(reg.a.functions) {
+	switch {
+	case slices.ContainsFunc(tags, func(t string) bool { return cat.sequences[t] }):
+		rt.skip = bypassSequence
+	case opaque || cat.anyMayWrite(reg.a.functions):
 		rt.skip = bypassVolatile
 	}
 	rs.resolved.Store(rt)

@@ -275,7 +275,7 @@ func (e *engine) query(ctx context.Context, c *conn, src inner, query string, ar
 // they met: an error after a COMMIT in a string of statements is no
 // success.
 func (e *engine) uncached(ctx context.Context, c *conn, src inner, a *analysis, query string, args []driver.NamedValue) (driver.Rows, error) {
-	if !mayWrite(a) {
+	if !mayWrite(a) && !e.readsWrite(ctx, c, a) {
 		return src.innerQuery(ctx, query, args)
 	}
 	before := e.catalogBefore(ctx, c, a)
@@ -298,7 +298,7 @@ func (e *engine) exec(ctx context.Context, c *conn, src inner, query string, arg
 	a := analyze(query)
 	before := e.catalogBefore(ctx, c, a)
 	res, err := src.innerExec(ctx, query, args)
-	if mayWrite(a) {
+	if mayWrite(a) || e.readsWrite(ctx, c, a) {
 		e.afterStatement(ctx, c, a, before, err)
 	}
 	return res, err

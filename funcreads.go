@@ -23,7 +23,7 @@ const (
 	relQuery = `select distinct c.relname
 		from pg_catalog.pg_class c
 		join pg_catalog.pg_namespace n on n.oid = c.relnamespace
-		where c.relkind in ('r', 'v', 'm', 'p', 'f')
+		where c.relkind in ('r', 'v', 'm', 'p', 'f', 'S')
 			and n.nspname not in ('pg_catalog', 'information_schema', 'pg_toast')`
 	// atomicQuery lists what the SQL-standard bodies of SQL functions
 	// (BEGIN ATOMIC, RETURN), which have no source text, depend on: the
@@ -39,16 +39,24 @@ const (
 			and qn.nspname not in ('pg_catalog', 'information_schema')
 		where d.classid = 'pg_catalog.pg_proc'::regclass and p.prosrc = ''
 			and (t.oid is not null or qn.oid is not null)`
-	// viewCallQuery lists the user functions each view calls.
+	// viewCallQuery lists the user functions each view calls, and the
+	// built-ins but the immutable ones (see hiddenCall), the user views'.
 	viewCallQuery = `select distinct v.relname, n.nspname || '.' || p.proname
 		from pg_catalog.pg_rewrite r
 		join pg_catalog.pg_class v on v.oid = r.ev_class
+		join pg_catalog.pg_namespace vn on vn.oid = v.relnamespace
 		join pg_catalog.pg_depend d on d.objid = r.oid
 			and d.classid = 'pg_catalog.pg_rewrite'::regclass
 			and d.refclassid = 'pg_catalog.pg_proc'::regclass
 		join pg_catalog.pg_proc p on p.oid = d.refobjid
 		join pg_catalog.pg_namespace n on n.oid = p.pronamespace
-		where v.relkind in ('v', 'm') and n.nspname not in ('pg_catalog', 'information_schema')`
+		where v.relkind in ('v', 'm') and (n.nspname not in ('pg_catalog', 'information_schema')
+			or p.provolatile <> 'i' and vn.nspname not in ('pg_catalog', 'information_schema'))`
+	// builtinQuery lists the volatile built-ins: a read that calls one,
+	// through its views and functions too, is not cached (lo_get,
+	// nextval, random, pg_read_file ...).
+	builtinQuery = `select distinct proname from pg_catalog.pg_proc
+		where pronamespace = 'pg_catalog'::regnamespace and provolatile = 'v'`
 )
 
 // funcIndex holds the user functions by name, for what they read.
@@ -58,7 +66,8 @@ type funcIndex struct {
 	relations map[string]bool     // names of the relations a function may read
 	atomic    map[string][]string // schema-qualified name of a SQL-standard body -> relations it reads
 	atomicFns map[string][]string // schema-qualified name of a SQL-standard body -> user functions it calls
-	viewCalls map[string][]string // view -> schema-qualified user functions it calls
+	viewCalls map[string][]string // view -> schema-qualified user functions (and built-ins) it calls
+	volatile  map[string]bool     // volatile built-in functions, by name
 }
 
 // newFuncIndex indexes funcs by name; the rest is empty.
@@ -70,6 +79,7 @@ func newFuncIndex(funcs []userFunc) *funcIndex {
 		atomic:    map[string][]string{},
 		atomicFns: map[string][]string{},
 		viewCalls: map[string][]string{},
+		volatile:  map[string]bool{},
 	}
 	for i, f := range funcs {
 		ix.byName[f.name] = append(ix.byName[f.name], i)
@@ -103,6 +113,11 @@ func (cat *catalog) loadFuncReads(ctx context.Context, ci driver.Conn, funcs []u
 			ix.viewCalls[v] = appendNew(ix.viewCalls[v], textOf(r[1]))
 		})
 	}
+	if err == nil {
+		err = catalogRows(ctx, ci, builtinQuery, 1, func(r []driver.Value) {
+			ix.volatile[textOf(r[0])] = true
+		})
+	}
 	cat.fns = ix
 	return err
 }
@@ -111,7 +126,8 @@ func (cat *catalog) loadFuncReads(ctx context.Context, ci driver.Conn, funcs []u
 // functions, as the analysis names them) also reads: the base relations
 // of views, and the relations the functions and the views' functions
 // name, transitively. opaque reports a function that may read what its
-// source does not show.
+// source does not show, or that may write, or a built-in whose reads no
+// tag covers (see hiddenCall).
 func (cat *catalog) reads(tables, fns []string) (out []string, opaque bool) {
 	out = append([]string(nil), tables...)
 	pending := append([]string(nil), fns...)
@@ -130,9 +146,11 @@ func (cat *catalog) reads(tables, fns []string) (out []string, opaque bool) {
 		}
 		name := pending[len(pending)-1]
 		pending = pending[:len(pending)-1]
+		opaque = opaque || cat.mayWrite(name)
 		if cat.fns == nil {
 			continue
 		}
+		opaque = opaque || cat.fns.hiddenCall(name)
 		for _, k := range cat.fns.overloads(name) {
 			if seen[k] {
 				continue
@@ -147,6 +165,16 @@ func (cat *catalog) reads(tables, fns []string) (out []string, opaque bool) {
 		}
 	}
 	return out, opaque
+}
+
+// hiddenCall reports a call, named as the analysis or viewCallQuery names
+// it, of a built-in whose answer no tag covers: a volatile one (lo_get,
+// nextval, random), or one that reads what the analysis cannot see (see
+// unseenBuiltins). A user function of that name in another schema counts
+// too, as a call of its bare name may reach the built-in.
+func (ix *funcIndex) hiddenCall(name string) bool {
+	bare := name[strings.LastIndexByte(name, '.')+1:]
+	return ix.volatile[bare] || unseenBuiltins[bare] != 0
 }
 
 // overloads returns the functions a call of name may reach: those of its
@@ -187,6 +215,11 @@ func (ix *funcIndex) body(k int) (rels, calls []string, ok bool) {
 		}
 		if _, fn := ix.byName[name]; fn && p.isPunct(i+1, '(') {
 			calls = appendNew(calls, name)
+		}
+		if p.isPunct(i+1, '(') && unseenBuiltins[name] != 0 {
+			// Not every volatile built-in (see hiddenCall): a function may
+			// sleep, take an advisory lock or count its calls in a sequence.
+			return nil, nil, false
 		}
 	}
 	return rels, calls, true

@@ -66,6 +66,21 @@ func mayWrite(a *analysis) bool {
 		a.ddl || len(a.functions) > 0
 }
 
+// readsWrite reports a statement that mayWrite lets pass whose reads may
+// write all the same: it reads a view that calls a function that may
+// write (see noteViewCalls). A catalog that cannot be read cannot tell.
+func (e *engine) readsWrite(ctx context.Context, c *conn, a *analysis) bool {
+	if len(a.reads) == 0 || e.opts.NoCatalog {
+		return false
+	}
+	cat, err := e.catalog(ctx, c)
+	if err != nil {
+		return true
+	}
+	tables, opaque := cat.readWrites(a.reads)
+	return len(tables) > 0 || opaque
+}
+
 // afterStatement runs once a statement that mayWrite has run. err is what
 // it returned: a statement Postgres refused wrote nothing, unless it was
 // one of several in a string that committed some before it failed, or one
@@ -339,7 +354,7 @@ func (e *engine) writesOf(ctx context.Context, c *conn, a *analysis, before *cat
 		return
 	}
 	events := a.ddl || a.events // event triggers may write tables the text does not name
-	if len(a.writes) == 0 && len(a.functions) == 0 && !events {
+	if len(a.writes) == 0 && len(a.functions) == 0 && len(a.reads) == 0 && !events {
 		return
 	}
 	if e.opts.NoCatalog {
@@ -360,9 +375,10 @@ func (e *engine) writesOf(ctx context.Context, c *conn, a *analysis, before *cat
 		written = slices.Concat(written, cat.ddlFired)
 	}
 	called, known := cat.anyCallWrites(a.functions)
-	tables, opaque := cat.reach(slices.Concat(written, called), truncateCascade)
+	read, readOpaque := cat.readWrites(a.reads) // views that call writers
+	tables, opaque := cat.reach(slices.Concat(written, called, read), truncateCascade)
 	w.add(tables...) // what UnknownWrites names comes on top of what the catalog shows
-	if opaque || events && cat.ddlOpaque || !known {
+	if opaque || events && cat.ddlOpaque || !known || readOpaque {
 		// A trigger's function is code the text does not show, as a
 		// volatile function's is.
 		e.unknownWrite(a, w, true)

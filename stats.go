@@ -22,12 +22,13 @@ const (
 	bypassVolatile                        // the query calls a volatile function
 	bypassStandby                         // the connection reached a standby (see probe.go)
 	bypassSettings                        // the connection started with other settings (see probe.go)
+	bypassSequence                        // the query reads a sequence, which nextval advances under no tag
 	numBypassReasons
 )
 
 var bypassNames = [numBypassReasons]string{"transaction", "session_state", "breaker_open",
 	"invalidation_pending", "too_large", "arguments", "cache_error", "volatile", "standby",
-	"server_settings"}
+	"server_settings", "sequence"}
 
 // Stats is a snapshot of a Connector's counters since it was created.
 type Stats struct {

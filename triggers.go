@@ -167,7 +167,52 @@ func (cat *catalog) loadTriggers(ctx context.Context, ci driver.Conn, funcs []us
 			}
 		})
 	}
+	if err == nil {
+		cat.noteViewCalls()
+	}
 	return err
+}
+
+// noteViewCalls records what the functions that views call write: a read
+// of a view runs them (an audit on read), and so do a read of a view over
+// it, REFRESH of a materialized view and a write through a view, which
+// evaluate its query.
+func (cat *catalog) noteViewCalls() {
+	cat.readFired, cat.readOpaque = map[string][]string{}, map[string]bool{}
+	for v, fns := range cat.fns.viewCalls {
+		for _, f := range fns {
+			tables, ok := cat.calls(f)
+			ok = ok && unseenBuiltins[f[strings.LastIndexByte(f, '.')+1:]] != runsSQL
+			cat.note(v, tables, ok)
+			for _, t := range tables {
+				cat.readFired[v] = appendNew(cat.readFired[v], t)
+			}
+			if !ok {
+				cat.readOpaque[v] = true
+			}
+		}
+	}
+}
+
+// readWrites returns what a read of tables writes (see noteViewCalls),
+// through the views they read too; opaque if that may be what the catalog
+// cannot read.
+func (cat *catalog) readWrites(tables []string) (out []string, opaque bool) {
+	if len(cat.readFired) == 0 && len(cat.readOpaque) == 0 {
+		return nil, false
+	}
+	seen := slices.Clone(tables)
+	for i := 0; i < len(seen); i++ {
+		t := seen[i]
+		for _, w := range cat.readFired[t] {
+			out = appendNew(out, w)
+		}
+		opaque = opaque || cat.readOpaque[t]
+		for _, b := range cat.bases[t] {
+			seen = appendNew(seen, b)
+		}
+	}
+	return out, opaque
 }
 
 // noteEvent records what an event trigger's function writes.

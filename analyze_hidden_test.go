@@ -1,0 +1,37 @@
+package cachedpq
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestUnseenBuiltins: a read that calls a built-in reading what no tag
+// covers (SQL of its own, large objects, a sequence) is refused even when
+// non-deterministic reads are allowed; a statement calling one that runs
+// SQL is an unknown write that runs code.
+func TestUnseenBuiltins(t *testing.T) {
+	for _, c := range []struct {
+		sql     string
+		reason  string // in notCacheable; "" for cacheable
+		runsSQL bool
+	}{
+		{`select table_to_xml('users', true, false, '')`, "runs SQL", true},
+		{`select pg_catalog.query_to_xml($1, true, false, '')`, "runs SQL", true},
+		{`select * from ts_stat('select v from docs')`, "runs SQL", true},
+		{`select database_to_xml(true, false, '')`, "runs SQL", true},
+		{`insert into t select query_to_xml('select bump()', true, false, '')`, "not a read-only", true},
+		{`select lo_get($1)`, "large objects", false},
+		{`select pg_sequence_last_value('s')`, "a sequence", false},
+		{`select myschema.table_to_xml('users')`, "", false}, // a user function
+		{`select xmlparse(content '<a/>')`, "", false},
+	} {
+		a := analyzeUncached(c.sql)
+		if c.reason == "" && a.notCacheable != "" || !strings.Contains(a.notCacheable, c.reason) {
+			t.Errorf("%s: notCacheable %q, want %q", c.sql, a.notCacheable, c.reason)
+		}
+		if a.nondeterministic || a.unknownWrite != c.runsSQL || a.runsCode != c.runsSQL {
+			t.Errorf("%s: nondeterministic %v, unknownWrite %v, runsCode %v", c.sql, a.nondeterministic,
+				a.unknownWrite, a.runsCode)
+		}
+	}
+}

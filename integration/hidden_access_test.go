@@ -1,0 +1,162 @@
+package integration
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/cachedpq/cachedpq"
+)
+
+// Reads and writes the SQL analysis cannot see: sequences and large
+// objects, which their writers change under no tag; built-ins that run SQL
+// of their own; views whose functions write as they are read.
+
+// uncached reads q twice, checks that cachedpq answers as Postgres does,
+// and that neither read was a hit but both skipped the cache for reason.
+func (env *cacheEnv) uncached(t *testing.T, reason, q string, args ...any) {
+	t.Helper()
+	before := env.stats()
+	env.same(t, q, args...)
+	env.same(t, q, args...)
+	after := env.stats()
+	if after.Hits != before.Hits || after.Bypass[reason] != before.Bypass[reason]+2 {
+		t.Fatalf("%s: hits %d -> %d, bypass %q %d -> %d", q, before.Hits, after.Hits, reason,
+			before.Bypass[reason], after.Bypass[reason])
+	}
+}
+
+// refused checks that q cannot be registered, for a reason that names what.
+func (env *cacheEnv) refused(t *testing.T, q, what string) {
+	t.Helper()
+	err := env.reg.Register(q, cachedpq.Policy{TTL: 60e9, AllowNondeterministic: true})
+	if err == nil || !strings.Contains(err.Error(), what) {
+		t.Fatalf("Register(%s) = %v, want a refusal naming %s", q, err, what)
+	}
+}
+
+// TestSequenceReadNotCached guards against serving a sequence's old value:
+// nextval, setval and serial inserts advance it under no tag, so a
+// registered read of a sequence, directly, through a view or through a
+// function, is never cached.
+func TestSequenceReadNotCached(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		mustExec(t, env.raw, `create sequence s; select nextval('s');
+			create view s_now as select last_value from s;
+			create function s_last() returns int8 stable language sql as $$ select last_value from s $$`)
+		reads := []string{`select last_value from s`, `select last_value from s_now`, `select s_last()`}
+		for _, q := range reads {
+			env.register(t, q, cachedpq.Policy{})
+			env.uncached(t, "sequence", q)
+		}
+		mustExec(t, env.db, `select nextval('s')`)
+		for _, q := range reads {
+			env.same(t, q)
+		}
+		env.refused(t, `select pg_sequence_last_value('s')`, "pg_sequence_last_value")
+	})
+}
+
+// TestLargeObjectReadNotCached guards against serving a large object's old
+// bytes after lo_put: lo_get is refused at registration, and a read that
+// reaches it through a function is not cached.
+func TestLargeObjectReadNotCached(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		var oid int64
+		if err := env.raw.QueryRow(`select lo_from_bytea(0, 'aaaa')`).Scan(&oid); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { env.raw.Exec(`select lo_unlink($1)`, oid) })
+		env.refused(t, `select lo_get($1)`, "large objects")
+		mustExec(t, env.raw, `create function lo_of(oid) returns bytea stable language sql as $$ select lo_get($1) $$`)
+		q := `select lo_of($1)`
+		env.register(t, q, cachedpq.Policy{})
+		env.uncached(t, "volatile", q, oid)
+		mustExec(t, env.db, `select lo_put($1, 0, 'bbbb')`, oid)
+		env.same(t, q, oid)
+	})
+}
+
+// TestVolatileBuiltinNotCached: a volatile built-in that no static list
+// names (pg_catalog says so) keeps a registered read out of the cache.
+func TestVolatileBuiltinNotCached(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		setupUsers(t, env)
+		q := `select pg_relation_size('users') > 0`
+		env.register(t, q, cachedpq.Policy{})
+		env.uncached(t, "volatile", q)
+	})
+}
+
+// TestXMLBuiltinsRefused guards against caching built-ins that read the
+// tables an argument names, or run a query given as text: their tables are
+// not the read's tags.
+func TestXMLBuiltinsRefused(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		for _, q := range []string{
+			`select md5(table_to_xml('users', true, false, '')::text)`,
+			`select md5(query_to_xml('select name from users where id = 1', true, false, '')::text)`,
+			`select schema_to_xml('public', true, false, '')`,
+			`select database_to_xml(true, false, '')`,
+			`select * from ts_stat('select to_tsvector(name) from users')`,
+			`select md5(pg_catalog.query_to_xml($1, true, false, '')::text)`,
+		} {
+			env.refused(t, q, "runs SQL")
+		}
+	})
+}
+
+// TestQueryToXMLRunsWriter guards against query_to_xml running a volatile
+// function that writes, unseen: a statement calling it is an unknown write.
+func TestQueryToXMLRunsWriter(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		setupUsers(t, env)
+		mustExec(t, env.raw, `create function bump() returns int volatile language sql as
+				$$ update users set name = name || '+' where id = 1; select 1 $$`)
+		env.prime(t, userName, 1)
+		mustExec(t, env.db, `select query_to_xml('select bump()', true, false, '')`)
+		env.same(t, userName, 1)
+	})
+}
+
+// TestViewCallsWriter guards the audit-on-read pattern: a read of a view
+// whose query calls a volatile function writes what the function writes,
+// and a registered read of such a view is not cached.
+func TestViewCallsWriter(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		setupUsers(t, env)
+		mustExec(t, env.raw, `create table access_log (id int8);
+			create function log_access(int8) returns bool volatile language sql as
+				$$ insert into access_log values ($1); select true $$;
+			create view audited_users as select id, name from users where log_access(id);
+			create view audited_names as select name from audited_users`)
+		q, q2 := `select count(*) from access_log`, `select count(*) + 0 from access_log`
+		env.register(t, q, cachedpq.Policy{})
+		env.register(t, q2, cachedpq.Policy{})
+		env.prime(t, q)
+		env.same(t, `select name from audited_users where id = 1`)
+		env.same(t, q)
+		env.prime(t, q2)
+		env.same(t, `select count(*) from audited_names`) // through a view over it
+		env.same(t, q2)
+		v := `select name from audited_users where id = $1`
+		env.register(t, v, cachedpq.Policy{})
+		env.uncached(t, "volatile", v, 1)
+		env.same(t, q)
+	})
+}
+
+// TestRefreshCallsWriter guards against REFRESH MATERIALIZED VIEW running
+// a writer that its view's query calls, unseen.
+func TestRefreshCallsWriter(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		mustExec(t, env.raw, `create table log (n int); insert into log values (0);
+			create function bump() returns int volatile language sql as
+				$$ update log set n = n + 1; select 1 $$;
+			create materialized view mv as select bump() as b`)
+		q := `select n from log`
+		env.register(t, q, cachedpq.Policy{})
+		env.prime(t, q)
+		mustExec(t, env.db, `refresh materialized view mv`)
+		env.same(t, q)
+	})
+}
