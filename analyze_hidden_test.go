@@ -35,3 +35,17 @@ func TestUnseenBuiltins(t *testing.T) {
 		}
 	}
 }
+
+// TestBodyRunsSQL: a function body that calls a built-in running SQL of
+// its own (which may call a writer) writes what its text does not show.
+func TestBodyRunsSQL(t *testing.T) {
+	none := func(string) ([]string, bool) { return nil, true }
+	for _, src := range []string{
+		`select query_to_xml('select bump()', true, false, '')`,
+		`begin perform pg_catalog.table_to_xml('users', true, false, ''); end`,
+	} {
+		if tables, ok := bodyWrites(src, none); ok {
+			t.Errorf("%s: writes %v, want opaque", src, tables)
+		}
+	}
+}

@@ -491,11 +491,12 @@ func (p *parser) bodyToken(i int, calls func(string) ([]string, bool)) (next int
 }
 
 // bodyCall records what a call of the function name writes, as calls
-// tells it; false if the call makes the body opaque (set_config, or a
-// function that may write what calls cannot tell).
+// tells it; false if the call makes the body opaque (set_config, a
+// built-in that runs SQL of its own, or a function that may write what
+// calls cannot tell).
 func (p *parser) bodyCall(name string, calls func(string) ([]string, bool)) bool {
 	tables, ok := calls(name)
-	if name == "set_config" || !ok {
+	if name == "set_config" || unseenBuiltins[name[strings.LastIndexByte(name, '.')+1:]] == runsSQL || !ok {
 		return false
 	}
 	for _, t := range tables {
