@@ -115,10 +115,11 @@ func (e *engine) afterStatement(ctx context.Context, c *conn, a *analysis, befor
 // changed: its connection's session, the catalog.
 func (e *engine) noteEffects(ctx context.Context, c *conn, a *analysis, before *catalog, w *writeSet) {
 	e.writesOf(ctx, c, a, before, w)
-	if a.sessionLasting || w.hidden {
+	if a.sessionLasting || w.hidden || writesSettings(a) {
 		// SET LOCAL ends with its transaction, where reads bypass anyway; a
 		// function or DO block may call set_config (a tenant for row level
-		// security, a time zone) as surely as SET does.
+		// security, a time zone) as surely as SET does, and so does the
+		// rule of pg_settings, with is_local false.
 		c.dirty = true
 	}
 	if a.ddl {
