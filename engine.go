@@ -285,8 +285,29 @@ func (e *engine) uncached(ctx context.Context, c *conn, src inner, a *analysis, 
 		return nil, err
 	}
 	r := newRows(inner, nil)
+	rowsOpen(c, a)
 	r.onClose = func() { e.afterStatement(ctx, c, a, before, r.err) }
 	return r, nil
+}
+
+// rowsOpen notes what a statement run through Query may have done already
+// while its rows are open: lib/pq has run it when Query returns (all of a
+// statement without rows, the statements of a string before the one whose
+// rows these are), and the connection's next statements may run before
+// the rows' Close (on a sql.Conn or a Tx). A lasting session change counts
+// at once; transaction control leaves the connection unsure whether a
+// transaction is open until Close tells.
+func rowsOpen(c *conn, a *analysis) {
+	if a.sessionLasting {
+		c.dirty = true
+	}
+	ends := a.txCommits || a.txRollsBack || a.commitPrepared
+	switch {
+	case c.tx != nil && ends: // see txStatementInTx
+		c.tx.unsure = true
+	case c.tx == nil && (ends || a.txEnd != txKept):
+		c.rawTx, c.txUnsure = false, true
+	}
 }
 
 // exec runs a statement and, once it succeeded, invalidates what it wrote:

@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"testing"
 )
@@ -55,5 +56,49 @@ func TestPgSettingsUpdateChangesTheSession(t *testing.T) {
 		if s := env.stats(); s.Bypass["session_state"] != 2 {
 			t.Errorf("want both reads to skip the cache for the session's state: %+v", s.Counters)
 		}
+	})
+}
+
+// TestQueryRowsClosedLate: transaction control or a SET sent through
+// Query has run when Query returns, and on a sql.Conn the next statements
+// may run before its rows' Close (a deferred Close). Its effect was noted
+// only at Close: the write in the transaction BEGIN opened was invalidated
+// at once, another connection cached the committed row again, and the
+// COMMIT invalidated nothing, so the old row was served until its TTL;
+// reads after the SET were served rows of the old search_path.
+func TestQueryRowsClosedLate(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		setupUsers(t, env)
+		ctx := context.Background()
+		t.Run("set", func(t *testing.T) {
+			other := otherUsers(t, env)
+			env.prime(t, userName, 1)
+			c, err := env.db.Conn(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Raw(func(any) error { return driver.ErrBadConn }) // its search_path changed: discard it
+			rows, err := c.QueryContext(ctx, `set search_path = `+other)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rows.Close()
+			if got := readOn(t, c); got != "other schema" {
+				t.Errorf("read after the SET, its rows still open: %q, want the other schema's row (lib/pq reads it)", got)
+			}
+		})
+		t.Run("begin", func(t *testing.T) {
+			c := env.pinned(t)
+			rows, err := c.QueryContext(ctx, `begin`)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rows.Close()
+			execOn(t, c, `update users set name = 'late' where id = 1`)
+			env.prime(t, userName, 1) // another connection caches the committed row
+			rows.Close()
+			execOn(t, c, `commit`)
+			env.sees(t, 1, "late", "after the commit")
+		})
 	})
 }
