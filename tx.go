@@ -3,6 +3,9 @@ package cachedpq
 import (
 	"context"
 	"database/sql/driver"
+	"errors"
+
+	"github.com/lib/pq"
 )
 
 var _ driver.Tx = (*tx)(nil)
@@ -37,7 +40,9 @@ func newTx(c *conn, inner driver.Tx, ctx context.Context) *tx {
 func (t *tx) Commit() error {
 	t.conn.tx = nil
 	err := t.inner.Commit()
-	if err == nil || !reportedByServer(err) {
+	// lib/pq answers the Commit of a failed transaction with a ROLLBACK,
+	// and ErrInFailedTransaction once that succeeded: nothing committed.
+	if err == nil || !reportedByServer(err) && !errors.Is(err, pq.ErrInFailedTransaction) {
 		// Also when the outcome is unknown (the connection broke during
 		// COMMIT): invalidating too much is safe, too little is not.
 		t.conn.c.eng.committed(context.WithoutCancel(t.ctx), t.conn, &t.writes)

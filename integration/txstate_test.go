@@ -6,6 +6,8 @@ import (
 	"database/sql/driver"
 	"errors"
 	"testing"
+
+	"github.com/lib/pq"
 )
 
 // Session state and transaction control through the driver, where
@@ -100,5 +102,33 @@ func TestQueryRowsClosedLate(t *testing.T) {
 			execOn(t, c, `commit`)
 			env.sees(t, 1, "late", "after the commit")
 		})
+	})
+}
+
+// TestCommitOfFailedTransactionInvalidatesNothing: lib/pq answers the
+// Commit of a transaction an error aborted with a ROLLBACK and
+// pq.ErrInFailedTransaction; the driver took that for an unknown outcome
+// and invalidated what the transaction had written and rolled back.
+func TestCommitOfFailedTransactionInvalidatesNothing(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		setupUsers(t, env)
+		env.prime(t, userName, 1)
+		tx, err := env.db.Begin()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback()
+		mustExec(t, tx, `update users set name = 'rolled back' where id = 1`)
+		if _, err := tx.Exec(`insert into users values (1, 'dup')`); err == nil {
+			t.Fatal("duplicate key accepted")
+		}
+		if err := tx.Commit(); !errors.Is(err, pq.ErrInFailedTransaction) {
+			t.Fatalf("commit of a failed transaction: %v", err)
+		}
+		hits := env.stats().Hits
+		env.sees(t, 1, "user1", "after the failed commit")
+		if s := env.stats(); s.Hits != hits+1 || s.Invalidations != 0 {
+			t.Fatalf("the failed commit invalidated its rolled-back write: %+v", s.Counters)
+		}
 	})
 }
