@@ -703,7 +703,7 @@ func (p *parser) queryRefs(s, e int) {
 		case p.is(i, "with"):
 			p.withNames(i, p.scopeEnd(groups, e))
 			p.nestedDML(i, p.scopeEnd(groups, e))
-		case p.is(i, "from") && p.tableFrom(i, groups):
+		case p.is(i, "from") && p.tableFrom(i, s, e, groups):
 			p.fromList(i+1, e)
 		case p.isAny(i, "join", "table"):
 			p.tableRef(i+1, e)
@@ -740,18 +740,25 @@ func (p *parser) scopeEnd(groups []int, e int) int {
 }
 
 // tableFrom tells a FROM that starts a table list from the FROM of
-// IS DISTINCT FROM, DELETE FROM, ROWS FROM and of function arguments
-// such as extract(year FROM x) or substring(s FROM 2).
-func (p *parser) tableFrom(i int, groups []int) bool {
-	if p.isAny(i-1, "distinct", "delete", "rows") {
+// IS DISTINCT FROM, of the DELETE FROM that starts a statement, and of
+// function arguments such as extract(year FROM x) or substring(s FROM 2).
+// A DELETE or ROWS before any other FROM is a column alias
+// (count(*) AS rows FROM t); the FROM of ROWS FROM (f(), ...) may pass for
+// a table list, as its items are calls.
+func (p *parser) tableFrom(i, s, e int, groups []int) bool {
+	if p.is(i-1, "distinct") {
 		return false
 	}
-	if len(groups) == 0 {
-		return true
+	start := s
+	if len(groups) > 0 {
+		start = groups[len(groups)-1] + 1
+		e = p.closing(start-1, e)
 	}
-	first := groups[len(groups)-1] + 1
-	return p.isPunct(first, '(') ||
-		p.isAny(first, "select", "with", "values", "table", "insert", "update", "delete", "merge")
+	if p.is(i-1, "delete") && p.skipWith(start, e) == i-1 {
+		return false
+	}
+	return len(groups) == 0 || p.isPunct(start, '(') ||
+		p.isAny(start, "select", "with", "values", "table", "insert", "update", "delete", "merge")
 }
 
 // withNames records the names a WITH clause at i defines. A name hides a
