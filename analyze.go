@@ -813,9 +813,10 @@ func (p *parser) nextCTE(j, scope int) int {
 	return -1
 }
 
-// fromEnd lists the keywords that end a FROM list.
+// fromEnd lists the keywords that end a FROM list. All are reserved: a
+// non-reserved one (SET) may be an alias or a column name in the list.
 var fromEnd = []string{"where", "group", "having", "window", "order", "limit", "offset", "fetch",
-	"for", "union", "intersect", "except", "returning", "set", "do", "when", "into", "then"}
+	"for", "union", "intersect", "except", "returning", "do", "when", "into", "then"}
 
 // fromList reads a comma-separated list of table references at i.
 func (p *parser) fromList(i, e int) {
@@ -833,6 +834,8 @@ func (p *parser) afterComma(i, e int) int {
 		switch {
 		case p.isPunct(j, '(') || p.isPunct(j, '['):
 			j = p.closing(j, e)
+		case p.is(j, "case"): // in a join condition: its WHEN and THEN end nothing
+			j = p.caseEnd(j, e)
 		case p.isPunct(j, ')') || p.isPunct(j, ';'):
 			return -1
 		case p.isPunct(j, ','):
@@ -844,6 +847,25 @@ func (p *parser) afterComma(i, e int) int {
 		}
 	}
 	return -1
+}
+
+// caseEnd returns the index of the END that closes the CASE at i, or e
+// when it is not closed.
+func (p *parser) caseEnd(i, e int) int {
+	open := 0
+	for j := i; j < e; j++ {
+		switch {
+		case p.isPunct(j, '(') || p.isPunct(j, '['):
+			j = p.closing(j, e)
+		case p.is(j, "case"):
+			open++
+		case p.is(j, "end"):
+			if open--; open == 0 {
+				return j
+			}
+		}
+	}
+	return e
 }
 
 // tableRef reads one table reference at i and returns the index after

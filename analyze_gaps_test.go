@@ -28,6 +28,19 @@ func TestKeywordAliasTables(t *testing.T) {
 		{"with x as (select 1) delete from t", nil, []string{"t"}},
 		{"select * from (with x as (select 1) delete from t returning 1) d", nil, []string{"t"}},
 		{"explain analyze delete from t using u", []string{"u"}, []string{"t"}},
+		// SET as an alias or column name, and a CASE in a join condition,
+		// ended the FROM list: the tables after the next comma were lost.
+		{"select * from a set, b", []string{"a", "b"}, nil},
+		{"select set.x from a set, b", []string{"a", "b"}, nil},
+		{"select * from a set(c), b", []string{"a", "b"}, nil},
+		{"select * from a join b set on true, c", []string{"a", "c", "b"}, nil},
+		{"select * from a join b on a.set = b.x, c", []string{"a", "c", "b"}, nil},
+		{"select * from a join b on a.x = set, c", []string{"a", "c", "b"}, nil},
+		{"delete from w using a set, b", []string{"a", "b"}, []string{"w"}},
+		{"select * from a join b on case when a.x = b.x then true else false end, c", []string{"a", "c", "b"}, nil},
+		{"select * from a join b on case when case when true then a.x end = b.x then true end, c", []string{"a", "c", "b"}, nil},
+		{"update w set a = 1 from a join b on case a.x when 1 then true end, c where true", []string{"a", "c", "b"}, []string{"w"}},
+		{"insert into w select * from a on conflict (x) do update set a = 1, b = 2", []string{"a"}, []string{"w"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.q, func(t *testing.T) {

@@ -29,3 +29,24 @@ func TestRowsAliasInvalidates(t *testing.T) {
 		})
 	}
 }
+
+// TestFromListAfterCaseInvalidates guards a FROM list whose later items
+// were lost: a CASE in a join condition, or an alias named set, ended the
+// list at its WHEN or SET, so writes to orders left the reads stale.
+func TestFromListAfterCaseInvalidates(t *testing.T) {
+	for _, q := range []string{
+		`select count(*) from users a join users b on case when a.id = b.id then true else false end, orders`,
+		`select count(*) from users set, orders`,
+	} {
+		t.Run(q, func(t *testing.T) {
+			forEachStore(t, func(t *testing.T, env *cacheEnv) {
+				setupUsers(t, env)
+				mustExec(t, env.raw, `create table orders (user_id int8)`)
+				env.register(t, q, cachedpq.Policy{})
+				env.prime(t, q)
+				mustExec(t, env.db, `insert into orders values (1)`)
+				env.same(t, q)
+			})
+		})
+	}
+}
