@@ -610,10 +610,16 @@ func dmlKind(p *parser, i int) stmtKind {
 }
 
 // skipWith returns the index of the main statement after a WITH clause,
-// or s when there is none. The CTE bodies are analyzed by queryRefs.
+// or s when there is none. The CTE bodies are analyzed by queryRefs. The
+// clause is read by its shape, as any non-reserved keyword (UPDATE,
+// DELETE, VALUES, ...) may name a CTE; a clause of another shape falls
+// back to the first statement keyword outside parentheses.
 func (p *parser) skipWith(s, e int) int {
 	if !p.is(s, "with") {
 		return s
+	}
+	if main := p.withEnd(s, e); main >= 0 {
+		return main
 	}
 	for i := s + 1; i < e; i++ {
 		switch {
@@ -628,6 +634,66 @@ func (p *parser) skipWith(s, e int) int {
 		}
 	}
 	return e
+}
+
+// withEnd reads WITH [RECURSIVE] name [(columns)] AS [NOT] [MATERIALIZED]
+// (body) [SEARCH ...] [CYCLE ...] [, ...] at s and returns the index of
+// the statement after it, or -1 when the clause has another shape.
+func (p *parser) withEnd(s, e int) int {
+	i := s + 1
+	if p.is(i, "recursive") {
+		i++
+	}
+	for i < e && p.isName(i) {
+		i = p.afterName(i)
+		if p.isPunct(i, '(') {
+			i = p.closing(i, e) + 1
+		}
+		if !p.is(i, "as") {
+			return -1
+		}
+		for i++; p.isAny(i, "not", "materialized"); i++ {
+		}
+		if !p.isPunct(i, '(') || p.closing(i, e) >= e {
+			return -1
+		}
+		i = p.searchCycle(p.closing(i, e)+1, e)
+		switch {
+		case p.isPunct(i, ','):
+			i++
+		case p.isPunct(i, '(') || p.isAny(i, "select", "insert", "update", "delete", "merge", "values", "table"):
+			return i
+		default:
+			return -1
+		}
+	}
+	return -1
+}
+
+// searchCycle returns the index after the SEARCH and CYCLE clauses of a
+// CTE at i, if any: SEARCH ... BY a, b SET c and CYCLE a, b SET c
+// [TO v DEFAULT d] USING p, whose column names may be keywords too.
+func (p *parser) searchCycle(i, e int) int {
+	if p.is(i, "search") {
+		for i++; i < e && !p.is(i, "by"); i++ {
+		}
+		i = p.setColumn(i+1, e)
+	}
+	if p.is(i, "cycle") {
+		for i = p.setColumn(i+1, e); i < e && !p.is(i, "using"); i++ { // USING is reserved
+		}
+		i += 2
+	}
+	return min(i, e)
+}
+
+// setColumn skips the column list a, b at i and SET c after it, and
+// returns the index after c.
+func (p *parser) setColumn(i, e int) int {
+	for p.isName(i) && p.isPunct(i+1, ',') {
+		i += 2
+	}
+	return i + 3 // the last column, SET and c
 }
 
 // selectInto handles SELECT ... INTO t, which creates a table: a DDL

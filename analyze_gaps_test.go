@@ -51,3 +51,36 @@ func TestKeywordAliasTables(t *testing.T) {
 		})
 	}
 }
+
+// TestKeywordCTENames: WITH names that are keywords (UPDATE, INSERT,
+// DELETE, MERGE, VALUES) were taken for the main statement, which hid its
+// target, also in a nested WITH.
+func TestKeywordCTENames(t *testing.T) {
+	tests := []struct {
+		q             string
+		reads, writes []string
+		kind          stmtKind
+	}{
+		{"with update as (select 1) update w set a = 1", nil, []string{"w"}, kindUpdate},
+		{"with update as (select 1) delete from w", nil, []string{"w"}, kindDelete},
+		{"with insert as (select 1 as id) update w set a = 1 from insert where w.id = insert.id", nil, []string{"w"}, kindUpdate},
+		{"with a as (select 1), merge as (select 1 as id) delete from w where id in (select id from merge)", nil, []string{"w"}, kindDelete},
+		{"with values as (select 1) insert into w values (1)", nil, []string{"w"}, kindInsert},
+		{"with recursive delete(n) as (select 1 union all select n from delete) delete from w", nil, []string{"w"}, kindDelete},
+		{"with d as (with update as (select 1) delete from w returning 1) select * from d", nil, []string{"w"}, kindSelect},
+		{"with delete as materialized (select * from t) select * from delete, u", []string{"t", "u"}, nil, kindSelect},
+		{"with x as (select 1) (select * from t)", []string{"t"}, nil, kindSelect},
+		// SEARCH and CYCLE clauses, whose column names may be keywords too.
+		{"with recursive x(a, update) as (select 1, 2 union all select a, update from x) search depth first by a, update set delete update w set a = 1", nil, []string{"w"}, kindUpdate},
+		{"with recursive x(a, update) as (select 1, 2 union all select a, update from x) cycle a, update set delete to 'y' default 'n' using insert, merge as (select 1) delete from w", nil, []string{"w"}, kindDelete},
+		{"with recursive x(a) as (select 1 union all select a from x) search breadth first by a set o cycle a set c using p insert into w select * from t", []string{"t"}, []string{"w"}, kindInsert},
+	}
+	for _, tt := range tests {
+		t.Run(tt.q, func(t *testing.T) {
+			a := analyzeUncached(tt.q)
+			if !slices.Equal(a.reads, tt.reads) || !slices.Equal(a.writes, tt.writes) || a.kind != tt.kind {
+				t.Errorf("reads %q writes %q kind %v, want %q %q %v", a.reads, a.writes, a.kind, tt.reads, tt.writes, tt.kind)
+			}
+		})
+	}
+}

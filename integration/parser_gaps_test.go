@@ -50,3 +50,19 @@ func TestFromListAfterCaseInvalidates(t *testing.T) {
 		})
 	}
 }
+
+// TestKeywordCTENameInvalidates guards WITH names that are keywords
+// (UPDATE, INSERT, DELETE, MERGE, VALUES): the first was taken for the
+// main statement, so its target went unwritten, also in a nested WITH.
+func TestKeywordCTENameInvalidates(t *testing.T) {
+	for _, w := range []string{
+		`with update as (select 1) update users set name = 'changed' where id = 1`,
+		`with update as (select 1) delete from users where id = 1`,
+		`with insert as (select 1::int8 as id) update users set name = 'changed' from insert where users.id = insert.id`,
+		`with a as (select 1), merge as (select 1::int8 as id) delete from users where id in (select id from merge)`,
+		`with values as (select 1) delete from users where id = 1`,
+		`with d as (with update as (select 1) delete from users where id = 1 returning 1) select * from d`,
+	} {
+		t.Run(w, func(t *testing.T) { writeThrough(t, w) })
+	}
+}
