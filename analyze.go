@@ -1457,13 +1457,16 @@ func (p *parser) truncate(i, e int) {
 	}
 }
 
-// copyStmt analyzes COPY t FROM (a write), COPY t TO (a read) and
+// copyStmt analyzes COPY [BINARY] t FROM (a write), COPY t TO (a read) and
 // COPY (statement) TO, which runs the statement: a query reads, and
 // INSERT/UPDATE/DELETE ... RETURNING writes.
 func (p *parser) copyStmt(i, e int) stmtKind {
 	if p.isPunct(i, '(') {
 		p.statement(i+1, p.closing(i, e))
 		return kindCopyTo
+	}
+	if p.is(i, "binary") {
+		i++ // COPY BINARY t, the old spelling of FORMAT binary; BINARY is reserved
 	}
 	if !p.isName(i) {
 		return kindOther

@@ -84,3 +84,18 @@ func TestKeywordCTENames(t *testing.T) {
 		})
 	}
 }
+
+// TestCopyBinary: COPY BINARY t FROM was read as a read of a table named
+// binary.
+func TestCopyBinary(t *testing.T) {
+	for q, want := range map[string]stmtKind{
+		"copy binary w from '/tmp/f'":         kindCopyFrom,
+		"copy binary public.w (a) from stdin": kindCopyFrom,
+		"copy binary w to stdout":             kindCopyTo,
+	} {
+		a := analyzeUncached(q)
+		if want == kindCopyFrom && !slices.Equal(a.writes, []string{"w"}) || want == kindCopyTo && !slices.Equal(a.reads, []string{"w"}) || a.kind != want {
+			t.Errorf("%s: reads %q writes %q kind %v, want %v of w", q, a.reads, a.writes, a.kind, want)
+		}
+	}
+}
