@@ -1532,6 +1532,9 @@ func (p *parser) create(i, e int) stmtKind {
 	for k := j; k < e; k++ {
 		if p.isPunct(k, '(') {
 			k = p.closing(k, e)
+		} else if p.is(k, "as") && p.is(k+1, "execute") {
+			p.a.unknownWrite, p.a.runsCode = true, true // CREATE TABLE t AS EXECUTE p, as EXECUTE p
+			break
 		} else if p.is(k, "as") {
 			p.queryRefs(k+1, e)
 			break

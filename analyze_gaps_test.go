@@ -99,3 +99,14 @@ func TestCopyBinary(t *testing.T) {
 		}
 	}
 }
+
+// TestCreateTableAsExecute: CREATE TABLE t AS EXECUTE p runs a prepared
+// statement the text does not show, as EXECUTE p does.
+func TestCreateTableAsExecute(t *testing.T) {
+	for _, q := range []string{"create table t2 as execute p", "create temp table if not exists t2 (a) as execute p (1)"} {
+		a := analyzeUncached(q)
+		if !a.unknownWrite || !a.runsCode || !slices.Contains(a.writes, "t2") {
+			t.Errorf("%s: unknown write %v runs code %v writes %q", q, a.unknownWrite, a.runsCode, a.writes)
+		}
+	}
+}

@@ -82,3 +82,18 @@ func TestCopyBinaryInvalidates(t *testing.T) {
 		env.same(t, q)
 	})
 }
+
+// TestCreateTableAsExecuteInvalidates guards CREATE TABLE t AS EXECUTE p,
+// which runs a prepared statement the text does not show (here one whose
+// WITH updates users) and so must count as an unknown write, as EXECUTE
+// p does.
+func TestCreateTableAsExecuteInvalidates(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		setupUsers(t, env)
+		env.prime(t, userName, 1)
+		execOn(t, env.pinned(t),
+			`prepare p as with d as (update users set name = 'changed' where id = 1 returning *) select * from d`,
+			`create table t2 as execute p`)
+		env.same(t, userName, 1)
+	})
+}
