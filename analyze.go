@@ -321,7 +321,7 @@ func (p *parser) statements() {
 			depth++
 		case i < len(p.toks) && (p.isPunct(i, ')') || p.isPunct(i, ']')):
 			depth--
-		case !atomic && i > start && p.is(start, "create") && p.is(i, "begin") && p.is(i+1, "atomic"):
+		case !atomic && i > start && p.is(i, "begin") && p.is(i+1, "atomic") && p.createsRoutine(start):
 			atomic, cases = true, 0
 		case atomic && p.is(i, "case"):
 			cases++
@@ -343,6 +343,18 @@ func (p *parser) statements() {
 		}
 	}
 	p.a.multi = count > 1
+}
+
+// createsRoutine reports whether the statement at s is CREATE [OR
+// REPLACE] FUNCTION or PROCEDURE, the only ones with a BEGIN ATOMIC body.
+func (p *parser) createsRoutine(s int) bool {
+	if !p.is(s, "create") {
+		return false
+	}
+	if p.is(s+1, "or") && p.is(s+2, "replace") {
+		s += 2
+	}
+	return p.isAny(s+1, "function", "procedure")
 }
 
 // tagOf returns the tag of the name token i: unquoted names fold to lower

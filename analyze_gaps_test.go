@@ -110,3 +110,16 @@ func TestCreateTableAsExecute(t *testing.T) {
 		}
 	}
 }
+
+// TestBeginAtomicOnlyInRoutines: BEGIN ATOMIC was taken for a function
+// body in any CREATE, and the statements after it were swallowed.
+func TestBeginAtomicOnlyInRoutines(t *testing.T) {
+	a := analyzeUncached(`create view v as select x.begin atomic from (select 1 as begin) x; update w set a = 1`)
+	if !a.multi || !slices.Equal(a.writes, []string{"v", "w"}) {
+		t.Errorf("CREATE VIEW: multi %v writes %q", a.multi, a.writes)
+	}
+	a = analyzeUncached(`create or replace procedure p() language sql begin atomic update w set a = 1; end; update u set a = 1`)
+	if !a.multi || !slices.Equal(a.writes, []string{"u"}) {
+		t.Errorf("CREATE PROCEDURE: multi %v writes %q", a.multi, a.writes)
+	}
+}

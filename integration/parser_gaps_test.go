@@ -97,3 +97,10 @@ func TestCreateTableAsExecuteInvalidates(t *testing.T) {
 		env.same(t, userName, 1)
 	})
 }
+
+// TestBeginAtomicInViewInvalidates guards a BEGIN ATOMIC outside CREATE
+// FUNCTION or PROCEDURE (here a column begin aliased atomic in a view):
+// it was taken for a function body, which swallowed the UPDATE after it.
+func TestBeginAtomicInViewInvalidates(t *testing.T) {
+	writeThrough(t, `create view v as select x.begin atomic from (select 1 as begin) x; update users set name = 'changed' where id = 1`)
+}
