@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"os"
 	"testing"
 
 	"github.com/cachedpq/cachedpq"
@@ -74,6 +75,7 @@ func TestCopyBinaryInvalidates(t *testing.T) {
 	forEachStore(t, func(t *testing.T, env *cacheEnv) {
 		setupUsers(t, env)
 		file := "/tmp/cachedpq_copy_binary_" + env.schema + ".bin"
+		t.Cleanup(func() { os.Remove(file) }) // the server wrote it; this process runs on its machine
 		mustExec(t, env.raw, `copy (select 1000::int8, 'copied'::text, null::numeric, null::timestamptz) to '`+file+`' with (format binary)`)
 		q := `select count(*) from users`
 		env.register(t, q, cachedpq.Policy{})
