@@ -20,6 +20,7 @@ type catalog struct {
 	cascades  map[string][]string // table -> tables whose rows its UPDATE/DELETE changes through ON ... CASCADE/SET NULL/SET DEFAULT
 	referrers map[string][]string // table -> every table with a foreign key to it (TRUNCATE ... CASCADE)
 	bases     map[string][]string // view or materialized view -> the relations it reads
+	policies  map[string][]string // table -> the other relations its row level security policies read
 	parents   map[string][]string // partition or inheriting table -> its parents
 	children  map[string][]string // partitioned or inherited table -> its partitions and children
 	volatile  map[string]bool     // user function name, bare and schema-qualified -> any overload is volatile
@@ -168,6 +169,17 @@ const (
 			and d.refclassid = 'pg_catalog.pg_class'::regclass
 		join pg_catalog.pg_class t on t.oid = d.refobjid
 		where v.relkind in ('v', 'm') and t.oid <> v.oid`
+	// policyQuery lists the relations that the row level security
+	// policies of each table read (in a USING or WITH CHECK subquery): a
+	// read of the table reads them too, whoever it is filtered for.
+	policyQuery = `select distinct t.relname, r.relname
+		from pg_catalog.pg_policy p
+		join pg_catalog.pg_class t on t.oid = p.polrelid
+		join pg_catalog.pg_depend d on d.objid = p.oid
+			and d.classid = 'pg_catalog.pg_policy'::regclass
+			and d.refclassid = 'pg_catalog.pg_class'::regclass
+		join pg_catalog.pg_class r on r.oid = d.refobjid
+		where r.oid <> t.oid`
 	seqQuery     = `select relname from pg_catalog.pg_class where relkind = 'S'`
 	inheritQuery = `select c.relname, p.relname
 		from pg_catalog.pg_inherits i
@@ -188,6 +200,7 @@ func loadCatalog(ctx context.Context, ci driver.Conn) (*catalog, error) {
 		cascades:   map[string][]string{},
 		referrers:  map[string][]string{},
 		bases:      map[string][]string{},
+		policies:   map[string][]string{},
 		parents:    map[string][]string{},
 		children:   map[string][]string{},
 		volatile:   map[string]bool{},
@@ -208,6 +221,11 @@ func loadCatalog(ctx context.Context, ci driver.Conn) (*catalog, error) {
 	if err == nil {
 		err = catalogRows(ctx, ci, viewQuery, 2, func(r []driver.Value) {
 			cat.bases[textOf(r[0])] = appendNew(cat.bases[textOf(r[0])], textOf(r[1]))
+		})
+	}
+	if err == nil {
+		err = catalogRows(ctx, ci, policyQuery, 2, func(r []driver.Value) {
+			cat.policies[textOf(r[0])] = appendNew(cat.policies[textOf(r[0])], textOf(r[1]))
 		})
 	}
 	if err == nil {

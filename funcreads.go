@@ -124,8 +124,8 @@ func (cat *catalog) loadFuncReads(ctx context.Context, ci driver.Conn, funcs []u
 
 // reads returns tables with what a read of them that calls fns (user
 // functions, as the analysis names them) also reads: the base relations
-// of views, and the relations the functions and the views' functions
-// name, transitively. opaque reports a function that may read what its
+// of views, the relations row level security policies read, and the
+// relations the functions and the views' functions name, transitively. opaque reports a function that may read what its
 // source does not show, or that may write, or a built-in whose reads no
 // tag covers (see hiddenCall).
 func (cat *catalog) reads(tables, fns []string) (out []string, opaque bool) {
@@ -137,6 +137,9 @@ func (cat *catalog) reads(tables, fns []string) (out []string, opaque bool) {
 			t := out[i]
 			i++
 			for _, b := range cat.bases[t] {
+				out = appendNew(out, b)
+			}
+			for _, b := range cat.policies[t] {
 				out = appendNew(out, b)
 			}
 			if cat.fns != nil {
