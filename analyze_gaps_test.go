@@ -9,10 +9,7 @@ import (
 // table aliases and column names, which ended or hid a FROM list and so
 // lost its tables.
 func TestKeywordAliasTables(t *testing.T) {
-	tests := []struct {
-		q             string
-		reads, writes []string
-	}{
+	tests := []tableCase{
 		// A select item named rows or delete is no ROWS FROM or DELETE FROM.
 		{"select count(*) as rows from users", []string{"users"}, nil},
 		{"select count(*) rows from users", []string{"users"}, nil},
@@ -42,14 +39,7 @@ func TestKeywordAliasTables(t *testing.T) {
 		{"update w set a = 1 from a join b on case a.x when 1 then true end, c where true", []string{"a", "c", "b"}, []string{"w"}},
 		{"insert into w select * from a on conflict (x) do update set a = 1, b = 2", []string{"a"}, []string{"w"}},
 	}
-	for _, tt := range tests {
-		t.Run(tt.q, func(t *testing.T) {
-			a := analyzeUncached(tt.q)
-			if !slices.Equal(a.reads, tt.reads) || !slices.Equal(a.writes, tt.writes) {
-				t.Errorf("reads %q writes %q, want %q %q", a.reads, a.writes, tt.reads, tt.writes)
-			}
-		})
-	}
+	checkTables(t, tests)
 }
 
 // TestKeywordCTENames: WITH names that are keywords (UPDATE, INSERT,

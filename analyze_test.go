@@ -54,11 +54,27 @@ func TestNormalizeDifferent(t *testing.T) {
 // long is a name of 63 bytes, the longest the server keeps.
 var long = "t" + strings.Repeat("x", 62)
 
+// tableCase is a statement and the tables its analysis must find.
+type tableCase struct {
+	q             string
+	reads, writes []string
+}
+
+// checkTables analyzes each case's statement and compares its tables.
+func checkTables(t *testing.T, tests []tableCase) {
+	t.Helper()
+	for _, tt := range tests {
+		t.Run(tt.q, func(t *testing.T) {
+			a := analyzeUncached(tt.q)
+			if !slices.Equal(a.reads, tt.reads) || !slices.Equal(a.writes, tt.writes) {
+				t.Errorf("reads %q writes %q, want %q %q", a.reads, a.writes, tt.reads, tt.writes)
+			}
+		})
+	}
+}
+
 func TestTables(t *testing.T) {
-	tests := []struct {
-		q             string
-		reads, writes []string
-	}{
+	tests := []tableCase{
 		{"select * from users", []string{"users"}, nil},
 		{"select * from public.Users", []string{"users"}, nil},
 		{`select * from "users"`, []string{"users"}, nil},
@@ -129,14 +145,7 @@ func TestTables(t *testing.T) {
 		{`delete from "` + long[:62] + `é"`, nil, []string{long[:62]}},
 		{`insert into U&"` + long[:61] + `\00e9x" values (1)`, nil, []string{long[:61] + "é"}},
 	}
-	for _, tt := range tests {
-		t.Run(tt.q, func(t *testing.T) {
-			a := analyzeUncached(tt.q)
-			if !slices.Equal(a.reads, tt.reads) || !slices.Equal(a.writes, tt.writes) {
-				t.Errorf("reads %q writes %q, want %q %q", a.reads, a.writes, tt.reads, tt.writes)
-			}
-		})
-	}
+	checkTables(t, tests)
 }
 
 func TestFlags(t *testing.T) {

@@ -385,7 +385,7 @@ type regState struct {
 // regTags is a registration's tags resolved against one catalog.
 type regTags struct {
 	cat  *catalog
-	tags []string // read tables, views' bases, what its functions read, policy tags, then the epoch
+	tags []string // read tables, views' bases, what its functions read, Policy.Tags, then the epoch
 	// skip, unless 0, is why reg must not be cached: it calls a user
 	// function that may write, or read what its source does not show.
 	skip bypassReason
