@@ -81,6 +81,7 @@ type Connector struct {
 	id    identity
 	owned redis.UniversalClient // created from a URL; closed by Close
 	eng   *engine
+	drv   boundDriver // what Driver returns
 
 	// refused, if set, is why the Connector must not connect (see Wrap).
 	refused error
@@ -252,6 +253,7 @@ func Wrap(inner driver.Connector, opts Options) *Connector {
 func newConnector(inner driver.Connector, opts Options, id identity) *Connector {
 	opts = opts.withDefaults()
 	c := &Connector{inner: inner, opts: opts, id: id}
+	c.drv = boundDriver{Driver: registered, c: c}
 	c.eng = newEngine(c)
 	return c
 }
@@ -290,8 +292,15 @@ func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 // else the DSN's cache_prefix, else "cachedpq".
 func (c *Connector) Prefix() string { return c.opts.Prefix }
 
-// Driver returns the cachedpq driver.
-func (c *Connector) Driver() driver.Driver { return registered }
+// Driver returns the cachedpq driver, bound to c: a *sql.DB's Driver
+// method then leads ConnectorOf to c without taking a connection.
+func (c *Connector) Driver() driver.Driver { return &c.drv }
+
+// boundDriver is the registered Driver, as the Connector c returns it.
+type boundDriver struct {
+	*Driver
+	c *Connector
+}
 
 // Close releases the cache clients the Connector created and closes the
 // inner connector if it can be closed. A client passed in Options is left

@@ -561,3 +561,37 @@ func TestFatalErrorIsAnUnknownOutcome(t *testing.T) {
 		t.Fatal("an ERROR did not count as a refusal")
 	}
 }
+
+// downConnector is a database that cannot be reached.
+type downConnector struct{}
+
+func (downConnector) Connect(context.Context) (driver.Conn, error) {
+	return nil, errors.New("connection refused")
+}
+func (downConnector) Driver() driver.Driver { return nil }
+
+// TestConnectorOfTakesNoConnection: ConnectorOf finds the Connector
+// through the DB's driver, not through a pooled connection, so it answers
+// when none can be had (Postgres down; or every connection held, where a
+// pool wait would block for good), and it still tells a DB of another
+// driver.
+func TestConnectorOfTakesNoConnection(t *testing.T) {
+	c := Wrap(downConnector{}, Options{})
+	db := sql.OpenDB(c)
+	defer db.Close()
+	got, err := ConnectorOf(db)
+	if err != nil || got != c {
+		t.Fatalf("ConnectorOf of a DB whose database is down = %p, %v; want %p", got, err, c)
+	}
+	if d := c.Driver(); d.(driver.DriverContext) == nil {
+		t.Fatal("the Connector's driver does not open connectors")
+	}
+	other, err := sql.Open("postgres", "host=127.0.0.1 port=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if _, err := ConnectorOf(other); err == nil {
+		t.Fatal("ConnectorOf accepted a lib/pq DB")
+	}
+}

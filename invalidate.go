@@ -700,22 +700,12 @@ func pqCheckValue(x any, binary bool) (v driver.Value, ok bool, err error) {
 }
 
 // ConnectorOf returns the Connector behind a DB opened with the "cachedpq"
-// driver or OpenDB, for its Stats and Invalidate methods.
+// driver or OpenDB, for its Stats and Invalidate methods. It takes no
+// connection from the pool, so it answers at once even when every
+// connection is busy or Postgres is down.
 func ConnectorOf(db *sql.DB) (*Connector, error) {
-	sc, err := db.Conn(context.Background())
-	if err != nil {
-		return nil, err
+	if d, ok := db.Driver().(*boundDriver); ok {
+		return d.c, nil
 	}
-	defer sc.Close()
-	var c *Connector
-	sc.Raw(func(dc any) error {
-		if cc, ok := dc.(*conn); ok {
-			c = cc.c
-		}
-		return nil
-	})
-	if c == nil {
-		return nil, errors.New("cachedpq: the DB does not use the cachedpq driver")
-	}
-	return c, nil
+	return nil, errors.New("cachedpq: the DB does not use the cachedpq driver")
 }
