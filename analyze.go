@@ -1426,6 +1426,9 @@ func (p *parser) session(s, e int) stmtKind {
 		p.a.txControl = true
 		return kindTx
 	}
+	if p.harmless(s, j, e) {
+		return kindSession
+	}
 	p.a.sessionChange = true
 	if !p.is(s, "set") || !p.is(s+1, "local") {
 		p.a.sessionLasting = true
@@ -1445,6 +1448,18 @@ func (p *parser) session(s, e int) stmtKind {
 		p.a.scsOff = p.a.scsOff || !ok || !pgTrue(val)
 	}
 	return kindSession
+}
+
+// harmless reports whether the SET or RESET at s changes only a harmless
+// setting, named at j.
+func (p *parser) harmless(s, j, e int) bool {
+	if !p.isName(j) || !harmlessSetting(asciiLower(p.tagOf(j))) {
+		return false
+	}
+	if p.is(s, "reset") {
+		return j+1 == e
+	}
+	return p.is(j+1, "to") || p.isPunct(j+1, '=')
 }
 
 // truncate records TRUNCATE [TABLE] [ONLY] name [*] [, ...] [CASCADE].

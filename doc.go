@@ -31,7 +31,8 @@
 //
 // A registered query is served from the cache only outside transactions,
 // on a connection whose session state was not changed by SET, RESET or SET
-// ROLE. Its key holds its normalized SQL, its arguments (typed and
+// ROLE (but for settings that change no rows, such as statement_timeout
+// and application_name). Its key holds its normalized SQL, its arguments (typed and
 // length-prefixed) and the identity of the database and role (host, port,
 // database, user and session settings of the DSN, and the settings the
 // first connection's session started with; never the password). A

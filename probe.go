@@ -4,6 +4,8 @@ import (
 	"context"
 	"database/sql/driver"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -36,7 +38,7 @@ import (
 // role and database have of their own (ALTER ROLE/DATABASE ... SET),
 // custom ones (app.tenant, say) included, as a query may read those with
 // current_setting, but for harmlessSettings.
-const settingsQuery = `pg_catalog.concat_ws(E'\n', current_user,
+var settingsQuery = `pg_catalog.concat_ws(E'\n', current_user,
 	pg_catalog.current_setting('search_path'), pg_catalog.current_setting('TimeZone'),
 	pg_catalog.current_setting('DateStyle'), pg_catalog.current_setting('IntervalStyle'),
 	pg_catalog.current_setting('extra_float_digits'), pg_catalog.current_setting('lc_monetary'),
@@ -46,18 +48,46 @@ const settingsQuery = `pg_catalog.concat_ws(E'\n', current_user,
 		from pg_catalog.pg_db_role_setting s, pg_catalog.unnest(s.setconfig) with ordinality u(c, o)
 		where s.setdatabase in (0, (select d.oid from pg_catalog.pg_database d where d.datname = pg_catalog.current_database()))
 			and s.setrole in (0, pg_catalog.quote_ident(session_user)::pg_catalog.regrole)
-			and pg_catalog.split_part(u.c, '=', 1) not in (` + harmlessSettings + `)
-			and pg_catalog.split_part(u.c, '=', 1) !~ '^log_|_timeout$'))`
+			and pg_catalog.split_part(u.c, '=', 1) not in ('` + strings.Join(harmlessSettings, "', '") + `')
+			and pg_catalog.split_part(u.c, '=', 1) !~ '` + harmlessPattern + `'))`
 
-// harmlessSettings are settings a role or database may have that change
-// no query's rows, only how long it may take, what it may use, or what is
-// logged (as do log_* and *_timeout): a change of one leaves the keys.
-const harmlessSettings = `'application_name', 'work_mem', 'maintenance_work_mem', 'temp_buffers',
-	'synchronous_commit', 'jit', 'random_page_cost', 'effective_cache_size'`
+// harmlessSettings change no query's rows, only how it runs (its plan, the
+// time and memory it may take), what is logged or how the session is
+// labelled: a role or database that has one of its own keeps the keys, and
+// a connection that SETs one still reads from the cache. Poolers and
+// frameworks set statement_timeout or application_name on every
+// connection, which would otherwise turn the cache off for good. Settings
+// that shape results (search_path, TimeZone, DateStyle, extra_float_digits,
+// bytea_output, row_security, custom ones that policies read) are not here.
+var harmlessSettings = []string{
+	"application_name", "client_min_messages", "work_mem", "maintenance_work_mem",
+	"hash_mem_multiplier", "temp_buffers", "temp_file_limit", "synchronous_commit",
+	"jit", "random_page_cost", "seq_page_cost", "effective_cache_size",
+	"cpu_tuple_cost", "cpu_index_tuple_cost", "cpu_operator_cost",
+	"parallel_setup_cost", "parallel_tuple_cost", "max_parallel_workers_per_gather",
+	"effective_io_concurrency", "plan_cache_mode", "from_collapse_limit",
+	"join_collapse_limit", "geqo", "cursor_tuple_fraction",
+}
+
+// harmlessPattern matches the other harmless settings by name: the
+// planner's enable_* switches, log_* and the *_timeout limits (custom
+// settings, whose names have a dot, excepted), as harmlessSetting does.
+const harmlessPattern = `^(enable|log)_[^.]*$|^[^.]*_timeout$`
+
+// harmlessSetting reports whether the setting name (in lower case) is
+// harmless: in harmlessSettings, or matched by harmlessPattern.
+func harmlessSetting(name string) bool {
+	if slices.Contains(harmlessSettings, name) {
+		return true
+	}
+	plain := !strings.Contains(name, ".")
+	return plain && (strings.HasPrefix(name, "enable_") || strings.HasPrefix(name, "log_") ||
+		strings.HasSuffix(name, "_timeout"))
+}
 
 // probeQuery reads whether the server is a standby, both infinities as
 // lib/pq decodes them, standard_conforming_strings and the settings.
-const probeQuery = `select pg_catalog.pg_is_in_recovery(), '-infinity'::timestamptz, 'infinity'::timestamptz,
+var probeQuery = `select pg_catalog.pg_is_in_recovery(), '-infinity'::timestamptz, 'infinity'::timestamptz,
 	pg_catalog.current_setting('standard_conforming_strings'), ` + settingsQuery
 
 // probeAnswer is what the probe of a new connection found.

@@ -235,3 +235,30 @@ func TestOtherSettingsSkipTheCache(t *testing.T) {
 		t.Errorf("Connectors whose sessions start with other settings share keys: %s", a.eng.id.Load())
 	}
 }
+
+// TestHarmlessSettingAgreesWithThePattern: harmlessSetting, which judges a
+// SET, and the probe's SQL, which judges the settings a role or database
+// has of its own, draw the same line, as Postgres reads harmlessPattern.
+func TestHarmlessSettingAgreesWithThePattern(t *testing.T) {
+	db, err := sql.Open("postgres", pqDSN(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	names := append([]string{
+		"statement_timeout", "idle_session_timeout", "log_statement", "enable_seqscan",
+		"app.request_timeout", "enable_x.y", "log_x.y", "search_path", "timezone",
+		"extra_float_digits", "row_security", "bytea_output", "app.tenant", "timeout",
+		"enable_", "my_enable_x", "x_timeout_y",
+	}, harmlessSettings...)
+	for _, name := range names {
+		var matched bool
+		err := db.QueryRow(`select $1 = any($2::text[]) or $1 ~ $3`, name, "{"+strings.Join(harmlessSettings, ",")+"}", harmlessPattern).Scan(&matched)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := harmlessSetting(name); got != matched {
+			t.Errorf("harmlessSetting(%q) = %v, Postgres says %v", name, got, matched)
+		}
+	}
+}

@@ -502,6 +502,49 @@ func TestSessionStateBypassesTheCache(t *testing.T) {
 	})
 }
 
+// TestHarmlessSettingsKeepTheCache: a connection that sets only what
+// changes how queries run, not what they answer (statement_timeout, as
+// poolers and frameworks set on every connection), still reads from the
+// cache; one that then sets search_path does not.
+func TestHarmlessSettingsKeepTheCache(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		mustExec(t, env.raw, usersDDL)
+		q := `select name from users where id = $1`
+		env.register(t, q, cachedpq.Policy{})
+		env.same(t, q, 1)
+		env.waitFills(t, 1)
+		ctx := context.Background()
+		c, err := env.db.Connx(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		read := func(set string) (hit bool) {
+			t.Helper()
+			if _, err := c.ExecContext(ctx, set); err != nil {
+				t.Fatal(err)
+			}
+			hits := env.stats().Hits
+			var name string
+			if err := c.GetContext(ctx, &name, q, 1); err != nil || name != "user1" {
+				t.Fatalf("after %s: %q %v", set, name, err)
+			}
+			return env.stats().Hits > hits
+		}
+		for _, set := range []string{
+			`set statement_timeout = '5s'`, `set local lock_timeout = 0`,
+			`set application_name to 'worker'`, `reset statement_timeout`, `set enable_seqscan = off`,
+		} {
+			if !read(set) {
+				t.Fatalf("after %s the read missed the cache: %+v", set, env.stats())
+			}
+		}
+		if read(`set search_path = pg_catalog, ` + env.schema) {
+			t.Fatal("a read after SET search_path used the cache")
+		}
+	})
+}
+
 func TestNegativeCaching(t *testing.T) {
 	forEachStore(t, func(t *testing.T, env *cacheEnv) {
 		mustExec(t, env.raw, usersDDL)
