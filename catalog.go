@@ -21,12 +21,15 @@ type catalog struct {
 	referrers map[string][]string // table -> every table with a foreign key to it (TRUNCATE ... CASCADE)
 	bases     map[string][]string // view or materialized view -> the relations it reads
 	policies  map[string][]string // table -> the other relations its row level security policies read
-	parents   map[string][]string // partition or inheriting table -> its parents
-	children  map[string][]string // partitioned or inherited table -> its partitions and children
-	volatile  map[string]bool     // user function name, bare and schema-qualified -> any overload is volatile
-	fired     map[string][]string // table -> tables its enabled triggers and rules write (see triggers.go)
-	opaque    map[string]bool     // table -> a trigger or rule on it may write what the catalog cannot read
-	writers   map[string]bool     // STABLE or IMMUTABLE user function, bare and schema-qualified -> may write all the same (see triggers.go)
+	// policyCalls: table -> the user functions its row level security
+	// policies call, schema-qualified
+	policyCalls map[string][]string
+	parents     map[string][]string // partition or inheriting table -> its parents
+	children    map[string][]string // partitioned or inherited table -> its partitions and children
+	volatile    map[string]bool     // user function name, bare and schema-qualified -> any overload is volatile
+	fired       map[string][]string // table -> tables its enabled triggers and rules write (see triggers.go)
+	opaque      map[string]bool     // table -> a trigger or rule on it may write what the catalog cannot read
+	writers     map[string]bool     // STABLE or IMMUTABLE user function, bare and schema-qualified -> may write all the same (see triggers.go)
 	// funcWrites holds what the volatile user functions whose sources
 	// show all they write write, by schema-qualified name, and by bare
 	// name where every function of that name does (see loadFuncWrites).
@@ -169,17 +172,22 @@ const (
 			and d.refclassid = 'pg_catalog.pg_class'::regclass
 		join pg_catalog.pg_class t on t.oid = d.refobjid
 		where v.relkind in ('v', 'm') and t.oid <> v.oid`
-	// policyQuery lists the relations that the row level security
-	// policies of each table read (in a USING or WITH CHECK subquery): a
-	// read of the table reads them too, whoever it is filtered for.
-	policyQuery = `select distinct t.relname, r.relname
+	// policyQuery lists what the row level security policies of each
+	// table read (in a USING or WITH CHECK expression): the other
+	// relations they name, and the user functions they call, schema-
+	// qualified. A read of the table reads them too, whoever it is
+	// filtered for.
+	policyQuery = `select distinct t.relname, coalesce(r.relname, ''), coalesce(n.nspname || '.' || f.proname, '')
 		from pg_catalog.pg_policy p
 		join pg_catalog.pg_class t on t.oid = p.polrelid
 		join pg_catalog.pg_depend d on d.objid = p.oid
 			and d.classid = 'pg_catalog.pg_policy'::regclass
-			and d.refclassid = 'pg_catalog.pg_class'::regclass
-		join pg_catalog.pg_class r on r.oid = d.refobjid
-		where r.oid <> t.oid`
+		left join pg_catalog.pg_class r on d.refclassid = 'pg_catalog.pg_class'::regclass
+			and r.oid = d.refobjid and r.oid <> t.oid
+		left join pg_catalog.pg_proc f on d.refclassid = 'pg_catalog.pg_proc'::regclass and f.oid = d.refobjid
+		left join pg_catalog.pg_namespace n on n.oid = f.pronamespace
+			and n.nspname not in ('pg_catalog', 'information_schema')
+		where r.oid is not null or n.oid is not null`
 	seqQuery     = `select relname from pg_catalog.pg_class where relkind = 'S'`
 	inheritQuery = `select c.relname, p.relname
 		from pg_catalog.pg_inherits i
@@ -197,18 +205,19 @@ const (
 
 func loadCatalog(ctx context.Context, ci driver.Conn) (*catalog, error) {
 	cat := &catalog{
-		cascades:   map[string][]string{},
-		referrers:  map[string][]string{},
-		bases:      map[string][]string{},
-		policies:   map[string][]string{},
-		parents:    map[string][]string{},
-		children:   map[string][]string{},
-		volatile:   map[string]bool{},
-		fired:      map[string][]string{},
-		opaque:     map[string]bool{},
-		writers:    map[string]bool{},
-		funcWrites: map[string][]string{},
-		sequences:  map[string]bool{},
+		cascades:    map[string][]string{},
+		referrers:   map[string][]string{},
+		bases:       map[string][]string{},
+		policies:    map[string][]string{},
+		policyCalls: map[string][]string{},
+		parents:     map[string][]string{},
+		children:    map[string][]string{},
+		volatile:    map[string]bool{},
+		fired:       map[string][]string{},
+		opaque:      map[string]bool{},
+		writers:     map[string]bool{},
+		funcWrites:  map[string][]string{},
+		sequences:   map[string]bool{},
 	}
 	var funcs []userFunc
 	err := catalogRows(ctx, ci, fkQuery, 4, func(r []driver.Value) {
@@ -224,8 +233,14 @@ func loadCatalog(ctx context.Context, ci driver.Conn) (*catalog, error) {
 		})
 	}
 	if err == nil {
-		err = catalogRows(ctx, ci, policyQuery, 2, func(r []driver.Value) {
-			cat.policies[textOf(r[0])] = appendNew(cat.policies[textOf(r[0])], textOf(r[1]))
+		err = catalogRows(ctx, ci, policyQuery, 3, func(r []driver.Value) {
+			t := textOf(r[0])
+			if rel := textOf(r[1]); rel != "" {
+				cat.policies[t] = appendNew(cat.policies[t], rel)
+			}
+			if fn := textOf(r[2]); fn != "" {
+				cat.policyCalls[t] = appendNew(cat.policyCalls[t], fn)
+			}
 		})
 	}
 	if err == nil {

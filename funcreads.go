@@ -125,7 +125,8 @@ func (cat *catalog) loadFuncReads(ctx context.Context, ci driver.Conn, funcs []u
 // reads returns tables with what a read of them that calls fns (user
 // functions, as the analysis names them) also reads: the base relations
 // of views, the relations row level security policies read, and the
-// relations the functions and the views' functions name, transitively. opaque reports a function that may read what its
+// relations the functions, the views' functions and the policies'
+// functions name, transitively. opaque reports a function that may read what its
 // source does not show, or that may write, or a built-in whose reads no
 // tag covers (see hiddenCall).
 func (cat *catalog) reads(tables, fns []string) (out []string, opaque bool) {
@@ -142,6 +143,7 @@ func (cat *catalog) reads(tables, fns []string) (out []string, opaque bool) {
 			for _, b := range cat.policies[t] {
 				out = appendNew(out, b)
 			}
+			pending = append(pending, cat.policyCalls[t]...)
 			if cat.fns != nil {
 				pending = append(pending, cat.fns.viewCalls[t]...)
 			}

@@ -175,3 +175,44 @@ func TestPolicyReadsAreTags(t *testing.T) {
 		env.same(t, userName, 1)
 	})
 }
+
+// TestPolicyFunctionReadsAreTags guards a policy that calls a function
+// reading another table: a read of users reads what the function reads.
+// A SQL function's tables are tags; a function whose reads its source
+// does not show (EXECUTE), or a volatile one, keeps the read from the
+// cache. Each read was stale until its entry expired before policies'
+// calls were followed.
+func TestPolicyFunctionReadsAreTags(t *testing.T) {
+	for _, tt := range []struct {
+		name, fn string
+		cached   bool
+	}{
+		{"sql", `create function is_member(id int8) returns bool stable language sql as
+			$$ select exists (select 1 from members m where m.user_id = id) $$`, true},
+		{"execute", `create function is_member(id int8) returns bool stable language plpgsql as
+			$$ declare found bool; begin
+				execute 'select exists (select 1 from members m where m.user_id = $1)' into found using id;
+				return found; end $$`, false},
+		{"volatile", `create function is_member(id int8) returns bool language plpgsql as
+			$$ begin return exists (select 1 from members m where m.user_id = id); end $$`, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			forEachRoleEnv(t, func(t *testing.T, env *cacheEnv) {
+				mustExec(t, env.raw, `create table members (user_id int8);`+tt.fn+`;
+					alter table users enable row level security, force row level security;
+					create policy p on users using (is_member(id))`)
+				if tt.cached {
+					env.prime(t, userName, 1)
+				} else {
+					env.same(t, userName, 1)
+					env.same(t, userName, 1)
+					if s := env.stats(); s.Fills != 0 || s.Bypass["volatile"] != 2 {
+						t.Fatalf("a read through an opaque policy function was cached: %+v", s)
+					}
+				}
+				mustExec(t, env.db, `insert into members values (1)`)
+				env.same(t, userName, 1)
+			})
+		})
+	}
+}
