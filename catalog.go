@@ -24,6 +24,7 @@ type catalog struct {
 	// policyCalls: table -> the user functions its row level security
 	// policies call, schema-qualified
 	policyCalls map[string][]string
+	views       map[string]viewDef  // view -> what its definition calls (see viewDefQuery)
 	parents     map[string][]string // partition or inheriting table -> its parents
 	children    map[string][]string // partitioned or inherited table -> its partitions and children
 	volatile    map[string]bool     // user function name, bare and schema-qualified -> any overload is volatile
@@ -188,6 +189,17 @@ const (
 		left join pg_catalog.pg_namespace n on n.oid = f.pronamespace
 			and n.nspname not in ('pg_catalog', 'information_schema')
 		where r.oid is not null or n.oid is not null`
+	// viewDefQuery lists the definitions of the user views, as Postgres
+	// prints them. pg_depend records the user functions a view calls, but
+	// not the built-ins, which are pinned: a view over now() or random()
+	// answers differently from one moment to the next under unchanged
+	// stamps, and one that calls set_config changes its reader's session.
+	// Materialized views are left out: their query runs at REFRESH, a
+	// write.
+	viewDefQuery = `select c.relname, pg_catalog.pg_get_viewdef(c.oid)
+		from pg_catalog.pg_class c
+		join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+		where c.relkind = 'v' and n.nspname not in ('pg_catalog', 'information_schema')`
 	seqQuery     = `select relname from pg_catalog.pg_class where relkind = 'S'`
 	inheritQuery = `select c.relname, p.relname
 		from pg_catalog.pg_inherits i
@@ -210,6 +222,7 @@ func loadCatalog(ctx context.Context, ci driver.Conn) (*catalog, error) {
 		bases:       map[string][]string{},
 		policies:    map[string][]string{},
 		policyCalls: map[string][]string{},
+		views:       map[string]viewDef{},
 		parents:     map[string][]string{},
 		children:    map[string][]string{},
 		volatile:    map[string]bool{},
@@ -241,6 +254,11 @@ func loadCatalog(ctx context.Context, ci driver.Conn) (*catalog, error) {
 			if fn := textOf(r[2]); fn != "" {
 				cat.policyCalls[t] = appendNew(cat.policyCalls[t], fn)
 			}
+		})
+	}
+	if err == nil {
+		err = catalogRows(ctx, ci, viewDefQuery, 2, func(r []driver.Value) {
+			cat.views[textOf(r[0])] = newViewDef(textOf(r[1]))
 		})
 	}
 	if err == nil {
@@ -395,6 +413,43 @@ func (cat *catalog) anyVolatile(fns []string) bool {
 type regState struct {
 	c        counters
 	resolved atomic.Pointer[regTags]
+	warned   atomic.Bool // the log has said why reg is not cached (bypassView)
+}
+
+// viewDef is what a view's definition calls that a registered query may
+// not: analysed as a registered query is, for the built-ins pg_depend
+// does not record.
+type viewDef struct {
+	refusal string   // why a registered query like it would be refused, or ""
+	nondet  bool     // refused only for a non-deterministic call (now(), random())
+	calls   []string // the functions it calls, but for the built-ins the analysis knows
+}
+
+func newViewDef(def string) viewDef {
+	a := analyzeUncached(def)
+	return viewDef{refusal: a.notCacheable, nondet: a.nondeterministic, calls: a.functions}
+}
+
+// viewRefusal returns why a read of tables (views among them) may not be
+// cached for what a view calls: what would refuse its registration (but
+// non-deterministic calls, with nondetOK), or a volatile built-in. "" if
+// nothing.
+func (cat *catalog) viewRefusal(tables []string, nondetOK bool) string {
+	for _, t := range tables {
+		v, ok := cat.views[t]
+		switch {
+		case !ok:
+		case v.refusal != "" && !(nondetOK && v.nondet):
+			return "view " + t + ": " + v.refusal
+		case cat.fns != nil:
+			for _, f := range v.calls {
+				if cat.fns.hiddenCall(f) {
+					return "view " + t + " calls " + f
+				}
+			}
+		}
+	}
+	return ""
 }
 
 // regTags is a registration's tags resolved against one catalog.
@@ -438,6 +493,13 @@ func (e *engine) tagsFor(ctx context.Context, c *conn, reg *registration, rs *re
 		rt.skip = bypassSequence
 	case opaque || cat.anyMayWrite(reg.a.functions):
 		rt.skip = bypassVolatile
+	default:
+		if why := cat.viewRefusal(tags, reg.policy.AllowNondeterministic); why != "" {
+			rt.skip = bypassView
+			if rs.warned.CompareAndSwap(false, true) {
+				e.opts.Logger.Warn("cachedpq: a registered query is not cached", "query", reg.name, "why", why)
+			}
+		}
 	}
 	rs.resolved.Store(rt)
 	return rt.tags, rt.skip, rt.skip == 0

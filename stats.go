@@ -23,12 +23,13 @@ const (
 	bypassStandby                         // the connection reached a standby (see probe.go)
 	bypassSettings                        // the connection started with other settings (see probe.go)
 	bypassSequence                        // the query reads a sequence, which nextval advances under no tag
+	bypassView                            // a view it reads calls what a registered query may not (see viewDef)
 	numBypassReasons
 )
 
 var bypassNames = [numBypassReasons]string{"transaction", "session_state", "breaker_open",
 	"invalidation_pending", "too_large", "arguments", "cache_error", "volatile", "standby",
-	"server_settings", "sequence"}
+	"server_settings", "sequence", "view"}
 
 // Stats is a snapshot of a Connector's counters since it was created.
 type Stats struct {
@@ -73,7 +74,8 @@ type Counters struct {
 	FillBytes      uint64 // size of the filled entries as stored
 	// Bypass counts reads that skipped the cache, by reason: transaction,
 	// session_state, breaker_open, invalidation_pending, too_large,
-	// arguments, cache_error, volatile, standby, server_settings.
+	// arguments, cache_error, volatile, standby, server_settings, sequence,
+	// view.
 	Bypass map[string]uint64
 }
 

@@ -1,0 +1,39 @@
+package integration
+
+import (
+	"testing"
+	"time"
+
+	"github.com/cachedpq/cachedpq"
+)
+
+// TestViewBuiltinsNotCached guards reads of views whose definitions call
+// built-ins a registered query may not call: pg_depend records no row for
+// a built-in, so without reading the views' definitions such a read was
+// cached. A view over now() went on serving rows whose time had passed, a
+// view over pg_relation_size the size at its fill, and one calling
+// set_config was read without the session change. A plain view is cached,
+// and AllowNondeterministic lets now() through a view as it lets it
+// through a query.
+func TestViewBuiltinsNotCached(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		mustExec(t, env.raw, usersDDL+`;
+			create view recent as select id, name from users where seen > now() - interval '100 years';
+			create view lucky as select id, name from users where random() < 2;
+			create view sized as select id, name, pg_relation_size('users') > -1 as sized from users;
+			create view zoned as select id, name, set_config('TimeZone', 'UTC', false) as tz from users;
+			create view recent2 as select * from recent;
+			create view plain as select id, name from users`)
+		for _, v := range []string{"recent", "lucky", "sized", "zoned", "recent2"} {
+			q := `select name from ` + v + ` where id = $1`
+			env.register(t, q, cachedpq.Policy{})
+			env.uncached(t, "view", q, 1)
+		}
+		plain := `select name from plain where id = $1`
+		env.register(t, plain, cachedpq.Policy{})
+		env.prime(t, plain, 1)
+		q := `select name from recent where id = $1 and $1 > 0`
+		env.register(t, q, cachedpq.Policy{TTL: time.Minute, AllowNondeterministic: true})
+		env.prime(t, q, 1)
+	})
+}
