@@ -24,13 +24,15 @@ type catalog struct {
 	// policyCalls: table -> the user functions its row level security
 	// policies call, schema-qualified
 	policyCalls map[string][]string
-	views       map[string]viewDef  // view -> what its definition calls (see viewDefQuery)
-	parents     map[string][]string // partition or inheriting table -> its parents
-	children    map[string][]string // partitioned or inherited table -> its partitions and children
-	volatile    map[string]bool     // user function name, bare and schema-qualified -> any overload is volatile
-	fired       map[string][]string // table -> tables its enabled triggers and rules write (see triggers.go)
-	opaque      map[string]bool     // table -> a trigger or rule on it may write what the catalog cannot read
-	writers     map[string]bool     // STABLE or IMMUTABLE user function, bare and schema-qualified -> may write all the same (see triggers.go)
+	views       map[string]viewDef // view -> what its definition calls (see viewDefQuery)
+	// sessionViews is set when a view changes its reader's session.
+	sessionViews bool
+	parents      map[string][]string // partition or inheriting table -> its parents
+	children     map[string][]string // partitioned or inherited table -> its partitions and children
+	volatile     map[string]bool     // user function name, bare and schema-qualified -> any overload is volatile
+	fired        map[string][]string // table -> tables its enabled triggers and rules write (see triggers.go)
+	opaque       map[string]bool     // table -> a trigger or rule on it may write what the catalog cannot read
+	writers      map[string]bool     // STABLE or IMMUTABLE user function, bare and schema-qualified -> may write all the same (see triggers.go)
 	// funcWrites holds what the volatile user functions whose sources
 	// show all they write write, by schema-qualified name, and by bare
 	// name where every function of that name does (see loadFuncWrites).
@@ -258,7 +260,9 @@ func loadCatalog(ctx context.Context, ci driver.Conn) (*catalog, error) {
 	}
 	if err == nil {
 		err = catalogRows(ctx, ci, viewDefQuery, 2, func(r []driver.Value) {
-			cat.views[textOf(r[0])] = newViewDef(textOf(r[1]))
+			v := newViewDef(textOf(r[1]))
+			cat.views[textOf(r[0])] = v
+			cat.sessionViews = cat.sessionViews || v.session
 		})
 	}
 	if err == nil {
@@ -422,12 +426,32 @@ type regState struct {
 type viewDef struct {
 	refusal string   // why a registered query like it would be refused, or ""
 	nondet  bool     // refused only for a non-deterministic call (now(), random())
+	session bool     // it calls set_config: reading it changes the reader's session
 	calls   []string // the functions it calls, but for the built-ins the analysis knows
 }
 
 func newViewDef(def string) viewDef {
 	a := analyzeUncached(def)
-	return viewDef{refusal: a.notCacheable, nondet: a.nondeterministic, calls: a.functions}
+	return viewDef{refusal: a.notCacheable, nondet: a.nondeterministic, session: a.sessionChange, calls: a.functions}
+}
+
+// readsSession reports whether a read of tables reads a view that changes
+// the reader's session (see viewDef.session), through the views they read
+// too.
+func (cat *catalog) readsSession(tables []string) bool {
+	if !cat.sessionViews {
+		return false
+	}
+	seen := slices.Clone(tables)
+	for i := 0; i < len(seen); i++ {
+		if cat.views[seen[i]].session {
+			return true
+		}
+		for _, b := range cat.bases[seen[i]] {
+			seen = appendNew(seen, b)
+		}
+	}
+	return false
 }
 
 // viewRefusal returns why a read of tables (views among them) may not be

@@ -78,7 +78,7 @@ func (e *engine) readsWrite(ctx context.Context, c *conn, a *analysis) bool {
 		return true
 	}
 	tables, opaque := cat.readWrites(a.reads)
-	return len(tables) > 0 || opaque
+	return len(tables) > 0 || opaque || cat.readsSession(a.reads)
 }
 
 // afterStatement runs once a statement that mayWrite has run. err is what
@@ -377,6 +377,9 @@ func (e *engine) writesOf(ctx context.Context, c *conn, a *analysis, before *cat
 	}
 	called, known := cat.anyCallWrites(a.functions)
 	read, readOpaque := cat.readWrites(a.reads) // views that call writers
+	if cat.readsSession(a.reads) {
+		w.hidden = true // a view that calls set_config changed the session
+	}
 	tables, opaque := cat.reach(slices.Concat(written, called, read), truncateCascade)
 	w.add(tables...) // what UnknownWrites names comes on top of what the catalog shows
 	if opaque || events && cat.ddlOpaque || !known || readOpaque {

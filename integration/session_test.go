@@ -13,18 +13,20 @@ import (
 	"github.com/cachedpq/cachedpq"
 )
 
-// TestHiddenSessionChange: a DO block or a function that calls set_config
-// changes the session as SET does, so its connection must neither be
-// served nor fill entries that other connections are served.
+// TestHiddenSessionChange: a DO block, a function or a view that calls
+// set_config changes the session as SET does, so its connection must
+// neither be served nor fill entries that other connections are served.
 func TestHiddenSessionChange(t *testing.T) {
 	for _, change := range []string{
 		`do $$ begin perform set_config('TimeZone', 'Asia/Tokyo', false); end $$`,
 		`select set_tz()`,
+		`select * from tz_view`,
 	} {
-		t.Run(change[:2], func(t *testing.T) {
+		t.Run(change[:9], func(t *testing.T) {
 			forEachStore(t, func(t *testing.T, env *cacheEnv) {
 				mustExec(t, env.raw, `create function set_tz() returns void language plpgsql volatile as
-					$$ begin perform set_config('TimeZone', 'Asia/Tokyo', false); end $$`)
+					$$ begin perform set_config('TimeZone', 'Asia/Tokyo', false); end $$;
+					create view tz_view as select set_config('TimeZone', 'Asia/Tokyo', false) as tz`)
 				q := `select '2024-01-01 00:00+00'::timestamptz::text where $1::int > 0`
 				env.register(t, q, cachedpq.Policy{})
 				want := env.same(t, q, 1)[0]
