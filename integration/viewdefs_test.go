@@ -24,7 +24,7 @@ func TestViewBuiltinsNotCached(t *testing.T) {
 			create view zoned as select id, name, set_config('TimeZone', 'UTC', false) as tz from users;
 			create view recent2 as select * from recent;
 			create view plain as select id, name from users`)
-		for _, v := range []string{"recent", "lucky", "sized", "zoned", "recent2"} {
+		for _, v := range []string{"recent", "lucky", "sized", "recent2"} {
 			q := `select name from ` + v + ` where id = $1`
 			env.register(t, q, cachedpq.Policy{})
 			env.uncached(t, "view", q, 1)
@@ -35,5 +35,15 @@ func TestViewBuiltinsNotCached(t *testing.T) {
 		q := `select name from recent where id = $1 and $1 > 0`
 		env.register(t, q, cachedpq.Policy{TTL: time.Minute, AllowNondeterministic: true})
 		env.prime(t, q, 1)
+		// Read once, zoned changes the session: the connection's next reads
+		// skip the cache for that (session_state), so it comes last.
+		q = `select name from zoned where id = $1`
+		env.register(t, q, cachedpq.Policy{})
+		before := env.stats()
+		env.same(t, q, 1)
+		env.same(t, q, 1)
+		if s := env.stats(); s.Hits != before.Hits || s.Fills != before.Fills || s.Bypass["view"] == before.Bypass["view"] {
+			t.Fatalf("%s: hits %d -> %d, fills %d -> %d, bypass %v", q, before.Hits, s.Hits, before.Fills, s.Fills, s.Bypass)
+		}
 	})
 }
