@@ -70,6 +70,7 @@ type analysis struct {
 	unknownWrite     bool     // CALL, DO, EXECUTE, DROP ... CASCADE, TRUNCATE ... CASCADE, DDL not scoped to named relations (see unscoped), unrecognized statements
 	sessionChange    bool     // SET (also SET LOCAL), RESET, DISCARD, SET ROLE, set_config(), creating a temporary relation
 	sessionLasting   bool     // a session change that outlives the transaction: any but SET LOCAL
+	discardAll       bool     // a DISCARD ALL: the session is as a new connection's
 	txControl        bool     // BEGIN, COMMIT, ROLLBACK, SAVEPOINT, SET TRANSACTION, ...
 	txEnd            txEffect // what the string's last BEGIN, COMMIT, ROLLBACK ... leaves
 	txCommits        bool     // a COMMIT or END (with or without AND CHAIN)
@@ -1430,6 +1431,7 @@ func (p *parser) session(s, e int) stmtKind {
 		return kindSession
 	}
 	p.a.sessionChange = true
+	p.a.discardAll = p.a.discardAll || p.is(s, "discard") && p.is(s+1, "all") && s+2 == e
 	if !p.is(s, "set") || !p.is(s+1, "local") {
 		p.a.sessionLasting = true
 	}

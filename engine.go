@@ -322,7 +322,27 @@ func (e *engine) exec(ctx context.Context, c *conn, src inner, query string, arg
 	if mayWrite(a) || e.readsWrite(ctx, c, a) {
 		e.afterStatement(ctx, c, a, before, err)
 	}
+	if err == nil && a.discardAll && !a.multi {
+		e.discarded(ctx, c)
+	}
 	return res, err
+}
+
+// discarded follows a DISCARD ALL, which leaves the session as a new
+// connection's: its settings, its role, no temporary relations. The
+// connection uses the cache again if it answers the probe as a new one
+// would (its role's settings may have changed since it opened).
+func (e *engine) discarded(ctx context.Context, c *conn) {
+	if c.inTx() || c.broken != nil {
+		return
+	}
+	p, err := c.c.probe(ctx, c.inner)
+	switch {
+	case errors.Is(err, errSCSOff):
+		c.broken = errSCSTurnedOff
+	case err == nil:
+		c.dirty, c.standby, c.otherSettings = false, p.standby, p.otherSettings
+	}
 }
 
 // reportedByServer reports an error Postgres answered with: the statement

@@ -545,6 +545,58 @@ func TestHarmlessSettingsKeepTheCache(t *testing.T) {
 	})
 }
 
+// TestDiscardAllRestoresTheCache: DISCARD ALL leaves the session as a new
+// connection's, so a connection that ran SET or created a temporary table
+// uses the cache again once it has answered the probe; DISCARD PLANS, or
+// RESET ALL (which keeps the role and temporary relations), leaves it off.
+func TestDiscardAllRestoresTheCache(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		mustExec(t, env.raw, usersDDL)
+		q := `select name from users where id = $1`
+		env.register(t, q, cachedpq.Policy{})
+		env.same(t, q, 1)
+		env.waitFills(t, 1)
+		ctx := context.Background()
+		c, err := env.db.Connx(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		// cached reports whether the read after stmt used the cache (a hit,
+		// or a miss that fills it) rather than skip it for the session.
+		cached := func(stmt string) bool {
+			t.Helper()
+			if _, err := c.ExecContext(ctx, stmt); err != nil {
+				t.Fatal(err)
+			}
+			bypassed := env.stats().Bypass["session_state"]
+			var name string
+			if err := c.GetContext(ctx, &name, q, 1); err != nil {
+				t.Fatalf("after %s: %v", stmt, err)
+			}
+			if want := "user1"; name != want && !strings.HasPrefix(stmt, "create temp") {
+				t.Fatalf("after %s: %q, want %q", stmt, name, want)
+			}
+			return env.stats().Bypass["session_state"] == bypassed
+		}
+		for _, step := range []struct {
+			stmt   string
+			cached bool
+		}{
+			{`set search_path = pg_catalog, ` + env.schema, false},
+			{`discard plans`, false},
+			{`reset all`, false},
+			{`discard all`, true},
+			{`create temp table users (id int8, name text); insert into users values (1, 'temp')`, false},
+			{`DISCARD ALL;`, true},
+		} {
+			if got := cached(step.stmt); got != step.cached {
+				t.Fatalf("after %s: cached %v, want %v (%+v)", step.stmt, got, step.cached, env.stats())
+			}
+		}
+	})
+}
+
 func TestNegativeCaching(t *testing.T) {
 	forEachStore(t, func(t *testing.T, env *cacheEnv) {
 		mustExec(t, env.raw, usersDDL)
