@@ -1007,10 +1007,12 @@ const (
 	runsSQL       unseenKind = iota + 1 // runs SQL of its own: a query given as text, or over the tables an argument names
 	largeObject                         // reads large objects, which lo_put and the like write under no tag
 	sequenceState                       // reads a sequence, which nextval and serial columns advance under no tag
+	catalogByName                       // reads the system catalog by a name or number it is given, which DDL changes under no tag of the read
 )
 
 var unseenWhat = [...]string{runsSQL: "it runs SQL the analysis does not see",
-	largeObject: "large objects", sequenceState: "a sequence"}
+	largeObject: "large objects", sequenceState: "a sequence",
+	catalogByName: "the system catalog, by a name or OID it is given"}
 
 // unseenBuiltins are the built-ins that read what no write's tag covers: a
 // read that calls one is never cached, and a statement that calls one that
@@ -1027,6 +1029,26 @@ var unseenBuiltins = map[string]unseenKind{
 	"database_to_xmlschema": runsSQL, "database_to_xml_and_xmlschema": runsSQL, "ts_stat": runsSQL,
 	"ts_rewrite": runsSQL, "lo_get": largeObject, "loread": largeObject, "lo_open": largeObject,
 	"pg_sequence_last_value": sequenceState,
+	// A read of the catalog through these names no table its DDL tags:
+	// to_regclass('t') is stale once t is created, pg_get_viewdef('v')
+	// once v is replaced, obj_description once COMMENT runs.
+	"to_regclass": catalogByName, "to_regcollation": catalogByName, "to_regnamespace": catalogByName,
+	"to_regoper": catalogByName, "to_regoperator": catalogByName, "to_regproc": catalogByName,
+	"to_regprocedure": catalogByName, "to_regrole": catalogByName, "to_regtype": catalogByName,
+	"to_regtypemod": catalogByName, "pg_get_viewdef": catalogByName, "pg_get_functiondef": catalogByName,
+	"pg_get_function_arguments": catalogByName, "pg_get_function_identity_arguments": catalogByName,
+	"pg_get_function_result": catalogByName, "pg_get_function_sqlbody": catalogByName,
+	"pg_get_indexdef": catalogByName, "pg_get_constraintdef": catalogByName,
+	"pg_get_triggerdef": catalogByName, "pg_get_ruledef": catalogByName, "pg_get_expr": catalogByName,
+	"pg_get_partkeydef": catalogByName, "pg_get_statisticsobjdef": catalogByName,
+	"pg_get_serial_sequence": catalogByName, "pg_get_userbyid": catalogByName,
+	"pg_describe_object": catalogByName, "pg_identify_object": catalogByName,
+	"pg_identify_object_as_address": catalogByName, "pg_get_object_address": catalogByName,
+	"obj_description": catalogByName, "col_description": catalogByName,
+	"shobj_description": catalogByName, "format_type": catalogByName,
+	"pg_table_is_visible": catalogByName, "pg_type_is_visible": catalogByName,
+	"pg_function_is_visible": catalogByName, "pg_relation_filenode": catalogByName,
+	"pg_relation_filepath": catalogByName,
 }
 
 // nondetKeywords may appear without parentheses; as keywords they are

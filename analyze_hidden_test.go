@@ -22,6 +22,9 @@ func TestUnseenBuiltins(t *testing.T) {
 		{`insert into t select query_to_xml('select bump()', true, false, '')`, "not a read-only", true},
 		{`select lo_get($1)`, "large objects", false},
 		{`select pg_sequence_last_value('s')`, "a sequence", false},
+		{`select to_regclass($1)`, "system catalog", false},
+		{`select pg_get_viewdef('v'::regclass)`, "system catalog", false},
+		{`select obj_description(oid) from t`, "system catalog", false},
 		{`select myschema.table_to_xml('users')`, "", false}, // a user function
 		{`select xmlparse(content '<a/>')`, "", false},
 	} {
