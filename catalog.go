@@ -24,7 +24,7 @@ type catalog struct {
 	// policyCalls: table -> the user functions its row level security
 	// policies call, schema-qualified
 	policyCalls map[string][]string
-	views       map[string]viewDef // view -> what its definition calls (see viewDefQuery)
+	views       map[string]viewDef // view -> the built-ins its query calls that a registered query may not (see viewbuiltins.go)
 	// sessionViews is set when a view changes its reader's session.
 	sessionViews bool
 	parents      map[string][]string // partition or inheriting table -> its parents
@@ -191,17 +191,6 @@ const (
 		left join pg_catalog.pg_namespace n on n.oid = f.pronamespace
 			and n.nspname not in ('pg_catalog', 'information_schema')
 		where r.oid is not null or n.oid is not null`
-	// viewDefQuery lists the definitions of the user views, as Postgres
-	// prints them. pg_depend records the user functions a view calls, but
-	// not the built-ins, which are pinned: a view over now() or random()
-	// answers differently from one moment to the next under unchanged
-	// stamps, and one that calls set_config changes its reader's session.
-	// Materialized views are left out: their query runs at REFRESH, a
-	// write.
-	viewDefQuery = `select c.relname, pg_catalog.pg_get_viewdef(c.oid)
-		from pg_catalog.pg_class c
-		join pg_catalog.pg_namespace n on n.oid = c.relnamespace
-		where c.relkind = 'v' and n.nspname not in ('pg_catalog', 'information_schema')`
 	seqQuery     = `select relname from pg_catalog.pg_class where relkind = 'S'`
 	inheritQuery = `select c.relname, p.relname
 		from pg_catalog.pg_inherits i
@@ -259,11 +248,7 @@ func loadCatalog(ctx context.Context, ci driver.Conn) (*catalog, error) {
 		})
 	}
 	if err == nil {
-		err = catalogRows(ctx, ci, viewDefQuery, 2, func(r []driver.Value) {
-			v := newViewDef(textOf(r[1]))
-			cat.views[textOf(r[0])] = v
-			cat.sessionViews = cat.sessionViews || v.session
-		})
+		err = catalogRows(ctx, ci, viewBuiltinQuery, 4, cat.noteViewBuiltin)
 	}
 	if err == nil {
 		err = catalogRows(ctx, ci, inheritQuery, 2, func(r []driver.Value) {
@@ -418,62 +403,6 @@ type regState struct {
 	c        counters
 	resolved atomic.Pointer[regTags]
 	warned   atomic.Bool // the log has said why reg is not cached (bypassView)
-}
-
-// viewDef is what a view's definition calls that a registered query may
-// not: analysed as a registered query is, for the built-ins pg_depend
-// does not record.
-type viewDef struct {
-	refusal string   // why a registered query like it would be refused, or ""
-	nondet  bool     // refused only for a non-deterministic call (now(), random())
-	session bool     // it calls set_config: reading it changes the reader's session
-	calls   []string // the functions it calls, but for the built-ins the analysis knows
-}
-
-func newViewDef(def string) viewDef {
-	a := analyzeUncached(def)
-	return viewDef{refusal: a.notCacheable, nondet: a.nondeterministic, session: a.sessionChange, calls: a.functions}
-}
-
-// readsSession reports whether a read of tables reads a view that changes
-// the reader's session (see viewDef.session), through the views they read
-// too.
-func (cat *catalog) readsSession(tables []string) bool {
-	if !cat.sessionViews {
-		return false
-	}
-	seen := slices.Clone(tables)
-	for i := 0; i < len(seen); i++ {
-		if cat.views[seen[i]].session {
-			return true
-		}
-		for _, b := range cat.bases[seen[i]] {
-			seen = appendNew(seen, b)
-		}
-	}
-	return false
-}
-
-// viewRefusal returns why a read of tables (views among them) may not be
-// cached for what a view calls: what would refuse its registration (but
-// non-deterministic calls, with nondetOK), or a volatile built-in. "" if
-// nothing.
-func (cat *catalog) viewRefusal(tables []string, nondetOK bool) string {
-	for _, t := range tables {
-		v, ok := cat.views[t]
-		switch {
-		case !ok:
-		case v.refusal != "" && !(nondetOK && v.nondet):
-			return "view " + t + ": " + v.refusal
-		case cat.fns != nil:
-			for _, f := range v.calls {
-				if cat.fns.hiddenCall(f) {
-					return "view " + t + " calls " + f
-				}
-			}
-		}
-	}
-	return ""
 }
 
 // regTags is a registration's tags resolved against one catalog.

@@ -150,7 +150,7 @@ func TestStaleCatalogServesWhenReloadFails(t *testing.T) {
 		{fkQuery, []string{"a", "b", "c", "d"}, nil},
 		{viewQuery, []string{"a", "b"}, nil},
 		{policyQuery, []string{"a", "b", "c"}, nil},
-		{viewDefQuery, []string{"a", "b"}, nil},
+		{viewBuiltinQuery, []string{"a", "b", "c", "d"}, nil},
 		{inheritQuery, []string{"a", "b"}, nil},
 		{seqQuery, []string{"a"}, nil},
 		{funcQuery, []string{"a", "b", "c", "d", "e"}, nil},

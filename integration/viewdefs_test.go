@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -44,6 +45,39 @@ func TestViewBuiltinsNotCached(t *testing.T) {
 		env.same(t, q, 1)
 		if s := env.stats(); s.Hits != before.Hits || s.Fills != before.Fills || s.Bypass["view"] == before.Bypass["view"] {
 			t.Fatalf("%s: hits %d -> %d, fills %d -> %d, bypass %v", q, before.Hits, s.Hits, before.Fills, s.Fills, s.Bypass)
+		}
+	})
+}
+
+// TestCatalogReadsNoViewLocks: reading the views' built-ins takes no lock,
+// so a reload of the catalog does not wait behind DDL on a table that a
+// view reads (pg_get_viewdef would: it takes a share lock on each).
+func TestCatalogReadsNoViewLocks(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		mustExec(t, env.raw, usersDDL+`;
+			create table items (id int8, x int); insert into items values (1, 1);
+			create view named as select id, name, now() as at from users`)
+		q := `select count(*) from items`
+		env.register(t, q, cachedpq.Policy{})
+		env.prime(t, q)
+		lock, err := env.raw.Begin()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer lock.Rollback()
+		if _, err := lock.Exec(`lock table users in access exclusive mode`); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		// DDL reads the catalog before it runs, and again at the next
+		// statement.
+		if _, err := env.db.ExecContext(ctx, `create index on items (x)`); err != nil {
+			t.Fatalf("DDL on items while users is locked: %v (did the catalog wait for the lock?)", err)
+		}
+		var n int
+		if err := env.db.QueryRowContext(ctx, q).Scan(&n); err != nil || n != 1 {
+			t.Fatalf("a read while users is locked: %d, %v (did the catalog wait for the lock?)", n, err)
 		}
 	})
 }

@@ -1,0 +1,115 @@
+package cachedpq
+
+import (
+	"database/sql/driver"
+	"slices"
+	"strings"
+)
+
+// A view's query may call built-ins that a registered query may not call:
+// now() or random(), whose answers change under unchanged stamps; a
+// volatile one such as pg_relation_size; set_config, which changes the
+// reader's session. Postgres records no dependency on a built-in
+// (pg_depend has no rows for pinned objects), so the catalog reads the
+// calls from the views' stored query trees instead: pg_rewrite.ev_action
+// as text names each function, operator, aggregate and window function
+// by OID. Reading it takes no lock, where pg_get_viewdef takes a share
+// lock on every relation the view reads and waits behind any DDL on one.
+
+// viewBuiltinQuery lists, for each user view, the built-ins its query
+// calls (schema-qualified, volatile or not, with their argument counts),
+// and a row naming sql_value_function for a view whose query uses
+// CURRENT_TIMESTAMP, CURRENT_USER or another such SQL value function.
+const viewBuiltinQuery = `select distinct c.relname, n2.nspname || '.' || p.proname, p.provolatile = 'v', p.pronargs::int8
+		from pg_catalog.pg_rewrite r
+		join pg_catalog.pg_class c on c.oid = r.ev_class
+		join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+		cross join lateral pg_catalog.regexp_matches(r.ev_action::text, ':(?:funcid|opfuncid|aggfnoid|winfnoid) (\d+)', 'g') m
+		join pg_catalog.pg_proc p on p.oid = m[1]::oid
+		join pg_catalog.pg_namespace n2 on n2.oid = p.pronamespace
+		where c.relkind = 'v' and n.nspname not in ('pg_catalog', 'information_schema')
+			and n2.nspname = 'pg_catalog'
+	union
+	select c.relname, 'pg_catalog.sql_value_function', false, 0
+		from pg_catalog.pg_rewrite r
+		join pg_catalog.pg_class c on c.oid = r.ev_class
+		join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+		where c.relkind = 'v' and n.nspname not in ('pg_catalog', 'information_schema')
+			and r.ev_action::text like '%{SQLVALUEFUNCTION %'`
+
+// viewDef is why a registered query may not read a view, for the
+// built-ins its query calls.
+type viewDef struct {
+	refusal string // why, or ""
+	nondet  bool   // refused only for a non-deterministic call (now(), random()), which AllowNondeterministic lifts
+	session bool   // it calls set_config: reading it changes the reader's session
+}
+
+// noteViewBuiltin records a row of viewBuiltinQuery.
+func (cat *catalog) noteViewBuiltin(r []driver.Value) {
+	view := textOf(r[0])
+	volatile, _ := r[2].(bool)
+	nargs, _ := r[3].(int64)
+	v := cat.views[view]
+	v.note(textOf(r[1]), volatile, nargs)
+	cat.views[view] = v
+	cat.sessionViews = cat.sessionViews || v.session
+}
+
+// note judges a call of the built-in fn (schema-qualified) as the analysis
+// judges one in a registered query.
+func (v *viewDef) note(fn string, volatile bool, nargs int64) {
+	name := fn[strings.LastIndexByte(fn, '.')+1:]
+	switch {
+	case name == "set_config":
+		v.session = true
+		v.refuse("calls set_config, which changes its reader's session", false)
+	case unseenBuiltins[name] != 0:
+		v.refuse("calls "+name+", which reads what writes do not invalidate ("+unseenWhat[unseenBuiltins[name]]+")", false)
+	case name == "sql_value_function":
+		v.refuse("uses CURRENT_TIMESTAMP, CURRENT_USER or another such SQL value function", true)
+	case nondetBuiltins[name] || strings.HasPrefix(name, "uuid_generate_") || name == "age" && nargs == 1:
+		v.refuse("calls non-deterministic or session-dependent "+name, true)
+	case volatile:
+		v.refuse("calls the volatile "+name, false)
+	}
+}
+
+// refuse records why, unless a refusal that AllowNondeterministic cannot
+// lift is recorded already.
+func (v *viewDef) refuse(why string, nondet bool) {
+	if v.refusal == "" || v.nondet && !nondet {
+		v.refusal, v.nondet = why, nondet
+	}
+}
+
+// viewRefusal returns why a read of tables (the views among them, and
+// their bases) may not be cached for the built-ins a view calls (but
+// non-deterministic ones, with nondetOK), or "".
+func (cat *catalog) viewRefusal(tables []string, nondetOK bool) string {
+	for _, t := range tables {
+		if v, ok := cat.views[t]; ok && v.refusal != "" && !(nondetOK && v.nondet) {
+			return "view " + t + " " + v.refusal
+		}
+	}
+	return ""
+}
+
+// readsSession reports whether a read of tables reads a view that changes
+// the reader's session (see viewDef.session), through the views they read
+// too.
+func (cat *catalog) readsSession(tables []string) bool {
+	if !cat.sessionViews {
+		return false
+	}
+	seen := slices.Clone(tables)
+	for i := 0; i < len(seen); i++ {
+		if cat.views[seen[i]].session {
+			return true
+		}
+		for _, b := range cat.bases[seen[i]] {
+			seen = appendNew(seen, b)
+		}
+	}
+	return false
+}
