@@ -132,7 +132,13 @@ func (env *cacheEnv) waitFills(t *testing.T, n uint64) {
 // rowsOf reads a whole result as strings, for comparisons.
 func rowsOf(t *testing.T, db *sqlx.DB, query string, args ...any) []string {
 	t.Helper()
-	rows, err := db.Queryx(query, args...)
+	return rowsOfCtx(t, context.Background(), db, query, args...)
+}
+
+// rowsOfCtx is rowsOf under ctx.
+func rowsOfCtx(t *testing.T, ctx context.Context, db *sqlx.DB, query string, args ...any) []string {
+	t.Helper()
+	rows, err := db.QueryxContext(ctx, query, args...)
 	if err != nil {
 		t.Fatalf("%s: %v", query, err)
 	}
@@ -410,10 +416,14 @@ func readYourWrites(t *testing.T, store string, wc writeCase, inTx bool) {
 		}
 		wc.write(t, tx)
 		// Still the committed state, from the cache (Postgres itself may be
-		// locked by the open transaction, as after TRUNCATE).
+		// locked by the open transaction, as after TRUNCATE: a read that
+		// misses waits for the commit, so the test fails after a minute
+		// rather than hangs).
 		hits := env.stats().Hits
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
 		for _, q := range reads {
-			if got := rowsOf(t, env.db, q); !reflect.DeepEqual(got, committed[q]) {
+			if got := rowsOfCtx(t, ctx, env.db, q); !reflect.DeepEqual(got, committed[q]) {
 				t.Fatalf("before commit %s: %v, want %v", q, got, committed[q])
 			}
 		}
