@@ -14,6 +14,7 @@ package cachedpq
 
 import (
 	"hash/maphash"
+	"slices"
 	"strings"
 	"sync"
 	"unicode"
@@ -84,6 +85,8 @@ type analysis struct {
 	cascade          bool     // TRUNCATE ... CASCADE
 	locking          bool     // FOR UPDATE/SHARE/NO KEY UPDATE/KEY SHARE, or LOCK
 	functions        []string // user functions called, each part of the name as a tag, dot-joined; built-ins left out
+	attrCalls        []string // names that may call a function in attribute notation (u.order_count is order_count(u)), as tags; most are columns
+	attrMany         bool     // more than attrMax of them: any function may be called so
 	notCacheable     string   // "" when a cached read may be registered, else why not
 	nondeterministic bool     // notCacheable only because of now(), random(), current_user, ...
 	scsOff           bool     // may turn standard_conforming_strings off (SET, set_config), after which this lexer would misread the connection's next strings
@@ -1223,6 +1226,10 @@ func (p *parser) call(i, e int) {
 		p.tableSample(i, e)
 		return
 	}
+	if p.isPunct(i-1, '.') {
+		p.fieldSelection(i, e)
+		return
+	}
 	if i > 0 {
 		for _, t := range notCallAfter {
 			if strings.EqualFold(p.text(i-1), t) {
@@ -1234,6 +1241,9 @@ func (p *parser) call(i, e int) {
 		p.noteNondet(p.tagOf(i))
 	}
 	last, next, qualified := p.qualifiedName(i, e)
+	if qualified && !p.isPunct(next, '(') {
+		p.attrCall(last)
+	}
 	if !p.isPunct(next, '(') || p.toks[i].kind == tokIdent && notCalls[p.tagOf(i)] && !qualified {
 		return
 	}
@@ -1242,6 +1252,46 @@ func (p *parser) call(i, e int) {
 		return // WITH x(a, b) AS (...): column names, not a call
 	}
 	p.function(i, last, qualified, next, e)
+}
+
+// attrMax bounds analysis.attrCalls, whose entries are told apart by
+// comparison.
+const attrMax = 64
+
+// attrCall notes the name at i, the last part of a qualified name or a
+// field selected from a value, as a possible call in attribute notation:
+// Postgres reads u.order_count as order_count(u) when u has no such
+// column. Only the catalog can tell (see funcIndex.rowFuncs).
+func (p *parser) attrCall(i int) {
+	name := p.tagOf(i)
+	switch {
+	case p.a.attrMany:
+	case len(p.a.attrCalls) < attrMax:
+		p.a.attrCalls = addUnique(p.a.attrCalls, name)
+	case !slices.Contains(p.a.attrCalls, name):
+		p.a.attrCalls, p.a.attrMany = nil, true
+	}
+}
+
+// fieldSelection notes the names at i of a field selection from a value,
+// (u).order_count, $1.f, a[1].f.g, each of which may call a function on
+// the value before it. A later part of a qualified name (t.c at c) is
+// its first part's to note.
+func (p *parser) fieldSelection(i, e int) {
+	if p.isName(i - 2) {
+		return
+	}
+	for k := i; p.isName(k); {
+		next := p.afterName(k)
+		if p.isPunct(next, '(') {
+			return
+		}
+		p.attrCall(k)
+		if next+1 >= e || !p.isPunct(next, '.') {
+			return
+		}
+		k = next + 1
+	}
 }
 
 // tableSample notes TABLESAMPLE method(...) at i, which picks other rows

@@ -14,6 +14,7 @@ var fuzzSeeds = []string{
 	"copy (select 1) to stdout", "alter table t rename to u", "explain (analyze) delete from t",
 	"'unterminated", "$tag$ unterminated", "/* unterminated", `"unterminated`, "E'\\",
 	"select ((((", "))))", "with with with", "from from from", "select 1e", "0x", "$", "::", "U&",
+	`select (u).f.g, $1.h, a[1].i, s.t."C", x::s.y from s.t u`, "select (u).", "select a.b.",
 }
 
 // FuzzLex checks that the lexer never panics, always makes progress, and
@@ -58,6 +59,9 @@ func FuzzAnalyze(f *testing.F) {
 		}
 		if a.nondeterministic && a.notCacheable == "" {
 			t.Fatal("nondeterministic but cacheable")
+		}
+		if len(a.attrCalls) > attrMax || a.attrMany && a.attrCalls != nil {
+			t.Fatalf("attrCalls unbounded: %d, many %v", len(a.attrCalls), a.attrMany)
 		}
 		if !normalFormStable(q) {
 			return

@@ -1,6 +1,7 @@
 package cachedpq
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -606,5 +607,43 @@ func TestSCSAsk(t *testing.T) {
 	}
 	if a := analyzeUncached(`select set_config('app.tenant', $1, false)`); a.scsAsk || a.scsOff {
 		t.Error("a set_config that names its setting asks")
+	}
+}
+
+// TestAttrCalls: the names that may call a function in attribute notation
+// (u.order_count is order_count(u) when users has no such column) are the
+// last parts of qualified names and the fields selected from a value, not
+// calls, casts, stars or bare columns.
+func TestAttrCalls(t *testing.T) {
+	cols := func(n int) (q string, names []string) {
+		for i := range n {
+			names = append(names, fmt.Sprintf("c%d", i))
+		}
+		return "select t." + strings.Join(names, ", t.") + " from t", names
+	}
+	full, fullNames := cols(attrMax)
+	over, _ := cols(attrMax + 1)
+	for _, tt := range []struct {
+		q    string
+		want []string
+		many bool
+	}{
+		{"select u.id, u.order_count from users u where u.id = $1", []string{"id", "order_count"}, false},
+		{"select (u).order_count, (u.*).Total from users u", []string{"order_count", "total"}, false},
+		{`select $1.f, a[1].g.h, s.t.c, "DB".s.t."Oc" from x`, []string{"f", "g", "h", "c", "Oc"}, false},
+		{"select id, name, count(*) from users group by 1, 2", nil, false},
+		{"select x::s.typ, cast(y as s.t2), s.f(1), u.* from users u", nil, false},
+		{"select u.order_count(1) from users u", nil, false},
+		{"update t set n = u.bump from users u where t.id = u.id", []string{"bump", "id"}, false},
+		{"select " + strings.Repeat("t.c, ", 2*attrMax) + "t.d from t", []string{"c", "d"}, false},
+		{full, fullNames, false},
+		{over, nil, true},
+	} {
+		t.Run(tt.q[:min(len(tt.q), 60)], func(t *testing.T) {
+			a := analyzeUncached(tt.q)
+			if !slices.Equal(a.attrCalls, tt.want) || a.attrMany != tt.many {
+				t.Errorf("attrCalls %q, many %v; want %q, %v", a.attrCalls, a.attrMany, tt.want, tt.many)
+			}
+		})
 	}
 }
