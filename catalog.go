@@ -439,12 +439,13 @@ func (e *engine) tagsFor(ctx context.Context, c *conn, reg *registration, rs *re
 	if err != nil {
 		return nil, bypassVolatile, false
 	}
-	tags, opaque := cat.reads(reg.tags, reg.a.functions)
+	fns := cat.callsOf(reg.a)
+	tags, opaque := cat.reads(reg.tags, fns)
 	rt := &regTags{cat: cat, tags: append(tags, epochTag)}
 	switch {
 	case slices.ContainsFunc(tags, func(t string) bool { return cat.sequences[t] }):
 		rt.skip = bypassSequence
-	case opaque || cat.anyMayWrite(reg.a.functions):
+	case opaque || cat.anyMayWrite(fns):
 		rt.skip = bypassVolatile
 	default:
 		if why := cat.viewRefusal(tags, reg.policy.AllowNondeterministic); why != "" {

@@ -3,6 +3,7 @@ package cachedpq
 import (
 	"context"
 	"database/sql/driver"
+	"slices"
 	"strings"
 )
 
@@ -57,6 +58,18 @@ const (
 	// nextval, random, pg_read_file ...).
 	builtinQuery = `select distinct proname from pg_catalog.pg_proc
 		where pronamespace = 'pg_catalog'::regnamespace and provolatile = 'v'`
+	// rowFuncQuery lists the user functions that attribute notation may
+	// call (u.order_count for order_count(u)): one argument but defaults,
+	// of a type that takes a row: composite, a domain over one, a pseudo
+	// type (record, anyelement), or variadic.
+	rowFuncQuery = `select distinct p.proname
+		from pg_catalog.pg_proc p
+		join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+		join pg_catalog.pg_type t on t.oid = p.proargtypes[0]
+		left join pg_catalog.pg_type b on b.oid = t.typbasetype
+		where n.nspname not in ('pg_catalog', 'information_schema')
+			and p.pronargs >= 1 and p.pronargs - p.pronargdefaults <= 1
+			and (t.typrelid <> 0 or b.typrelid <> 0 or t.typtype = 'p' or p.provariadic <> 0)`
 )
 
 // funcIndex holds the user functions by name, for what they read.
@@ -68,6 +81,7 @@ type funcIndex struct {
 	atomicFns map[string][]string // schema-qualified name of a SQL-standard body -> user functions it calls
 	viewCalls map[string][]string // view -> schema-qualified user functions (and built-ins) it calls
 	volatile  map[string]bool     // volatile built-in functions, by name
+	rowFuncs  map[string]bool     // bare names of the user functions attribute notation may call
 }
 
 // newFuncIndex indexes funcs by name; the rest is empty.
@@ -80,6 +94,7 @@ func newFuncIndex(funcs []userFunc) *funcIndex {
 		atomicFns: map[string][]string{},
 		viewCalls: map[string][]string{},
 		volatile:  map[string]bool{},
+		rowFuncs:  map[string]bool{},
 	}
 	for i, f := range funcs {
 		ix.byName[f.name] = append(ix.byName[f.name], i)
@@ -116,6 +131,11 @@ func (cat *catalog) loadFuncReads(ctx context.Context, ci driver.Conn, funcs []u
 	if err == nil {
 		err = catalogRows(ctx, ci, builtinQuery, 1, func(r []driver.Value) {
 			ix.volatile[textOf(r[0])] = true
+		})
+	}
+	if err == nil {
+		err = catalogRows(ctx, ci, rowFuncQuery, 1, func(r []driver.Value) {
+			ix.rowFuncs[textOf(r[0])] = true
 		})
 	}
 	cat.fns = ix
@@ -172,6 +192,28 @@ func (cat *catalog) reads(tables, fns []string) (out []string, opaque bool) {
 	return out, opaque
 }
 
+// callsOf returns the functions a statement calls: those the analysis
+// saw called, and those it saw in attribute notation (u.order_count) that
+// the catalog knows may be called so; the other names are columns, which
+// cost nothing.
+func (cat *catalog) callsOf(a *analysis) []string {
+	if cat.fns == nil || len(a.attrCalls) == 0 && !a.attrMany {
+		return a.functions
+	}
+	fns := slices.Clip(a.functions) // shared: appends must not reach its array
+	for _, name := range a.attrCalls {
+		if cat.fns.rowFuncs[name] {
+			fns = append(fns, name)
+		}
+	}
+	if a.attrMany {
+		for name := range cat.fns.rowFuncs {
+			fns = append(fns, name)
+		}
+	}
+	return fns
+}
+
 // hiddenCall reports a call, named as the analysis or viewCallQuery names
 // it, of a built-in whose answer no tag covers: a volatile one (lo_get,
 // nextval, random), or one that reads what the analysis cannot see (see
@@ -218,8 +260,8 @@ func (ix *funcIndex) body(k int) (rels, calls []string, ok bool) {
 		if ix.relations[name] {
 			rels = appendNew(rels, name)
 		}
-		if _, fn := ix.byName[name]; fn && p.isPunct(i+1, '(') {
-			calls = appendNew(calls, name)
+		if _, fn := ix.byName[name]; fn && p.isPunct(i+1, '(') || ix.rowFuncs[name] && p.isPunct(i-1, '.') {
+			calls = appendNew(calls, name) // f(x), or x.f in attribute notation
 		}
 		if p.isPunct(i+1, '(') && unseenBuiltins[name] != 0 {
 			// Not every volatile built-in (see hiddenCall): a function may

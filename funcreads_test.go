@@ -90,3 +90,73 @@ func FuzzFuncBody(f *testing.F) {
 		}
 	})
 }
+
+// testRowFuncCatalog adds to testFuncCatalog functions of a users row,
+// which attribute notation may call (u.order_count), as loadFuncReads
+// would read them.
+func testRowFuncCatalog() *catalog {
+	cat := testFuncCatalog()
+	funcs := append(cat.fns.funcs,
+		userFunc{schema: "public", name: "order_count", lang: "sql", src: `select count(*) from orders o where o.user_id = $1.id`},
+		userFunc{schema: "public", name: "labelled", lang: "sql", src: `select $1.order_count, l.label from labels l`},
+		userFunc{schema: "public", name: "dyn_count", lang: "plpgsql", src: `begin execute 'select 1'; end`},
+		userFunc{schema: "public", name: "bump", lang: "sql", src: `update items set n = n + 1 returning n`, volatile: true},
+	)
+	ix := newFuncIndex(funcs)
+	ix.relations, ix.atomic, ix.viewCalls = cat.fns.relations, cat.fns.atomic, cat.fns.viewCalls
+	for _, f := range []string{"order_count", "labelled", "dyn_count", "bump"} {
+		ix.rowFuncs[f] = true
+	}
+	cat.fns, cat.volatile = ix, map[string]bool{"bump": true, "public.bump": true}
+	return cat
+}
+
+// TestAttrCallReads: a read that names a function of a row in attribute
+// notation depends on what the function reads, and is opaque as a call
+// of it would be; names that are no such function (columns, other
+// functions) change nothing.
+func TestAttrCallReads(t *testing.T) {
+	cat := testRowFuncCatalog()
+	for _, tt := range []struct {
+		q      string
+		want   []string
+		opaque bool
+	}{
+		{"select u.id, u.order_count from users u where u.id = $1", []string{"orders", "users"}, false},
+		{"select (u).order_count from users u", []string{"orders", "users"}, false},
+		{"select u.labelled from users u", []string{"labels", "orders", "users"}, false},
+		{"select u.id, u.name, u.name_of from users u", []string{"users"}, false},
+		{"select u.dyn_count from users u", []string{"users"}, true},
+		{"select u.bump from users u", []string{"items", "users"}, true},
+		{"select order_count from users", []string{"users"}, false},
+	} {
+		a := analyzeUncached(tt.q)
+		fns := cat.callsOf(a)
+		got, opaque := cat.reads(a.reads, fns)
+		opaque = opaque || cat.anyMayWrite(fns)
+		slices.Sort(got)
+		if !slices.Equal(got, tt.want) || opaque != tt.opaque {
+			t.Errorf("%s: reads %v, opaque %v; want %v, %v", tt.q, got, opaque, tt.want, tt.opaque)
+		}
+	}
+}
+
+// TestCallsOfLeavesTheAnalysis: the calls a catalog adds to an analysis's
+// do not reach the shared analysis, and past attrMax names every function
+// of a row counts as called.
+func TestCallsOfLeavesTheAnalysis(t *testing.T) {
+	cat := testRowFuncCatalog()
+	a := &analysis{functions: make([]string, 1, 4), attrCalls: []string{"order_count"}}
+	a.functions[0] = "name_of"
+	if got := cat.callsOf(a); !slices.Equal(got, []string{"name_of", "order_count"}) {
+		t.Fatalf("callsOf = %q", got)
+	}
+	if a.functions[:2][1] != "" {
+		t.Fatalf("callsOf wrote into the analysis: %q", a.functions[:2])
+	}
+	got := cat.callsOf(&analysis{attrMany: true})
+	slices.Sort(got)
+	if want := []string{"bump", "dyn_count", "labelled", "order_count"}; !slices.Equal(got, want) {
+		t.Fatalf("callsOf with attrMany = %q, want %q", got, want)
+	}
+}

@@ -68,9 +68,11 @@ func mayWrite(a *analysis) bool {
 
 // readsWrite reports a statement that mayWrite lets pass whose reads may
 // write all the same: it reads a view that calls a function that may
-// write (see noteViewCalls). A catalog that cannot be read cannot tell.
+// write (see noteViewCalls), or calls one in attribute notation
+// (u.bump for bump(u), see callsOf). A catalog that cannot be read cannot
+// tell.
 func (e *engine) readsWrite(ctx context.Context, c *conn, a *analysis) bool {
-	if len(a.reads) == 0 || e.opts.NoCatalog {
+	if len(a.reads) == 0 && len(a.attrCalls) == 0 && !a.attrMany || e.opts.NoCatalog {
 		return false
 	}
 	cat, err := e.catalog(ctx, c)
@@ -78,7 +80,7 @@ func (e *engine) readsWrite(ctx context.Context, c *conn, a *analysis) bool {
 		return true
 	}
 	tables, opaque := cat.readWrites(a.reads)
-	return len(tables) > 0 || opaque || cat.readsSession(a.reads)
+	return len(tables) > 0 || opaque || cat.readsSession(a.reads) || cat.anyMayWrite(cat.callsOf(a))
 }
 
 // afterStatement runs once a statement that mayWrite has run. err is what
@@ -355,7 +357,8 @@ func (e *engine) writesOf(ctx context.Context, c *conn, a *analysis, before *cat
 		return
 	}
 	events := a.ddl || a.events // event triggers may write tables the text does not name
-	if len(a.writes) == 0 && len(a.functions) == 0 && len(a.reads) == 0 && !events {
+	if len(a.writes) == 0 && len(a.functions) == 0 && len(a.reads) == 0 && len(a.attrCalls) == 0 &&
+		!a.attrMany && !events {
 		return
 	}
 	if e.opts.NoCatalog {
@@ -375,7 +378,7 @@ func (e *engine) writesOf(ctx context.Context, c *conn, a *analysis, before *cat
 	if events {
 		written = slices.Concat(written, cat.ddlFired)
 	}
-	called, known := cat.anyCallWrites(a.functions)
+	called, known := cat.anyCallWrites(cat.callsOf(a))
 	read, readOpaque := cat.readWrites(a.reads) // views that call writers
 	if cat.readsSession(a.reads) {
 		w.hidden = true // a view that calls set_config changed the session
