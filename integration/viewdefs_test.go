@@ -56,7 +56,7 @@ func TestCatalogReadsNoViewLocks(t *testing.T) {
 	forEachStore(t, func(t *testing.T, env *cacheEnv) {
 		mustExec(t, env.raw, usersDDL+`;
 			create table items (id int8, x int); insert into items values (1, 1);
-			create view named as select id, name, now() as at from users`)
+			create view stamped as select id, name, now() as at from users`)
 		q := `select count(*) from items`
 		env.register(t, q, cachedpq.Policy{})
 		env.prime(t, q)
