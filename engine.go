@@ -230,12 +230,13 @@ func (e *engine) cacheCtx(ctx context.Context) (context.Context, context.CancelF
 // tags, and the token of the fill lease held under them if the lookup
 // learnt it. The in-process store is called directly, with a view of key
 // that it does not keep, so that the key and the stamp buffer stay on the
-// caller's stack: a hit needs no string of the key. The shared store's
+// caller's stack: a hit needs no string of the key. It judges expiry at
+// mono, a monotonic reading taken as it began. The shared store's
 // lookups are shared among readers, and keep theirs: r.key is set first.
-func (e *engine) lookup(ctx context.Context, r *read, key []byte, buf []uint64) (*entry, []uint64, uint64, error) {
+func (e *engine) lookup(ctx context.Context, r *read, key []byte, buf []uint64, mono time.Duration) (*entry, []uint64, uint64, error) {
 	if ms, ok := e.store.(*memStore); ok {
-		ent, stamps, err := ms.lookup(ctx, unsafe.String(unsafe.SliceData(key), len(key)), r.tags, buf)
-		return ent, stamps, 0, err
+		ent, stamps := ms.lookupAt(unsafe.String(unsafe.SliceData(key), len(key)), r.tags, buf, wallNow.at(mono))
+		return ent, stamps, 0, nil
 	}
 	r.keep(key)
 	return e.lookups.do(ctx, r.key, r.tags)
@@ -419,20 +420,20 @@ func (e *engine) cached(ctx context.Context, c *conn, r *read) (driver.Rows, err
 	}
 	r.check = check
 	var sb [stampBufCap]uint64
-	var start time.Time
-	if e.shared { // an in-process lookup takes well under a microsecond: not worth two clock readings
-		start = time.Now()
-	}
-	ent, stamps, holder, err := e.lookup(ctx, r, kbytes, sb[:0])
-	now := time.Now() // one reading serves the histogram and the expiry
+	// An in-process lookup takes well under a microsecond: the time it
+	// began serves as the time it returned, and one clock reading as two.
+	start := monoNow()
+	ent, stamps, holder, err := e.lookup(ctx, r, kbytes, sb[:0], start)
+	mono := start
 	if e.shared {
-		e.stats.cacheLat.observe(now.Sub(start))
+		mono = monoNow() // one reading serves the histogram and the expiry
+		e.stats.cacheLat.observe(mono - start)
 	}
 	if err != nil {
 		r.keep(kbytes)
 		return e.lookupFailed(ctx, r, stamps, holder, err)
 	}
-	if rows, ok := e.serve(r, kbytes, ent, stamps, now.UnixNano()); ok {
+	if rows, ok := e.serve(r, kbytes, ent, stamps, wallNow.at(mono)); ok {
 		return rows, nil
 	}
 	r.keep(kbytes)

@@ -26,9 +26,10 @@ const (
 // memItem is the value held in otter: the shared entry plus what the store
 // needs to expire and unindex it.
 type memItem struct {
-	e    *entry
-	ttl  time.Duration
-	tags []string // the tags the key is indexed under; not to be modified
+	e        *entry
+	ttl      time.Duration
+	deadline int64    // Unix nanoseconds: the fill's time plus ttl
+	tags     []string // the tags the key is indexed under; not to be modified
 }
 
 // hasTag reports whether the item is indexed under tag.
@@ -53,6 +54,7 @@ type memLease struct {
 // and reserved tag); entries live in otter, bounded in bytes and by TTL.
 type memStore struct {
 	cache *otter.Cache[string, *memItem]
+	clock *memClock
 
 	stampMu sync.RWMutex      // guards stamps
 	stamps  map[string]uint64 // tag -> current stamp, never 0
@@ -78,6 +80,7 @@ func newMemStore(maxBytes int64) *memStore {
 		index:      make(map[string]map[string]struct{}),
 		leases:     make(map[string]memLease),
 		leaseSweep: 64,
+		clock:      newMemClock(),
 	}
 	s.cache = otter.Must(&otter.Options[string, *memItem]{
 		MaximumWeight:    uint64(maxBytes),
@@ -85,6 +88,7 @@ func newMemStore(maxBytes int64) *memStore {
 		ExpiryCalculator: otter.ExpiryWritingFunc(itemTTL),
 		OnDeletion:       s.unindex,
 		Executor:         callerRuns,
+		Clock:            s.clock,
 	})
 	return s
 }
@@ -107,11 +111,18 @@ func memWeight(key string, it *memItem) uint32 {
 func itemTTL(e otter.Entry[string, *memItem]) time.Duration { return e.Value.ttl }
 
 // lookup returns the entry under key (nil if absent or expired) and the
-// current stamps of tags (0 where missing), appended to buf[:0]. With a buf
-// of capacity len(tags) a hit allocates nothing.
+// current stamps of tags (0 where missing), appended to buf[:0].
 func (s *memStore) lookup(_ context.Context, key string, tags []string, buf []uint64) (*entry, []uint64, error) {
+	e, stamps := s.lookupAt(key, tags, buf, wallNow.at(monoNow()))
+	return e, stamps, nil
+}
+
+// lookupAt is lookup at now, a wall-clock time in Unix nanoseconds just
+// read: otter's clock lags (see memClock), so the item's deadline is
+// checked here. With a buf of capacity len(tags) a hit allocates nothing.
+func (s *memStore) lookupAt(key string, tags []string, buf []uint64, now int64) (*entry, []uint64) {
 	var e *entry
-	if it, ok := s.cache.GetIfPresent(key); ok {
+	if it, ok := s.cache.GetIfPresent(key); ok && now < it.deadline {
 		e = it.e
 	}
 	buf = buf[:0]
@@ -120,7 +131,7 @@ func (s *memStore) lookup(_ context.Context, key string, tags []string, buf []ui
 		buf = append(buf, s.stamps[tag])
 	}
 	s.stampMu.RUnlock()
-	return e, buf, nil
+	return e, buf
 }
 
 // readStamps returns the current stamps of tags, creating missing ones.
@@ -184,7 +195,9 @@ func (s *memStore) fill(_ context.Context, key string, e *entry, ttl time.Durati
 	if ttl <= 0 {
 		return errBadTTL
 	}
-	it := &memItem{e: e, ttl: ttl, tags: append([]string(nil), tags...)}
+	// A fresh reading, which otter's clock is then too (see memClock).
+	deadline := wallNow.read() + int64(ttl)
+	it := &memItem{e: e, ttl: ttl, deadline: deadline, tags: append([]string(nil), tags...)}
 	s.cache.Set(key, it)
 	s.idxMu.Lock()
 	defer s.idxMu.Unlock()
@@ -298,4 +311,5 @@ func (s *memStore) releaseLease(_ context.Context, key string, token uint64) err
 // afterwards. A store that is dropped without close only leaks them.
 func (s *memStore) close() {
 	s.cache.StopAllGoroutines()
+	s.clock.close()
 }

@@ -1,0 +1,74 @@
+package cachedpq
+
+import (
+	"testing"
+	"time"
+)
+
+// TestWallClockRebases checks the bound clock.go promises: a reading is
+// carried forward on the monotonic clock for less than rebaseEvery, and
+// the wall clock is read afresh after. The bases stand for a wall clock
+// stepped far forward since they were read (wall 0).
+func TestWallClockRebases(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		age   time.Duration // of the base, on the monotonic clock
+		fresh bool          // the wall clock must be read afresh
+	}{
+		{"recent", 0, false},
+		{"at the bound", rebaseEvery, true},
+		{"old", time.Hour, true},
+		{"newer than the reading", -time.Hour, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var c wallClock
+			mono := monoNow()
+			c.base.Store(&wallBase{wall: 0, mono: mono - tc.age})
+			before := time.Now().UnixNano()
+			got := c.at(mono)
+			switch {
+			case tc.fresh && got < before:
+				t.Fatalf("got %d, want a fresh reading ≥ %d", got, before)
+			case !tc.fresh && got != int64(tc.age):
+				t.Fatalf("got %d, want the base carried forward to %d", got, int64(tc.age))
+			}
+		})
+	}
+}
+
+// TestWallClockKeepsNewest checks that a fresh reading does not replace a
+// newer base, which a goroutine held up between its reading and its store
+// could otherwise install over another's.
+func TestWallClockKeepsNewest(t *testing.T) {
+	var c wallClock
+	newer := &wallBase{wall: 1, mono: monoNow() + time.Hour}
+	c.base.Store(newer)
+	c.read()
+	if c.base.Load() != newer {
+		t.Fatal("an older reading replaced the newer base")
+	}
+	c.base.Store(&wallBase{wall: 1, mono: monoNow() - time.Hour})
+	before := time.Now().UnixNano()
+	if c.read(); c.base.Load().wall < before {
+		t.Fatal("a fresh reading did not replace the older base")
+	}
+}
+
+// TestMemClockNeverAhead checks that the in-process store's otter clock
+// never reads past the wall clock (otter would drop entries early), and
+// that a fill brings it up to date, so that an entry's otter deadline is
+// no earlier than its TTL from the fill.
+func TestMemClockNeverAhead(t *testing.T) {
+	s := newMemStore(0)
+	defer s.close()
+	if got, now := s.clock.NowNano(), time.Now().UnixNano(); got > now {
+		t.Fatalf("otter's clock reads %d, ahead of the wall clock's %d", got, now)
+	}
+	before := time.Now().UnixNano()
+	if err := s.fill(t.Context(), "k", &entry{}, time.Hour, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.clock.NowNano(); got < before {
+		t.Fatalf("after a fill otter's clock reads %d, before the fill began (%d)", got, before)
+	}
+}
