@@ -53,6 +53,24 @@ type conn struct {
 	rawTx     bool
 	txUnsure  bool
 	rawWrites writeSet
+
+	// lastQuery and lastA are the text and analysis of the last statement
+	// run on the connection: applications repeat their statements, and a
+	// comparison with the same string costs less than the memo's lookup.
+	lastQuery string
+	lastA     *analysis
+}
+
+// analyze returns the analysis of query (see analyze).
+func (c *conn) analyze(query string) *analysis {
+	if c.lastA != nil && query == c.lastQuery {
+		return c.lastA
+	}
+	a := analyze(query)
+	if len(query) <= memoMaxQuery { // as the memo, pin no bulk statement
+		c.lastQuery, c.lastA = query, a
+	}
+	return a
 }
 
 // usable returns why c must not run a statement, if it must not: it was

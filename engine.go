@@ -258,7 +258,7 @@ func (e *engine) query(ctx context.Context, c *conn, src inner, query string, ar
 	if err := c.usable(ctx); err != nil {
 		return nil, err
 	}
-	a := analyze(query)
+	a := c.analyze(query)
 	if reg := e.reg.lookup(a); reg != nil {
 		rs := e.state(reg)
 		if why, ok := c.refuses(); ok {
@@ -317,7 +317,7 @@ func (e *engine) exec(ctx context.Context, c *conn, src inner, query string, arg
 	if err := c.usable(ctx); err != nil {
 		return nil, err
 	}
-	a := analyze(query)
+	a := c.analyze(query)
 	before := e.catalogBefore(ctx, c, a)
 	res, err := src.innerExec(ctx, query, args)
 	if mayWrite(a) || e.readsWrite(ctx, c, a) {
