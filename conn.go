@@ -59,6 +59,17 @@ type conn struct {
 	// comparison with the same string costs less than the memo's lookup.
 	lastQuery string
 	lastA     *analysis
+	lastReg   regMemo
+}
+
+// regMemo is what engine.registered found for an analysis, valid while the
+// registry's map is the one it was found in (the map is copied on every
+// change).
+type regMemo struct {
+	a   *analysis
+	in  *map[[16]byte]*registration
+	reg *registration // nil: not registered
+	rs  *regState
 }
 
 // analyze returns the analysis of query (see analyze).

@@ -259,8 +259,7 @@ func (e *engine) query(ctx context.Context, c *conn, src inner, query string, ar
 		return nil, err
 	}
 	a := c.analyze(query)
-	if reg := e.reg.lookup(a); reg != nil {
-		rs := e.state(reg)
+	if reg, rs := e.registered(c, a); reg != nil {
 		if why, ok := c.refuses(); ok {
 			e.bypassed(rs, why)
 			return e.uncached(ctx, c, src, a, query, args)
@@ -268,6 +267,24 @@ func (e *engine) query(ctx context.Context, c *conn, src inner, query string, ar
 		return e.cached(ctx, c, &read{reg: reg, rs: rs, src: src, query: query, args: args})
 	}
 	return e.uncached(ctx, c, src, a, query, args)
+}
+
+// registered returns a's registration and its state, or nil if a is not
+// registered: the connection's last answer while the registry is unchanged.
+func (e *engine) registered(c *conn, a *analysis) (*registration, *regState) {
+	m := e.reg.byFP.Load()
+	if m == nil {
+		return nil, nil
+	}
+	if k := &c.lastReg; k.a == a && k.in == m {
+		return k.reg, k.rs
+	}
+	k := regMemo{a: a, in: m, reg: (*m)[a.fingerprint]}
+	if k.reg != nil {
+		k.rs = e.state(k.reg)
+	}
+	c.lastReg = k
+	return k.reg, k.rs
 }
 
 // uncached runs a query on Postgres. One that may write (a writable CTE, a

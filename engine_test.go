@@ -739,3 +739,23 @@ func TestStaleWindowClaimEndsOnAFillMeanwhile(t *testing.T) {
 		return false
 	})
 }
+
+// TestRegisterAfterUse checks that a connection which ran a query before it
+// was registered caches it once it is: the connection's memo of the last
+// query's registration must follow the registry.
+func TestRegisterAfterUse(t *testing.T) {
+	db, c, _ := engineDB(t, nil)
+	db.SetMaxOpenConns(1)
+	if err := c.opts.Registry.Register(`select k from kv where v = $1`, Policy{TTL: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	getV(t, db, 1)
+	if err := c.opts.Registry.Register(`select v from kv where k = $1`, Policy{TTL: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	getV(t, db, 1)
+	getV(t, db, 1)
+	if s := c.Stats(); s.Misses != 1 || s.Hits != 1 {
+		t.Fatalf("after registering: %d misses, %d hits; want 1 and 1", s.Misses, s.Hits)
+	}
+}
