@@ -69,22 +69,28 @@ func (c *wallClock) read() int64 {
 	}
 }
 
-// last returns the newest reading, which lags behind the wall clock by as
-// long as nobody read it: cheap enough for every otter operation.
-func (c *wallClock) last() int64 {
+// lastMono returns the monotonic time of the newest reading, which lags
+// behind by as long as nobody read the clock: cheap enough for every otter
+// operation. It never decreases.
+func (c *wallClock) lastMono() time.Duration {
 	if b := c.base.Load(); b != nil {
-		return b.wall
+		return b.mono
 	}
-	return c.read()
+	c.read()
+	return c.base.Load().mono
 }
 
-// memClock is the in-process store's clock for otter: wallNow as hits and
-// fills last read it. Hits read it at least every rebaseEvery while they
-// come, and its ticks (otter's periodic clean-up) read it afresh, so it
-// lags by at most about a second. It never runs ahead, and a fill reads the
-// clock afresh before it stores, so otter never drops an entry before its
-// TTL; it may drop one up to the lag late, so a lookup checks the entry's
-// deadline itself, on a fresh reading.
+// monoStartUnix is monoStart in Unix nanoseconds.
+var monoStartUnix = monoStart.UnixNano()
+
+// memClock is the in-process store's clock for otter: as otter's own, the
+// time of the process's start carried forward on the monotonic clock, but
+// as wallNow last read it. Hits read it at least every rebaseEvery while
+// they come, and its ticks (otter's periodic clean-up) read it afresh, so
+// it lags by at most about a second. It never runs ahead, and a fill reads
+// the clock afresh before it stores, so otter never drops an entry before
+// its TTL; it may drop one up to the lag late, so a lookup checks the
+// entry's deadline itself, on a fresh reading.
 type memClock struct {
 	stop     chan struct{} // closed by close: the ticks end
 	stopOnce sync.Once
@@ -92,8 +98,8 @@ type memClock struct {
 
 func newMemClock() *memClock { return &memClock{stop: make(chan struct{})} }
 
-// NowNano returns the last reading of wallNow.
-func (c *memClock) NowNano() int64 { return wallNow.last() }
+// NowNano returns the time of the last reading of wallNow.
+func (c *memClock) NowNano() int64 { return monoStartUnix + int64(wallNow.lastMono()) }
 
 // Tick delivers ticks every d, each after a fresh reading of wallNow, until
 // close. otter calls it once, for its periodic clean-up.
