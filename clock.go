@@ -14,6 +14,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"weak"
 )
 
 // rebaseEvery is how long a wall-clock reading is carried forward before
@@ -102,27 +103,32 @@ func newMemClock() *memClock { return &memClock{stop: make(chan struct{})} }
 func (c *memClock) NowNano() int64 { return monoStartUnix + int64(wallNow.lastMono()) }
 
 // Tick delivers ticks every d, each after a fresh reading of wallNow, until
-// close. otter calls it once, for its periodic clean-up.
+// close, or until the clock is collected (its store dropped unclosed).
+// otter calls it once, for its periodic clean-up.
 func (c *memClock) Tick(d time.Duration) <-chan time.Time {
 	out := make(chan time.Time)
-	go c.tick(d, out)
+	go tickMem(weak.Make(c), c.stop, d, out)
 	return out
 }
 
-func (c *memClock) tick(d time.Duration, out chan<- time.Time) {
+// tickMem runs Tick's ticks. It holds the clock weakly, as otter holds its
+// cache, so that it ends once neither is reachable.
+func tickMem(wc weak.Pointer[memClock], stop <-chan struct{}, d time.Duration, out chan<- time.Time) {
 	t := time.NewTicker(d)
 	defer t.Stop()
 	defer close(out) // otter's goroutine ends on a closed channel
 	for {
 		select {
-		case <-c.stop:
+		case <-stop:
 			return
 		case now := <-t.C:
+			if wc.Value() == nil {
+				return
+			}
 			wallNow.read()
 			select {
 			case out <- now:
-			case <-c.stop:
-				return
+			default: // otter is cleaning up still, or gone: a tick may be missed
 			}
 		}
 	}

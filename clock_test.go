@@ -1,6 +1,7 @@
 package cachedpq
 
 import (
+	"runtime"
 	"testing"
 	"time"
 )
@@ -72,4 +73,35 @@ func TestMemClockNeverAhead(t *testing.T) {
 	if got := s.clock.NowNano(); got < before {
 		t.Fatalf("after a fill otter's clock reads %d, before the fill began (%d)", got, before)
 	}
+}
+
+// TestMemClockTicksEnd checks that the ticks end when the clock is closed,
+// and when it is dropped unclosed: a Connector nobody closes must not leave
+// a goroutine ticking for ever.
+func TestMemClockTicksEnd(t *testing.T) {
+	closed := newMemClock()
+	ended := closed.Tick(time.Millisecond)
+	closed.close()
+	drainTicks(t, ended)
+	dropped := newMemClock().Tick(time.Millisecond)
+	drainTicks(t, dropped, runtime.GC)
+}
+
+// drainTicks reads ticks until the channel is closed, calling each of also
+// between them.
+func drainTicks(t *testing.T, ticks <-chan time.Time, also ...func()) {
+	t.Helper()
+	for range 1000 {
+		for _, f := range also {
+			f()
+		}
+		select {
+		case _, ok := <-ticks:
+			if !ok {
+				return
+			}
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	t.Fatal("the ticks did not end")
 }
