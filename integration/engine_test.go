@@ -487,29 +487,45 @@ func TestTransactionsInvalidateAtCommit(t *testing.T) {
 
 func TestSessionStateBypassesTheCache(t *testing.T) {
 	forEachStore(t, func(t *testing.T, env *cacheEnv) {
-		mustExec(t, env.raw, usersDDL)
-		q := `select name from users where id = $1`
-		env.register(t, q, cachedpq.Policy{})
-		env.same(t, q, 1)
-		env.waitFills(t, 1)
-		ctx := context.Background()
-		c, err := env.db.Connx(ctx)
-		if err != nil {
-			t.Fatal(err)
+		read := sessionReads(t, env)
+		if name, cached := read(`set search_path = pg_catalog, ` + env.schema); cached || name != "user1" {
+			t.Fatalf("a read after SET used the cache, or read %q: %+v", name, env.stats())
 		}
-		defer c.Close()
-		if _, err := c.ExecContext(ctx, `set search_path = pg_catalog, `+env.schema); err != nil {
-			t.Fatal(err)
-		}
-		hits := env.stats().Hits
-		var name string
-		if err := c.GetContext(ctx, &name, q, 1); err != nil || name != "user1" {
-			t.Fatalf("%q %v", name, err)
-		}
-		if env.stats().Hits != hits || env.stats().Bypass["session_state"] != 1 {
-			t.Fatalf("a read after SET used the cache: %+v", env.stats())
+		if env.stats().Bypass["session_state"] != 1 {
+			t.Fatalf("the read after SET was not counted as a bypass: %+v", env.stats())
 		}
 	})
+}
+
+// sessionReads creates users, registers and caches a read of it, and
+// returns read: it runs stmt on a connection of its own, then the read
+// there, and returns the name read and whether the read used the cache (a
+// hit, or a miss that fills it) rather than skip it for the session.
+func sessionReads(t *testing.T, env *cacheEnv) (read func(stmt string) (string, bool)) {
+	t.Helper()
+	mustExec(t, env.raw, usersDDL)
+	q := `select name from users where id = $1`
+	env.register(t, q, cachedpq.Policy{})
+	env.same(t, q, 1)
+	env.waitFills(t, 1)
+	ctx := context.Background()
+	c, err := env.db.Connx(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return func(stmt string) (string, bool) {
+		t.Helper()
+		if _, err := c.ExecContext(ctx, stmt); err != nil {
+			t.Fatal(err)
+		}
+		bypassed := env.stats().Bypass["session_state"]
+		var name string
+		if err := c.GetContext(ctx, &name, q, 1); err != nil {
+			t.Fatalf("after %s: %v", stmt, err)
+		}
+		return name, env.stats().Bypass["session_state"] == bypassed
+	}
 }
 
 // TestHarmlessSettingsKeepTheCache: a connection that sets only what
@@ -518,38 +534,16 @@ func TestSessionStateBypassesTheCache(t *testing.T) {
 // cache; one that then sets search_path does not.
 func TestHarmlessSettingsKeepTheCache(t *testing.T) {
 	forEachStore(t, func(t *testing.T, env *cacheEnv) {
-		mustExec(t, env.raw, usersDDL)
-		q := `select name from users where id = $1`
-		env.register(t, q, cachedpq.Policy{})
-		env.same(t, q, 1)
-		env.waitFills(t, 1)
-		ctx := context.Background()
-		c, err := env.db.Connx(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		read := func(set string) (hit bool) {
-			t.Helper()
-			if _, err := c.ExecContext(ctx, set); err != nil {
-				t.Fatal(err)
-			}
-			hits := env.stats().Hits
-			var name string
-			if err := c.GetContext(ctx, &name, q, 1); err != nil || name != "user1" {
-				t.Fatalf("after %s: %q %v", set, name, err)
-			}
-			return env.stats().Hits > hits
-		}
+		read := sessionReads(t, env)
 		for _, set := range []string{
 			`set statement_timeout = '5s'`, `set local lock_timeout = 0`,
 			`set application_name to 'worker'`, `reset statement_timeout`, `set enable_seqscan = off`,
 		} {
-			if !read(set) {
-				t.Fatalf("after %s the read missed the cache: %+v", set, env.stats())
+			if name, cached := read(set); !cached || name != "user1" {
+				t.Fatalf("after %s the read skipped the cache, or read %q: %+v", set, name, env.stats())
 			}
 		}
-		if read(`set search_path = pg_catalog, ` + env.schema) {
+		if _, cached := read(`set search_path = pg_catalog, ` + env.schema); cached {
 			t.Fatal("a read after SET search_path used the cache")
 		}
 	})
@@ -561,47 +555,21 @@ func TestHarmlessSettingsKeepTheCache(t *testing.T) {
 // RESET ALL (which keeps the role and temporary relations), leaves it off.
 func TestDiscardAllRestoresTheCache(t *testing.T) {
 	forEachStore(t, func(t *testing.T, env *cacheEnv) {
-		mustExec(t, env.raw, usersDDL)
-		q := `select name from users where id = $1`
-		env.register(t, q, cachedpq.Policy{})
-		env.same(t, q, 1)
-		env.waitFills(t, 1)
-		ctx := context.Background()
-		c, err := env.db.Connx(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		// cached reports whether the read after stmt used the cache (a hit,
-		// or a miss that fills it) rather than skip it for the session.
-		cached := func(stmt string) bool {
-			t.Helper()
-			if _, err := c.ExecContext(ctx, stmt); err != nil {
-				t.Fatal(err)
-			}
-			bypassed := env.stats().Bypass["session_state"]
-			var name string
-			if err := c.GetContext(ctx, &name, q, 1); err != nil {
-				t.Fatalf("after %s: %v", stmt, err)
-			}
-			if want := "user1"; name != want && !strings.HasPrefix(stmt, "create temp") {
-				t.Fatalf("after %s: %q, want %q", stmt, name, want)
-			}
-			return env.stats().Bypass["session_state"] == bypassed
-		}
+		read := sessionReads(t, env)
 		for _, step := range []struct {
-			stmt   string
-			cached bool
+			stmt, name string
+			cached     bool
 		}{
-			{`set search_path = pg_catalog, ` + env.schema, false},
-			{`discard plans`, false},
-			{`reset all`, false},
-			{`discard all`, true},
-			{`create temp table users (id int8, name text); insert into users values (1, 'temp')`, false},
-			{`DISCARD ALL;`, true},
+			{`set search_path = pg_catalog, ` + env.schema, "user1", false},
+			{`discard plans`, "user1", false},
+			{`reset all`, "user1", false},
+			{`discard all`, "user1", true},
+			{`create temp table users (id int8, name text); insert into users values (1, 'temp')`, "temp", false},
+			{`DISCARD ALL;`, "user1", true},
 		} {
-			if got := cached(step.stmt); got != step.cached {
-				t.Fatalf("after %s: cached %v, want %v (%+v)", step.stmt, got, step.cached, env.stats())
+			if name, cached := read(step.stmt); cached != step.cached || name != step.name {
+				t.Fatalf("after %s: read %q, cached %v; want %q, %v (%+v)", step.stmt, name, cached,
+					step.name, step.cached, env.stats())
 			}
 		}
 	})
