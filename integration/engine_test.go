@@ -441,11 +441,7 @@ func readYourWrites(t *testing.T, store string, wc writeCase, inTx bool) {
 
 func TestTransactionsInvalidateAtCommit(t *testing.T) {
 	forEachStore(t, func(t *testing.T, env *cacheEnv) {
-		mustExec(t, env.raw, usersDDL)
-		q := `select name from users where id = $1`
-		env.register(t, q, cachedpq.Policy{})
-		env.same(t, q, 1)
-		env.waitFills(t, 1)
+		q := cachedUserName(t, env)
 
 		tx, err := env.db.Beginx()
 		if err != nil {
@@ -497,17 +493,25 @@ func TestSessionStateBypassesTheCache(t *testing.T) {
 	})
 }
 
-// sessionReads creates users, registers and caches a read of it, and
-// returns read: it runs stmt on a connection of its own, then the read
-// there, and returns the name read and whether the read used the cache (a
-// hit, or a miss that fills it) rather than skip it for the session.
-func sessionReads(t *testing.T, env *cacheEnv) (read func(stmt string) (string, bool)) {
+// cachedUserName creates users and returns a registered read of a user's
+// name, cached for user 1.
+func cachedUserName(t *testing.T, env *cacheEnv) string {
 	t.Helper()
 	mustExec(t, env.raw, usersDDL)
 	q := `select name from users where id = $1`
 	env.register(t, q, cachedpq.Policy{})
 	env.same(t, q, 1)
 	env.waitFills(t, 1)
+	return q
+}
+
+// sessionReads caches a read of a user's name (see cachedUserName) and
+// returns read: it runs stmt on a connection of its own, then the read
+// there, and returns the name read and whether the read used the cache (a
+// hit, or a miss that fills it) rather than skip it for the session.
+func sessionReads(t *testing.T, env *cacheEnv) (read func(stmt string) (string, bool)) {
+	t.Helper()
+	q := cachedUserName(t, env)
 	ctx := context.Background()
 	c, err := env.db.Connx(ctx)
 	if err != nil {
@@ -683,11 +687,7 @@ func TestExplicitInvalidation(t *testing.T) {
 
 func TestForeignValuesAreMisses(t *testing.T) {
 	env := newEnv(t, "redis")
-	mustExec(t, env.raw, usersDDL)
-	q := `select name from users where id = $1`
-	env.register(t, q, cachedpq.Policy{})
-	env.same(t, q, 1)
-	env.waitFills(t, 1)
+	q := cachedUserName(t, env)
 	ctx := context.Background()
 	var keys []string
 	iter := env.rdb.Scan(ctx, 0, env.prefix+":users:*", 100).Iterator()
@@ -715,11 +715,7 @@ func TestForeignValuesAreMisses(t *testing.T) {
 
 func TestEvictedStampInvalidates(t *testing.T) {
 	env := newEnv(t, "redis")
-	mustExec(t, env.raw, usersDDL)
-	q := `select name from users where id = $1`
-	env.register(t, q, cachedpq.Policy{})
-	env.same(t, q, 1)
-	env.waitFills(t, 1)
+	q := cachedUserName(t, env)
 	env.same(t, q, 1)
 	if env.stats().Hits != 1 {
 		t.Fatal("no hit")
@@ -770,11 +766,7 @@ func TestInstancesShareEntriesAndInvalidations(t *testing.T) {
 // nothing, so entries stay (peers flush on every write, even failed ones).
 func TestFailedWritesInvalidateNothing(t *testing.T) {
 	forEachStore(t, func(t *testing.T, env *cacheEnv) {
-		mustExec(t, env.raw, usersDDL)
-		q := `select name from users where id = $1`
-		env.register(t, q, cachedpq.Policy{})
-		env.same(t, q, 1)
-		env.waitFills(t, 1)
+		q := cachedUserName(t, env)
 		if _, err := env.db.Exec(`insert into users values (1, 'dup', 0, now())`); err == nil {
 			t.Fatal("duplicate key accepted")
 		}
