@@ -231,11 +231,12 @@ func (e *engine) cacheCtx(ctx context.Context) (context.Context, context.CancelF
 // learnt it. The in-process store is called directly, with a view of key
 // that it does not keep, so that the key and the stamp buffer stay on the
 // caller's stack: a hit needs no string of the key. It judges expiry at
-// mono, a monotonic reading taken as it began. The shared store's
-// lookups are shared among readers, and keep theirs: r.key is set first.
-func (e *engine) lookup(ctx context.Context, r *read, key []byte, buf []uint64, mono time.Duration) (*entry, []uint64, uint64, error) {
+// now, the wall-clock time (Unix nanoseconds) as it began. The shared
+// store's lookups are shared among readers, and keep theirs: r.key is set
+// first.
+func (e *engine) lookup(ctx context.Context, r *read, key []byte, buf []uint64, now int64) (*entry, []uint64, uint64, error) {
 	if ms, ok := e.store.(*memStore); ok {
-		ent, stamps := ms.lookupAt(unsafe.String(unsafe.SliceData(key), len(key)), r.tags, buf, wallNow.at(mono))
+		ent, stamps := ms.lookupAt(unsafe.String(unsafe.SliceData(key), len(key)), r.tags, buf, now)
 		return ent, stamps, 0, nil
 	}
 	r.keep(key)
@@ -440,17 +441,18 @@ func (e *engine) cached(ctx context.Context, c *conn, r *read) (driver.Rows, err
 	// An in-process lookup takes well under a microsecond: the time it
 	// began serves as the time it returned, and one clock reading as two.
 	start := monoNow()
-	ent, stamps, holder, err := e.lookup(ctx, r, kbytes, sb[:0], start)
-	mono := start
+	now := wallNow.at(start)
+	ent, stamps, holder, err := e.lookup(ctx, r, kbytes, sb[:0], now)
 	if e.shared {
-		mono = monoNow() // one reading serves the histogram and the expiry
+		mono := monoNow() // one reading serves the histogram and the expiry
 		e.stats.cacheLat.observe(mono - start)
+		now = wallNow.at(mono)
 	}
 	if err != nil {
 		r.keep(kbytes)
 		return e.lookupFailed(ctx, r, stamps, holder, err)
 	}
-	if rows, ok := e.serve(r, kbytes, ent, stamps, wallNow.at(mono)); ok {
+	if rows, ok := e.serve(r, kbytes, ent, stamps, now); ok {
 		return rows, nil
 	}
 	r.keep(kbytes)

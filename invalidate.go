@@ -79,8 +79,8 @@ func (e *engine) readsWrite(ctx context.Context, c *conn, a *analysis) bool {
 	if err != nil {
 		return true
 	}
-	tables, opaque := cat.readWrites(a.reads)
-	return len(tables) > 0 || opaque || cat.readsSession(a.reads) || cat.anyMayWrite(cat.callsOf(a))
+	tables, opaque, session := cat.readWrites(a.reads)
+	return len(tables) > 0 || opaque || session || cat.anyMayWrite(cat.callsOf(a))
 }
 
 // afterStatement runs once a statement that mayWrite has run. err is what
@@ -379,8 +379,8 @@ func (e *engine) writesOf(ctx context.Context, c *conn, a *analysis, before *cat
 		written = slices.Concat(written, cat.ddlFired)
 	}
 	called, known := cat.anyCallWrites(cat.callsOf(a))
-	read, readOpaque := cat.readWrites(a.reads) // views that call writers
-	if cat.readsSession(a.reads) {
+	read, readOpaque, session := cat.readWrites(a.reads) // views that call writers, or set_config
+	if session {
 		w.hidden = true // a view that calls set_config changed the session
 	}
 	tables, opaque := cat.reach(slices.Concat(written, called, read), truncateCascade)

@@ -196,10 +196,11 @@ func (cat *catalog) noteViewCalls() {
 
 // readWrites returns what a read of tables writes (see noteViewCalls),
 // through the views they read too; opaque if that may be what the catalog
-// cannot read.
-func (cat *catalog) readWrites(tables []string) (out []string, opaque bool) {
-	if len(cat.readFired) == 0 && len(cat.readOpaque) == 0 {
-		return nil, false
+// cannot read; session if such a view changes the reader's session (see
+// viewDef.session).
+func (cat *catalog) readWrites(tables []string) (out []string, opaque, session bool) {
+	if len(cat.readFired) == 0 && len(cat.readOpaque) == 0 && !cat.sessionViews {
+		return nil, false, false
 	}
 	seen := slices.Clone(tables)
 	for i := 0; i < len(seen); i++ {
@@ -208,11 +209,12 @@ func (cat *catalog) readWrites(tables []string) (out []string, opaque bool) {
 			out = appendNew(out, w)
 		}
 		opaque = opaque || cat.readOpaque[t]
+		session = session || cat.views[t].session
 		for _, b := range cat.bases[t] {
 			seen = appendNew(seen, b)
 		}
 	}
-	return out, opaque
+	return out, opaque, session
 }
 
 // noteEvent records what an event trigger's function writes.

@@ -2,7 +2,6 @@ package cachedpq
 
 import (
 	"database/sql/driver"
-	"slices"
 	"strings"
 )
 
@@ -93,23 +92,4 @@ func (cat *catalog) viewRefusal(tables []string, nondetOK bool) string {
 		}
 	}
 	return ""
-}
-
-// readsSession reports whether a read of tables reads a view that changes
-// the reader's session (see viewDef.session), through the views they read
-// too.
-func (cat *catalog) readsSession(tables []string) bool {
-	if !cat.sessionViews {
-		return false
-	}
-	seen := slices.Clone(tables)
-	for i := 0; i < len(seen); i++ {
-		if cat.views[seen[i]].session {
-			return true
-		}
-		for _, b := range cat.bases[seen[i]] {
-			seen = appendNew(seen, b)
-		}
-	}
-	return false
 }
