@@ -17,24 +17,21 @@ import (
 
 // viewBuiltinQuery lists, for each user view, the built-ins its query
 // calls (schema-qualified, volatile or not, with their argument counts),
-// and a row naming sql_value_function for a view whose query uses
-// CURRENT_TIMESTAMP, CURRENT_USER or another such SQL value function.
-const viewBuiltinQuery = `select distinct c.relname, n2.nspname || '.' || p.proname, p.provolatile = 'v', p.pronargs::int8
+// and a row naming sql_value_function for each CURRENT_TIMESTAMP,
+// CURRENT_USER or other SQL value function it uses, in one scan of the
+// query trees.
+const viewBuiltinQuery = `select distinct c.relname,
+			case when m[1] is null then 'pg_catalog.sql_value_function' else n2.nspname || '.' || p.proname end,
+			coalesce(p.provolatile = 'v', false), coalesce(p.pronargs::int8, 0)
 		from pg_catalog.pg_rewrite r
 		join pg_catalog.pg_class c on c.oid = r.ev_class
 		join pg_catalog.pg_namespace n on n.oid = c.relnamespace
-		cross join lateral pg_catalog.regexp_matches(r.ev_action::text, ':(?:funcid|opfuncid|aggfnoid|winfnoid) (\d+)', 'g') m
-		join pg_catalog.pg_proc p on p.oid = m[1]::oid
-		join pg_catalog.pg_namespace n2 on n2.oid = p.pronamespace
+		cross join lateral pg_catalog.regexp_matches(r.ev_action::text,
+			':(?:funcid|opfuncid|aggfnoid|winfnoid) (\d+)|\{SQLVALUEFUNCTION ', 'g') m
+		left join pg_catalog.pg_proc p on p.oid = m[1]::oid
+		left join pg_catalog.pg_namespace n2 on n2.oid = p.pronamespace
 		where c.relkind = 'v' and n.nspname not in ('pg_catalog', 'information_schema')
-			and n2.nspname = 'pg_catalog'
-	union
-	select c.relname, 'pg_catalog.sql_value_function', false, 0
-		from pg_catalog.pg_rewrite r
-		join pg_catalog.pg_class c on c.oid = r.ev_class
-		join pg_catalog.pg_namespace n on n.oid = c.relnamespace
-		where c.relkind = 'v' and n.nspname not in ('pg_catalog', 'information_schema')
-			and r.ev_action::text like '%{SQLVALUEFUNCTION %'`
+			and (m[1] is null or n2.nspname = 'pg_catalog')`
 
 // viewDef is why a registered query may not read a view, for the
 // built-ins its query calls.
