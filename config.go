@@ -55,6 +55,17 @@ type Options struct {
 	// bytes again (below 256 KiB, none are kept).
 	MaxMemory int64
 
+	// NoEarlyQueries makes the query of every registered read wait for
+	// its cache lookup. Otherwise, with Redis, while at least three in
+	// four lookups of keys this process has not looked up lately miss (a
+	// cold cache, a keyspace larger than the cache), a read of such a key
+	// sends its query while its lookup is on its way: its miss costs the
+	// query, not a round trip and then the query. The lookup still takes
+	// the fill lease, so other processes wait for this one's entry. When it
+	// finds a current entry after all (another process stored it), the
+	// query was spent for nothing; Stats.EarlyFound counts those.
+	NoEarlyQueries bool
+
 	// Identity names the database and role in cache keys for a Connector
 	// made by Wrap, whose inner connector cannot be inspected. Connectors
 	// wrapping different databases or roles must use different values.

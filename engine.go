@@ -52,6 +52,9 @@ type engine struct {
 	// leasing is true when the store is a leaser: a lookup may take the
 	// fill lease.
 	leasing bool
+	// guess returns the stamps last seen under tags (see
+	// redisStore.guessStamps), for early queries; nil when there are none.
+	guess func(tags []string, buf []uint64) ([]uint64, bool)
 
 	flights    flightGroup
 	lookups    lookupGroup
@@ -59,6 +62,7 @@ type engine struct {
 	leases     sync.Map // token -> *heldLease: the fill leases this process holds or is asking for
 	hot        hotKeys  // keys likely to hit, whose lookups take no lease
 	cold       coldOutcomes
+	seen       seenKeys   // keys looked up lately: their reads send no early query
 	bumps      localBumps // when this process last invalidated each tag
 	regs       sync.Map   // *registration -> *regState
 	stats      stats
@@ -92,6 +96,9 @@ type engine struct {
 	// beforeJoin, if set by a test, runs when a miss is about to join or
 	// lead a load of key.
 	beforeJoin func(key string)
+	// beforeEarlyLookup, if set by a test, runs before the lookup of an
+	// early query (see early).
+	beforeEarlyLookup func(key string)
 }
 
 func newEngine(c *Connector) *engine {
@@ -114,6 +121,9 @@ func newEngine(c *Connector) *engine {
 		e.store, e.direct, e.shared = e.breakr, rb, true
 		e.lookups.fn, e.lookups.timeout = e.lookupOnce, c.opts.Timeout
 		e.leasing = rb.leasing()
+		if e.leasing && !c.opts.NoEarlyQueries {
+			e.guess = rb.guessStamps
+		}
 		rb.step = c.opts.Timeout
 		rb.background = e.goBackground
 		rb.unclaimed = func(token uint64) bool {
@@ -437,6 +447,9 @@ func (e *engine) cached(ctx context.Context, c *conn, r *read) (driver.Rows, err
 		return r.run(ctx)
 	}
 	r.check = check
+	if rows, ok, err := e.early(ctx, r, kbytes); ok {
+		return rows, err
+	}
 	var sb [stampBufCap]uint64
 	// An in-process lookup takes well under a microsecond: the time it
 	// began serves as the time it returned, and one clock reading as two.
@@ -718,24 +731,38 @@ func (e *engine) lead(ctx context.Context, f *flight, id string, r *read, seen [
 		return nil, err
 	}
 	e.note(r.rs, missesF)
-	lim := recordLimits{maxRows: r.reg.policy.MaxRows, maxBytes: r.reg.policy.MaxBytes}
-	ran := time.Since(start)
-	rec := newRecordingRows(rows, lim, func(s *snapshot, complete bool, spent time.Duration) {
-		stop()
-		if !complete {
+	rec := e.record(r, rows, stamps, start, stop, func(ent *entry) {
+		if ent == nil {
 			end(nil)
-			e.bypassed(r.rs, bypassTooLarge)
 			e.releaseLease(r)
 			return
 		}
-		ent := e.newEntry(r.reg, r.check, stamps, start, ran+spent, s)
-		e.stats.dbLat.observe(time.Duration(ent.delta))
 		// Readers who come while the entry is being stored get it from the
 		// flight, rather than miss the cache and wait for our lease.
 		f.finish(ent)
 		e.store1(r, ent, &f.void, forget)
 	})
 	return e.handOver(ctx, rec)
+}
+
+// record wraps the rows of r's query, which began at start, so that their
+// Close stops the watch of the reader's context, then hands done the
+// entry they make under stamps, or nil if they are not a whole result
+// within r's limits.
+func (e *engine) record(r *read, rows driver.Rows, stamps []uint64, start time.Time, stop func() bool, done func(*entry)) driver.Rows {
+	lim := recordLimits{maxRows: r.reg.policy.MaxRows, maxBytes: r.reg.policy.MaxBytes}
+	ran := time.Since(start)
+	return newRecordingRows(rows, lim, func(s *snapshot, complete bool, spent time.Duration) {
+		stop()
+		if !complete {
+			e.bypassed(r.rs, bypassTooLarge)
+			done(nil)
+			return
+		}
+		ent := e.newEntry(r.reg, r.check, stamps, start, ran+spent, s)
+		e.stats.dbLat.observe(time.Duration(ent.delta))
+		done(ent)
+	})
 }
 
 // handOver gives the leader its rows, unless its context ended while the
@@ -797,45 +824,53 @@ func (r *registration) ttl(empty bool) time.Duration {
 // entry is old. A fill that void was set during is removed again:
 // InvalidateQuery's own removal may have come before it.
 func (e *engine) store1(r *read, ent *entry, void *atomic.Bool, stored func()) {
-	ttl := time.Duration(ent.expires-ent.created) + r.reg.policy.StaleFor
 	if ent.expires <= ent.created || void.Load() {
 		e.storeNothing(r, stored)
 		return
 	}
-	tags := r.tags[:len(r.tags)-1] // entries are not indexed under the epoch
-	if !e.shared {
-		if e.beforeFill != nil {
-			e.beforeFill(r.key)
+	if e.shared {
+		if !e.goBackground(func() { e.fillShared(r, ent, void, stored) }) {
+			e.storeNothing(r, stored) // closed: the next process to miss fills it
 		}
-		ent.size = ent.snap.approxSize()
-		e.fillNow(context.Background(), r, ent, ttl, tags, 0)
-		e.removeIfVoid(context.Background(), r, void)
-		stored()
-		e.refreshers.Delete(r.key)
 		return
 	}
-	started := e.goBackground(func() {
-		if void.Load() { // InvalidateQuery removed the key since the load began
-			e.storeNothing(r, stored)
-			return
-		}
-		if e.beforeFill != nil {
-			e.beforeFill(r.key)
-		}
-		ctx, cancel := withCacheTimeout(context.Background(), fillTimeout)
-		defer cancel()
-		var token uint64
-		if h := r.held; h != nil && e.leases.CompareAndDelete(h.token, h) {
-			token = h.token // released with the fill
-		}
-		e.fillNow(ctx, r, ent, ttl, tags, token)
-		e.removeIfVoid(ctx, r, void)
-		stored()
-		e.refreshers.Delete(r.key) // only now does a lookup see the new entry
-	})
-	if !started { // closed: the next process to miss fills it
-		e.storeNothing(r, stored)
+	if e.beforeFill != nil {
+		e.beforeFill(r.key)
 	}
+	ent.size = ent.snap.approxSize()
+	ttl, tags := fillTerms(r, ent)
+	e.fillNow(context.Background(), r, ent, ttl, tags, 0)
+	e.removeIfVoid(context.Background(), r, void)
+	stored()
+	e.refreshers.Delete(r.key)
+}
+
+// fillTerms are how long ent stays in the cache and the tags that index it.
+func fillTerms(r *read, ent *entry) (time.Duration, []string) {
+	ttl := time.Duration(ent.expires-ent.created) + r.reg.policy.StaleFor
+	return ttl, r.tags[:len(r.tags)-1] // entries are not indexed under the epoch
+}
+
+// fillShared is store1's work for the shared store, in the background.
+func (e *engine) fillShared(r *read, ent *entry, void *atomic.Bool, stored func()) {
+	if ent.expires <= ent.created || void.Load() { // void: InvalidateQuery removed the key since the load began
+		e.storeNothing(r, stored)
+		return
+	}
+	ttl, tags := fillTerms(r, ent)
+	if e.beforeFill != nil {
+		e.beforeFill(r.key)
+	}
+	ctx, cancel := withCacheTimeout(context.Background(), fillTimeout)
+	defer cancel()
+	var token uint64
+	if h := r.held; h != nil && e.leases.CompareAndDelete(h.token, h) {
+		token = h.token // released with the fill
+	}
+	e.fillNow(ctx, r, ent, ttl, tags, token)
+	e.removeIfVoid(ctx, r, void)
+	stored()
+	e.refreshers.Delete(r.key) // only now does a lookup see the new entry
 }
 
 // removeIfVoid removes the entry r's load has just stored if void is set:

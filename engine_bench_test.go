@@ -89,7 +89,8 @@ func benchDB(b *testing.B, variant string) (*sql.DB, *Connector) {
 		return db, nil
 	}
 	opts := Options{Registry: NewRegistry(), Prefix: fmt.Sprintf("bench%d", os.Getpid())}
-	if variant == "redis" {
+	if variant == "redis" || variant == "sequential" { // sequential: no early queries
+		opts.NoEarlyQueries = variant == "sequential"
 		opts.Redis = testRedis(b)
 		opts.Prefix = testPrefix(b, opts.Redis) // each run starts cold
 	}

@@ -55,14 +55,18 @@ func runPaired(b *testing.B, ops []pairedOp, ratios ...[2]string) {
 	}
 }
 
-// BenchmarkEnginePairedMiss pairs BenchmarkEngineMiss's variants. Each
-// cached miss's fill finishes untimed; the floor is raw+rt.
+// BenchmarkEnginePairedMiss pairs BenchmarkEngineMiss's variants, and a
+// miss that waits for its lookup before its query (sequential, as with
+// Options.NoEarlyQueries). Each cached miss's fill finishes untimed; the
+// floor is raw+rt.
 func BenchmarkEnginePairedMiss(b *testing.B) {
 	i := int64(0)
-	runPairedFloor(b, true, func(db *sql.DB) {
+	miss := func(db *sql.DB) {
 		i++
 		benchScan(b, db, benchMiss, i%benchRows+1, i)
-	})
+	}
+	seq, sc := benchDB(b, "sequential")
+	runPairedFloor(b, true, miss, pairedOp{name: "sequential", run: func() { miss(seq) }, settle: sc.eng.bg.Wait})
 }
 
 // BenchmarkEnginePairedWrite pairs BenchmarkEngineWrite's variants; the
@@ -81,8 +85,9 @@ func BenchmarkEnginePairedWrite(b *testing.B) {
 // go-redis round trip (raw+rt, the floor), and through cachedpq over the
 // in-process store and over Redis, and reports redis/raw+rt and
 // memory/raw. With settle, the Redis variant's background work (a miss's
-// fill) finishes untimed after each statement.
-func runPairedFloor(b *testing.B, settle bool, stmt func(db *sql.DB)) {
+// fill) finishes untimed after each statement. Each extra op is run too,
+// and reported against raw+rt and redis.
+func runPairedFloor(b *testing.B, settle bool, stmt func(db *sql.DB), extra ...pairedOp) {
 	raw, _ := benchDB(b, "raw")
 	mem, _ := benchDB(b, "memory")
 	red, rc := benchDB(b, "redis")
@@ -91,13 +96,25 @@ func runPairedFloor(b *testing.B, settle bool, stmt func(db *sql.DB)) {
 	cached := pairedOp{name: "redis", run: on(red)}
 	if settle {
 		cached.settle = rc.eng.bg.Wait
+		// The steady state of misses: a Connector judges whether misses
+		// are likely only after coldMin lookups (see coldOutcomes).
+		for range 2 * coldMin {
+			cached.run()
+			cached.settle()
+		}
 	}
-	runPaired(b, []pairedOp{
+	ops := []pairedOp{
 		{name: "raw", run: on(raw)},
 		{name: "raw+rt", run: func() { missingGet(b, rdb); stmt(raw) }},
 		{name: "memory", run: on(mem)},
 		cached,
-	}, [2]string{"redis", "raw+rt"}, [2]string{"memory", "raw"})
+	}
+	ratios := [][2]string{{"redis", "raw+rt"}, {"memory", "raw"}}
+	for _, op := range extra {
+		ops = append(ops, op)
+		ratios = append(ratios, [2]string{op.name, "raw+rt"}, [2]string{"redis", op.name})
+	}
+	runPaired(b, ops, ratios...)
 }
 
 // BenchmarkEnginePairedHit pairs a Redis hit with its floor, a raw go-redis

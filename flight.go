@@ -51,10 +51,28 @@ func (g *flightGroup) join(id, cold string, leaderCtx context.Context) (f *fligh
 	if f, ok := g.flights[cold]; ok && cold != "" && f.joinable() {
 		return f, false, true
 	}
+	return g.lead(id, leaderCtx), true, false
+}
+
+// start returns a new flight for id, which the caller leads, or nil if a
+// flight holds id: a reader that must not join another's load (see
+// engine.early) loads through the lookup instead.
+func (g *flightGroup) start(id string, leaderCtx context.Context) *flight {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if _, ok := g.flights[id]; ok {
+		return nil
+	}
+	return g.lead(id, leaderCtx)
+}
+
+// lead adds a flight under id, led by a reader with leaderCtx. g.mu is
+// held.
+func (g *flightGroup) lead(id string, leaderCtx context.Context) *flight {
 	if g.flights == nil {
 		g.flights = make(map[string]*flight)
 	}
-	f = &flight{done: make(chan struct{}), parties: 1}
+	f := &flight{done: make(chan struct{}), parties: 1}
 	if leaderCtx.Done() == nil {
 		// A leader that cannot be cancelled never leaves, so the load
 		// needs no cancellation of its own, and lib/pq no goroutine to
@@ -64,7 +82,7 @@ func (g *flightGroup) join(id, cold string, leaderCtx context.Context) (f *fligh
 		f.ctx, f.cancel = context.WithCancel(context.WithoutCancel(leaderCtx))
 	}
 	g.flights[id] = f
-	return f, true, false
+	return f
 }
 
 // alias makes readers of id join f too, unless another flight holds id.

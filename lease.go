@@ -48,6 +48,7 @@ func (e *engine) storeLookup(ctx context.Context, key string, tags []string) (*e
 	h := xxh3.HashString(key)
 	seq := e.bumps.now() // a local write from here on makes the key's next lookup take the lease
 	hot := e.hot.has(h)
+	e.seen.mark(h)
 	if !e.leasing || hot && !e.bumps.since(tags, e.hot.foundAt(h)) || !hot && e.cold.likelyFound() {
 		ent, stamps, err := e.store.lookup(ctx, key, tags, nil)
 		current := err == nil && ent != nil && sameStamps(ent.stamps, stamps)
@@ -153,6 +154,31 @@ func (c *coldOutcomes) note(found bool) {
 func (c *coldOutcomes) likelyFound() bool {
 	n := c.looked.Load()
 	return n >= coldMin && 4*c.found.Load() >= 3*n
+}
+
+// likelyMissed reports whether at most one in four of the lookups tallied
+// found a current entry.
+func (c *coldOutcomes) likelyMissed() bool {
+	n := c.looked.Load()
+	return n >= coldMin && 4*c.found.Load() <= n
+}
+
+// seenKeys remembers, lossily, the hashes of the keys this process has
+// looked up lately, hit or miss. Direct-mapped, as hotKeys.
+type seenKeys struct {
+	slots [hotSlots]atomic.Uint64
+}
+
+func (t *seenKeys) mark(h uint64) {
+	if slot := &t.slots[h%hotSlots]; slot.Load() != h {
+		slot.Store(h)
+	}
+}
+
+// first marks h and reports whether it was not marked before.
+func (t *seenKeys) first(h uint64) bool {
+	slot := &t.slots[h%hotSlots]
+	return slot.Load() != h && slot.Swap(h) != h
 }
 
 // localBumps remembers, lossily, when this process last invalidated each

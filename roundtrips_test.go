@@ -386,7 +386,9 @@ func TestColdOutcomes(t *testing.T) {
 // TestColdHitsSkipTheLease: while most lookups of keys not known hot find
 // their entry, such a lookup is a plain MGET: a hit costs one round trip in
 // all, and takes no lease; a miss takes its lease in a second round trip.
-// Once most miss, they take the lease again, as the lookup's pipeline.
+// Once most miss, they take the lease again, as the lookup's pipeline, and
+// a key not looked up before sends its query while its lookup is on its way
+// (see early).
 func TestColdHitsSkipTheLease(t *testing.T) {
 	rdb, trips, _, c, get := onPathKV(t)
 	all := &tripCounter{}
@@ -435,7 +437,13 @@ func TestColdHitsSkipTheLease(t *testing.T) {
 	}
 	cold()
 	misses = c.Stats().Misses
-	if p, _ := count(func() { get(5) }); p != 1 || c.Stats().Misses != misses+1 {
+	if p, _ := count(func() { get(5) }); p != 0 || c.Stats().Misses != misses+1 {
+		t.Errorf("a cold miss among misses, of a key not looked up before, made %d round trips before its rows came back, want 0 (an early query)", p)
+	}
+	cold()
+	c.eng.guess = nil // as with NoEarlyQueries
+	misses = c.Stats().Misses
+	if p, _ := count(func() { get(6) }); p != 1 || c.Stats().Misses != misses+1 {
 		t.Errorf("a cold miss among misses made %d round trips before its rows came back, want 1", p)
 	}
 }

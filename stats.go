@@ -59,19 +59,23 @@ type Stats struct {
 // Counters count what happened to registered reads, in total (Stats) or
 // per query (Stats.Queries).
 type Counters struct {
-	Hits           uint64 // served from the cache
-	NegativeHits   uint64 // hits on an empty result (also counted in Hits)
-	Misses         uint64 // ran on Postgres and were recorded
-	Stale          uint64 // entries found but rejected: a tag's stamp had changed
-	Expired        uint64 // entries found past their TTL
-	Foreign        uint64 // bytes under a key that did not decode, or answered another query
-	Coalesced      uint64 // readers that waited for another reader's load
-	EarlyRefreshes uint64 // loads started before expiry (XFetch) or while serving stale
-	StaleServed    uint64 // expired entries served while one refresh ran
-	Fills          uint64 // entries written to the cache
-	FillErrors     uint64
-	FillBytesRaw   uint64 // size of the filled results before encoding
-	FillBytes      uint64 // size of the filled entries as stored
+	Hits         uint64 // served from the cache
+	NegativeHits uint64 // hits on an empty result (also counted in Hits)
+	Misses       uint64 // ran on Postgres and were recorded
+	Stale        uint64 // entries found but rejected: a tag's stamp had changed
+	Expired      uint64 // entries found past their TTL
+	Foreign      uint64 // bytes under a key that did not decode, or answered another query
+	Coalesced    uint64 // readers that waited for another reader's load
+	// EarlyQueries counts misses (also in Misses) whose query began while
+	// their lookup was on its way (see Options.NoEarlyQueries); EarlyFound,
+	// those of them whose lookup found a current entry after all.
+	EarlyQueries, EarlyFound uint64
+	EarlyRefreshes           uint64 // loads started before expiry (XFetch) or while serving stale
+	StaleServed              uint64 // expired entries served while one refresh ran
+	Fills                    uint64 // entries written to the cache
+	FillErrors               uint64
+	FillBytesRaw             uint64 // size of the filled results before encoding
+	FillBytes                uint64 // size of the filled entries as stored
 	// Bypass counts reads that skipped the cache, by reason: transaction,
 	// session_state, breaker_open, invalidation_pending, too_large,
 	// arguments, cache_error, volatile, standby, server_settings, sequence,
@@ -97,6 +101,7 @@ type Latency struct {
 type counters struct {
 	hits, negativeHits, misses, stale, expired, foreign atomic.Uint64
 	coalesced, earlyRefreshes, staleServed              atomic.Uint64
+	earlyQueries, earlyFound                            atomic.Uint64
 	fills, fillErrors, fillBytesRaw, fillBytes          atomic.Uint64
 	bypass                                              [numBypassReasons]atomic.Uint64
 }
@@ -106,6 +111,7 @@ func (c *counters) snapshot() Counters {
 		Hits: c.hits.Load(), NegativeHits: c.negativeHits.Load(), Misses: c.misses.Load(),
 		Stale: c.stale.Load(), Expired: c.expired.Load(), Foreign: c.foreign.Load(),
 		Coalesced: c.coalesced.Load(), EarlyRefreshes: c.earlyRefreshes.Load(),
+		EarlyQueries: c.earlyQueries.Load(), EarlyFound: c.earlyFound.Load(),
 		StaleServed: c.staleServed.Load(), Fills: c.fills.Load(), FillErrors: c.fillErrors.Load(),
 		FillBytesRaw: c.fillBytesRaw.Load(), FillBytes: c.fillBytes.Load(),
 		Bypass: make(map[string]uint64, numBypassReasons),
@@ -127,7 +133,8 @@ func (c *counters) addTo(sum *counters) {
 // all lists every counter of c, in a fixed order.
 func (c *counters) all() []*atomic.Uint64 {
 	out := []*atomic.Uint64{&c.hits, &c.negativeHits, &c.misses, &c.stale, &c.expired, &c.foreign,
-		&c.coalesced, &c.earlyRefreshes, &c.staleServed, &c.fills, &c.fillErrors, &c.fillBytesRaw, &c.fillBytes}
+		&c.coalesced, &c.earlyRefreshes, &c.staleServed, &c.fills, &c.fillErrors, &c.fillBytesRaw, &c.fillBytes,
+		&c.earlyQueries, &c.earlyFound}
 	for i := range c.bypass {
 		out = append(out, &c.bypass[i])
 	}
@@ -153,6 +160,8 @@ func expiredF(c *counters) *atomic.Uint64        { return &c.expired }
 func foreignF(c *counters) *atomic.Uint64        { return &c.foreign }
 func coalescedF(c *counters) *atomic.Uint64      { return &c.coalesced }
 func earlyRefreshesF(c *counters) *atomic.Uint64 { return &c.earlyRefreshes }
+func earlyQueriesF(c *counters) *atomic.Uint64   { return &c.earlyQueries }
+func earlyFoundF(c *counters) *atomic.Uint64     { return &c.earlyFound }
 func staleServedF(c *counters) *atomic.Uint64    { return &c.staleServed }
 func fillsF(c *counters) *atomic.Uint64          { return &c.fills }
 func fillErrorsF(c *counters) *atomic.Uint64     { return &c.fillErrors }

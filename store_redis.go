@@ -232,15 +232,26 @@ func (sl *stampSlot) note(v uint64) {
 // guess returns the tag of the stamps last seen under tags (see saw), or
 // false if one was never seen.
 func (s *redisStore) guess(tags []string) ([]byte, bool) {
-	stamps := make([]uint64, 0, 4)
+	var sb [stampBufCap]uint64
+	stamps, ok := s.guessStamps(tags, sb[:0])
+	if !ok {
+		return nil, false
+	}
+	return appendStampTag(nil, stamps), true
+}
+
+// guessStamps appends to buf the stamps last seen under tags (see saw), or
+// reports false if one was never seen. Each was the tag's stamp in the
+// cache at some time before the call.
+func (s *redisStore) guessStamps(tags []string, buf []uint64) ([]uint64, bool) {
 	for _, tag := range tags {
 		v := s.slot(tag).seen.Load()
 		if v == 0 {
 			return nil, false
 		}
-		stamps = append(stamps, v)
+		buf = append(buf, v)
 	}
-	return appendStampTag(nil, stamps), true
+	return buf, true
 }
 
 // indexKey is the key of tag's index of entry keys.

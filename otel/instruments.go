@@ -21,6 +21,8 @@ var counterFields = []field[cachedpq.Counters]{
 	{"cachedpq.expired", "{entry}", "Entries found past their TTL.", func(c cachedpq.Counters) uint64 { return c.Expired }},
 	{"cachedpq.foreign", "{entry}", "Values that did not decode or answered another query.", func(c cachedpq.Counters) uint64 { return c.Foreign }},
 	{"cachedpq.coalesced", "{read}", "Reads that waited for another reader's load.", func(c cachedpq.Counters) uint64 { return c.Coalesced }},
+	{"cachedpq.early_queries", "{read}", "Misses whose query began while their cache lookup was on its way, also in cachedpq.misses.", func(c cachedpq.Counters) uint64 { return c.EarlyQueries }},
+	{"cachedpq.early_found", "{read}", "Early queries whose lookup found a current entry after all.", func(c cachedpq.Counters) uint64 { return c.EarlyFound }},
 	{"cachedpq.early_refreshes", "{refresh}", "Loads started before expiry or while serving a stale entry.", func(c cachedpq.Counters) uint64 { return c.EarlyRefreshes }},
 	{"cachedpq.stale_served", "{read}", "Expired entries served while one refresh ran.", func(c cachedpq.Counters) uint64 { return c.StaleServed }},
 	{"cachedpq.fills", "{entry}", "Entries written to the cache.", func(c cachedpq.Counters) uint64 { return c.Fills }},

@@ -30,6 +30,8 @@ var counterFields = []struct {
 	{"expired_total", "Entries found past their TTL.", func(c cachedpq.Counters) uint64 { return c.Expired }},
 	{"foreign_total", "Values that did not decode or answered another query.", func(c cachedpq.Counters) uint64 { return c.Foreign }},
 	{"coalesced_total", "Reads that waited for another reader's load instead of querying.", func(c cachedpq.Counters) uint64 { return c.Coalesced }},
+	{"early_queries_total", "Misses whose query began while their cache lookup was on its way (also in misses).", func(c cachedpq.Counters) uint64 { return c.EarlyQueries }},
+	{"early_found_total", "Early queries whose lookup found a current entry after all.", func(c cachedpq.Counters) uint64 { return c.EarlyFound }},
 	{"early_refreshes_total", "Loads started before expiry or while serving a stale entry.", func(c cachedpq.Counters) uint64 { return c.EarlyRefreshes }},
 	{"stale_served_total", "Expired entries served while one refresh ran.", func(c cachedpq.Counters) uint64 { return c.StaleServed }},
 	{"fills_total", "Entries written to the cache.", func(c cachedpq.Counters) uint64 { return c.Fills }},
