@@ -87,6 +87,8 @@ type analysis struct {
 	functions        []string // user functions called, each part of the name as a tag, dot-joined; built-ins left out
 	attrCalls        []string // names that may call a function in attribute notation (u.order_count is order_count(u)), as tags; most are columns
 	attrMany         bool     // more than attrMax of them: any function may be called so
+	operators        []string // the operators used, which a user function may implement (a <@> b calls its oprcode)
+	opMany           bool     // more than attrMax of them: any operator may be used
 	notCacheable     string   // "" when a cached read may be registered, else why not
 	nondeterministic bool     // notCacheable only because of now(), random(), current_user, ...
 	scsOff           bool     // may turn standard_conforming_strings off (SET, set_config), after which this lexer would misread the connection's next strings
@@ -795,7 +797,22 @@ func (p *parser) queryRefs(s, e int) {
 			p.call(i, e)
 		case p.toks[i].kind == tokString:
 			p.timeLiteral(i)
+		case p.toks[i].kind == tokOp:
+			p.operator(i)
 		}
+	}
+}
+
+// operator notes the operator at i: a user-defined one calls its function
+// (see funcIndex.opFuncs). Most are built-in; only the catalog can tell.
+func (p *parser) operator(i int) {
+	op := p.text(i)
+	switch {
+	case p.a.opMany:
+	case len(p.a.operators) < attrMax:
+		p.a.operators = addUnique(p.a.operators, op)
+	case !slices.Contains(p.a.operators, op):
+		p.a.operators, p.a.opMany = nil, true
 	}
 }
 

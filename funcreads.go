@@ -3,6 +3,7 @@ package cachedpq
 import (
 	"context"
 	"database/sql/driver"
+	"maps"
 	"slices"
 	"strings"
 )
@@ -70,6 +71,13 @@ const (
 		where n.nspname not in ('pg_catalog', 'information_schema')
 			and p.pronargs >= 1 and p.pronargs - p.pronargdefaults <= 1
 			and (t.typrelid <> 0 or b.typrelid <> 0 or t.typtype = 'p' or p.provariadic <> 0)`
+	// opQuery lists the operators that user functions implement, with
+	// those functions: a <@> b calls the function of <@>.
+	opQuery = `select distinct o.oprname, n.nspname || '.' || p.proname
+		from pg_catalog.pg_operator o
+		join pg_catalog.pg_proc p on p.oid = o.oprcode
+		join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+		where n.nspname not in ('pg_catalog', 'information_schema')`
 )
 
 // funcIndex holds the user functions by name, for what they read.
@@ -82,6 +90,7 @@ type funcIndex struct {
 	viewCalls map[string][]string // view -> schema-qualified user functions (and built-ins) it calls
 	volatile  map[string]bool     // volatile built-in functions, by name
 	rowFuncs  map[string]bool     // bare names of the user functions attribute notation may call
+	opFuncs   map[string][]string // operator -> schema-qualified user functions that implement it
 }
 
 // newFuncIndex indexes funcs by name; the rest is empty.
@@ -95,6 +104,7 @@ func newFuncIndex(funcs []userFunc) *funcIndex {
 		viewCalls: map[string][]string{},
 		volatile:  map[string]bool{},
 		rowFuncs:  map[string]bool{},
+		opFuncs:   map[string][]string{},
 	}
 	for i, f := range funcs {
 		ix.byName[f.name] = append(ix.byName[f.name], i)
@@ -136,6 +146,12 @@ func (cat *catalog) loadFuncReads(ctx context.Context, ci driver.Conn, funcs []u
 	if err == nil {
 		err = catalogRows(ctx, ci, rowFuncQuery, 1, func(r []driver.Value) {
 			ix.rowFuncs[textOf(r[0])] = true
+		})
+	}
+	if err == nil {
+		err = catalogRows(ctx, ci, opQuery, 2, func(r []driver.Value) {
+			op := textOf(r[0])
+			ix.opFuncs[op] = appendNew(ix.opFuncs[op], textOf(r[1]))
 		})
 	}
 	cat.fns = ix
@@ -193,22 +209,40 @@ func (cat *catalog) reads(tables, fns []string) (out []string, opaque bool) {
 }
 
 // callsOf returns the functions a statement calls: those the analysis
-// saw called, and those it saw in attribute notation (u.order_count) that
-// the catalog knows may be called so; the other names are columns, which
-// cost nothing.
+// saw called, those it saw in attribute notation (u.order_count) that
+// the catalog knows may be called so (the other names are columns, which
+// cost nothing), and those that implement the operators it uses.
 func (cat *catalog) callsOf(a *analysis) []string {
-	if cat.fns == nil || len(a.attrCalls) == 0 && !a.attrMany {
+	if cat.fns == nil {
 		return a.functions
 	}
-	fns := slices.Clip(a.functions) // shared: appends must not reach its array
+	fns, own := a.functions, false
+	more := func(names ...string) {
+		if len(names) == 0 {
+			return
+		}
+		if !own { // a.functions is shared: appends must not reach its array
+			fns, own = slices.Clip(fns), true
+		}
+		fns = append(fns, names...)
+	}
 	for _, name := range a.attrCalls {
 		if cat.fns.rowFuncs[name] {
-			fns = append(fns, name)
+			more(name)
 		}
 	}
 	if a.attrMany {
-		for name := range cat.fns.rowFuncs {
-			fns = append(fns, name)
+		more(slices.Collect(maps.Keys(cat.fns.rowFuncs))...)
+	}
+	if len(cat.fns.opFuncs) == 0 {
+		return fns
+	}
+	for _, op := range a.operators {
+		more(cat.fns.opFuncs[op]...)
+	}
+	if a.opMany {
+		for _, names := range cat.fns.opFuncs {
+			more(names...)
 		}
 	}
 	return fns

@@ -1,7 +1,9 @@
 package cachedpq
 
 import (
+	"fmt"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -158,5 +160,58 @@ func TestCallsOfLeavesTheAnalysis(t *testing.T) {
 	slices.Sort(got)
 	if want := []string{"bump", "dyn_count", "labelled", "order_count"}; !slices.Equal(got, want) {
 		t.Fatalf("callsOf with attrMany = %q, want %q", got, want)
+	}
+}
+
+// TestOperatorReads: a read that uses an operator a user function
+// implements depends on what the function reads, and is opaque as a call
+// of it would be; built-in operators, and operators of functions that read
+// nothing, change nothing.
+func TestOperatorReads(t *testing.T) {
+	cat := testRowFuncCatalog()
+	cat.fns.opFuncs[">>>"] = []string{"public.order_count"}
+	cat.fns.opFuncs["==>"] = []string{"public.bump"}
+	cat.fns.opFuncs["<->"] = []string{"public.dyn_count"}
+	for _, tt := range []struct {
+		q      string
+		want   []string
+		opaque bool
+	}{
+		{"select u.id from users u where u >>> 1", []string{"orders", "users"}, false},
+		{"select u.id from users u where u.id = $1 and u.id >= 0", []string{"users"}, false},
+		{"select u.id from users u where u ==> 1", []string{"items", "users"}, true},
+		{"select u <-> u from users u", []string{"users"}, true},
+		{"select u.id from users u where u.id > $1 and (u)>>>2", []string{"orders", "users"}, false},
+	} {
+		a := analyzeUncached(tt.q)
+		fns := cat.callsOf(a)
+		got, opaque := cat.reads(a.reads, fns)
+		opaque = opaque || cat.anyMayWrite(fns)
+		slices.Sort(got)
+		if !slices.Equal(got, tt.want) || opaque != tt.opaque {
+			t.Errorf("%s: reads %v, opaque %v; want %v, %v", tt.q, got, opaque, tt.want, tt.opaque)
+		}
+	}
+	a := &analysis{opMany: true}
+	if got := cat.callsOf(a); len(got) != 3 {
+		t.Errorf("past attrMax operators, callsOf = %q, want every operator's function", got)
+	}
+}
+
+// TestOperatorsNoted: the analysis notes each operator once, and past
+// attrMax of them, that any may be used.
+func TestOperatorsNoted(t *testing.T) {
+	a := analyzeUncached("select a <@> b, c || d, e <@> f from t where g = $1 and h >= -1")
+	slices.Sort(a.operators)
+	if want := []string{"-", "<@>", "=", ">=", "||"}; !slices.Equal(a.operators, want) || a.opMany {
+		t.Errorf("operators %q (many %v), want %q", a.operators, a.opMany, want)
+	}
+	var b strings.Builder
+	b.WriteString("select 1")
+	for i := range attrMax + 1 {
+		fmt.Fprintf(&b, " + 1 %s 1", strings.Repeat("<", i+1)+"@")
+	}
+	if a := analyzeUncached(b.String()); !a.opMany || a.operators != nil {
+		t.Errorf("%d operators: many %v, %d noted", attrMax+2, a.opMany, len(a.operators))
 	}
 }
