@@ -59,23 +59,21 @@ type Stats struct {
 // Counters count what happened to registered reads, in total (Stats) or
 // per query (Stats.Queries).
 type Counters struct {
-	Hits         uint64 // served from the cache
-	NegativeHits uint64 // hits on an empty result (also counted in Hits)
-	Misses       uint64 // ran on Postgres and were recorded
-	Stale        uint64 // entries found but rejected: a tag's stamp had changed
-	Expired      uint64 // entries found past their TTL
-	Foreign      uint64 // bytes under a key that did not decode, or answered another query
-	Coalesced    uint64 // readers that waited for another reader's load
-	// EarlyQueries counts misses (also in Misses) whose query began while
-	// their lookup was on its way (see Options.NoEarlyQueries); EarlyFound,
-	// those of them whose lookup found a current entry after all.
-	EarlyQueries, EarlyFound uint64
-	EarlyRefreshes           uint64 // loads started before expiry (XFetch) or while serving stale
-	StaleServed              uint64 // expired entries served while one refresh ran
-	Fills                    uint64 // entries written to the cache
-	FillErrors               uint64
-	FillBytesRaw             uint64 // size of the filled results before encoding
-	FillBytes                uint64 // size of the filled entries as stored
+	Hits           uint64 // served from the cache
+	NegativeHits   uint64 // hits on an empty result (also counted in Hits)
+	Misses         uint64 // ran on Postgres and were recorded
+	Stale          uint64 // entries found but rejected: a tag's stamp had changed
+	Expired        uint64 // entries found past their TTL
+	Foreign        uint64 // bytes under a key that did not decode, or answered another query
+	Coalesced      uint64 // readers that waited for another reader's load
+	EarlyQueries   uint64 // misses (also in Misses) whose query began while their lookup was on its way (see Options.NoEarlyQueries)
+	EarlyFound     uint64 // early queries whose lookup found a current entry after all
+	EarlyRefreshes uint64 // loads started before expiry (XFetch) or while serving stale
+	StaleServed    uint64 // expired entries served while one refresh ran
+	Fills          uint64 // entries written to the cache
+	FillErrors     uint64
+	FillBytesRaw   uint64 // size of the filled results before encoding
+	FillBytes      uint64 // size of the filled entries as stored
 	// Bypass counts reads that skipped the cache, by reason: transaction,
 	// session_state, breaker_open, invalidation_pending, too_large,
 	// arguments, cache_error, volatile, standby, server_settings, sequence,
