@@ -78,6 +78,17 @@ const (
 		join pg_catalog.pg_proc p on p.oid = o.oprcode
 		join pg_catalog.pg_namespace n on n.oid = p.pronamespace
 		where n.nspname not in ('pg_catalog', 'information_schema')`
+	// aggQuery lists the user functions that aggregates call (transition,
+	// final, combine, serial functions, their moving-aggregate variants):
+	// an aggregate's own body is none (internal, aggregate_dummy).
+	aggQuery = `select distinct an.nspname || '.' || a.proname, n.nspname || '.' || p.proname
+		from pg_catalog.pg_aggregate g
+		join pg_catalog.pg_proc a on a.oid = g.aggfnoid
+		join pg_catalog.pg_namespace an on an.oid = a.pronamespace
+		join pg_catalog.pg_proc p on p.oid in (g.aggtransfn, g.aggfinalfn, g.aggcombinefn,
+			g.aggmtransfn, g.aggminvtransfn, g.aggmfinalfn, g.aggserialfn, g.aggdeserialfn)
+		join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+		where n.nspname not in ('pg_catalog', 'information_schema')`
 )
 
 // funcIndex holds the user functions by name, for what they read.
@@ -91,6 +102,7 @@ type funcIndex struct {
 	volatile  map[string]bool     // volatile built-in functions, by name
 	rowFuncs  map[string]bool     // bare names of the user functions attribute notation may call
 	opFuncs   map[string][]string // operator -> schema-qualified user functions that implement it
+	aggFns    map[string][]string // schema-qualified aggregate -> the user functions it calls
 }
 
 // newFuncIndex indexes funcs by name; the rest is empty.
@@ -105,6 +117,7 @@ func newFuncIndex(funcs []userFunc) *funcIndex {
 		volatile:  map[string]bool{},
 		rowFuncs:  map[string]bool{},
 		opFuncs:   map[string][]string{},
+		aggFns:    map[string][]string{},
 	}
 	for i, f := range funcs {
 		ix.byName[f.name] = append(ix.byName[f.name], i)
@@ -152,6 +165,12 @@ func (cat *catalog) loadFuncReads(ctx context.Context, ci driver.Conn, funcs []u
 		err = catalogRows(ctx, ci, opQuery, 2, func(r []driver.Value) {
 			op := textOf(r[0])
 			ix.opFuncs[op] = appendNew(ix.opFuncs[op], textOf(r[1]))
+		})
+	}
+	if err == nil {
+		err = catalogRows(ctx, ci, aggQuery, 2, func(r []driver.Value) {
+			agg := textOf(r[0])
+			ix.aggFns[agg] = appendNew(ix.aggFns[agg], textOf(r[1]))
 		})
 	}
 	cat.fns = ix
@@ -274,7 +293,9 @@ func (ix *funcIndex) overloads(name string) []int {
 func (ix *funcIndex) body(k int) (rels, calls []string, ok bool) {
 	f := &ix.funcs[k]
 	switch {
-	case f.lang == "c" || f.lang == "internal":
+	case f.lang == "internal":
+		return nil, ix.aggFns[f.schema+"."+f.name], true // an aggregate calls its functions
+	case f.lang == "c":
 		return nil, nil, true
 	case f.lang == "sql" && f.src == "":
 		q := f.schema + "." + f.name
@@ -286,6 +307,11 @@ func (ix *funcIndex) body(k int) (rels, calls []string, ok bool) {
 	for i := range p.toks {
 		if f.lang == "plpgsql" && p.is(i, "execute") {
 			return nil, nil, false // dynamic SQL
+		}
+		if p.toks[i].kind == tokOp {
+			for _, g := range ix.opFuncs[p.text(i)] {
+				calls = appendNew(calls, g) // a >>> b calls the function of >>>
+			}
 		}
 		if !p.isName(i) {
 			continue

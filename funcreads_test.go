@@ -163,15 +163,29 @@ func TestCallsOfLeavesTheAnalysis(t *testing.T) {
 	}
 }
 
-// TestOperatorReads: a read that uses an operator a user function
-// implements depends on what the function reads, and is opaque as a call
-// of it would be; built-in operators, and operators of functions that read
-// nothing, change nothing.
-func TestOperatorReads(t *testing.T) {
+// testOpCatalog is testRowFuncCatalog with operators that user functions
+// implement, a function whose body uses one, and an aggregate.
+func testOpCatalog() *catalog {
 	cat := testRowFuncCatalog()
-	cat.fns.opFuncs[">>>"] = []string{"public.order_count"}
-	cat.fns.opFuncs["==>"] = []string{"public.bump"}
-	cat.fns.opFuncs["<->"] = []string{"public.dyn_count"}
+	funcs := append(cat.fns.funcs,
+		userFunc{schema: "public", name: "has_orders", lang: "sql", src: `select $1 >>> 0`},
+		userFunc{schema: "public", name: "order_total", lang: "internal", src: "aggregate_dummy"},
+	)
+	ix := newFuncIndex(funcs)
+	ix.relations, ix.atomic, ix.viewCalls, ix.rowFuncs = cat.fns.relations, cat.fns.atomic, cat.fns.viewCalls, cat.fns.rowFuncs
+	ix.opFuncs = map[string][]string{">>>": {"public.order_count"}, "==>": {"public.bump"}, "<->": {"public.dyn_count"}}
+	ix.aggFns = map[string][]string{"public.order_total": {"public.order_count"}}
+	cat.fns = ix
+	return cat
+}
+
+// TestOperatorReads: a read that uses an operator a user function
+// implements, directly or in a function it calls, depends on what the
+// function reads, and is opaque as a call of it would be; built-in
+// operators, and operators of functions that read nothing, change nothing.
+// A user aggregate reads what its functions read.
+func TestOperatorReads(t *testing.T) {
+	cat := testOpCatalog()
 	for _, tt := range []struct {
 		q      string
 		want   []string
@@ -182,6 +196,8 @@ func TestOperatorReads(t *testing.T) {
 		{"select u.id from users u where u ==> 1", []string{"items", "users"}, true},
 		{"select u <-> u from users u", []string{"users"}, true},
 		{"select u.id from users u where u.id > $1 and (u)>>>2", []string{"orders", "users"}, false},
+		{"select has_orders(u) from users u", []string{"orders", "users"}, false},
+		{"select order_total(u.id) from users u", []string{"orders", "users"}, false},
 	} {
 		a := analyzeUncached(tt.q)
 		fns := cat.callsOf(a)

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/cachedpq/cachedpq"
@@ -54,4 +55,38 @@ func TestWritingOperatorRead(t *testing.T) {
 		}
 		env.same(t, audit) // the operator's inserts through the driver invalidated it
 	})
+}
+
+// TestHiddenCallReadsInvalidate: a registered read depends on what the
+// functions an operator calls read when the operator is used in a function
+// it calls, and on what a user aggregate's functions read. Both entries
+// depended on users alone before, and an order added through the driver
+// left them stale until their TTL.
+func TestHiddenCallReadsInvalidate(t *testing.T) {
+	for _, c := range []struct{ name, ddl, query string }{
+		{"operator in a function", `create function orders_over(users, int) returns boolean language sql stable
+				as $$ select count(*) > $2 from orders o where o.user_id = $1.id $$;
+			create operator >>> (leftarg = users, rightarg = int, function = orders_over);
+			create function has_orders(users) returns boolean language sql stable as $$ select $1 >>> 0 $$`,
+			`select u.id, has_orders(u) from users u where u.id = $1`},
+		{"aggregate", `create function add_orders(acc int8, uid int8) returns int8 language sql stable
+				as $$ select acc + (select count(*) from orders o where o.user_id = uid) $$;
+			create aggregate order_total(int8) (sfunc = add_orders, stype = int8, initcond = '0')`,
+			`select order_total(u.id) from users u where u.id = $1`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			forEachStore(t, func(t *testing.T, env *cacheEnv) {
+				setupUsers(t, env)
+				mustExec(t, env.raw, `create table orders (id int8 primary key, user_id int8 not null)`)
+				mustExec(t, env.raw, c.ddl)
+				env.register(t, c.query, cachedpq.Policy{})
+				env.prime(t, c.query, 2)
+				before := env.same(t, c.query, 2)
+				mustExec(t, env.db, `insert into orders values (1, 2)`)
+				if after := env.same(t, c.query, 2); fmt.Sprint(after) == fmt.Sprint(before) {
+					t.Fatalf("the insert changed nothing the read returns (%v): the test proves nothing", after)
+				}
+			})
+		})
+	}
 }
