@@ -793,13 +793,32 @@ func (p *parser) queryRefs(s, e int) {
 			p.tableRef(i+1, e)
 		case p.is(i, "for"):
 			p.lockingClause(i)
+		case p.is(i, "as") && i+1 < e && p.isPunct(p.afterName(i+1), ')'): // CAST(x AS t), or an alias before )
+			p.regCast(i + 1)
 		case p.isName(i):
 			p.call(i, e)
 		case p.toks[i].kind == tokString:
 			p.timeLiteral(i)
 		case p.toks[i].kind == tokOp:
 			p.operator(i)
+		case p.toks[i].kind == tokPunct && p.text(i) == "::":
+			p.regCast(i + 1)
 		}
+	}
+}
+
+// regCast notes a cast to the type named at i if it is one of the OID
+// types (regclass, regtype, ...): it reads the catalog by the name or
+// number it is given.
+func (p *parser) regCast(i int) {
+	if p.is(i, "pg_catalog") && p.isPunct(i+1, '.') {
+		i += 2
+	}
+	if !p.isName(i) {
+		return
+	}
+	if name := p.tagOf(i); strings.HasPrefix(name, "reg") && unseenBuiltins[name] == catalogByName {
+		p.noteUnseen(name)
 	}
 }
 
@@ -1069,6 +1088,13 @@ var unseenBuiltins = map[string]unseenKind{
 	"pg_table_is_visible": catalogByName, "pg_type_is_visible": catalogByName,
 	"pg_function_is_visible": catalogByName, "pg_relation_filenode": catalogByName,
 	"pg_relation_filepath": catalogByName,
+	// So do casts to the OID types, and their functions of text:
+	// 'users'::regclass names another table once users is dropped and
+	// created again (see regCast).
+	"regclass": catalogByName, "regcollation": catalogByName, "regconfig": catalogByName,
+	"regdictionary": catalogByName, "regnamespace": catalogByName, "regoper": catalogByName,
+	"regoperator": catalogByName, "regproc": catalogByName, "regprocedure": catalogByName,
+	"regrole": catalogByName, "regtype": catalogByName,
 }
 
 // nondetKeywords may appear without parentheses; as keywords they are

@@ -3,6 +3,7 @@ package cachedpq
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestUnseenBuiltins: a read that calls a built-in reading what no tag
@@ -25,6 +26,12 @@ func TestUnseenBuiltins(t *testing.T) {
 		{`select to_regclass($1)`, "system catalog", false},
 		{`select pg_get_viewdef('v'::regclass)`, "system catalog", false},
 		{`select obj_description(oid) from t`, "system catalog", false},
+		{`select $1::regclass::oid`, "system catalog", false},
+		{`select * from t where tableoid = 'public.t'::pg_catalog.regclass`, "system catalog", false},
+		{`select cast($1 as regtype)`, "system catalog", false},
+		{`select regclass('users')`, "system catalog", false},
+		{`select x::text, count(*) as regular from t group by x`, "", false},
+		{`select x::regular from t`, "", false},              // a user type
 		{`select myschema.table_to_xml('users')`, "", false}, // a user function
 		{`select xmlparse(content '<a/>')`, "", false},
 	} {
@@ -50,5 +57,14 @@ func TestBodyRunsSQL(t *testing.T) {
 		if tables, ok := bodyWrites(src, none); ok {
 			t.Errorf("%s: writes %v, want opaque", src, tables)
 		}
+	}
+}
+
+// TestRegisterRefusesRegCasts: a read that casts to an OID type is refused
+// at registration, with the reason.
+func TestRegisterRefusesRegCasts(t *testing.T) {
+	err := NewRegistry().Register(`select u.name from users u where u.tableoid = $1::regclass`, Policy{TTL: time.Minute})
+	if err == nil || !strings.Contains(err.Error(), "regclass") {
+		t.Fatalf("Register: %v", err)
 	}
 }
