@@ -89,6 +89,8 @@ type analysis struct {
 	attrMany         bool     // more than attrMax of them: any function may be called so
 	operators        []string // the operators used, which a user function may implement (a <@> b calls its oprcode)
 	opMany           bool     // more than attrMax of them: any operator may be used
+	casts            []string // the types cast to (x::t, CAST(x AS t)), bare, which a user function may convert to
+	castMany         bool     // more than attrMax of them: any cast may be used
 	notCacheable     string   // "" when a cached read may be registered, else why not
 	nondeterministic bool     // notCacheable only because of now(), random(), current_user, ...
 	scsOff           bool     // may turn standard_conforming_strings off (SET, set_config), after which this lexer would misread the connection's next strings
@@ -793,8 +795,8 @@ func (p *parser) queryRefs(s, e int) {
 			p.tableRef(i+1, e)
 		case p.is(i, "for"):
 			p.lockingClause(i)
-		case p.is(i, "as") && i+1 < e && p.isPunct(p.afterName(i+1), ')'): // CAST(x AS t), or an alias before )
-			p.regCast(i + 1)
+		case p.is(i, "as") && p.castAs(i+1, e): // CAST(x AS t), or an alias before )
+			p.castTo(i + 1)
 		case p.isName(i):
 			p.call(i, e)
 		case p.toks[i].kind == tokString:
@@ -802,37 +804,76 @@ func (p *parser) queryRefs(s, e int) {
 		case p.toks[i].kind == tokOp:
 			p.operator(i)
 		case p.toks[i].kind == tokPunct && p.text(i) == "::":
-			p.regCast(i + 1)
+			p.castTo(i + 1)
 		}
 	}
 }
 
-// regCast notes a cast to the type named at i if it is one of the OID
-// types (regclass, regtype, ...): it reads the catalog by the name or
-// number it is given.
-func (p *parser) regCast(i int) {
-	if p.is(i, "pg_catalog") && p.isPunct(i+1, '.') {
-		i += 2
+// castAs reports whether the name at i, after AS, is followed by ): the
+// type of CAST(x AS t), or an alias, which castTo takes for a type too.
+func (p *parser) castAs(i, e int) bool {
+	if !p.isName(i) {
+		return false
 	}
+	_, next, _ := p.qualifiedName(i, e)
+	return p.isPunct(next, ')')
+}
+
+// castTo notes a cast to the type named at i (its last part): a user
+// function may convert to it (see funcIndex.castFuncs), and a cast to one
+// of the OID types (regclass, regtype, ...) reads the catalog by the name
+// or number it is given.
+func (p *parser) castTo(i int) {
 	if !p.isName(i) {
 		return
 	}
-	if name := p.tagOf(i); strings.HasPrefix(name, "reg") && unseenBuiltins[name] == catalogByName {
+	last, _, _ := p.qualifiedName(i, len(p.toks))
+	name := p.tagOf(last)
+	if strings.HasPrefix(name, "reg") && unseenBuiltins[name] == catalogByName {
 		p.noteUnseen(name)
 	}
+	names, ok := typeAliases[name]
+	if !ok {
+		names = []string{name}
+	}
+	for _, n := range names {
+		p.a.casts, p.a.castMany = addCapped(p.a.casts, p.a.castMany, n)
+	}
+}
+
+// typeAliases are the catalog's names (pg_type.typname) of the built-in
+// types SQL spells otherwise, by the first word of that spelling.
+var typeAliases = map[string][]string{
+	"bigint": {"int8"}, "int": {"int4"}, "integer": {"int4"}, "smallint": {"int2"},
+	"real": {"float4"}, "double": {"float8"}, "float": {"float8", "float4"}, "boolean": {"bool"},
+	"decimal": {"numeric"}, "dec": {"numeric"}, "character": {"bpchar", "varchar"}, "char": {"bpchar"},
+	"timestamp": {"timestamp", "timestamptz"}, "time": {"time", "timetz"}, "bit": {"bit", "varbit"},
 }
 
 // operator notes the operator at i: a user-defined one calls its function
 // (see funcIndex.opFuncs). Most are built-in; only the catalog can tell.
 func (p *parser) operator(i int) {
-	op := p.text(i)
+	p.a.operators, p.a.opMany = addCapped(p.a.operators, p.a.opMany, p.text(i))
+}
+
+// addCapped adds s to list, once, unless many is set: past attrMax
+// entries the list goes and many is set (any may be there).
+func addCapped(list []string, many bool, s string) ([]string, bool) {
 	switch {
-	case p.a.opMany:
-	case len(p.a.operators) < attrMax:
-		p.a.operators = addUnique(p.a.operators, op)
-	case !slices.Contains(p.a.operators, op):
-		p.a.operators, p.a.opMany = nil, true
+	case many:
+	case len(list) < attrMax:
+		list = addUnique(list, s)
+	case !slices.Contains(list, s):
+		list, many = nil, true
 	}
+	return list, many
+}
+
+// hiddenCalls reports names in a that may call user functions the text
+// does not name: attribute notation, operators, casts (see callsOf).
+func (a *analysis) hiddenCalls() bool {
+	return len(a.attrCalls) > 0 || a.attrMany || len(a.operators) > 0 || a.opMany ||
+		len(a.casts) > 0 || a.castMany
 }
 
 // nestedDML records the target of a data-modifying statement that follows
@@ -1306,14 +1347,7 @@ const attrMax = 64
 // Postgres reads u.order_count as order_count(u) when u has no such
 // column. Only the catalog can tell (see funcIndex.rowFuncs).
 func (p *parser) attrCall(i int) {
-	name := p.tagOf(i)
-	switch {
-	case p.a.attrMany:
-	case len(p.a.attrCalls) < attrMax:
-		p.a.attrCalls = addUnique(p.a.attrCalls, name)
-	case !slices.Contains(p.a.attrCalls, name):
-		p.a.attrCalls, p.a.attrMany = nil, true
-	}
+	p.a.attrCalls, p.a.attrMany = addCapped(p.a.attrCalls, p.a.attrMany, p.tagOf(i))
 }
 
 // fieldSelection notes the names at i of a field selection from a value,

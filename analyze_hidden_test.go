@@ -1,6 +1,7 @@
 package cachedpq
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -31,7 +32,8 @@ func TestUnseenBuiltins(t *testing.T) {
 		{`select cast($1 as regtype)`, "system catalog", false},
 		{`select regclass('users')`, "system catalog", false},
 		{`select x::text, count(*) as regular from t group by x`, "", false},
-		{`select x::regular from t`, "", false},              // a user type
+		{`select x::regular from t`, "", false}, // a user type
+		{`select x::double precision, cast(y as bigint) from t`, "", false},
 		{`select myschema.table_to_xml('users')`, "", false}, // a user function
 		{`select xmlparse(content '<a/>')`, "", false},
 	} {
@@ -66,5 +68,15 @@ func TestRegisterRefusesRegCasts(t *testing.T) {
 	err := NewRegistry().Register(`select u.name from users u where u.tableoid = $1::regclass`, Policy{TTL: time.Minute})
 	if err == nil || !strings.Contains(err.Error(), "regclass") {
 		t.Fatalf("Register: %v", err)
+	}
+}
+
+// TestCastsNoted: the analysis notes the types cast to, by their catalog
+// names, for the casts user functions implement.
+func TestCastsNoted(t *testing.T) {
+	a := analyzeUncached(`select x::public.tally, cast(y as bigint), z::double precision, (w)::character varying(3) from t`)
+	slices.Sort(a.casts)
+	if want := []string{"bpchar", "float8", "int8", "tally", "varchar"}; !slices.Equal(a.casts, want) {
+		t.Errorf("casts %q, want %q", a.casts, want)
 	}
 }

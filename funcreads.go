@@ -78,6 +78,14 @@ const (
 		join pg_catalog.pg_proc p on p.oid = o.oprcode
 		join pg_catalog.pg_namespace n on n.oid = p.pronamespace
 		where n.nspname not in ('pg_catalog', 'information_schema')`
+	// castQuery lists the types that user functions convert to in casts,
+	// with those functions: x::t calls the function of the cast to t.
+	castQuery = `select distinct t.typname, n.nspname || '.' || p.proname
+		from pg_catalog.pg_cast c
+		join pg_catalog.pg_type t on t.oid = c.casttarget
+		join pg_catalog.pg_proc p on p.oid = c.castfunc
+		join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+		where n.nspname not in ('pg_catalog', 'information_schema')`
 	// aggQuery lists the user functions that aggregates call (transition,
 	// final, combine, serial functions, their moving-aggregate variants):
 	// an aggregate's own body is none (internal, aggregate_dummy).
@@ -103,6 +111,7 @@ type funcIndex struct {
 	rowFuncs  map[string]bool     // bare names of the user functions attribute notation may call
 	opFuncs   map[string][]string // operator -> schema-qualified user functions that implement it
 	aggFns    map[string][]string // schema-qualified aggregate -> the user functions it calls
+	castFuncs map[string][]string // type name -> schema-qualified user functions that casts to it call
 }
 
 // newFuncIndex indexes funcs by name; the rest is empty.
@@ -118,6 +127,7 @@ func newFuncIndex(funcs []userFunc) *funcIndex {
 		rowFuncs:  map[string]bool{},
 		opFuncs:   map[string][]string{},
 		aggFns:    map[string][]string{},
+		castFuncs: map[string][]string{},
 	}
 	for i, f := range funcs {
 		ix.byName[f.name] = append(ix.byName[f.name], i)
@@ -165,6 +175,12 @@ func (cat *catalog) loadFuncReads(ctx context.Context, ci driver.Conn, funcs []u
 		err = catalogRows(ctx, ci, opQuery, 2, func(r []driver.Value) {
 			op := textOf(r[0])
 			ix.opFuncs[op] = appendNew(ix.opFuncs[op], textOf(r[1]))
+		})
+	}
+	if err == nil {
+		err = catalogRows(ctx, ci, castQuery, 2, func(r []driver.Value) {
+			t := textOf(r[0])
+			ix.castFuncs[t] = appendNew(ix.castFuncs[t], textOf(r[1]))
 		})
 	}
 	if err == nil {
@@ -230,7 +246,8 @@ func (cat *catalog) reads(tables, fns []string) (out []string, opaque bool) {
 // callsOf returns the functions a statement calls: those the analysis
 // saw called, those it saw in attribute notation (u.order_count) that
 // the catalog knows may be called so (the other names are columns, which
-// cost nothing), and those that implement the operators it uses.
+// cost nothing), and those that implement the operators and the casts it
+// uses.
 func (cat *catalog) callsOf(a *analysis) []string {
 	if cat.fns == nil {
 		return a.functions
@@ -253,17 +270,21 @@ func (cat *catalog) callsOf(a *analysis) []string {
 	if a.attrMany {
 		more(slices.Collect(maps.Keys(cat.fns.rowFuncs))...)
 	}
-	if len(cat.fns.opFuncs) == 0 {
-		return fns
-	}
-	for _, op := range a.operators {
-		more(cat.fns.opFuncs[op]...)
-	}
-	if a.opMany {
-		for _, names := range cat.fns.opFuncs {
-			more(names...)
+	hidden := func(used []string, many bool, impl map[string][]string) {
+		if len(impl) == 0 {
+			return
+		}
+		for _, u := range used {
+			more(impl[u]...)
+		}
+		if many {
+			for _, names := range impl {
+				more(names...)
+			}
 		}
 	}
+	hidden(a.operators, a.opMany, cat.fns.opFuncs)
+	hidden(a.casts, a.castMany, cat.fns.castFuncs)
 	return fns
 }
 
@@ -308,10 +329,16 @@ func (ix *funcIndex) body(k int) (rels, calls []string, ok bool) {
 		if f.lang == "plpgsql" && p.is(i, "execute") {
 			return nil, nil, false // dynamic SQL
 		}
-		if p.toks[i].kind == tokOp {
-			for _, g := range ix.opFuncs[p.text(i)] {
-				calls = appendNew(calls, g) // a >>> b calls the function of >>>
-			}
+		var impl []string
+		switch {
+		case p.toks[i].kind == tokOp:
+			impl = ix.opFuncs[p.text(i)] // a >>> b calls the function of >>>
+		case p.toks[i].kind == tokPunct && p.text(i) == "::" && p.isName(i+1):
+			last, _, _ := p.qualifiedName(i+1, len(p.toks))
+			impl = ix.castFuncs[p.tagOf(last)] // x::t calls the function of the cast to t
+		}
+		for _, g := range impl {
+			calls = appendNew(calls, g)
 		}
 		if !p.isName(i) {
 			continue

@@ -170,11 +170,13 @@ func testOpCatalog() *catalog {
 	funcs := append(cat.fns.funcs,
 		userFunc{schema: "public", name: "has_orders", lang: "sql", src: `select $1 >>> 0`},
 		userFunc{schema: "public", name: "order_total", lang: "internal", src: "aggregate_dummy"},
+		userFunc{schema: "public", name: "tallied", lang: "sql", src: `select ($1::public.tally).n`},
 	)
 	ix := newFuncIndex(funcs)
 	ix.relations, ix.atomic, ix.viewCalls, ix.rowFuncs = cat.fns.relations, cat.fns.atomic, cat.fns.viewCalls, cat.fns.rowFuncs
 	ix.opFuncs = map[string][]string{">>>": {"public.order_count"}, "==>": {"public.bump"}, "<->": {"public.dyn_count"}}
 	ix.aggFns = map[string][]string{"public.order_total": {"public.order_count"}}
+	ix.castFuncs = map[string][]string{"tally": {"public.order_count"}}
 	cat.fns = ix
 	return cat
 }
@@ -183,7 +185,8 @@ func testOpCatalog() *catalog {
 // implements, directly or in a function it calls, depends on what the
 // function reads, and is opaque as a call of it would be; built-in
 // operators, and operators of functions that read nothing, change nothing.
-// A user aggregate reads what its functions read.
+// A user aggregate reads what its functions read, and a cast what its
+// function reads.
 func TestOperatorReads(t *testing.T) {
 	cat := testOpCatalog()
 	for _, tt := range []struct {
@@ -198,6 +201,10 @@ func TestOperatorReads(t *testing.T) {
 		{"select u.id from users u where u.id > $1 and (u)>>>2", []string{"orders", "users"}, false},
 		{"select has_orders(u) from users u", []string{"orders", "users"}, false},
 		{"select order_total(u.id) from users u", []string{"orders", "users"}, false},
+		{"select (u::tally).n from users u", []string{"orders", "users"}, false},
+		{"select cast(u as public.tally) from users u", []string{"orders", "users"}, false},
+		{"select tallied(u) from users u", []string{"orders", "users"}, false},
+		{"select u.id::text from users u", []string{"users"}, false},
 	} {
 		a := analyzeUncached(tt.q)
 		fns := cat.callsOf(a)

@@ -69,10 +69,10 @@ func mayWrite(a *analysis) bool {
 // readsWrite reports a statement that mayWrite lets pass whose reads may
 // write all the same: it reads a view that calls a function that may
 // write (see noteViewCalls), or calls one in attribute notation
-// (u.bump for bump(u)) or through an operator (see callsOf). A catalog
-// that cannot be read cannot tell.
+// (u.bump for bump(u)), through an operator or a cast (see callsOf). A
+// catalog that cannot be read cannot tell.
 func (e *engine) readsWrite(ctx context.Context, c *conn, a *analysis) bool {
-	if len(a.reads) == 0 && len(a.attrCalls) == 0 && !a.attrMany && len(a.operators) == 0 && !a.opMany || e.opts.NoCatalog {
+	if len(a.reads) == 0 && !a.hiddenCalls() || e.opts.NoCatalog {
 		return false
 	}
 	cat, err := e.catalog(ctx, c)
@@ -357,8 +357,7 @@ func (e *engine) writesOf(ctx context.Context, c *conn, a *analysis, before *cat
 		return
 	}
 	events := a.ddl || a.events // event triggers may write tables the text does not name
-	if len(a.writes) == 0 && len(a.functions) == 0 && len(a.reads) == 0 && len(a.attrCalls) == 0 &&
-		!a.attrMany && len(a.operators) == 0 && !a.opMany && !events {
+	if len(a.writes) == 0 && len(a.functions) == 0 && len(a.reads) == 0 && !a.hiddenCalls() && !events {
 		return
 	}
 	if e.opts.NoCatalog {

@@ -160,6 +160,7 @@ func TestStaleCatalogServesWhenReloadFails(t *testing.T) {
 		{builtinQuery, []string{"a"}, nil},
 		{rowFuncQuery, []string{"a"}, nil},
 		{opQuery, []string{"a", "b"}, nil},
+		{castQuery, []string{"a", "b"}, nil},
 		{aggQuery, []string{"a", "b"}, nil},
 		{triggerQuery, []string{"a", "b", "c", "d"}, []driver.Value{"users", "plpgsql", false,
 			"begin update audit_count set n = n + 1; return new; end"}},

@@ -107,7 +107,7 @@ func TestFidelityTypes(t *testing.T) {
 		`select 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid, '192.168.0.1/24'::inet, '::1'::inet, '10.0.0.0/8'::cidr, '08:00:2b:01:02:03'::macaddr, '12.34'::money, B'1010'::bit(4), B'101'::varbit, B'1'::bit varying(10)`,
 		`select '{{1,2},{3,NULL}}'::int[], '{"a\"b","c,d",NULL,"NULL",""}'::text[], '{}'::text[], array[1.5::float4], array['2024-01-01'::date], '{t,f}'::bool[], array[1.5::numeric(4,2)], '[1:2]={1,2}'::int[], array['\x01'::bytea]`,
 		`select row(1,'a',null), '[1,10)'::int4range, '(,)'::numrange, 'empty'::daterange, '["2024-01-01","2024-02-01")'::tstzrange, '{[1,3),[5,7)}'::int4multirange`,
-		`select '<a>x</a>'::xml, 'a fat cat'::tsvector, 'fat & cat'::tsquery, 'pg_class'::regclass, 'int4'::regtype, '(0,1)'::tid, '1'::xid, 1::int4::bool, point(1,2), '((0,0),(1,1))'::box, '<(1,1),2>'::circle, '{1,2,3}'::line`,
+		`select '<a>x</a>'::xml, 'a fat cat'::tsvector, 'fat & cat'::tsquery, '(0,1)'::tid, '1'::xid, 1::int4::bool, point(1,2), '((0,0),(1,1))'::box, '<(1,1),2>'::circle, '{1,2,3}'::line`,
 		`select 1 as a, 2 as a, 3 as "A", 4 as " ", 5 as "?column?", 6, 'x' as "with space", 'y' as "ümlaut"`,
 		`select`,
 		`select from generate_series(1,3)`,
@@ -128,8 +128,8 @@ func TestFidelityUserTypes(t *testing.T) {
 			create domain posint as int4 check (value > 0);
 			create domain shortstr as varchar(7);
 			create type pair as (a int, b text);
-			create table ut (id int primary key, m mood, p posint, s shortstr, pr pair, v varchar(12) not null, n numeric(9,3), c char(4), a varchar(3)[], nn numeric[]);
-			insert into ut values (1, 'happy', 5, 'abc', row(1, 'x"y'), 'vv', 1.5, 'c', '{ab,cd}', '{1.5,NaN}'), (2, null, null, null, null, '', null, null, null, null)`)
+			create table ut (id int primary key, m mood, p posint, s shortstr, pr pair, v varchar(12) not null, n numeric(9,3), c char(4), a varchar(3)[], nn numeric[], rc regclass, rt regtype);
+			insert into ut values (1, 'happy', 5, 'abc', row(1, 'x"y'), 'vv', 1.5, 'c', '{ab,cd}', '{1.5,NaN}', 'pg_class', 'int4'), (2, null, null, null, null, '', null, null, null, null, null, null)`)
 		fidelity(t, env, `select * from ut order by id`, cachedpq.Policy{})
 		fidelity(t, env, `select id, m, p, s, pr, v, n, c, a, nn, (pr).a from ut where id = $1`, cachedpq.Policy{}, 1)
 	})

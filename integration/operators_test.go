@@ -59,9 +59,10 @@ func TestWritingOperatorRead(t *testing.T) {
 
 // TestHiddenCallReadsInvalidate: a registered read depends on what the
 // functions an operator calls read when the operator is used in a function
-// it calls, and on what a user aggregate's functions read. Both entries
-// depended on users alone before, and an order added through the driver
-// left them stale until their TTL.
+// it calls, on what a user aggregate's functions read, and on what the
+// function of a cast reads, in the read or in a function it calls. Each
+// entry depended on users alone before, and an order added through the
+// driver left it stale until its TTL.
 func TestHiddenCallReadsInvalidate(t *testing.T) {
 	for _, c := range []struct{ name, ddl, query string }{
 		{"operator in a function", `create function orders_over(users, int) returns boolean language sql stable
@@ -73,6 +74,17 @@ func TestHiddenCallReadsInvalidate(t *testing.T) {
 				as $$ select acc + (select count(*) from orders o where o.user_id = uid) $$;
 			create aggregate order_total(int8) (sfunc = add_orders, stype = int8, initcond = '0')`,
 			`select order_total(u.id) from users u where u.id = $1`},
+		{"cast", `create type tally as (n int8);
+			create function tally_of(users) returns tally language sql stable
+				as $$ select row(count(*))::tally from orders o where o.user_id = $1.id $$;
+			create cast (users as tally) with function tally_of(users)`,
+			`select (u::tally).n from users u where u.id = $1`},
+		{"cast in a function", `create type tally as (n int8);
+			create function tally_of(users) returns tally language sql stable
+				as $$ select row(count(*))::tally from orders o where o.user_id = $1.id $$;
+			create cast (users as tally) with function tally_of(users);
+			create function orders_of(users) returns int8 language sql stable as $$ select ($1::tally).n $$`,
+			`select orders_of(u) from users u where u.id = $1`},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			forEachStore(t, func(t *testing.T, env *cacheEnv) {
