@@ -113,25 +113,19 @@ func testRowFuncCatalog() *catalog {
 	return cat
 }
 
-// TestAttrCallReads: a read that names a function of a row in attribute
-// notation depends on what the function reads, and is opaque as a call
-// of it would be; names that are no such function (columns, other
-// functions) change nothing.
-func TestAttrCallReads(t *testing.T) {
-	cat := testRowFuncCatalog()
-	for _, tt := range []struct {
-		q      string
-		want   []string
-		opaque bool
-	}{
-		{"select u.id, u.order_count from users u where u.id = $1", []string{"orders", "users"}, false},
-		{"select (u).order_count from users u", []string{"orders", "users"}, false},
-		{"select u.labelled from users u", []string{"labels", "orders", "users"}, false},
-		{"select u.id, u.name, u.name_of from users u", []string{"users"}, false},
-		{"select u.dyn_count from users u", []string{"users"}, true},
-		{"select u.bump from users u", []string{"items", "users"}, true},
-		{"select order_count from users", []string{"users"}, false},
-	} {
+// readCase is a read, the tables it reads through the catalog's
+// functions, and whether it is opaque (may write, or read what no source
+// shows).
+type readCase struct {
+	q      string
+	want   []string
+	opaque bool
+}
+
+// checkReads holds each case's analysis to what cat says it reads.
+func checkReads(t *testing.T, cat *catalog, cases []readCase) {
+	t.Helper()
+	for _, tt := range cases {
 		a := analyzeUncached(tt.q)
 		fns := cat.callsOf(a)
 		got, opaque := cat.reads(a.reads, fns)
@@ -141,6 +135,23 @@ func TestAttrCallReads(t *testing.T) {
 			t.Errorf("%s: reads %v, opaque %v; want %v, %v", tt.q, got, opaque, tt.want, tt.opaque)
 		}
 	}
+}
+
+// TestAttrCallReads: a read that names a function of a row in attribute
+// notation depends on what the function reads, and is opaque as a call
+// of it would be; names that are no such function (columns, other
+// functions) change nothing.
+func TestAttrCallReads(t *testing.T) {
+	cat := testRowFuncCatalog()
+	checkReads(t, cat, []readCase{
+		{"select u.id, u.order_count from users u where u.id = $1", []string{"orders", "users"}, false},
+		{"select (u).order_count from users u", []string{"orders", "users"}, false},
+		{"select u.labelled from users u", []string{"labels", "orders", "users"}, false},
+		{"select u.id, u.name, u.name_of from users u", []string{"users"}, false},
+		{"select u.dyn_count from users u", []string{"users"}, true},
+		{"select u.bump from users u", []string{"items", "users"}, true},
+		{"select order_count from users", []string{"users"}, false},
+	})
 }
 
 // TestCallsOfLeavesTheAnalysis: the calls a catalog adds to an analysis's
@@ -189,11 +200,7 @@ func testOpCatalog() *catalog {
 // function reads.
 func TestOperatorReads(t *testing.T) {
 	cat := testOpCatalog()
-	for _, tt := range []struct {
-		q      string
-		want   []string
-		opaque bool
-	}{
+	checkReads(t, cat, []readCase{
 		{"select u.id from users u where u >>> 1", []string{"orders", "users"}, false},
 		{"select u.id from users u where u.id = $1 and u.id >= 0", []string{"users"}, false},
 		{"select u.id from users u where u ==> 1", []string{"items", "users"}, true},
@@ -205,16 +212,7 @@ func TestOperatorReads(t *testing.T) {
 		{"select cast(u as public.tally) from users u", []string{"orders", "users"}, false},
 		{"select tallied(u) from users u", []string{"orders", "users"}, false},
 		{"select u.id::text from users u", []string{"users"}, false},
-	} {
-		a := analyzeUncached(tt.q)
-		fns := cat.callsOf(a)
-		got, opaque := cat.reads(a.reads, fns)
-		opaque = opaque || cat.anyMayWrite(fns)
-		slices.Sort(got)
-		if !slices.Equal(got, tt.want) || opaque != tt.opaque {
-			t.Errorf("%s: reads %v, opaque %v; want %v, %v", tt.q, got, opaque, tt.want, tt.opaque)
-		}
-	}
+	})
 	a := &analysis{opMany: true}
 	if got := cat.callsOf(a); len(got) != 3 {
 		t.Errorf("past attrMax operators, callsOf = %q, want every operator's function", got)
