@@ -27,12 +27,6 @@ import (
 // concurrent readers in every process wait for one load: early queries do
 // not multiply the loads of a key that many readers want.
 
-// earlyLoad is the meeting point of an early query's rows, recorded on
-// the caller's side, and its lookup, in the background.
-type earlyLoad struct {
-	rec chan *entry // the recorded entry, or nil if there is none; sent once
-}
-
 // early runs r's query at once if a miss is likely and this process knows
 // the stamps of r's tags, and reports whether it did. key is r's key.
 func (e *engine) early(ctx context.Context, r *read, key []byte) (driver.Rows, bool, error) {
@@ -63,8 +57,10 @@ func (e *engine) early(ctx context.Context, r *read, key []byte) (driver.Rows, b
 	}
 	lr := *r // the background lookup keeps it; r stays on the caller's stack
 	r = &lr
-	load := &earlyLoad{rec: make(chan *entry, 1)}
-	if !e.goBackground(func() { e.earlyLookup(r, stamps, f, id, load) }) {
+	// The rows, once recorded, meet the lookup here: the entry, or nil if
+	// there is none; sent once.
+	recorded := make(chan *entry, 1)
+	if !e.goBackground(func() { e.earlyLookup(r, stamps, f, id, recorded) }) {
 		e.flights.forget(id, f)
 		f.finish(nil)
 		return nil, false, nil // closed: the usual path stores nothing either
@@ -78,14 +74,14 @@ func (e *engine) early(ctx context.Context, r *read, key []byte) (driver.Rows, b
 	if err != nil {
 		stop()
 		f.finish(nil)
-		load.rec <- nil
+		recorded <- nil
 		return nil, true, err
 	}
 	e.note(r.rs, missesF)
 	e.note(r.rs, earlyQueriesF)
 	rec := e.record(r, rows, stamps, start, stop, func(ent *entry) {
 		f.finish(ent) // readers who joined get it now, stored or not
-		load.rec <- ent
+		recorded <- ent
 	})
 	rows, err = e.handOver(ctx, rec)
 	return rows, true, err
@@ -93,7 +89,7 @@ func (e *engine) early(ctx context.Context, r *read, key []byte) (driver.Rows, b
 
 // earlyLookup is an early query's lookup: it takes the fill lease, and
 // once the rows are recorded stores them if it may (see early).
-func (e *engine) earlyLookup(r *read, stamps []uint64, f *flight, id string, load *earlyLoad) {
+func (e *engine) earlyLookup(r *read, stamps []uint64, f *flight, id string, recorded <-chan *entry) {
 	if e.beforeEarlyLookup != nil {
 		e.beforeEarlyLookup(r.key)
 	}
@@ -103,7 +99,7 @@ func (e *engine) earlyLookup(r *read, stamps []uint64, f *flight, id string, loa
 	stored := func() { e.flights.forget(id, f) }
 	var ent *entry
 	select {
-	case ent = <-load.rec:
+	case ent = <-recorded:
 	case <-e.closing: // the rows are still being read: the lease expires
 		stored()
 		return
