@@ -828,17 +828,23 @@ func (p *parser) castTo(i int) {
 		return
 	}
 	last, _, _ := p.qualifiedName(i, len(p.toks))
-	name := p.tagOf(last)
-	if strings.HasPrefix(name, "reg") && unseenBuiltins[name] == catalogByName {
+	if name := p.tagOf(last); strings.HasPrefix(name, "reg") && unseenBuiltins[name] == catalogByName {
 		p.noteUnseen(name)
 	}
-	names, ok := typeAliases[name]
-	if !ok {
-		names = []string{name}
-	}
-	for _, n := range names {
+	for _, n := range p.castNames(i) {
 		p.a.casts, p.a.castMany = addCapped(p.a.casts, p.a.castMany, n)
 	}
+}
+
+// castNames returns the catalog's names of the type named at i, which is
+// a name.
+func (p *parser) castNames(i int) []string {
+	last, _, _ := p.qualifiedName(i, len(p.toks))
+	name := p.tagOf(last)
+	if names, ok := typeAliases[name]; ok {
+		return names
+	}
+	return []string{name}
 }
 
 // typeAliases are the catalog's names (pg_type.typname) of the built-in

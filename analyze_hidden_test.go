@@ -56,7 +56,7 @@ func TestBodyRunsSQL(t *testing.T) {
 		`select query_to_xml('select bump()', true, false, '')`,
 		`begin perform pg_catalog.table_to_xml('users', true, false, ''); end`,
 	} {
-		if tables, ok := bodyWrites(src, none); ok {
+		if tables, ok := bodyWrites(src, none, nil); ok {
 			t.Errorf("%s: writes %v, want opaque", src, tables)
 		}
 	}

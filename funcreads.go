@@ -288,6 +288,25 @@ func (cat *catalog) callsOf(a *analysis) []string {
 	return fns
 }
 
+// hiddenAt returns the user functions that token i of a function's
+// source calls without naming them: an operator's (a >>> b) and a
+// cast's (x::t, CAST(x AS t)), as the analysis reads them. ix may be nil.
+func (ix *funcIndex) hiddenAt(p *parser, i int) []string {
+	switch {
+	case ix == nil:
+	case p.toks[i].kind == tokOp:
+		return ix.opFuncs[p.text(i)]
+	case p.toks[i].kind == tokPunct && p.text(i) == "::" && p.isName(i+1),
+		p.is(i, "as") && p.castAs(i+1, len(p.toks)):
+		var impl []string
+		for _, t := range p.castNames(i + 1) {
+			impl = append(impl, ix.castFuncs[t]...)
+		}
+		return impl
+	}
+	return nil
+}
+
 // hiddenCall reports a call, named as the analysis or viewCallQuery names
 // it, of a built-in whose answer no tag covers: a volatile one (lo_get,
 // nextval, random), or one that reads what the analysis cannot see (see
@@ -329,15 +348,7 @@ func (ix *funcIndex) body(k int) (rels, calls []string, ok bool) {
 		if f.lang == "plpgsql" && p.is(i, "execute") {
 			return nil, nil, false // dynamic SQL
 		}
-		var impl []string
-		switch {
-		case p.toks[i].kind == tokOp:
-			impl = ix.opFuncs[p.text(i)] // a >>> b calls the function of >>>
-		case p.toks[i].kind == tokPunct && p.text(i) == "::" && p.isName(i+1):
-			last, _, _ := p.qualifiedName(i+1, len(p.toks))
-			impl = ix.castFuncs[p.tagOf(last)] // x::t calls the function of the cast to t
-		}
-		for _, g := range impl {
+		for _, g := range ix.hiddenAt(p, i) {
 			calls = appendNew(calls, g)
 		}
 		if !p.isName(i) {

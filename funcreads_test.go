@@ -182,12 +182,14 @@ func testOpCatalog() *catalog {
 		userFunc{schema: "public", name: "has_orders", lang: "sql", src: `select $1 >>> 0`},
 		userFunc{schema: "public", name: "order_total", lang: "internal", src: "aggregate_dummy"},
 		userFunc{schema: "public", name: "tallied", lang: "sql", src: `select ($1::public.tally).n`},
+		userFunc{schema: "public", name: "tallied_as", lang: "sql", src: `select cast($1 as tally)`},
+		userFunc{schema: "public", name: "counted", lang: "sql", src: `select $1::integer`},
 	)
 	ix := newFuncIndex(funcs)
 	ix.relations, ix.atomic, ix.viewCalls, ix.rowFuncs = cat.fns.relations, cat.fns.atomic, cat.fns.viewCalls, cat.fns.rowFuncs
 	ix.opFuncs = map[string][]string{">>>": {"public.order_count"}, "==>": {"public.bump"}, "<->": {"public.dyn_count"}}
 	ix.aggFns = map[string][]string{"public.order_total": {"public.order_count"}}
-	ix.castFuncs = map[string][]string{"tally": {"public.order_count"}}
+	ix.castFuncs = map[string][]string{"tally": {"public.order_count"}, "int4": {"public.order_count"}}
 	cat.fns = ix
 	return cat
 }
@@ -211,6 +213,8 @@ func TestOperatorReads(t *testing.T) {
 		{"select (u::tally).n from users u", []string{"orders", "users"}, false},
 		{"select cast(u as public.tally) from users u", []string{"orders", "users"}, false},
 		{"select tallied(u) from users u", []string{"orders", "users"}, false},
+		{"select tallied_as(u) from users u", []string{"orders", "users"}, false},
+		{"select counted(u) from users u", []string{"orders", "users"}, false},
 		{"select u.id::text from users u", []string{"users"}, false},
 	})
 	a := &analysis{opMany: true}

@@ -125,7 +125,7 @@ func (cat *catalog) loadTriggers(ctx context.Context, ci driver.Conn, funcs []us
 		tables, ok := []string(nil), false
 		switch lang, src := textOf(r[1]), textOf(r[3]); {
 		case lang == "plpgsql":
-			tables, ok = bodyWrites(src, cat.calls)
+			tables, ok = cat.bodyWrites(src)
 		case lang == "c":
 			ok = rowOnlyC[src] // a C function's source is its symbol
 		}
@@ -221,7 +221,7 @@ func (cat *catalog) readWrites(tables []string) (out []string, opaque, session b
 func (cat *catalog) noteEvent(lang, src string) {
 	tables, ok := []string(nil), false
 	if lang == "plpgsql" {
-		tables, ok = bodyWrites(src, cat.calls)
+		tables, ok = cat.bodyWrites(src)
 	}
 	for _, t := range tables {
 		cat.ddlFired = appendNew(cat.ddlFired, t)
@@ -249,10 +249,32 @@ func (cat *catalog) note(table string, tables []string, known bool) {
 
 // mayWrite reports whether a function, named as the analysis names
 // functions, is a user function that may write: a volatile one, or a
-// STABLE or IMMUTABLE one that calls one (see loadWriters).
+// STABLE or IMMUTABLE one that calls one (see loadWriters), or a user
+// aggregate whose functions may write.
 func (cat *catalog) mayWrite(name string) bool {
+	return cat.plainMayWrite(name) || slices.ContainsFunc(cat.aggSupport(name), cat.plainMayWrite)
+}
+
+// plainMayWrite is mayWrite but for the aggregates name may call.
+func (cat *catalog) plainMayWrite(name string) bool {
 	bare := name[strings.LastIndexByte(name, '.')+1:]
 	return cat.anyVolatile([]string{name}) || cat.writers[name] || cat.writers[bare]
+}
+
+// aggSupport returns the functions called by the user aggregates that a
+// call of name may reach (see aggQuery): PostgreSQL makes every aggregate
+// IMMUTABLE, whatever its transition function does.
+func (cat *catalog) aggSupport(name string) []string {
+	if cat.fns == nil || len(cat.fns.aggFns) == 0 {
+		return nil
+	}
+	var out []string
+	for _, k := range cat.fns.overloads(name) {
+		if f := &cat.fns.funcs[k]; f.lang == "internal" {
+			out = append(out, cat.fns.aggFns[f.schema+"."+f.name]...)
+		}
+	}
+	return out
 }
 
 // anyMayWrite reports whether one of the functions, as the analysis wrote
@@ -270,10 +292,24 @@ func (cat *catalog) anyMayWrite(fns []string) bool {
 // calls tells what a call of the function name, as the analysis names
 // functions, writes: nothing for a function that may not write (built in,
 // or a user function neither volatile nor calling one), the tables a
-// volatile function's source names (see loadFuncWrites); false if it may
-// write what its source does not show.
+// volatile function's source names (see loadFuncWrites), and what the
+// functions of an aggregate of that name write; false if it may write
+// what its source does not show.
 func (cat *catalog) calls(name string) ([]string, bool) {
-	if !cat.mayWrite(name) {
+	tables, ok := cat.plainCalls(name)
+	for _, f := range cat.aggSupport(name) {
+		t, known := cat.plainCalls(f) // no aggregate, even under the aggregate's name
+		tables, ok = slices.Concat(tables, t), ok && known
+	}
+	if !ok {
+		return nil, false
+	}
+	return tables, true
+}
+
+// plainCalls is calls but for the aggregates name may call.
+func (cat *catalog) plainCalls(name string) ([]string, bool) {
+	if !cat.plainMayWrite(name) {
 		return nil, true
 	}
 	// A STABLE or IMMUTABLE overload, or one in another schema, that may
@@ -334,7 +370,7 @@ func (cat *catalog) readFuncs(funcs []userFunc) bool {
 		}
 		tables, ok := []string(nil), false
 		if (f.lang == "plpgsql" || f.lang == "sql" && !sqlSelectInto(f.src)) && f.src != "" {
-			tables, ok = bodyWrites(f.src, cat.calls)
+			tables, ok = cat.bodyWrites(f.src)
 		}
 		if !ok {
 			opaque[q] = true
@@ -426,21 +462,34 @@ func (cat *catalog) quietWrites(f quietFunc) bool {
 	if f.lang != "plpgsql" && f.lang != "sql" || f.src == "" {
 		return true
 	}
-	tables, ok := bodyWrites(f.src, cat.calls)
+	tables, ok := cat.bodyWrites(f.src)
 	return !ok || len(tables) > 0
 }
 
+// bodyWrites is bodyWrites with what cat knows of calls.
+func (cat *catalog) bodyWrites(src string) (tables []string, ok bool) {
+	return bodyWrites(src, cat.calls, cat.fns)
+}
+
 // bodyWrites reads the source of a PL/pgSQL trigger function and returns
-// the tables its statements write. ok is false when it may write tables,
-// or change the session, in ways its text does not show: dynamic SQL
-// (EXECUTE), CALL, DO, DDL, COPY, TRUNCATE ... CASCADE, SET or set_config,
-// a call of a function that may write what calls cannot tell, or a write whose target
-// it cannot read. Only the patterns it knows count as harmless: it errs
+// the tables its statements write, and those the functions it calls write
+// as calls tells: the functions it calls by name, and those ix (which may
+// be nil) shows it calls unnamed, through an operator, a cast or
+// attribute notation. ok is false when it may write tables, or change the session,
+// in ways its text does not show: dynamic SQL (EXECUTE), CALL, DO, DDL,
+// COPY, TRUNCATE ... CASCADE, SET or set_config, a call of a function
+// that may write what calls cannot tell, or a write whose target it
+// cannot read. Only the patterns it knows count as harmless: it errs
 // towards ok false, which costs invalidations, never stale data.
-func bodyWrites(src string, calls func(string) ([]string, bool)) (tables []string, ok bool) {
+func bodyWrites(src string, calls func(string) ([]string, bool), ix *funcIndex) (tables []string, ok bool) {
 	p := newParser(src)
 	for i := 0; i < len(p.toks); i++ {
-		next, known := p.bodyToken(i, calls)
+		for _, f := range ix.hiddenAt(p, i) {
+			if !p.bodyCall(f, calls) {
+				return nil, false
+			}
+		}
+		next, known := p.bodyToken(i, calls, ix)
 		if !known {
 			return nil, false
 		}
@@ -453,9 +502,11 @@ func bodyWrites(src string, calls func(string) ([]string, bool)) (tables []strin
 }
 
 // bodyToken reads the function body's token i: a write adds its target to
-// p.a.writes. It returns the index of the next token to read, and false if
-// the token makes the body opaque.
-func (p *parser) bodyToken(i int, calls func(string) ([]string, bool)) (next int, ok bool) {
+// p.a.writes, and so does a call, by name or in attribute notation (x.f
+// calls f(x) where ix knows such an f), of a function that writes. It
+// returns the index of the next token to read, and false if the token
+// makes the body opaque.
+func (p *parser) bodyToken(i int, calls func(string) ([]string, bool), ix *funcIndex) (next int, ok bool) {
 	switch {
 	case p.is(i, "execute"): // EXECUTE 'sql', FOR ... IN EXECUTE, RETURN QUERY EXECUTE
 		return i, false
@@ -484,12 +535,29 @@ func (p *parser) bodyToken(i int, calls func(string) ([]string, bool)) (next int
 		return i + 1, p.bodyCall(name, calls)
 	case p.isName(i) && p.isPunct(i+1, '.'):
 		last, after, _ := p.qualifiedName(i, len(p.toks))
-		if !p.isPunct(after, '(') {
-			return after, true
+		if p.isPunct(after, '(') {
+			return after, p.tagOf(last) != "set_config" && p.bodyCall(p.tagOf(i)+"."+p.tagOf(last), calls)
 		}
-		return after, p.tagOf(last) != "set_config" && p.bodyCall(p.tagOf(i)+"."+p.tagOf(last), calls)
+		for j := i + 1; j < after; j++ {
+			if p.isName(j) && !p.rowCall(j, calls, ix) {
+				return after, false
+			}
+		}
+		return after, true
+	case p.isName(i) && p.isPunct(i-1, '.'): // (x).f
+		return i + 1, p.rowCall(i, calls, ix)
 	}
 	return i + 1, true
+}
+
+// rowCall records what a call of token i's name in attribute notation
+// writes, if ix knows a function attribute notation may call by that
+// name; false if the call makes the body opaque.
+func (p *parser) rowCall(i int, calls func(string) ([]string, bool), ix *funcIndex) bool {
+	if ix == nil || !ix.rowFuncs[p.tagOf(i)] {
+		return true
+	}
+	return p.bodyCall(p.tagOf(i), calls)
 }
 
 // bodyCall records what a call of the function name writes, as calls

@@ -69,11 +69,100 @@ func TestBodyWrites(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, ok := bodyWrites(tt.body, calls)
+			got, ok := bodyWrites(tt.body, calls, nil)
 			if ok != tt.ok || !slices.Equal(got, tt.want) {
 				t.Fatalf("bodyWrites = %q, %v; want %q, %v", got, ok, tt.want, tt.ok)
 			}
 		})
+	}
+}
+
+// TestBodyWritesHiddenCalls: a function's source calls functions it does
+// not name, through an operator, a cast or attribute notation, and writes
+// what they write; one that may write what its source does not show makes
+// the body opaque. Without the index (nil), such calls go unseen.
+func TestBodyWritesHiddenCalls(t *testing.T) {
+	ix := newFuncIndex(nil)
+	ix.opFuncs = map[string][]string{"==>": {"public.visit"}, "<~>": {"public.dyn"}}
+	ix.castFuncs = map[string][]string{"visited": {"public.visited_of"}, "int4": {"public.visited_of"}}
+	ix.rowFuncs = map[string]bool{"marked": true}
+	known := map[string][]string{"public.visit": {"audit"}, "public.visited_of": {"visits"}, "marked": {"marks"}}
+	calls := func(name string) ([]string, bool) {
+		tables, ok := known[name]
+		return tables, ok || name != "public.dyn"
+	}
+	tests := []struct {
+		body string
+		want []string // nil with ok false: opaque
+		ok   bool
+	}{
+		{`begin return u ==> 1; end`, []string{"audit"}, true},
+		{`begin return (u::visited).ok; end`, []string{"visits"}, true},
+		{`begin return cast(u as visited); end`, []string{"visits"}, true},
+		{`begin return u::public.visited; end`, []string{"visits"}, true},
+		{`begin return (u).marked; end`, []string{"marks"}, true},
+		{`begin return u.marked and x.name = 'a'; end`, []string{"marks"}, true},
+		{`begin insert into log values (1); return u ==> 1 and (u).marked; end`, []string{"log", "audit", "marks"}, true},
+		{`begin return u <~> 1; end`, nil, false},
+		{`begin return u.name; end`, nil, true},
+		{`begin return u::integer > 0; end`, []string{"visits"}, true}, // int4's cast
+	}
+	for _, tt := range tests {
+		got, ok := bodyWrites(tt.body, calls, ix)
+		if ok != tt.ok || !slices.Equal(got, tt.want) {
+			t.Errorf("%s: bodyWrites = %q, %v; want %q, %v", tt.body, got, ok, tt.want, tt.ok)
+		}
+	}
+	if got, ok := bodyWrites(`begin return u ==> 1 and (u).marked; end`, calls, nil); !ok || got != nil {
+		t.Errorf("without an index: %q, %v; want none, true", got, ok)
+	}
+}
+
+// TestAggregateCalls: a call of a user aggregate writes what its functions
+// write, and may write if one may (PostgreSQL makes every aggregate
+// IMMUTABLE); a transition function that shares the aggregate's name is
+// read once.
+func TestAggregateCalls(t *testing.T) {
+	funcs := []userFunc{
+		{schema: "public", name: "visits", lang: "internal", src: "aggregate_dummy"},
+		{schema: "public", name: "visit_sum", lang: "plpgsql", volatile: true},
+		{schema: "public", name: "total", lang: "internal", src: "aggregate_dummy"},
+		{schema: "public", name: "total", lang: "plpgsql", volatile: true},
+		{schema: "public", name: "plain_sum", lang: "internal", src: "aggregate_dummy"},
+		{schema: "public", name: "add", lang: "sql"},
+	}
+	cat := &catalog{
+		fns:      newFuncIndex(funcs),
+		volatile: map[string]bool{"visit_sum": true, "public.visit_sum": true, "total": true, "public.total": true},
+		writers:  map[string]bool{},
+		funcWrites: map[string][]string{
+			"visit_sum": {"audit"}, "public.visit_sum": {"audit"},
+			"total": {"totals"}, "public.total": {"totals"},
+		},
+	}
+	cat.fns.aggFns = map[string][]string{
+		"public.visits":    {"public.visit_sum"},
+		"public.total":     {"public.total"},
+		"public.plain_sum": {"public.add"},
+	}
+	for _, tt := range []struct {
+		name     string
+		want     []string
+		mayWrite bool
+	}{
+		{"visits", []string{"audit"}, true},
+		{"public.visits", []string{"audit"}, true},
+		{"total", []string{"totals", "totals"}, true},
+		{"plain_sum", nil, false},
+		{"add", nil, false},
+	} {
+		got, ok := cat.calls(tt.name)
+		if !ok || !slices.Equal(got, tt.want) {
+			t.Errorf("calls(%s) = %q, %v; want %q, true", tt.name, got, ok, tt.want)
+		}
+		if m := cat.mayWrite(tt.name); m != tt.mayWrite {
+			t.Errorf("mayWrite(%s) = %v, want %v", tt.name, m, tt.mayWrite)
+		}
 	}
 }
 
@@ -103,20 +192,34 @@ func TestReachFollowsTriggers(t *testing.T) {
 }
 
 // FuzzBodyWrites: any function source is read without panicking, and a
-// body it can read names only tables it found in the text.
+// body it can read names only tables it found in the text, or that the
+// functions it calls, by name or not, write.
 func FuzzBodyWrites(f *testing.F) {
 	for _, s := range []string{
 		`begin insert into audit values (new.id); return new; end`,
 		`begin update only (x) set a = 1; truncate table a, b*; return null; end`,
 		`begin execute 'x'; end`, `insert into`, `update`, `truncate table`, `"a".`, `a.b.(`,
 		`delete from only (`, `begin set x = 1; end`,
+		`begin return u ==> 1 and (u).f and cast(u as t) and u.f and u::integer; end`, `cast(x as`, `(x).`, `a::`,
 	} {
 		f.Add(s)
 	}
+	ix := newFuncIndex(nil)
+	ix.opFuncs = map[string][]string{"==>": {"public.visit"}}
+	ix.castFuncs = map[string][]string{"int4": {"public.visit"}, "t": {"public.visit"}}
+	ix.rowFuncs = map[string]bool{"f": true}
+	calls := func(name string) ([]string, bool) {
+		if name == "public.visit" || name == "f" {
+			return []string{"audit"}, true
+		}
+		return nil, true
+	}
 	f.Fuzz(func(t *testing.T, src string) {
-		tables, ok := bodyWrites(src, func(string) ([]string, bool) { return nil, true })
-		if !ok && tables != nil {
-			t.Fatalf("opaque body with tables %q", tables)
+		for _, ix := range []*funcIndex{nil, ix} {
+			tables, ok := bodyWrites(src, calls, ix)
+			if !ok && tables != nil {
+				t.Fatalf("opaque body with tables %q", tables)
+			}
 		}
 	})
 }

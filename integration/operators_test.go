@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/cachedpq/cachedpq"
@@ -78,6 +79,62 @@ func TestHiddenCallReadsInvalidate(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			orderChangesRead(t, "create table orders (id int8 primary key, user_id int8 not null);\n"+c.ddl,
 				c.query, `insert into orders values (1, 2)`, 2)
+		})
+	}
+}
+
+// TestHiddenCallWritesInvalidate: what a statement writes through a user
+// aggregate's functions, and what a function writes through an operator,
+// a cast, an aggregate or attribute notation in its source, is
+// invalidated when the statement runs through the driver. Each write
+// through the driver used to leave the cached audit count stale, as the
+// catalog saw no write: an aggregate is immutable whatever its functions
+// are, and a function's source was read for calls by name only.
+func TestHiddenCallWritesInvalidate(t *testing.T) {
+	const visit = `create function visit(users, int) returns boolean language sql volatile
+			as $$ insert into audit values ($1.id); select true $$;`
+	for _, c := range []struct{ name, ddl, stmt string }{
+		{"aggregate", `create function visit_sum(acc int8, uid int8) returns int8 language plpgsql volatile
+				as $$ begin insert into audit values (uid); return acc + 1; end $$;
+			create aggregate visits(int8) (sfunc = visit_sum, stype = int8, initcond = '0')`,
+			`select visits(u.id) from users u where u.id = $1`},
+		{"operator in a function", visit + `
+			create operator ==> (leftarg = users, rightarg = int, function = visit);
+			create function touch(u users) returns boolean language plpgsql volatile
+				as $$ begin return u ==> 1; end $$`,
+			`select touch(u) from users u where u.id = $1`},
+		{"cast in a function", `create type visited as (ok boolean);
+			create function visited_of(users) returns visited language sql volatile
+				as $$ insert into audit values ($1.id); select row(true)::visited $$;
+			create cast (users as visited) with function visited_of(users);
+			create function touch(u users) returns boolean language plpgsql volatile
+				as $$ begin return (u::visited).ok; end $$`,
+			`select touch(u) from users u where u.id = $1`},
+		{"aggregate in a function", `create function visit_sum(acc int8, uid int8) returns int8 language plpgsql volatile
+				as $$ begin insert into audit values (uid); return acc + 1; end $$;
+			create aggregate visits(int8) (sfunc = visit_sum, stype = int8, initcond = '0');
+			create function touch(uid int8) returns int8 language sql volatile
+				as $$ select visits(u.id) from users u where u.id = uid $$`,
+			`select touch($1)`},
+		{"attribute notation in a function", `create function marked(users) returns boolean language sql volatile
+				as $$ insert into audit values ($1.id); select true $$;
+			create function touch(u users) returns boolean language plpgsql volatile
+				as $$ begin return (u).marked; end $$`,
+			`select touch(u) from users u where u.id = $1`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			forEachStore(t, func(t *testing.T, env *cacheEnv) {
+				setupUsers(t, env)
+				mustExec(t, env.raw, "create table audit (user_id int8);\n"+c.ddl)
+				const audit = `select count(*) from audit`
+				env.register(t, audit, cachedpq.Policy{})
+				env.prime(t, audit)
+				before := env.same(t, audit)
+				rowsOf(t, env.db, c.stmt, 3)
+				if after := env.same(t, audit); fmt.Sprint(after) == fmt.Sprint(before) {
+					t.Fatalf("%s wrote no audit row (%v): the test proves nothing", c.stmt, after)
+				}
+			})
 		})
 	}
 }
