@@ -44,9 +44,10 @@ type catalog struct {
 	// the next statement that needs it reads it again.
 	stale atomic.Bool
 
-	// readFired holds what a read of a view writes: what the functions it
-	// calls write; readOpaque, the views whose functions may write what the
-	// catalog cannot read (see noteViewCalls).
+	// readFired holds what a read of a view, or of a table with row level
+	// security policies, writes: what the functions they call write;
+	// readOpaque, the relations whose functions may write what the catalog
+	// cannot read (see noteReadCalls).
 	readFired  map[string][]string
 	readOpaque map[string]bool
 	// sequences holds the sequences' names: nextval and serial columns

@@ -67,8 +67,9 @@ func mayWrite(a *analysis) bool {
 }
 
 // readsWrite reports a statement that mayWrite lets pass whose reads may
-// write all the same: it reads a view that calls a function that may
-// write (see noteViewCalls), or calls one in attribute notation
+// write all the same: it reads a view or a table with a row level
+// security policy that calls a function that may write (see
+// noteReadCalls), or calls one in attribute notation
 // (u.bump for bump(u)), through an operator or a cast (see callsOf). A
 // catalog that cannot be read cannot tell.
 func (e *engine) readsWrite(ctx context.Context, c *conn, a *analysis) bool {

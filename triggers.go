@@ -168,33 +168,38 @@ func (cat *catalog) loadTriggers(ctx context.Context, ci driver.Conn, funcs []us
 		})
 	}
 	if err == nil {
-		cat.noteViewCalls()
+		cat.noteReadCalls()
 	}
 	return err
 }
 
-// noteViewCalls records what the functions that views call write: a read
-// of a view runs them (an audit on read), and so do a read of a view over
-// it, REFRESH of a materialized view and a write through a view, which
-// evaluate its query.
-func (cat *catalog) noteViewCalls() {
+// noteReadCalls records what the functions that views and row level
+// security policies call write (an audit on read). A read of a view runs
+// its functions, and so do a read of a view over it, REFRESH of a
+// materialized view and a write through a view, which evaluate its
+// query; a read of a table with policies runs theirs, and so does a write
+// to it (USING, WITH CHECK). Policies that do not apply (row level
+// security off, a role that bypasses it) count too.
+func (cat *catalog) noteReadCalls() {
 	cat.readFired, cat.readOpaque = map[string][]string{}, map[string]bool{}
-	for v, fns := range cat.fns.viewCalls {
-		for _, f := range fns {
-			tables, ok := cat.calls(f)
-			ok = ok && unseenBuiltins[f[strings.LastIndexByte(f, '.')+1:]] != runsSQL
-			cat.note(v, tables, ok)
-			for _, t := range tables {
-				cat.readFired[v] = appendNew(cat.readFired[v], t)
-			}
-			if !ok {
-				cat.readOpaque[v] = true
+	for _, calls := range []map[string][]string{cat.fns.viewCalls, cat.policyCalls} {
+		for rel, fns := range calls {
+			for _, f := range fns {
+				tables, ok := cat.calls(f)
+				ok = ok && unseenBuiltins[f[strings.LastIndexByte(f, '.')+1:]] != runsSQL
+				cat.note(rel, tables, ok)
+				for _, t := range tables {
+					cat.readFired[rel] = appendNew(cat.readFired[rel], t)
+				}
+				if !ok {
+					cat.readOpaque[rel] = true
+				}
 			}
 		}
 	}
 }
 
-// readWrites returns what a read of tables writes (see noteViewCalls),
+// readWrites returns what a read of tables writes (see noteReadCalls),
 // through the views they read too; opaque if that may be what the catalog
 // cannot read; session if such a view changes the reader's session (see
 // viewDef.session).
