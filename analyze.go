@@ -827,13 +827,21 @@ func (p *parser) castTo(i int) {
 	if !p.isName(i) {
 		return
 	}
-	last, _, _ := p.qualifiedName(i, len(p.toks))
-	if name := p.tagOf(last); strings.HasPrefix(name, "reg") && unseenBuiltins[name] == catalogByName {
+	if name, ok := p.regType(i); ok {
 		p.noteUnseen(name)
 	}
 	for _, n := range p.castNames(i) {
 		p.a.casts, p.a.castMany = addCapped(p.a.casts, p.a.castMany, n)
 	}
+}
+
+// regType returns the type named at i, which is a name, and whether it
+// is one of the OID types (regclass, regtype, ...): a cast to one reads
+// the catalog by the name or number it converts.
+func (p *parser) regType(i int) (string, bool) {
+	last, _, _ := p.qualifiedName(i, len(p.toks))
+	name := p.tagOf(last)
+	return name, strings.HasPrefix(name, "reg") && unseenBuiltins[name] == catalogByName
 }
 
 // castNames returns the catalog's names of the type named at i, which is

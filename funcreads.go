@@ -296,8 +296,7 @@ func (ix *funcIndex) hiddenAt(p *parser, i int) []string {
 	case ix == nil:
 	case p.toks[i].kind == tokOp:
 		return ix.opFuncs[p.text(i)]
-	case p.toks[i].kind == tokPunct && p.text(i) == "::" && p.isName(i+1),
-		p.is(i, "as") && p.castAs(i+1, len(p.toks)):
+	case p.castAt(i):
 		var impl []string
 		for _, t := range p.castNames(i + 1) {
 			impl = append(impl, ix.castFuncs[t]...)
@@ -305,6 +304,14 @@ func (ix *funcIndex) hiddenAt(p *parser, i int) []string {
 		return impl
 	}
 	return nil
+}
+
+// castAt reports whether token i casts to the type named after it: the
+// :: of x::t, or the AS of CAST(x AS t) (or of an alias before a ")",
+// which the analysis takes for one too).
+func (p *parser) castAt(i int) bool {
+	return p.toks[i].kind == tokPunct && p.text(i) == "::" && p.isName(i+1) ||
+		p.is(i, "as") && p.castAs(i+1, len(p.toks))
 }
 
 // hiddenCall reports a call, named as the analysis or viewCallQuery names
@@ -347,6 +354,11 @@ func (ix *funcIndex) body(k int) (rels, calls []string, ok bool) {
 	for i := range p.toks {
 		if f.lang == "plpgsql" && p.is(i, "execute") {
 			return nil, nil, false // dynamic SQL
+		}
+		if p.castAt(i) {
+			if _, reg := p.regType(i + 1); reg {
+				return nil, nil, false // x::regclass reads the catalog by name, under no tag
+			}
 		}
 		for _, g := range ix.hiddenAt(p, i) {
 			calls = appendNew(calls, g)

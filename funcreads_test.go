@@ -184,6 +184,8 @@ func testOpCatalog() *catalog {
 		userFunc{schema: "public", name: "tallied", lang: "sql", src: `select ($1::public.tally).n`},
 		userFunc{schema: "public", name: "tallied_as", lang: "sql", src: `select cast($1 as tally)`},
 		userFunc{schema: "public", name: "counted", lang: "sql", src: `select $1::integer`},
+		userFunc{schema: "public", name: "rel_oid", lang: "sql", src: `select $1::regclass::oid`},
+		userFunc{schema: "public", name: "type_oid", lang: "plpgsql", src: `begin return cast($1 as pg_catalog.regtype); end`},
 	)
 	ix := newFuncIndex(funcs)
 	ix.relations, ix.atomic, ix.viewCalls, ix.rowFuncs = cat.fns.relations, cat.fns.atomic, cat.fns.viewCalls, cat.fns.rowFuncs
@@ -215,6 +217,8 @@ func TestOperatorReads(t *testing.T) {
 		{"select tallied(u) from users u", []string{"orders", "users"}, false},
 		{"select tallied_as(u) from users u", []string{"orders", "users"}, false},
 		{"select counted(u) from users u", []string{"orders", "users"}, false},
+		{"select rel_oid($1)", nil, true},
+		{"select type_oid($1)", nil, true},
 		{"select u.id::text from users u", []string{"users"}, false},
 	})
 	a := &analysis{opMany: true}

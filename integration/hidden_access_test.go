@@ -250,3 +250,25 @@ func TestPolicyFunctionWritesInvalidate(t *testing.T) {
 		})
 	}
 }
+
+// TestRegCastInFunctionNotCached guards a function that casts to an OID
+// type: $1::regclass looks the name up in the catalog, which DDL changes
+// under no tag of the read. A read calling it served the dropped table's
+// OID after the table was created anew, until its entry expired.
+func TestRegCastInFunctionNotCached(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		mustExec(t, env.raw, `create table t2 (id int);
+			create function rel_oid(name text) returns oid language sql stable as $$ select $1::regclass::oid $$`)
+		const q = `select rel_oid($1)`
+		env.register(t, q, cachedpq.Policy{})
+		before := env.same(t, q, "t2")
+		env.same(t, q, "t2")
+		mustExec(t, env.db, `drop table t2; create table t2 (id int)`)
+		if after := env.same(t, q, "t2"); fmt.Sprint(after) == fmt.Sprint(before) {
+			t.Fatalf("t2 kept its OID (%v): the test proves nothing", after)
+		}
+		if s := env.stats(); s.Fills != 0 || s.Hits != 0 {
+			t.Fatalf("a read calling a function that casts to regclass was cached: %+v", s.Counters)
+		}
+	})
+}
