@@ -77,7 +77,7 @@ const (
 		from pg_catalog.pg_operator o
 		join pg_catalog.pg_proc p on p.oid = o.oprcode
 		join pg_catalog.pg_namespace n on n.oid = p.pronamespace
-		where n.nspname not in ('pg_catalog', 'information_schema')`
+		where ` + userCode
 	// castQuery lists the types that user functions convert to in casts,
 	// with those functions: x::t calls the function of the cast to t.
 	castQuery = `select distinct t.typname, n.nspname || '.' || p.proname
@@ -85,7 +85,7 @@ const (
 		join pg_catalog.pg_type t on t.oid = c.casttarget
 		join pg_catalog.pg_proc p on p.oid = c.castfunc
 		join pg_catalog.pg_namespace n on n.oid = p.pronamespace
-		where n.nspname not in ('pg_catalog', 'information_schema')`
+		where ` + userCode
 	// aggQuery lists the user functions that aggregates call (transition,
 	// final, combine, serial functions, their moving-aggregate variants):
 	// an aggregate's own body is none (internal, aggregate_dummy).
@@ -96,7 +96,15 @@ const (
 		join pg_catalog.pg_proc p on p.oid in (g.aggtransfn, g.aggfinalfn, g.aggcombinefn,
 			g.aggmtransfn, g.aggminvtransfn, g.aggmfinalfn, g.aggserialfn, g.aggdeserialfn)
 		join pg_catalog.pg_namespace n on n.oid = p.pronamespace
-		where n.nspname not in ('pg_catalog', 'information_schema')`
+		where ` + userCode
+	// userCode selects the user functions p (of namespace n) that the
+	// queries above list: all but extensions' C code that is not
+	// VOLATILE, which reads and writes no table (see loadWriters), so
+	// that an extension's operators (citext's =, PostGIS's &&) add no
+	// call to every statement that uses one of the same name.
+	userCode = `n.nspname not in ('pg_catalog', 'information_schema')
+			and (p.provolatile = 'v' or p.prolang not in (select l.oid from pg_catalog.pg_language l
+				where l.lanname in ('c', 'internal')))`
 )
 
 // funcIndex holds the user functions by name, for what they read.
