@@ -66,6 +66,7 @@ func FuzzFuncBody(f *testing.F) {
 	for _, s := range []string{
 		`select name from users where id = $1`, `begin return upper(name_of($1)); end`,
 		`begin execute 'x'; end`, `select "users".name from "users"`, `name_of(`, `"a".`, `$$`,
+		`select $1::regclass`, `select cast($1 as pg_catalog.regtype)`, `select x::`, `cast(x as`,
 	} {
 		f.Add(s, true)
 	}
