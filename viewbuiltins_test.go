@@ -21,6 +21,8 @@ func TestViewRefusal(t *testing.T) {
 		{"spans", "pg_catalog.age", false, int64(2)},
 		{"plain", "pg_catalog.int4pl", false, int64(2)},
 		{"named", "pg_catalog.to_regclass", false, int64(1)},
+		{"relabelled", "pg_catalog.regclass", false, int64(-1)},
+		{"typed", "pg_catalog.regtype", false, int64(-1)},
 	} {
 		cat.noteViewBuiltin(r)
 	}
@@ -40,6 +42,8 @@ func TestViewRefusal(t *testing.T) {
 		{[]string{"spans"}, false, false},
 		{[]string{"plain", "users"}, false, false},
 		{[]string{"named"}, true, true},
+		{[]string{"relabelled"}, true, true},
+		{[]string{"typed"}, true, true},
 		{[]string{"users"}, false, false},
 	} {
 		if why := cat.viewRefusal(tt.tables, tt.nondetOK); (why != "") != tt.refused {

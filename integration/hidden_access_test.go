@@ -272,3 +272,27 @@ func TestRegCastInFunctionNotCached(t *testing.T) {
 		}
 	})
 }
+
+// TestViewRegCastNotCached guards a view that casts to an OID type at run
+// time (o::regclass, CAST(name AS regtype)): the cast reads the catalog
+// by the number or name it converts, which DDL changes under no tag of
+// the read. A read of the view was cached, and served the old table's
+// name after the table was renamed and another took its place.
+func TestViewRegCastNotCached(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		mustExec(t, env.raw, `create table t2 (); create table names (o oid, name text);
+			insert into names select 't2'::regclass, 'int8';
+			create view rel_names as select o::regclass::text as rel, cast(name as regtype)::text as typ from names`)
+		const q = `select rel, typ from rel_names`
+		env.register(t, q, cachedpq.Policy{})
+		before := env.same(t, q)
+		env.same(t, q)
+		mustExec(t, env.db, `alter table t2 rename to t3`)
+		if after := env.same(t, q); fmt.Sprint(after) == fmt.Sprint(before) {
+			t.Fatalf("the rename changed nothing the view returns (%v): the test proves nothing", after)
+		}
+		if s := env.stats(); s.Fills != 0 || s.Hits != 0 || s.Bypass["view"] == 0 {
+			t.Fatalf("a read of a view that casts to regclass was cached: %+v", s.Counters)
+		}
+	})
+}
