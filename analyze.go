@@ -1145,7 +1145,7 @@ var unseenBuiltins = map[string]unseenKind{
 	"pg_relation_filepath": catalogByName,
 	// So do casts to the OID types, and their functions of text:
 	// 'users'::regclass names another table once users is dropped and
-	// created again (see regCast).
+	// created again (see parser.regType).
 	"regclass": catalogByName, "regcollation": catalogByName, "regconfig": catalogByName,
 	"regdictionary": catalogByName, "regnamespace": catalogByName, "regoper": catalogByName,
 	"regoperator": catalogByName, "regproc": catalogByName, "regprocedure": catalogByName,

@@ -11,6 +11,7 @@ import (
 	"database/sql/driver"
 	"io"
 	"reflect"
+	"strings"
 	"sync"
 	"time"
 	"unsafe"
@@ -242,9 +243,9 @@ func (r *recordingRows) ColumnTypePrecisionScale(i int) (int64, int64, bool) {
 	return 0, 0, false
 }
 
-// describeColumns records what inner reports about each column, and
-// whether it reports it at all. ok is false if a scan type has no
-// scanKind, since replaying it would answer differently.
+// describeColumns records what inner reports about each column. ok is
+// false if a scan type has no scanKind, since replaying it would answer
+// differently, or if a column is of an OID type (see namesCatalog).
 func describeColumns(inner driver.Rows) (cols []column, ok bool) {
 	names := inner.Columns()
 	cols = make([]column, len(names))
@@ -256,8 +257,9 @@ func describeColumns(inner driver.Rows) (cols []column, ok bool) {
 			c.scan = scanKindOf(ct.ColumnTypeScanType(i))
 			ok = ok && c.scan != scanUnknown
 		}
-		if ct, ok := inner.(driver.RowsColumnTypeDatabaseTypeName); ok {
+		if ct, has := inner.(driver.RowsColumnTypeDatabaseTypeName); has {
 			c.dbType, c.hasDBType = ct.ColumnTypeDatabaseTypeName(i), true
+			ok = ok && !namesCatalog(c.dbType)
 		}
 		if ct, ok := inner.(driver.RowsColumnTypeLength); ok {
 			c.length, c.hasLength = ct.ColumnTypeLength(i)
@@ -270,6 +272,16 @@ func describeColumns(inner driver.Rows) (cols []column, ok bool) {
 		}
 	}
 	return cols, ok
+}
+
+// namesCatalog reports a column of one of the OID types (regclass,
+// regtype, ...), or of an array of one, as lib/pq names its type: its
+// values print the current names of what they number, which DDL changes
+// under no tag of the read (ALTER TABLE ... RENAME), so a result that has
+// one is not kept.
+func namesCatalog(dbType string) bool {
+	name := strings.ToLower(strings.TrimPrefix(dbType, "_"))
+	return strings.HasPrefix(name, "reg") && unseenBuiltins[name] == catalogByName
 }
 
 // scanTypes maps each scanKind to its type; scanUnknown replays as any,

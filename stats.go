@@ -16,7 +16,7 @@ const (
 	bypassSession                         // the connection's session state changed
 	bypassBreakerOpen                     // the cache is failing; the breaker skips it
 	bypassPending                         // an invalidation is not yet confirmed
-	bypassTooLarge                        // over MaxRows/MaxBytes, or a value the cache cannot store
+	bypassTooLarge                        // over MaxRows/MaxBytes, or a value the cache cannot store (or must not: see namesCatalog)
 	bypassArguments                       // an argument type that cannot be keyed
 	bypassCacheError                      // a cache operation failed or timed out
 	bypassVolatile                        // the query calls a volatile function

@@ -113,7 +113,7 @@ func TestFidelityTypes(t *testing.T) {
 		`select from generate_series(1,3)`,
 		`select null, null::text, null::timestamptz, null::bool, null::bytea, null::int[]`,
 		`select g, null::int from generate_series(1,0) g`,
-		`select pg_typeof(1), 'a'::text collate "C"`,
+		`select 'a'::text collate "C"`, // pg_typeof's regtype is never cached: see TestOIDColumnsNotCached
 	}
 	forEachStore(t, func(t *testing.T, env *cacheEnv) {
 		for _, q := range queries {
@@ -128,8 +128,8 @@ func TestFidelityUserTypes(t *testing.T) {
 			create domain posint as int4 check (value > 0);
 			create domain shortstr as varchar(7);
 			create type pair as (a int, b text);
-			create table ut (id int primary key, m mood, p posint, s shortstr, pr pair, v varchar(12) not null, n numeric(9,3), c char(4), a varchar(3)[], nn numeric[], rc regclass, rt regtype);
-			insert into ut values (1, 'happy', 5, 'abc', row(1, 'x"y'), 'vv', 1.5, 'c', '{ab,cd}', '{1.5,NaN}', 'pg_class', 'int4'), (2, null, null, null, null, '', null, null, null, null, null, null)`)
+			create table ut (id int primary key, m mood, p posint, s shortstr, pr pair, v varchar(12) not null, n numeric(9,3), c char(4), a varchar(3)[], nn numeric[]);
+			insert into ut values (1, 'happy', 5, 'abc', row(1, 'x"y'), 'vv', 1.5, 'c', '{ab,cd}', '{1.5,NaN}'), (2, null, null, null, null, '', null, null, null, null)`)
 		fidelity(t, env, `select * from ut order by id`, cachedpq.Policy{})
 		fidelity(t, env, `select id, m, p, s, pr, v, n, c, a, nn, (pr).a from ut where id = $1`, cachedpq.Policy{}, 1)
 	})

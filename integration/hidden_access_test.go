@@ -296,3 +296,30 @@ func TestViewRegCastNotCached(t *testing.T) {
 		}
 	})
 }
+
+// TestOIDColumnsNotCached guards a result with a column of an OID type
+// (regclass, an array of regtype, pg_typeof's regtype): its values print
+// the current names of what they number, which a rename changes under no
+// tag of the read. Such a result was cached, and served the renamed
+// table's old name. The reads answer as lib/pq does, from Postgres.
+func TestOIDColumnsNotCached(t *testing.T) {
+	forEachStore(t, func(t *testing.T, env *cacheEnv) {
+		mustExec(t, env.raw, `create table t2 (); create table refs (id int, rc regclass, rts regtype[]);
+			insert into refs values (1, 't2', '{int4,t2}')`)
+		for _, q := range []string{`select rc from refs where id = $1`, `select id, rts from refs where id = $1`,
+			`select pg_typeof(r) from refs r where id = $1`} {
+			env.register(t, q, cachedpq.Policy{})
+			env.same(t, q, 1)
+			env.same(t, q, 1)
+		}
+		before := env.same(t, `select rc from refs where id = $1`, 1)
+		mustExec(t, env.db, `alter table t2 rename to t3`)
+		if after := env.same(t, `select rc from refs where id = $1`, 1); fmt.Sprint(after) == fmt.Sprint(before) {
+			t.Fatalf("the rename changed nothing the read returns (%v): the test proves nothing", after)
+		}
+		env.same(t, `select id, rts from refs where id = $1`, 1)
+		if s := env.stats(); s.Fills != 0 || s.Hits != 0 || s.Bypass["too_large"] == 0 {
+			t.Fatalf("a result with an OID column was cached: %+v", s.Counters)
+		}
+	})
+}
