@@ -1,9 +1,11 @@
 package cachedpq
 
 import (
+	"bytes"
 	"context"
 	"database/sql/driver"
 	"errors"
+	"fmt"
 	"io"
 	"slices"
 	"strings"
@@ -224,8 +226,12 @@ func loadCatalog(ctx context.Context, ci driver.Conn) (*catalog, error) {
 		funcWrites:  map[string][]string{},
 		sequences:   map[string]bool{},
 	}
+	ci, err := readCatalog(ctx, ci)
+	if err != nil {
+		return nil, err
+	}
 	var funcs []userFunc
-	err := catalogRows(ctx, ci, fkQuery, 4, func(r []driver.Value) {
+	err = catalogRows(ctx, ci, fkQuery, 4, func(r []driver.Value) {
 		child, parent := textOf(r[0]), textOf(r[1])
 		cat.referrers[parent] = appendNew(cat.referrers[parent], child)
 		if changesChild(textOf(r[2])) || changesChild(textOf(r[3])) {
@@ -307,7 +313,115 @@ var (
 	errCatalogShape = errors.New("cachedpq: catalog query answered with unexpected columns")
 )
 
-// catalogRows runs a catalog query on the inner connection.
+// catalogQueries are the queries loadCatalog runs, in its order, with
+// their columns.
+var catalogQueries = []struct {
+	query string
+	ncols int
+}{
+	{fkQuery, 4}, {viewQuery, 2}, {policyQuery, 3}, {viewBuiltinQuery, 4}, {inheritQuery, 2},
+	{seqQuery, 1}, {funcQuery, 5}, {relQuery, 1}, {atomicQuery, 3}, {viewCallQuery, 2},
+	{builtinQuery, 1}, {rowFuncQuery, 1}, {opQuery, 2}, {castQuery, 2}, {aggQuery, 2},
+	{triggerQuery, 4}, {whenQuery, 3}, {defaultQuery, 3}, {domainQuery, 3}, {ruleQuery, 2},
+	{ruleCallQuery, 1}, {eventQuery, 3},
+}
+
+// catalogBatch is catalogQueries as one string of statements.
+var catalogBatch = func() string {
+	qs := make([]string, len(catalogQueries))
+	for i, q := range catalogQueries {
+		qs[i] = q.query
+	}
+	return strings.Join(qs, ";\n")
+}()
+
+// readCatalog runs every catalog query on ci in one round trip, as one
+// string of statements, and returns a connection that answers each from
+// what it read (see catalogRows): one by one, the 22 round trips took
+// 16 ms of an empty database's catalog reading, on loopback.
+func readCatalog(ctx context.Context, ci driver.Conn) (driver.Conn, error) {
+	q, ok := ci.(driver.QueryerContext)
+	if !ok {
+		return nil, errNoQueryer
+	}
+	rows, err := q.QueryContext(ctx, catalogBatch, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	sets, _ := rows.(driver.RowsNextResultSet)
+	read := readCatalogConn{Conn: ci, results: make(map[string][][]driver.Value, len(catalogQueries))}
+	for i, cq := range catalogQueries {
+		if i > 0 && (sets == nil || sets.NextResultSet() != nil) {
+			return nil, errCatalogShape
+		}
+		if len(rows.Columns()) != cq.ncols {
+			return nil, errCatalogShape
+		}
+		var all [][]driver.Value
+		for {
+			r := make([]driver.Value, cq.ncols)
+			if err := rows.Next(r); err == io.EOF {
+				break
+			} else if err != nil {
+				return nil, err
+			}
+			for j, v := range r {
+				if b, ok := v.([]byte); ok {
+					r[j] = bytes.Clone(b) // the driver may reuse its buffer
+				}
+			}
+			all = append(all, r)
+		}
+		read.results[cq.query] = all
+	}
+	return read, nil
+}
+
+// readCatalogConn answers the catalog queries from what readCatalog read.
+type readCatalogConn struct {
+	driver.Conn
+	results map[string][][]driver.Value
+}
+
+func (c readCatalogConn) QueryContext(_ context.Context, query string, _ []driver.NamedValue) (driver.Rows, error) {
+	rows, ok := c.results[query]
+	if !ok {
+		return nil, fmt.Errorf("cachedpq: %q is not a catalog query", query)
+	}
+	return &readRows{rows: rows, ncols: catalogCols(query)}, nil
+}
+
+// catalogCols returns how many columns a catalog query has.
+func catalogCols(query string) int {
+	for _, cq := range catalogQueries {
+		if cq.query == query {
+			return cq.ncols
+		}
+	}
+	return 0
+}
+
+// readRows replays rows readCatalog read.
+type readRows struct {
+	rows  [][]driver.Value
+	ncols int
+}
+
+func (r *readRows) Columns() []string { return make([]string, r.ncols) }
+func (r *readRows) Close() error      { return nil }
+
+func (r *readRows) Next(dest []driver.Value) error {
+	if len(r.rows) == 0 {
+		return io.EOF
+	}
+	copy(dest, r.rows[0])
+	r.rows = r.rows[1:]
+	return nil
+}
+
+// catalogRows runs a catalog query on ci: the connection readCatalog
+// returns, which answers from what it read.
 func catalogRows(ctx context.Context, ci driver.Conn, query string, ncols int, each func([]driver.Value)) error {
 	q, ok := ci.(driver.QueryerContext)
 	if !ok {

@@ -3,9 +3,12 @@ package cachedpq
 import (
 	"context"
 	"database/sql/driver"
+	"errors"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/DATA-DOG/go-sqlmock"
 )
 
 // TestReachFollowsHierarchies: a write to a partition changes what its
@@ -85,5 +88,51 @@ func TestCatalogLeavesOutExtensionCode(t *testing.T) {
 	}
 	if fns := cat.callsOf(analyzeUncached(`select k from kv where k = $1 and v = 'a'`)); len(own(fns)) != 0 {
 		t.Errorf("callsOf = %q", fns)
+	}
+}
+
+// TestReadCatalogShape: the catalog is read in one string of statements;
+// an answer with a result set missing, or with other columns, is an error
+// (writes then invalidate everything), never a catalog read half.
+func TestReadCatalogShape(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		sets func() []*sqlmock.Rows
+	}{
+		{"a set missing", func() []*sqlmock.Rows {
+			var sets []*sqlmock.Rows
+			for _, q := range catalogQueries[:len(catalogQueries)-1] {
+				sets = append(sets, sqlmock.NewRows(strings.Split("abcde"[:q.ncols], "")))
+			}
+			return sets
+		}},
+		{"other columns", func() []*sqlmock.Rows {
+			var sets []*sqlmock.Rows
+			for range catalogQueries {
+				sets = append(sets, sqlmock.NewRows([]string{"a"}))
+			}
+			return sets
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			db, mock, err := sqlmock.New(sqlmock.QueryMatcherOption(sqlmock.QueryMatcherEqual))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			mock.ExpectQuery(catalogBatch).WillReturnRows(tt.sets()...)
+			conn, err := db.Conn(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			err = conn.Raw(func(dc any) error {
+				_, err := loadCatalog(context.Background(), dc.(driver.Conn))
+				return err
+			})
+			if !errors.Is(err, errCatalogShape) {
+				t.Fatalf("loadCatalog: %v, want errCatalogShape", err)
+			}
+		})
 	}
 }
