@@ -480,12 +480,12 @@ func (cat *catalog) bodyWrites(src string) (tables []string, ok bool) {
 // the tables its statements write, and those the functions it calls write
 // as calls tells: the functions it calls by name, and those ix (which may
 // be nil) shows it calls unnamed, through an operator, a cast or
-// attribute notation. ok is false when it may write tables, or change the session,
-// in ways its text does not show: dynamic SQL (EXECUTE), CALL, DO, DDL,
-// COPY, TRUNCATE ... CASCADE, SET or set_config, a call of a function
-// that may write what calls cannot tell, or a write whose target it
-// cannot read. Only the patterns it knows count as harmless: it errs
-// towards ok false, which costs invalidations, never stale data.
+// attribute notation. ok is false when it may write tables, or change
+// the session, in ways its text does not show: dynamic SQL (EXECUTE),
+// CALL, DO, DDL, COPY, TRUNCATE ... CASCADE, SET or set_config, a call of
+// a function that may write what calls cannot tell, or a write whose
+// target it cannot read. Only the patterns it knows count as harmless: it
+// errs towards ok false, which costs invalidations, never stale data.
 func bodyWrites(src string, calls func(string) ([]string, bool), ix *funcIndex) (tables []string, ok bool) {
 	p := newParser(src)
 	for i := 0; i < len(p.toks); i++ {
