@@ -239,9 +239,7 @@ func loadCatalog(ctx context.Context, ci driver.Conn) (*catalog, error) {
 		}
 	})
 	if err == nil {
-		err = catalogRows(ctx, ci, viewQuery, 2, func(r []driver.Value) {
-			cat.bases[textOf(r[0])] = appendNew(cat.bases[textOf(r[0])], textOf(r[1]))
-		})
+		err = catalogRows(ctx, ci, viewQuery, 2, appendTo(cat.bases))
 	}
 	if err == nil {
 		err = catalogRows(ctx, ci, policyQuery, 3, func(r []driver.Value) {
@@ -299,6 +297,15 @@ func textOf(v driver.Value) string {
 		return string(s)
 	}
 	return ""
+}
+
+// appendTo reads the rows of a two-column catalog query into m: the
+// second column's values listed under the first's, once each.
+func appendTo(m map[string][]string) func([]driver.Value) {
+	return func(r []driver.Value) {
+		k := textOf(r[0])
+		m[k] = appendNew(m[k], textOf(r[1]))
+	}
 }
 
 func appendNew(list []string, s string) []string {

@@ -164,10 +164,7 @@ func (cat *catalog) loadFuncReads(ctx context.Context, ci driver.Conn, funcs []u
 		})
 	}
 	if err == nil {
-		err = catalogRows(ctx, ci, viewCallQuery, 2, func(r []driver.Value) {
-			v := textOf(r[0])
-			ix.viewCalls[v] = appendNew(ix.viewCalls[v], textOf(r[1]))
-		})
+		err = catalogRows(ctx, ci, viewCallQuery, 2, appendTo(ix.viewCalls))
 	}
 	if err == nil {
 		err = catalogRows(ctx, ci, builtinQuery, 1, func(r []driver.Value) {
@@ -180,22 +177,13 @@ func (cat *catalog) loadFuncReads(ctx context.Context, ci driver.Conn, funcs []u
 		})
 	}
 	if err == nil {
-		err = catalogRows(ctx, ci, opQuery, 2, func(r []driver.Value) {
-			op := textOf(r[0])
-			ix.opFuncs[op] = appendNew(ix.opFuncs[op], textOf(r[1]))
-		})
+		err = catalogRows(ctx, ci, opQuery, 2, appendTo(ix.opFuncs))
 	}
 	if err == nil {
-		err = catalogRows(ctx, ci, castQuery, 2, func(r []driver.Value) {
-			t := textOf(r[0])
-			ix.castFuncs[t] = appendNew(ix.castFuncs[t], textOf(r[1]))
-		})
+		err = catalogRows(ctx, ci, castQuery, 2, appendTo(ix.castFuncs))
 	}
 	if err == nil {
-		err = catalogRows(ctx, ci, aggQuery, 2, func(r []driver.Value) {
-			agg := textOf(r[0])
-			ix.aggFns[agg] = appendNew(ix.aggFns[agg], textOf(r[1]))
-		})
+		err = catalogRows(ctx, ci, aggQuery, 2, appendTo(ix.aggFns))
 	}
 	cat.fns = ix
 	return err

@@ -280,8 +280,12 @@ func describeColumns(inner driver.Rows) (cols []column, ok bool) {
 // under no tag of the read (ALTER TABLE ... RENAME), so a result that has
 // one is not kept.
 func namesCatalog(dbType string) bool {
-	name := strings.ToLower(strings.TrimPrefix(dbType, "_"))
-	return strings.HasPrefix(name, "reg") && unseenBuiltins[name] == catalogByName
+	name := strings.TrimPrefix(dbType, "_")
+	if len(name) < 3 || !strings.EqualFold(name[:3], "reg") {
+		return false // every other column of every miss: no lowered copy
+	}
+	name = strings.ToLower(name)
+	return unseenBuiltins[name] == catalogByName
 }
 
 // scanTypes maps each scanKind to its type; scanUnknown replays as any,

@@ -551,3 +551,18 @@ func TestConcurrentReplayAndCodec(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestNamesCatalog: the OID types, and arrays of them, are told apart
+// from other columns as lib/pq names them, without allocating for the
+// others (every column of every miss is asked).
+func TestNamesCatalog(t *testing.T) {
+	for dbType, want := range map[string]bool{"REGCLASS": true, "_REGTYPE": true, "regproc": true,
+		"INT8": false, "_TEXT": false, "RE": false, "": false, "REGION": false} {
+		if got := namesCatalog(dbType); got != want {
+			t.Errorf("namesCatalog(%q) = %v, want %v", dbType, got, want)
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() { namesCatalog("TIMESTAMPTZ") }); n != 0 {
+		t.Errorf("namesCatalog allocates %v times for another column", n)
+	}
+}
