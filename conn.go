@@ -54,6 +54,11 @@ type conn struct {
 	txUnsure  bool
 	rawWrites writeSet
 
+	// marked is the mark of the statement running, while its write may
+	// count on it (see marks.go): committed takes it back in place of an
+	// invalidation.
+	marked *pendingMark
+
 	// lastQuery and lastA are the text and analysis of the last statement
 	// run on the connection: applications repeat their statements, and a
 	// comparison with the same string costs less than the memo's lookup.

@@ -47,6 +47,7 @@ type engine struct {
 	id     atomic.Pointer[identity] // the Connector's, or more (see Connector.settle)
 	store  backend
 	direct backend  // the store without the breaker, for invalidations
+	marks  marker   // direct, where writes can mark stamps (see marks.go); nil elsewhere
 	breakr *guarded // nil for the in-process store, which cannot fail
 	shared bool     // the store is shared with other processes
 	// leasing is true when the store is a leaser: a lookup may take the
@@ -96,6 +97,9 @@ type engine struct {
 	// beforeJoin, if set by a test, runs when a miss is about to join or
 	// lead a load of key.
 	beforeJoin func(key string)
+	// beforeUnmark, if set by a test, runs before a write's mark is taken
+	// back (see marks.go).
+	beforeUnmark func(tags []string)
 	// beforeEarlyLookup, if set by a test, runs before the lookup of an
 	// early query (see early).
 	beforeEarlyLookup func(key string)
@@ -118,7 +122,7 @@ func newEngine(c *Connector) *engine {
 			memo:       newDecodeMemo(c.opts.MaxMemory / 4),
 		}
 		e.breakr = newGuarded(rb, e.breakerChanged)
-		e.store, e.direct, e.shared = e.breakr, rb, true
+		e.store, e.direct, e.marks, e.shared = e.breakr, rb, rb, true
 		e.lookups.fn, e.lookups.timeout = e.lookupOnce, c.opts.Timeout
 		e.leasing = rb.leasing()
 		if e.leasing && !c.opts.NoEarlyQueries {
@@ -347,9 +351,18 @@ func (e *engine) exec(ctx context.Context, c *conn, src inner, query string, arg
 	}
 	a := c.analyze(query)
 	before := e.catalogBefore(ctx, c, a)
+	pm := e.markWrite(ctx, c, a, before)
 	res, err := src.innerExec(ctx, query, args)
+	if pm != nil && e.markLanded(pm) && (err == nil || reportedByServer(err)) {
+		// Not after a lost connection: the statement may commit later,
+		// and its mark is left to lapse (see marks.go).
+		c.marked = pm
+	}
 	if mayWrite(a) || e.readsWrite(ctx, c, a) {
 		e.afterStatement(ctx, c, a, before, err)
+	}
+	if pm != nil {
+		e.endMark(c, pm)
 	}
 	if err == nil && a.discardAll && !a.multi {
 		e.discarded(ctx, c)
@@ -447,6 +460,9 @@ func (e *engine) cached(ctx context.Context, c *conn, r *read) (driver.Rows, err
 		return r.run(ctx)
 	}
 	r.check = check
+	if e.marks != nil {
+		e.marks.awaitUnmarked(ctx, r.tags)
+	}
 	if rows, ok, err := e.early(ctx, r, kbytes); ok {
 		return rows, err
 	}
@@ -464,6 +480,10 @@ func (e *engine) cached(ctx context.Context, c *conn, r *read) (driver.Rows, err
 	if err != nil {
 		r.keep(kbytes)
 		return e.lookupFailed(ctx, r, stamps, holder, err)
+	}
+	if hasMark(stamps) {
+		e.bypassed(r.rs, bypassWriting)
+		return r.run(ctx)
 	}
 	if rows, ok := e.serve(r, kbytes, ent, stamps, now); ok {
 		return rows, nil
@@ -617,6 +637,10 @@ func coldFlightID(key string, seen []uint64) string {
 // rows, the others wait and replay the recorded result. holder is the
 // token of the fill lease under seen, if the lookup learnt it.
 func (e *engine) miss(ctx context.Context, r *read, seen []uint64, holder uint64) (driver.Rows, error) {
+	if hasMark(seen) { // a write runs: its readers go to Postgres
+		e.bypassed(r.rs, bypassWriting)
+		return r.run(ctx)
+	}
 	if e.beforeJoin != nil {
 		e.beforeJoin(r.key)
 	}
@@ -690,9 +714,13 @@ func (e *engine) lead(ctx context.Context, f *flight, id string, r *read, seen [
 		stamps, err = e.readStamps(ctx, r.tags)
 		holder = 0 // a lease under seen is not one under these stamps
 	}
-	if err != nil {
+	if err != nil || hasMark(stamps) {
 		end(nil)
-		e.bypassed(r.rs, bypassCacheError)
+		why := bypassCacheError
+		if err == nil {
+			why = bypassWriting
+		}
+		e.bypassed(r.rs, why)
 		return r.run(ctx)
 	}
 	if as := flightID(r.key, stamps); as != id && e.flights.alias(as, f) {

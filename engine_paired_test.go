@@ -74,7 +74,11 @@ func BenchmarkEnginePairedMiss(b *testing.B) {
 }
 
 // BenchmarkEnginePairedWrite pairs BenchmarkEngineWrite's variants; the
-// floor is raw+rt.
+// floor is raw+rt. A write's background work (its mark taken back, see
+// marks.go; the purge of its tables' entries) runs beside the next ops, as
+// it would beside an application's: waiting for it (settle) would idle the
+// machine for purgeDelay after each write, and the ops after it would be
+// timed on cold caches.
 func BenchmarkEnginePairedWrite(b *testing.B) {
 	i := int64(0)
 	runPairedFloor(b, false, func(db *sql.DB) {

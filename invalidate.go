@@ -291,6 +291,11 @@ func (e *engine) committed(ctx context.Context, c *conn, w *writeSet) {
 		}
 		w.ddl = false // the catalog just read is the committed one: invalidate need not drop it
 	}
+	if pm := c.marked; pm != nil && pm.covers(w) {
+		c.marked, pm.taken = nil, true
+		e.unmarkLater(pm, true)
+		return
+	}
 	e.invalidate(ctx, w)
 }
 

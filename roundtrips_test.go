@@ -57,7 +57,7 @@ func (h *tripCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.
 func countedRedis(t *testing.T) (*redis.Client, *tripCounter) {
 	c := redis.NewClient(&redis.Options{Addr: testRedis(t).Options().Addr})
 	t.Cleanup(func() { c.Close() })
-	for _, s := range []*redis.Script{lookupScript, acquireScript, releaseScript, serverCheckScript} {
+	for _, s := range []*redis.Script{lookupScript, acquireScript, releaseScript, serverCheckScript, bumpScript, markScript, unmarkScript} {
 		must(t, s.Load(testCtx(t), c).Err())
 	}
 	var wg sync.WaitGroup
@@ -328,7 +328,7 @@ func (h *slowScripts) DialHook(next redis.DialHook) redis.DialHook { return next
 func (h *slowScripts) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
 		err := next(ctx, cmd)
-		if name := cmd.Name(); !h.on.Load() || name != "evalsha" && name != "eval" {
+		if name := cmd.Name(); !h.on.Load() || name != "evalsha" && name != "eval" || stampScript(cmd) {
 			return err
 		}
 		select {
@@ -342,12 +342,27 @@ func (h *slowScripts) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	}
 }
 
+// stampScript reports a script that writes stamps (an invalidation, a
+// write's mark), which slowScripts leaves alone: it slows lookups.
+func stampScript(cmd redis.Cmder) bool {
+	args := cmd.Args()
+	if len(args) < 2 {
+		return false
+	}
+	switch args[1] {
+	case bumpScript.Hash(), markScript.Hash(), unmarkScript.Hash():
+		return true
+	}
+	return false
+}
+
 func (h *slowScripts) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return next
 }
 
-// slowRedis returns a client of the test Redis whose script replies are
-// delayed while its hook is on, with the cache's scripts already loaded.
+// slowRedis returns a client of the test Redis whose replies to lookup and
+// lease scripts are delayed while its hook is on, with the cache's scripts
+// already loaded.
 func slowRedis(t *testing.T, delay time.Duration) (*redis.Client, *slowScripts) {
 	c, _ := countedRedis(t)
 	h := &slowScripts{delay: delay}

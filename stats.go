@@ -24,12 +24,13 @@ const (
 	bypassSettings                        // the connection started with other settings (see probe.go)
 	bypassSequence                        // the query reads a sequence, which nextval advances under no tag
 	bypassView                            // a view it reads calls what a registered query may not (see viewDef)
+	bypassWriting                         // a write to a table it reads was running (see marks.go)
 	numBypassReasons
 )
 
 var bypassNames = [numBypassReasons]string{"transaction", "session_state", "breaker_open",
 	"invalidation_pending", "too_large", "arguments", "cache_error", "volatile", "standby",
-	"server_settings", "sequence", "view"}
+	"server_settings", "sequence", "view", "writing"}
 
 // Stats is a snapshot of a Connector's counters since it was created.
 type Stats struct {
@@ -77,7 +78,7 @@ type Counters struct {
 	// Bypass counts reads that skipped the cache, by reason: transaction,
 	// session_state, breaker_open, invalidation_pending, too_large,
 	// arguments, cache_error, volatile, standby, server_settings, sequence,
-	// view.
+	// view, writing.
 	Bypass map[string]uint64
 }
 

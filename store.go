@@ -185,6 +185,9 @@ func (b *redisBackend) fill(ctx context.Context, key string, e *entry, ttl time.
 
 // fillReleasing is fill that also releases the lease token holds.
 func (b *redisBackend) fillReleasing(ctx context.Context, key string, e *entry, ttl time.Duration, tags []string, token uint64) error {
+	if hasMark(e.stamps) { // never recorded: a reader that met a mark stores nothing (see marks.go)
+		return errMarked
+	}
 	val := append(appendStampTag(nil, e.stamps), '|')
 	tagLen := len(val)
 	val, err := encodeEntry(val, e)

@@ -5,7 +5,8 @@ package cachedpq
 // Key layout (prefix is the engine's namespace, such as "cachedpq"):
 //
 //	<entry key>              the encoded entry; the key is built and prefixed by the engine
-//	<prefix>:stamp:<tag>     the tag's stamp, a decimal below 10^19 and above 0, without a TTL
+//	<prefix>:stamp:<tag>     the tag's stamp, a decimal below 10^19 and above 0, without a TTL;
+//	                         or, while writes to the tag run, "m<n>" with a short PX TTL (see marks.go)
 //	<prefix>:idx:<tag>       sorted set: member = entry key, score = the entry's expiry (unix ms)
 //	<entry key>:lease        a fill lease: "<token>|<stamps>", with a short PX TTL
 //
@@ -112,18 +113,23 @@ return 0`
 // returned too, with the lease taken. It answers {entry or false, stamps,
 // holder}: holder is the token of the lease held under the stamps, ARGV[2]
 // if the script took it, or "0" if it asked for none. The stamps are
-// checked as parseStamp would: a foreign one is replaced.
+// checked as readStamp would: a foreign one is replaced; where one is a
+// write's mark (see marks.go), the script answers at once, with no entry,
+// creating nothing and taking no lease: the reader goes to Postgres.
 var lookupScript = redis.NewScript(`
 local got = redis.call('MGET', KEYS[1], unpack(KEYS, 3))
 local v = got[1]
-local stamps, valid = {}, true
+local stamps, valid, marked = {}, true, false
 for i = 3, #KEYS do
 	local s = got[i - 1]
-	if not s or #s > 19 or not string.match(s, '^[1-9]%d*$') then
+	if s and string.match(s, '^m%d+:[01]:%d*$') then
+		marked = true
+	elseif not s or #s > 19 or not string.match(s, '^[1-9]%d*$') then
 		s, valid = false, false
 	end
 	stamps[i - 2] = s
 end
+if marked then return {false, stamps, '0'} end
 if v and ARGV[3] ~= '1' and valid then
 	local tag = table.concat(stamps, ',')
 	if string.sub(v, 1, #tag + 1) == tag .. '|' then return {v, stamps, '0'} end
@@ -168,6 +174,10 @@ type redisStore struct {
 	// step bounds each command of a purge (0: only the purge's context):
 	// a stalled server must not hold a purge, and Close, for purgeTimeout.
 	step time.Duration
+	// landed, if not nil, is closed whenever marks this process took back
+	// have landed (see awaitUnmarked).
+	landedMu sync.Mutex
+	landed   chan struct{}
 }
 
 // stepCtx bounds one command of a purge by s.step.
@@ -200,6 +210,9 @@ func (s *redisStore) stampKey(tag string) string { return s.prefix + ":stamp:" +
 type stampSlot struct {
 	key  any
 	seen atomic.Uint64
+	// unmarking counts this process's writes to the tag whose mark is
+	// being taken back, which its readers wait for (see awaitUnmarked).
+	unmarking atomic.Int32
 }
 
 // slot returns tag's stampSlot, kept from one lookup to the next: a hit
@@ -246,7 +259,7 @@ func (s *redisStore) guess(tags []string) ([]byte, bool) {
 func (s *redisStore) guessStamps(tags []string, buf []uint64) ([]uint64, bool) {
 	for _, tag := range tags {
 		v := s.slot(tag).seen.Load()
-		if v == 0 {
+		if v == 0 || v == markedStamp {
 			return nil, false
 		}
 		buf = append(buf, v)
@@ -266,6 +279,45 @@ const stampLimit = 10_000_000_000_000_000_000
 // newStamp returns a fresh random stamp in [1, stampLimit); 0 is reserved
 // for "missing".
 func newStamp() uint64 { return 1 + rand.Uint64N(stampLimit-1) }
+
+// readStamp decodes what a stamp key holds: a stamp (see parseStamp), or
+// markedStamp for a write's mark (see isMark).
+func readStamp(s string) uint64 {
+	if isMark(s) {
+		return markedStamp
+	}
+	return parseStamp(s)
+}
+
+// isMark reports a write's mark, "m<n>:<d>:<old>" (see marks.go), as the
+// Lua pattern ^m%d+:[01]:%d*$ of the scripts judges it.
+func isMark(s string) bool {
+	if len(s) < 5 || s[0] != 'm' {
+		return false
+	}
+	n := digits(s[1:])
+	if n == 0 || len(s) < 1+n+3 || s[1+n] != ':' || s[2+n] != '0' && s[2+n] != '1' || s[3+n] != ':' {
+		return false
+	}
+	rest := s[4+n:]
+	return digits(rest) == len(rest)
+}
+
+// digits counts the ASCII digits s begins with.
+func digits(s string) int {
+	n := 0
+	for n < len(s) && s[n] >= '0' && s[n] <= '9' {
+		n++
+	}
+	return n
+}
+
+// sawValues notes the values scripts left under the stamps of tags.
+func (s *redisStore) sawValues(tags []string, vals []string) {
+	for i, v := range vals {
+		s.slot(tags[i]).note(readStamp(v))
+	}
+}
 
 // parseStamp decodes a stored stamp: the exact text formatStamp writes for
 // a stamp newStamp can return. Anything else (a leading zero, a sign, 20
@@ -354,7 +406,7 @@ func readLookup(cmd *redis.SliceCmd, slots []*stampSlot, buf []uint64) ([]byte, 
 	buf = buf[:0]
 	for i, v := range vals[1:] {
 		str, _ := v.(string)
-		buf = append(buf, parseStamp(str))
+		buf = append(buf, readStamp(str))
 		slots[i].note(buf[i])
 	}
 	return stringBytes(vals[0]), buf, nil
@@ -395,7 +447,7 @@ func stampOf(cmd *redis.StringCmd) (uint64, error) {
 	case err != nil:
 		return 0, err
 	}
-	return parseStamp(cmd.Val()), nil
+	return readStamp(cmd.Val()), nil
 }
 
 // readStamps returns the current stamps of tags, creating the missing ones
@@ -419,8 +471,8 @@ func (s *redisStore) readStamps(ctx context.Context, tags []string) ([]uint64, e
 		case err == redis.Nil: // created: out[i] is now the stamp
 		case err != nil && !isWrongType(err):
 			return nil, err
-		case err == nil && parseStamp(old) != 0:
-			out[i] = parseStamp(old) // an existing stamp wins over ours
+		case err == nil && readStamp(old) != 0:
+			out[i] = readStamp(old) // an existing stamp (or mark) wins over ours
 		default: // foreign or corrupt: replace it
 			bad = append(bad, i)
 		}
@@ -470,30 +522,63 @@ func isOOM(err error) bool {
 	return err != nil && err != redis.Nil && redis.HasErrorPrefix(err, "OOM")
 }
 
-// replaceStamps is bump's first try: new stamps for tags.
+// replaceStamps is bump's first try: new stamps for tags, except where a
+// write's mark is (see bumpScript).
 func (s *redisStore) replaceStamps(ctx context.Context, tags []string) error {
-	switch {
-	case len(tags) == 0:
-		return nil
-	case len(tags) == 1: // most writes touch one table: a plain SET costs less than a pipeline
-		v := newStamp()
-		if err := s.c.SetArgs(ctx, s.stampKey(tags[0]), formatStamp(v), redis.SetArgs{}).Err(); err != nil {
-			return err
-		}
-		s.saw(tags, []uint64{v})
+	if len(tags) == 0 {
 		return nil
 	}
-	stamps := make([]uint64, len(tags))
-	pipe := s.c.Pipeline()
-	for i, tag := range tags {
-		stamps[i] = newStamp()
-		pipe.Set(ctx, s.stampKey(tag), formatStamp(stamps[i]), 0)
+	stamps := make([]string, len(tags))
+	for i := range stamps {
+		stamps[i] = formatStamp(newStamp())
 	}
-	if _, err := pipe.Exec(ctx); err != nil {
+	left, err := s.runEach(ctx, bumpScript, tags, func(i int) []any { return []any{stamps[i]} })
+	if err != nil {
 		return err
 	}
-	s.saw(tags, stamps)
+	s.sawValues(tags, left)
 	return nil
+}
+
+// runEach runs sc once for the stamp key of each tag, with args(i) for
+// tags[i], in one round trip, and returns the strings it answered. A
+// script the server does not know (NOSCRIPT: restarted, flushed) is sent
+// again in full, in a second round trip, for the keys that answered so:
+// their command did not run. args must answer the same for each call.
+func (s *redisStore) runEach(ctx context.Context, sc *redis.Script, tags []string, args func(i int) []any) ([]string, error) {
+	out := make([]string, len(tags))
+	if len(tags) == 1 {
+		v, err := sc.Run(ctx, s.c, []string{s.stampKey(tags[0])}, args(0)...).Text()
+		out[0] = v
+		return out, err
+	}
+	cmds := make([]*redis.Cmd, len(tags))
+	pipe := s.c.Pipeline()
+	for i, tag := range tags {
+		cmds[i] = sc.EvalSha(ctx, pipe, []string{s.stampKey(tag)}, args(i)...)
+	}
+	_, _ = pipe.Exec(ctx) // errors are read per command below
+	var again redis.Pipeliner
+	for i, cmd := range cmds {
+		if err := cmd.Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+			if again == nil {
+				again = s.c.Pipeline()
+			}
+			cmds[i] = sc.Eval(ctx, again, []string{s.stampKey(tags[i])}, args(i)...)
+		}
+	}
+	if again != nil {
+		_, _ = again.Exec(ctx)
+	}
+	var first error
+	for i, cmd := range cmds {
+		v, err := cmd.Text()
+		if err != nil && first == nil {
+			first = err
+		}
+		out[i] = v
+	}
+	return out, first
 }
 
 // fill stores val under key for ttl and indexes key under each tag, in one
@@ -783,6 +868,13 @@ func (s *redisStore) leaseByGuess(ctx context.Context, key string, tags []string
 	switch {
 	case err != nil:
 		return nil, nil, 0, nil, false, err
+	case slices.Contains(stamps, markedStamp):
+		// A write runs: no lease, as the script would take none. One
+		// taken here (or by a previous try) is given back.
+		if set.Err() != nil && set.Err() != redis.Nil {
+			return val, stamps, 0, nil, true, nil
+		}
+		return val, stamps, 0, func(ctx context.Context) { _ = s.releaseLease(ctx, key, token) }, true, nil
 	case slices.Contains(stamps, 0):
 		return nil, nil, 0, nil, false, nil // the script creates it
 	}
@@ -846,7 +938,7 @@ func parseLookupLease(res []any, n int) ([]byte, []uint64, uint64, error) {
 	stamps := make([]uint64, n)
 	for i, v := range raw {
 		if str, ok := v.(string); ok {
-			stamps[i] = parseStamp(str)
+			stamps[i] = readStamp(str)
 		}
 	}
 	holder, _ := res[2].(string)
