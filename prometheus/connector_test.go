@@ -120,7 +120,7 @@ cachedpq_negative_hits_total 1
 // bypassLines renders one bypass series per reason, 1 for the one given.
 func bypassLines(query, one string) string {
 	reasons := []string{"arguments", "breaker_open", "cache_error", "invalidation_pending",
-		"sequence", "server_settings", "session_state", "standby", "too_large", "transaction", "view", "volatile"}
+		"sequence", "server_settings", "session_state", "standby", "too_large", "transaction", "view", "volatile", "writing"}
 	var b strings.Builder
 	for _, r := range reasons {
 		n := 0
