@@ -16,7 +16,7 @@ import (
 // and anyone it answers, reads the write), and a stamp replaced before the
 // commit would let a reader that raced the write store its old rows under
 // the new stamp. With Redis, the round trip runs beside the statement
-// instead:
+// instead (and beside the COMMIT of a BeginTx transaction: markCommit):
 //
 //  1. Before the statement is sent, the stamps of the tables it will
 //     write are marked (see markScript), with a PX TTL of markTTL. A
@@ -264,9 +264,28 @@ func (e *engine) markWrite(ctx context.Context, c *conn, a *analysis, before *ca
 	}
 	var w writeSet
 	e.writesOf(ctx, c, a, before, &w)
+	return e.startMark(ctx, &w)
+}
+
+// markCommit marks the tables a transaction wrote, in the background,
+// while its COMMIT runs, where the engine may count on a mark; nil where it
+// may not, and the commit invalidates after it. A transaction that ran DDL
+// reaches more tables once it committed (see committed): it invalidates
+// after its COMMIT, as does one that may have ended already (unsure).
+func (e *engine) markCommit(ctx context.Context, t *tx) *pendingMark {
+	if e.marks == nil || t.unsure || e.unsure.Load() || e.breakr != nil && e.breakr.open() {
+		return nil
+	}
+	return e.startMark(ctx, &t.writes)
+}
+
+// startMark sends the mark of what w invalidates, unless w is empty or
+// holds DDL, whose tables are known only once it has committed.
+func (e *engine) startMark(ctx context.Context, w *writeSet) *pendingMark {
 	if w.empty() || w.ddl {
 		return nil
 	}
+	m := e.marks
 	pm := &pendingMark{m: m, tags: w.list(), start: time.Now(), done: make(chan struct{})}
 	e.bumps.record(pm.tags)
 	if !e.goBackground(func() {

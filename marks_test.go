@@ -204,11 +204,8 @@ func TestWriteMarksItsTablesWhileItRuns(t *testing.T) {
 		t.Fatalf("not cached in b: %q, %+v", got, env.cb.Stats().Counters)
 	}
 
-	unmark, unmarked := make(chan struct{}), make(chan struct{})
-	env.ca.eng.beforeUnmark = func([]string) {
-		<-unmark
-		defer close(unmarked)
-	}
+	unmark := make(chan struct{})
+	env.ca.eng.beforeUnmark = func([]string) { <-unmark }
 	release, wrote := env.blockedWrite(t)
 	before := env.cb.Stats()
 	for _, db := range []*sql.DB{env.b, env.a} {
@@ -233,7 +230,6 @@ func TestWriteMarksItsTablesWhileItRuns(t *testing.T) {
 		t.Fatalf("b read %q after the write returned", got)
 	}
 	close(unmark)
-	<-unmarked
 	waitFor(t, func() bool { s := env.stamp(t); return s != markedStamp && s != 0 })
 	// The purge of kv's entries that the write asked for would delete an
 	// entry b stores before it runs.
@@ -464,4 +460,51 @@ func FuzzReadStamp(f *testing.F) {
 			t.Fatalf("readStamp(%q) = %d, no stamp", s, got)
 		}
 	})
+}
+
+// TestCommitMarksItsTables: a transaction's tables are marked beside its
+// COMMIT; once Commit has returned, no process serves what it overwrote.
+// A COMMIT that fails (a deferred constraint) invalidates nothing: the
+// stamps it marked are put back.
+func TestCommitMarksItsTables(t *testing.T) {
+	env := newMarkEnv(t)
+	_, err := env.raw.Exec(`alter table kv add constraint kv_v unique (v) deferrable initially deferred`)
+	must(t, err)
+	getV(t, env.b, 1)
+	waitFor(t, func() bool { return env.cb.Stats().Fills == 1 })
+	old := env.stamp(t)
+
+	tx, err := env.a.Begin()
+	must(t, err)
+	_, err = tx.Exec(`update kv set v = 'v2' where k = 1`) // v2 is k 2's: refused at COMMIT
+	must(t, err)
+	if err := tx.Commit(); err == nil {
+		t.Fatal("the deferred constraint let the commit through")
+	}
+	waitFor(t, func() bool { return env.stamp(t) != markedStamp })
+	if s := env.stamp(t); s != old || env.ca.Stats().Invalidations != 0 {
+		t.Fatalf("a failed COMMIT: stamp %d (was %d), %+v", s, old, env.ca.Stats())
+	}
+	if got := getV(t, env.b, 1); got != "v1" || env.cb.Stats().Hits != 1 {
+		t.Fatalf("after a failed COMMIT b read %q: %+v", got, env.cb.Stats().Counters)
+	}
+
+	unmark := make(chan struct{})
+	env.ca.eng.beforeUnmark = func([]string) { <-unmark }
+	tx, err = env.a.Begin()
+	must(t, err)
+	_, err = tx.Exec(`update kv set v = 'new' where k = 1`)
+	must(t, err)
+	must(t, tx.Commit())
+	if env.stamp(t) != markedStamp || env.ca.Stats().Invalidations != 1 {
+		t.Fatalf("after COMMIT: stamp %d, %+v", env.stamp(t), env.ca.Stats())
+	}
+	if got := getV(t, env.b, 1); got != "new" || env.cb.Stats().Bypass["writing"] != 1 {
+		t.Fatalf("b read %q after the COMMIT: %+v", got, env.cb.Stats().Counters)
+	}
+	close(unmark)
+	waitFor(t, func() bool { return env.stamp(t) != markedStamp })
+	if s := env.stamp(t); s == old || s == 0 {
+		t.Fatalf("the mark taken back left %d", s)
+	}
 }

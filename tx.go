@@ -35,17 +35,28 @@ func newTx(c *conn, inner driver.Tx, ctx context.Context) *tx {
 	return &tx{inner: inner, conn: c, ctx: ctx}
 }
 
-// Commit commits the inner transaction, then invalidates what it wrote.
+// Commit commits the inner transaction and invalidates what it wrote: with
+// Redis, by a mark sent beside the COMMIT (see marks.go), else after it.
 // A commit that succeeded in Postgres never fails because of the cache.
 func (t *tx) Commit() error {
 	t.conn.tx = nil
+	e := t.conn.c.eng
+	ctx := context.WithoutCancel(t.ctx)
+	pm := e.markCommit(ctx, t)
 	err := t.inner.Commit()
 	// lib/pq answers the Commit of a failed transaction with a ROLLBACK,
 	// and ErrInFailedTransaction once that succeeded: nothing committed.
-	if err == nil || !reportedByServer(err) && !errors.Is(err, pq.ErrInFailedTransaction) {
+	known := err == nil || reportedByServer(err) || errors.Is(err, pq.ErrInFailedTransaction)
+	if pm != nil && e.markLanded(pm) && known {
+		t.conn.marked = pm
+	}
+	if err == nil || !known {
 		// Also when the outcome is unknown (the connection broke during
 		// COMMIT): invalidating too much is safe, too little is not.
-		t.conn.c.eng.committed(context.WithoutCancel(t.ctx), t.conn, &t.writes)
+		e.committed(ctx, t.conn, &t.writes)
+	}
+	if pm != nil {
+		e.endMark(t.conn, pm)
 	}
 	return err
 }
