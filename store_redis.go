@@ -6,7 +6,7 @@ package cachedpq
 //
 //	<entry key>              the encoded entry; the key is built and prefixed by the engine
 //	<prefix>:stamp:<tag>     the tag's stamp, a decimal below 10^19 and above 0, without a TTL;
-//	                         or, while writes to the tag run, "m<n>" with a short PX TTL (see marks.go)
+//	                         or, while writes to the tag run, a mark "m<n>:<d>:<old>" with a 1 s PX TTL (see marks.go)
 //	<prefix>:idx:<tag>       sorted set: member = entry key, score = the entry's expiry (unix ms)
 //	<entry key>:lease        a fill lease: "<token>|<stamps>", with a short PX TTL
 //
