@@ -396,7 +396,7 @@ func (c readCatalogConn) QueryContext(_ context.Context, query string, _ []drive
 	if !ok {
 		return nil, fmt.Errorf("cachedpq: %q is not a catalog query", query)
 	}
-	return &readRows{rows: rows, ncols: catalogCols(query)}, nil
+	return &readRows{cols: make([]string, catalogCols(query)), rows: rows}, nil
 }
 
 // catalogCols returns how many columns a catalog query has.
@@ -409,13 +409,13 @@ func catalogCols(query string) int {
 	return 0
 }
 
-// readRows replays rows readCatalog read.
+// readRows replays rows read beforehand: readCatalog's, and test doubles'.
 type readRows struct {
-	rows  [][]driver.Value
-	ncols int
+	cols []string
+	rows [][]driver.Value
 }
 
-func (r *readRows) Columns() []string { return make([]string, r.ncols) }
+func (r *readRows) Columns() []string { return r.cols }
 func (r *readRows) Close() error      { return nil }
 
 func (r *readRows) Next(dest []driver.Value) error {

@@ -257,9 +257,7 @@ type pendingMark struct {
 // where the engine may count on a mark (see above); nil where it may not,
 // and the statement invalidates after it runs.
 func (e *engine) markWrite(ctx context.Context, c *conn, a *analysis, before *catalog) *pendingMark {
-	m := e.marks
-	if m == nil || !mayWrite(a) || a.txControl || a.ddl || a.multi || c.inTx() || e.unsure.Load() ||
-		e.breakr != nil && e.breakr.open() {
+	if !e.canMark() || !mayWrite(a) || a.txControl || a.ddl || a.multi || c.inTx() {
 		return nil
 	}
 	var w writeSet
@@ -273,10 +271,17 @@ func (e *engine) markWrite(ctx context.Context, c *conn, a *analysis, before *ca
 // reaches more tables once it committed (see committed): it invalidates
 // after its COMMIT, as does one that may have ended already (unsure).
 func (e *engine) markCommit(ctx context.Context, t *tx) *pendingMark {
-	if e.marks == nil || t.unsure || e.unsure.Load() || e.breakr != nil && e.breakr.open() {
+	if !e.canMark() || t.unsure {
 		return nil
 	}
 	return e.startMark(ctx, &t.writes)
+}
+
+// canMark reports whether writes may mark now: the store can, no
+// invalidation is pending (its retry must land first), and the breaker
+// is not open (the mark would only wait for its timeout).
+func (e *engine) canMark() bool {
+	return e.marks != nil && !e.unsure.Load() && (e.breakr == nil || !e.breakr.open())
 }
 
 // startMark sends the mark of what w invalidates, unless w is empty or
@@ -287,7 +292,6 @@ func (e *engine) startMark(ctx context.Context, w *writeSet) *pendingMark {
 	}
 	m := e.marks
 	pm := &pendingMark{m: m, tags: w.list(), start: time.Now(), done: make(chan struct{})}
-	e.bumps.record(pm.tags)
 	if !e.goBackground(func() {
 		mctx, cancel := e.cacheCtx(context.WithoutCancel(ctx))
 		pm.err = m.mark(mctx, pm.tags)

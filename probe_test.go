@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
-	"io"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -30,35 +29,18 @@ func (c probeConn) Close() error                        { return nil }
 func (c probeConn) Begin() (driver.Tx, error)           { return nil, driver.ErrSkip }
 func (c probeConn) QueryContext(_ context.Context, query string, _ []driver.NamedValue) (driver.Rows, error) {
 	if query != probeQuery {
-		return &valueRows{cols: []string{"v"}, rows: [][]driver.Value{{int64(1)}}}, nil
+		return &readRows{cols: []string{"v"}, rows: [][]driver.Value{{int64(1)}}}, nil
 	}
 	return probeRows(c.standby, c.infinity, c.settings), nil
 }
 
 // probeRows answers probeQuery.
-func probeRows(standby, infinity bool, settings string) *valueRows {
+func probeRows(standby, infinity bool, settings string) *readRows {
 	row := []driver.Value{standby, []byte("-infinity"), []byte("infinity"), "on", settings}
 	if infinity {
 		row[1], row[2] = time.Time{}, time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
 	}
-	return &valueRows{cols: []string{"r", "n", "p", "s", "g"}, rows: [][]driver.Value{row}}
-}
-
-// valueRows serves fixed rows.
-type valueRows struct {
-	cols []string
-	rows [][]driver.Value
-}
-
-func (r *valueRows) Columns() []string { return r.cols }
-func (r *valueRows) Close() error      { return nil }
-func (r *valueRows) Next(dest []driver.Value) error {
-	if len(r.rows) == 0 {
-		return io.EOF
-	}
-	copy(dest, r.rows[0])
-	r.rows = r.rows[1:]
-	return nil
+	return &readRows{cols: []string{"r", "n", "p", "s", "g"}, rows: [][]driver.Value{row}}
 }
 
 // probed returns a Connector over inner that probes its connections, as
@@ -150,7 +132,7 @@ func (c *flipConn) QueryContext(_ context.Context, query string, _ []driver.Name
 	if c.standby || c.settings != "" {
 		v = "old"
 	}
-	return &valueRows{cols: []string{"v"}, rows: [][]driver.Value{{v}}}, nil
+	return &readRows{cols: []string{"v"}, rows: [][]driver.Value{{v}}}, nil
 }
 
 // TestRefreshSkipsUnfitConnections: an early refresh (Beta) reloads on a
