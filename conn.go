@@ -58,6 +58,10 @@ type conn struct {
 	// count on it (see marks.go): committed takes it back in place of an
 	// invalidation.
 	marked *pendingMark
+	// wrote is the write set of the statement running, as markWrite found
+	// it before the statement was sent; writesOf reuses it after, so that
+	// Options.UnknownWrites is asked once per statement.
+	wrote *statementWrites
 
 	// lastQuery and lastA are the text and analysis of the last statement
 	// run on the connection: applications repeat their statements, and a

@@ -361,6 +361,7 @@ func (e *engine) exec(ctx context.Context, c *conn, src inner, query string, arg
 	if mayWrite(a) || e.readsWrite(ctx, c, a) {
 		e.afterStatement(ctx, c, a, before, err)
 	}
+	c.wrote = nil
 	if pm != nil {
 		e.endMark(c, pm)
 	}

@@ -351,11 +351,24 @@ func (e *engine) txStatementInTx(ctx context.Context, t *tx, a *analysis, w *wri
 	e.committed(ctx, t.conn, &now)
 }
 
+// statementWrites is what writesOf found for the statement a, before it
+// ran (see conn.wrote).
+type statementWrites struct {
+	a *analysis
+	w writeSet
+}
+
 // writesOf adds to w the tags a statement wrote: the tables its text names,
 // the tables foreign keys cascade to, the base tables of written views, and
 // the whole namespace for writes the text cannot show. DDL reaches them
 // through before, the catalog as it was before it ran.
 func (e *engine) writesOf(ctx context.Context, c *conn, a *analysis, before *catalog, w *writeSet) {
+	if k := c.wrote; k != nil && k.a == a {
+		w.merge(&k.w)
+		w.hidden = w.hidden || k.w.hidden
+		w.ranCode = w.ranCode || k.w.ranCode
+		return
+	}
 	w.merge(&writeSet{named: a.writes})
 	truncateCascade := a.cascade && a.kind == kindTruncate && !a.multi
 	if a.unknownWrite && !(truncateCascade && !e.opts.NoCatalog) {

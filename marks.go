@@ -262,6 +262,7 @@ func (e *engine) markWrite(ctx context.Context, c *conn, a *analysis, before *ca
 	}
 	var w writeSet
 	e.writesOf(ctx, c, a, before, &w)
+	c.wrote = &statementWrites{a: a, w: w}
 	return e.startMark(ctx, &w)
 }
 
