@@ -612,15 +612,20 @@ func sameStamps(a, b []uint64) bool {
 	return true
 }
 
-// flightID names the load of key by readers who saw stamps.
+// flightID names the load of key by readers who saw stamps. It is built
+// on the stack where it fits: a miss names up to three flights.
 func flightID(key string, stamps []uint64) string {
-	b := make([]byte, 0, len(key)+8*len(stamps))
-	b = append(b, key...)
+	var sb [flightIDBuf]byte
+	b := append(sb[:0], key...)
 	for _, s := range stamps {
 		b = binary.LittleEndian.AppendUint64(b, s)
 	}
 	return string(b)
 }
+
+// flightIDBuf is the size of flightID's stack buffer: a key of a long
+// prefix and name, and a few stamps.
+const flightIDBuf = 192
 
 // coldFlightID is the flight of key whose leader saw its stamps missing,
 // which a reader that saw them all may join (see flightGroup.join): the
@@ -630,7 +635,11 @@ func coldFlightID(key string, seen []uint64) string {
 	if len(seen) == 0 || slices.Contains(seen, 0) {
 		return ""
 	}
-	return flightID(key, make([]uint64, len(seen)))
+	var zeros [stampBufCap]uint64
+	if len(seen) > len(zeros) {
+		return flightID(key, make([]uint64, len(seen)))
+	}
+	return flightID(key, zeros[:len(seen)])
 }
 
 // miss loads a registered read. Concurrent readers of one key that saw the
@@ -748,7 +757,7 @@ func (e *engine) lead(ctx context.Context, f *flight, id string, r *read, seen [
 			return nil, err
 		}
 		// Waiters remain: load for them; handOver returns err.
-	} else {
+	} else if ctx.Done() != nil {
 		stop = context.AfterFunc(ctx, f.leave)
 	}
 	start := time.Now()
