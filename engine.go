@@ -312,15 +312,34 @@ func (e *engine) uncached(ctx context.Context, c *conn, src inner, a *analysis, 
 		return src.innerQuery(ctx, query, args)
 	}
 	before := e.catalogBefore(ctx, c, a)
+	pm := e.markWrite(ctx, c, a, before)
 	inner, err := src.innerQuery(ctx, query, args)
 	if err != nil {
-		e.afterStatement(ctx, c, a, before, err)
+		e.endStatement(ctx, c, a, before, pm, err)
 		return nil, err
 	}
 	r := newRows(inner, nil)
 	rowsOpen(c, a)
-	r.onClose = func() { e.afterStatement(ctx, c, a, before, r.err) }
+	r.onClose = func() { e.endStatement(ctx, c, a, before, pm, r.err) }
 	return r, nil
+}
+
+// endStatement follows a statement that may have written (mayWrite or
+// readsWrite), run through Exec, or through Query once its rows are
+// closed; err is its first error. pm is its mark, if markWrite sent one:
+// the invalidation takes it back if it landed in time, else the statement
+// invalidates as an unmarked one does.
+func (e *engine) endStatement(ctx context.Context, c *conn, a *analysis, before *catalog, pm *pendingMark, err error) {
+	if pm != nil && e.markLanded(pm) && (err == nil || reportedByServer(err)) {
+		// Not after a lost connection: the statement may commit later,
+		// and its mark is left to lapse (see marks.go).
+		c.marked = pm
+	}
+	e.afterStatement(ctx, c, a, before, err)
+	c.wrote = nil
+	if pm != nil {
+		e.endMark(c, pm)
+	}
 }
 
 // rowsOpen notes what a statement run through Query may have done already
@@ -353,17 +372,8 @@ func (e *engine) exec(ctx context.Context, c *conn, src inner, query string, arg
 	before := e.catalogBefore(ctx, c, a)
 	pm := e.markWrite(ctx, c, a, before)
 	res, err := src.innerExec(ctx, query, args)
-	if pm != nil && e.markLanded(pm) && (err == nil || reportedByServer(err)) {
-		// Not after a lost connection: the statement may commit later,
-		// and its mark is left to lapse (see marks.go).
-		c.marked = pm
-	}
-	if mayWrite(a) || e.readsWrite(ctx, c, a) {
-		e.afterStatement(ctx, c, a, before, err)
-	}
-	c.wrote = nil
-	if pm != nil {
-		e.endMark(c, pm)
+	if mayWrite(a) || e.readsWrite(ctx, c, a) { // as markWrite, which sends a mark only if mayWrite
+		e.endStatement(ctx, c, a, before, pm, err)
 	}
 	if err == nil && a.discardAll && !a.multi {
 		e.discarded(ctx, c)

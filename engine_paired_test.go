@@ -89,6 +89,20 @@ func BenchmarkEnginePairedWrite(b *testing.B) {
 	})
 }
 
+// BenchmarkEnginePairedReturning is BenchmarkEnginePairedWrite's write
+// run through Query with RETURNING, whose invalidation comes before its
+// rows' Close returns; the floor is raw+rt.
+func BenchmarkEnginePairedReturning(b *testing.B) {
+	i := int64(0)
+	runPairedFloor(b, false, func(db *sql.DB) {
+		i++
+		var score string
+		if err := db.QueryRow(benchWrite+` returning score`, i%1000+1).Scan(&score); err != nil {
+			b.Fatal(err)
+		}
+	})
+}
+
 // runPairedFloor runs stmt in turns on raw lib/pq, on raw lib/pq after a
 // go-redis round trip (raw+rt, the floor), and through cachedpq over the
 // in-process store and over Redis, and reports redis/raw+rt and

@@ -24,7 +24,8 @@ import (
 //     (Bypass "writing"); an entry never records a mark, so none is
 //     served.
 //  2. The statement runs on Postgres while the mark is on its way; Exec
-//     waits for both.
+//     waits for both (a write run through Query, with RETURNING or a
+//     writable CTE: its rows' Close).
 //  3. After the statement, the mark is taken back in the background: the
 //     last write under it to end gives the stamp a fresh value (or, if
 //     every one failed and nothing else invalidated meanwhile, the stamp

@@ -176,12 +176,18 @@ func (env *markEnv) blockRow(t *testing.T, k int) (release func()) {
 // and returns once the update waits for the lock, its mark in Redis:
 // release lets it run; wrote tells how it ended.
 func (env *markEnv) blockedWrite(t *testing.T) (release func(), wrote <-chan error) {
+	return env.blockedWriteBy(t, func() error {
+		_, err := env.a.Exec(`update kv set v = 'new' where k = 1`)
+		return err
+	})
+}
+
+// blockedWriteBy is blockedWrite with a's update of kv's row 1 run by
+// write.
+func (env *markEnv) blockedWriteBy(t *testing.T, write func() error) (release func(), wrote <-chan error) {
 	release = env.blockRow(t, 1)
 	done := make(chan error, 1)
-	go func() {
-		_, err := env.a.Exec(`update kv set v = 'new' where k = 1`)
-		done <- err
-	}()
+	go func() { done <- write() }()
 	waitFor(t, func() bool {
 		var n int
 		must(t, env.raw.QueryRow(`select count(*) from pg_stat_activity
@@ -242,6 +248,46 @@ func TestWriteMarksItsTablesWhileItRuns(t *testing.T) {
 	waitFor(t, func() bool { return env.cb.Stats().Fills == before.Fills+1 })
 	if got := getV(t, env.b, 1); got != "new" || env.cb.Stats().Hits != before.Hits+1 {
 		t.Fatalf("b does not cache again: %q, %+v", got, env.cb.Stats().Counters)
+	}
+}
+
+// TestReturningWriteMarksItsTables: a write run through Query (RETURNING)
+// marks its tables while it runs, as one through Exec does, and its
+// invalidation after its rows' Close takes the mark back.
+func TestReturningWriteMarksItsTables(t *testing.T) {
+	env := newMarkEnv(t)
+	getV(t, env.b, 1)
+	waitFor(t, func() bool { return env.cb.Stats().Fills == 1 })
+	unmark := make(chan struct{})
+	env.ca.eng.beforeUnmark = func([]string) { <-unmark }
+	var returned string
+	release, wrote := env.blockedWriteBy(t, func() error {
+		return env.a.QueryRow(`update kv set v = 'new' where k = 1 returning v`).Scan(&returned)
+	})
+	if got := getV(t, env.b, 1); got != "v1" || env.cb.Stats().Bypass["writing"] != 1 {
+		t.Fatalf("b during the write: %q, %+v", got, env.cb.Stats().Counters)
+	}
+	release()
+	must(t, <-wrote)
+	if returned != "new" {
+		t.Fatalf("RETURNING gave %q", returned)
+	}
+	// Close has returned: the mark stands until it is taken back, and b
+	// reads the write from Postgres.
+	if env.stamp(t) != markedStamp || env.ca.Stats().Invalidations != 1 {
+		t.Fatalf("after Close: stamp %d, %+v", env.stamp(t), env.ca.Stats())
+	}
+	if got := getV(t, env.b, 1); got != "new" {
+		t.Fatalf("b read %q after the write's Close", got)
+	}
+	close(unmark)
+	waitFor(t, func() bool { s := env.stamp(t); return s != markedStamp && s != 0 })
+	env.ca.eng.bg.Wait() // the purge the write asked for
+	fills := env.cb.Stats().Fills
+	getV(t, env.b, 1)
+	waitFor(t, func() bool { return env.cb.Stats().Fills == fills+1 })
+	if got := getV(t, env.b, 1); got != "new" || env.ca.Stats().Invalidations != 1 {
+		t.Fatalf("b after the mark was taken back: %q, %+v", got, env.ca.Stats())
 	}
 }
 
