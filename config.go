@@ -66,6 +66,24 @@ type Options struct {
 	// query was spent for nothing; Stats.EarlyFound counts those.
 	NoEarlyQueries bool
 
+	// Prepare runs the Postgres query of a registered read's miss as a
+	// named prepared statement, prepared once per connection (the DSN's
+	// cache_prepare=true sets it too). lib/pq runs a query with arguments
+	// in two round trips, Parse and Describe then Bind and Execute; a
+	// prepared one costs only the second, so a miss costs a round trip less
+	// than the query through lib/pq. Off by default, because a named
+	// statement lives in its server session: behind a pooler in
+	// transaction mode that does not track them (PgBouncer before 1.21, or
+	// with max_prepared_statements 0) a statement may be missing, or be
+	// another client's of the same name, and return its rows. Postgres may
+	// also plan a prepared statement once for all arguments after five
+	// runs (plan_cache_mode). Statements dropped behind the driver's back
+	// (DEALLOCATE, DISCARD) or made stale by a change of their tables'
+	// columns are run again unprepared and prepared anew. Reads in a
+	// transaction, on a connection whose session changed, and queries
+	// without arguments (one round trip already) are never prepared.
+	Prepare bool
+
 	// Identity names the database and role in cache keys for a Connector
 	// made by Wrap, whose inner connector cannot be inspected. Connectors
 	// wrapping different databases or roles must use different values.
@@ -143,6 +161,7 @@ type dsnSettings struct {
 	prefix    string
 	timeout   time.Duration
 	maxMemory int64
+	prepare   bool
 }
 
 // parseDSN splits a lib/pq DSN (URL or key=value form) into the lib/pq
@@ -190,8 +209,14 @@ func (s *dsnSettings) set(key, val string) error {
 			return err
 		}
 		s.maxMemory = n
+	case "cache_prepare":
+		b, err := strconv.ParseBool(val)
+		if err != nil {
+			return fmt.Errorf("invalid boolean %q: want true or false", val)
+		}
+		s.prepare = b
 	default:
-		return fmt.Errorf("unknown cache parameter (known: cache_redis, cache_prefix, cache_timeout, cache_max_memory)")
+		return fmt.Errorf("unknown cache parameter (known: cache_redis, cache_prefix, cache_timeout, cache_max_memory, cache_prepare)")
 	}
 	return nil
 }
@@ -208,6 +233,7 @@ func (s dsnSettings) apply(o Options) (Options, string, error) {
 	if o.MaxMemory == 0 {
 		o.MaxMemory = s.maxMemory
 	}
+	o.Prepare = o.Prepare || s.prepare
 	url := s.redisURL
 	if url == "" {
 		url = os.Getenv(envRedisURL)

@@ -21,6 +21,7 @@ func FuzzParseDSN(f *testing.F) {
 		"dbname=d cache_max_memory=4611686018427387904B",
 		"dbname=d cache_timeout=1ns cache_prefix='a b'",
 		"postgres://h/d?cache_max_memory=1GiB&cache_bogus=1",
+		"dbname=d cache_prepare=1",
 		"dbname='unterminated",
 	} {
 		f.Add(dsn)

@@ -63,6 +63,10 @@ type conn struct {
 	// Options.UnknownWrites is asked once per statement.
 	wrote *statementWrites
 
+	// stmts are the statements prepared for loads (Options.Prepare), by
+	// query text; at most maxStmts.
+	stmts map[string]driver.Stmt
+
 	// lastQuery and lastA are the text and analysis of the last statement
 	// run on the connection: applications repeat their statements, and a
 	// comparison with the same string costs less than the memo's lookup.
@@ -247,6 +251,78 @@ func (c *conn) innerExec(ctx context.Context, query string, args []driver.NamedV
 // driver.QueryerContext (QueryContext checked).
 func (c *conn) innerQuery(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
 	return c.inner.(driver.QueryerContext).QueryContext(ctx, query, args)
+}
+
+// maxStmts bounds the statements a connection prepares for loads: beyond
+// it, loads run unprepared.
+const maxStmts = 64
+
+// loadQuery runs the query of a registered read's load. With
+// Options.Prepare, a query with arguments runs as a statement prepared
+// once on this connection, outside a transaction and while the session is
+// as it opened: one round trip, where lib/pq's query costs two. A
+// statement that is gone (DEALLOCATE, DISCARD, a pooler's other session)
+// or whose result type changed (its table's columns) is dropped, and the
+// query runs unprepared: those errors come before the query runs.
+func (c *conn) loadQuery(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
+	// A background reload's conn has no Connector (see engine.reload): it
+	// runs unprepared.
+	if c.c == nil || !c.c.opts.Prepare || len(args) == 0 || c.inTx() || c.dirty {
+		return c.innerQuery(ctx, query, args)
+	}
+	st, err := c.prepared(ctx, query)
+	if err != nil || st == nil {
+		// Refused (a pooler's name clash, say) or full: lib/pq's way, which
+		// also returns the error of a query Postgres cannot parse.
+		return c.innerQuery(ctx, query, args)
+	}
+	rows, err := st.(driver.StmtQueryContext).QueryContext(ctx, args)
+	if stalePrepared(err) {
+		delete(c.stmts, query)
+		_ = st.Close()
+		return c.innerQuery(ctx, query, args)
+	}
+	return rows, err
+}
+
+// prepared returns the statement prepared for query on c, preparing it if
+// it is not yet; nil if c holds maxStmts already.
+func (c *conn) prepared(ctx context.Context, query string) (driver.Stmt, error) {
+	if st, ok := c.stmts[query]; ok {
+		return st, nil
+	}
+	if len(c.stmts) >= maxStmts {
+		return nil, nil
+	}
+	pc, ok := c.inner.(driver.ConnPrepareContext)
+	if !ok {
+		return nil, nil
+	}
+	st, err := pc.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := st.(driver.StmtQueryContext); !ok {
+		_ = st.Close()
+		return nil, nil
+	}
+	if c.stmts == nil {
+		c.stmts = make(map[string]driver.Stmt)
+	}
+	c.stmts[query] = st
+	return st, nil
+}
+
+// stalePrepared reports an error of a prepared statement that the same
+// query would not meet unprepared: the statement does not exist (26000),
+// or its result type changed since it was prepared (0A000, "cached plan
+// must not change result type").
+func stalePrepared(err error) bool {
+	var pqErr *pq.Error
+	if !errors.As(err, &pqErr) {
+		return false
+	}
+	return pqErr.Code == "26000" || pqErr.Code == "0A000"
 }
 
 // Query runs a query without a context.

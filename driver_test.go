@@ -33,6 +33,8 @@ func TestParseDSN(t *testing.T) {
 			map[string]string{"TimeZone": "UTC"}},
 		{"rediss", "dbname=d cache_redis=rediss://user:pass@127.0.0.1:6379/0",
 			dsnSettings{redisURL: "rediss://user:pass@127.0.0.1:6379/0"}, map[string]string{}},
+		{"prepare", "dbname=d cache_prepare=true", dsnSettings{prepare: true}, map[string]string{}},
+		{"prepare off", "postgres://h/d?cache_prepare=false", dsnSettings{}, map[string]string{}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -63,6 +65,7 @@ func TestBadDSNFailsAtOpen(t *testing.T) {
 		{"dbname=d cache_redis=http://x", "cache_redis"},
 		{"dbname=d cache_max_memory=lots", "cache_max_memory"},
 		{"dbname=d cache_prefix=''", "cache_prefix"},
+		{"dbname=d cache_prepare=sometimes", "cache_prepare"},
 		{"postgres://h/d?cache_tiemout=1s", "cache_tiemout"},
 		{"dbname=d sslmode=bogus", "sslmode"},
 		{"dbname=d standard_conforming_strings=off", "standard_conforming_strings"},

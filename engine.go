@@ -429,6 +429,9 @@ func (c *conn) refuses() (bypassReason, bool) {
 type inner interface {
 	innerQuery(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error)
 	innerExec(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error)
+	// loadQuery runs a registered read's query for a load: as innerQuery,
+	// or as a statement the connection prepared (see Options.Prepare).
+	loadQuery(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error)
 }
 
 // run runs the read's query on Postgres, unless ctx has ended (in a cache
@@ -439,7 +442,7 @@ func (r *read) run(ctx context.Context) (driver.Rows, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	return r.src.innerQuery(ctx, r.query, r.args)
+	return r.src.loadQuery(ctx, r.query, r.args)
 }
 
 // read is one registered read on its way through the cache.

@@ -89,8 +89,9 @@ func benchDB(b *testing.B, variant string) (*sql.DB, *Connector) {
 		return db, nil
 	}
 	opts := Options{Registry: NewRegistry(), Prefix: fmt.Sprintf("bench%d", os.Getpid())}
-	if variant == "redis" || variant == "sequential" { // sequential: no early queries
+	if variant == "redis" || variant == "sequential" || variant == "prepared" { // sequential: no early queries
 		opts.NoEarlyQueries = variant == "sequential"
+		opts.Prepare = variant == "prepared"
 		opts.Redis = testRedis(b)
 		opts.Prefix = testPrefix(b, opts.Redis) // each run starts cold
 	}
@@ -274,10 +275,11 @@ func entryKey(b *testing.B, c *Connector, name string) string {
 // after the caller has its rows, finishes outside the timed part so that
 // it does not weigh on the next miss. The floor is raw+rt: a raw go-redis
 // GET, then the raw query. The sequential variant's misses wait for their
-// lookup (NoEarlyQueries). The cached variants are timed in their steady
+// lookup (NoEarlyQueries); the prepared variant's queries run prepared
+// (Options.Prepare). The cached variants are timed in their steady
 // state, once coldMin misses have taught them that misses are likely.
 func BenchmarkEngineMiss(b *testing.B) {
-	for _, variant := range []string{"raw", "raw+rt", "memory", "redis", "sequential"} {
+	for _, variant := range []string{"raw", "raw+rt", "memory", "redis", "sequential", "prepared"} {
 		b.Run(variant, func(b *testing.B) {
 			db, c, rt := benchFloor(b, variant)
 			b.ReportAllocs()

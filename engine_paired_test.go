@@ -59,10 +59,11 @@ func runPaired(b *testing.B, ops []pairedOp, ratios ...[2]string) {
 	}
 }
 
-// BenchmarkEnginePairedMiss pairs BenchmarkEngineMiss's variants, and a
-// miss that waits for its lookup before its query (sequential, as with
-// Options.NoEarlyQueries). Each cached miss's fill finishes untimed; the
-// floor is raw+rt.
+// BenchmarkEnginePairedMiss pairs BenchmarkEngineMiss's variants, a miss
+// that waits for its lookup before its query (sequential, as with
+// Options.NoEarlyQueries) and one whose query runs prepared (prepared,
+// Options.Prepare). Each cached miss's fill finishes untimed; the floor is
+// raw+rt.
 func BenchmarkEnginePairedMiss(b *testing.B) {
 	i := int64(0)
 	miss := func(db *sql.DB) {
@@ -70,7 +71,14 @@ func BenchmarkEnginePairedMiss(b *testing.B) {
 		benchScan(b, db, benchMiss, i%benchRows+1, i)
 	}
 	seq, sc := benchDB(b, "sequential")
-	runPairedFloor(b, true, miss, pairedOp{name: "sequential", run: func() { miss(seq) }, settle: sc.eng.bg.Wait})
+	prep, pc := benchDB(b, "prepared")
+	for range 2 * coldMin { // as runPairedFloor warms the redis variant
+		miss(prep)
+		pc.eng.bg.Wait()
+	}
+	runPairedFloor(b, true, miss,
+		pairedOp{name: "sequential", run: func() { miss(seq) }, settle: sc.eng.bg.Wait},
+		pairedOp{name: "prepared", run: func() { miss(prep) }, settle: pc.eng.bg.Wait})
 }
 
 // BenchmarkEnginePairedWrite pairs BenchmarkEngineWrite's variants; the

@@ -70,6 +70,11 @@ func (s *stmt) innerExec(ctx context.Context, _ string, args []driver.NamedValue
 	return s.inner.Exec(vals) //nolint:staticcheck // the documented fallback
 }
 
+// loadQuery runs the inner statement, which the application prepared.
+func (s *stmt) loadQuery(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
+	return s.innerQuery(ctx, query, args)
+}
+
 // innerQuery runs the inner statement; query is its own text.
 func (s *stmt) innerQuery(ctx context.Context, _ string, args []driver.NamedValue) (driver.Rows, error) {
 	if q, ok := s.inner.(driver.StmtQueryContext); ok {
