@@ -166,13 +166,20 @@ func TestOptionsCopiedAndDefaulted(t *testing.T) {
 // exactly which statements reach the database.
 func mockDB(t *testing.T) (*sql.DB, sqlmock.Sqlmock) {
 	t.Helper()
+	return mockDBWith(t, Options{Registry: NewRegistry()})
+}
+
+// mockDBWith is mockDB with opts (NoCatalog set).
+func mockDBWith(t *testing.T, opts Options) (*sql.DB, sqlmock.Sqlmock) {
+	t.Helper()
 	dsn := "cachedpq-" + t.Name()
 	raw, mock, err := sqlmock.NewWithDSN(dsn, sqlmock.QueryMatcherOption(sqlmock.QueryMatcherEqual))
 	if err != nil {
 		t.Fatal(err)
 	}
 	inner := &driverConnector{drv: raw.Driver(), dsn: dsn}
-	db := sql.OpenDB(Wrap(inner, Options{Registry: NewRegistry(), NoCatalog: true}))
+	opts.NoCatalog = true
+	db := sql.OpenDB(Wrap(inner, opts))
 	db.SetMaxOpenConns(1)
 	t.Cleanup(func() {
 		db.Close()

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/DATA-DOG/go-sqlmock"
 	"github.com/lib/pq"
 	"github.com/redis/go-redis/v9"
 )
@@ -199,5 +200,27 @@ func TestPreparedLoadsMatchLibPQ(t *testing.T) {
 	must(t, db.QueryRow(`select count(*) from pg_prepared_statements where statement = $1`, q).Scan(&n))
 	if n != 1 {
 		t.Fatalf("%d statements prepared", n)
+	}
+}
+
+// TestPreparedLoadsReachTheDatabase: with Options.Prepare, the first load
+// of a registered read prepares its statement and runs it; later loads
+// run it only; a hit reaches nothing.
+func TestPreparedLoadsReachTheDatabase(t *testing.T) {
+	reg := NewRegistry()
+	const q = `select name from users where id = $1`
+	must(t, reg.Register(q, Policy{TTL: time.Hour}))
+	db, mock := mockDBWith(t, Options{Registry: reg, Prepare: true})
+	prep := mock.ExpectPrepare(q)
+	prep.ExpectQuery().WithArgs(int64(1)).WillReturnRows(sqlmock.NewRows([]string{"name"}).AddRow("ann"))
+	prep.ExpectQuery().WithArgs(int64(2)).WillReturnRows(sqlmock.NewRows([]string{"name"}).AddRow("bob"))
+	for _, read := range []struct {
+		id   int
+		want string
+	}{{1, "ann"}, {2, "bob"}, {1, "ann"}} {
+		var name string
+		if err := db.QueryRow(q, read.id).Scan(&name); err != nil || name != read.want {
+			t.Fatalf("id %d: %q %v", read.id, name, err)
+		}
 	}
 }
