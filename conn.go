@@ -286,7 +286,8 @@ func (c *conn) loadQuery(ctx context.Context, query string, args []driver.NamedV
 }
 
 // prepared returns the statement prepared for query on c, preparing it if
-// it is not yet; nil if c holds maxStmts already.
+// it is not yet; nil if c holds maxStmts already, or if the inner driver's
+// statement cannot take a context (noted, so it is prepared once).
 func (c *conn) prepared(ctx context.Context, query string) (driver.Stmt, error) {
 	if st, ok := c.stmts[query]; ok {
 		return st, nil
@@ -302,12 +303,12 @@ func (c *conn) prepared(ctx context.Context, query string) (driver.Stmt, error) 
 	if err != nil {
 		return nil, err
 	}
-	if _, ok := st.(driver.StmtQueryContext); !ok {
-		_ = st.Close()
-		return nil, nil
-	}
 	if c.stmts == nil {
 		c.stmts = make(map[string]driver.Stmt)
+	}
+	if _, ok := st.(driver.StmtQueryContext); !ok {
+		_ = st.Close()
+		st = nil // lib/pq's can; another driver's loads run unprepared
 	}
 	c.stmts[query] = st
 	return st, nil

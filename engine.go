@@ -330,16 +330,10 @@ func (e *engine) uncached(ctx context.Context, c *conn, src inner, a *analysis, 
 // the invalidation takes it back if it landed in time, else the statement
 // invalidates as an unmarked one does.
 func (e *engine) endStatement(ctx context.Context, c *conn, a *analysis, before *catalog, pm *pendingMark, err error) {
-	if pm != nil && e.markLanded(pm) && (err == nil || reportedByServer(err)) {
-		// Not after a lost connection: the statement may commit later,
-		// and its mark is left to lapse (see marks.go).
-		c.marked = pm
-	}
+	e.holdMark(c, pm, err == nil || reportedByServer(err))
 	e.afterStatement(ctx, c, a, before, err)
 	c.wrote = nil
-	if pm != nil {
-		e.endMark(c, pm)
-	}
+	e.endMark(c, pm)
 }
 
 // rowsOpen notes what a statement run through Query may have done already

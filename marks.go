@@ -317,6 +317,17 @@ func (e *engine) markLanded(pm *pendingMark) bool {
 	return time.Since(pm.start) < markTrust
 }
 
+// holdMark waits for pm (nil: no mark was sent) once its statement has
+// ended, and leaves it on c for the invalidation to take (see committed)
+// if the statement may count on it: it landed in time, and the
+// statement's outcome is known (known false: the connection was lost, and
+// the statement may commit later; its mark is left to lapse).
+func (e *engine) holdMark(c *conn, pm *pendingMark, known bool) {
+	if pm != nil && e.markLanded(pm) && known {
+		c.marked = pm
+	}
+}
+
 // covers reports whether the mark holds every tag w invalidates.
 func (pm *pendingMark) covers(w *writeSet) bool {
 	if w.ddl {
@@ -330,12 +341,13 @@ func (pm *pendingMark) covers(w *writeSet) bool {
 	return true
 }
 
-// endMark ends pm once its statement is done: a mark the write could
-// count on and no invalidation took back (the statement failed, or wrote
-// nothing after all) is taken back now; one it could not count on lapses.
+// endMark ends pm (nil: none) once its statement is done: a mark the
+// write could count on and no invalidation took back (the statement
+// failed, or wrote nothing after all) is taken back now; one it could not
+// count on lapses.
 func (e *engine) endMark(c *conn, pm *pendingMark) {
 	switch {
-	case pm.taken:
+	case pm == nil, pm.taken:
 	case c.marked == pm:
 		c.marked = nil
 		e.unmarkLater(pm, false)

@@ -47,17 +47,13 @@ func (t *tx) Commit() error {
 	// lib/pq answers the Commit of a failed transaction with a ROLLBACK,
 	// and ErrInFailedTransaction once that succeeded: nothing committed.
 	known := err == nil || reportedByServer(err) || errors.Is(err, pq.ErrInFailedTransaction)
-	if pm != nil && e.markLanded(pm) && known {
-		t.conn.marked = pm
-	}
+	e.holdMark(t.conn, pm, known)
 	if err == nil || !known {
 		// Also when the outcome is unknown (the connection broke during
 		// COMMIT): invalidating too much is safe, too little is not.
 		e.committed(ctx, t.conn, &t.writes)
 	}
-	if pm != nil {
-		e.endMark(t.conn, pm)
-	}
+	e.endMark(t.conn, pm)
 	return err
 }
 
