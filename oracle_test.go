@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	pgquery "github.com/pganalyze/pg_query_go/v6"
 )
@@ -27,15 +28,69 @@ func TestOracle(t *testing.T) {
 	}
 }
 
+// FuzzOracle holds analyze to libpg_query on whatever parses: a statement
+// the oracle sees writing a table must write it here too (or be an unknown
+// write, which invalidates everything), and only what the oracle calls a
+// read, writing nothing, may be cacheable. Missing a written table would
+// serve stale rows; the reverse direction only costs invalidations.
+func FuzzOracle(f *testing.F) {
+	for _, q := range readCorpus(f) {
+		f.Add(q)
+	}
+	for _, q := range fuzzSeeds {
+		f.Add(q)
+	}
+	f.Fuzz(func(t *testing.T, q string) {
+		if strings.IndexByte(q, 0) >= 0 || !utf8.ValidString(q) {
+			return // the server refuses both (lib/pq's client_encoding is UTF8); libpg_query stops at a NUL
+		}
+		wantKind, wantWrites, err := oracleAnalysis(q)
+		if err != nil {
+			return
+		}
+		a := analyzeUncached(q)
+		if !a.unknownWrite {
+			for _, w := range wantWrites {
+				if !slices.Contains(a.writes, w) {
+					t.Fatalf("%q: writes %q, oracle says %q", q, a.writes, wantWrites)
+				}
+			}
+		}
+		if a.notCacheable == "" && (wantKind != kindSelect && wantKind != kindValues || len(wantWrites) > 0) {
+			t.Fatalf("%q: cacheable, oracle says kind %v writing %q", q, wantKind, wantWrites)
+		}
+		if a.kind != wantKind {
+			t.Fatalf("%q: kind %v, oracle says %v", q, a.kind, wantKind)
+		}
+	})
+}
+
 // compareWithOracle checks one SQL string.
 func compareWithOracle(t *testing.T, q string) {
 	t.Helper()
-	raw, err := pgquery.ParseToJSON(q)
+	wantKind, wantWrites, err := oracleAnalysis(q)
 	if err != nil && !strings.HasPrefix(t.Name(), "TestOracle/plain/") {
 		t.Skipf("oracle cannot parse this respelling of %q: %v", q, err)
 	}
 	if err != nil {
 		t.Fatalf("oracle cannot parse %q: %v", q, err)
+	}
+	a := analyzeUncached(q)
+	if a.kind != wantKind {
+		t.Errorf("%q: kind %v, oracle says %v", q, a.kind, wantKind)
+	}
+	got := slices.Sorted(slices.Values(a.writes))
+	if !slices.Equal(got, wantWrites) {
+		t.Errorf("%q: writes %q, oracle says %q", q, got, wantWrites)
+	}
+}
+
+// oracleAnalysis returns the kind of q's first statement and the sorted,
+// distinct relations q writes, as libpg_query parses it.
+func oracleAnalysis(q string) (stmtKind, []string, error) {
+	raw, err := pgquery.ParseToJSON(q)
+	if err != nil {
+		return kindEmpty, nil, err
 	}
 	var tree struct {
 		Stmts []struct {
@@ -43,29 +98,21 @@ func compareWithOracle(t *testing.T, q string) {
 		} `json:"stmts"`
 	}
 	if err := json.Unmarshal([]byte(raw), &tree); err != nil {
-		t.Fatal(err)
+		return kindEmpty, nil, err
 	}
-	wantKind := kindEmpty
-	var wantWrites []string
+	kind := kindEmpty
+	var writes []string
 	for i, s := range tree.Stmts {
 		if i == 0 {
-			wantKind = oracleKind(s.Stmt)
+			kind = oracleKind(s.Stmt)
 		}
-		oracleWrites(s.Stmt, &wantWrites)
+		oracleWrites(s.Stmt, &writes)
 	}
-	a := analyzeUncached(q)
-	if a.kind != wantKind {
-		t.Errorf("%q: kind %v, oracle says %v", q, a.kind, wantKind)
-	}
-	got := slices.Sorted(slices.Values(a.writes))
-	want := slices.Compact(slices.Sorted(slices.Values(wantWrites)))
-	if !slices.Equal(got, want) {
-		t.Errorf("%q: writes %q, oracle says %q", q, got, want)
-	}
+	return kind, slices.Compact(slices.Sorted(slices.Values(writes))), nil
 }
 
 // readCorpus reads testdata/oracle_corpus.txt, one statement per line.
-func readCorpus(t *testing.T) []string {
+func readCorpus(t testing.TB) []string {
 	t.Helper()
 	f, err := os.Open("testdata/oracle_corpus.txt")
 	if err != nil {
