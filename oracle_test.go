@@ -31,8 +31,10 @@ func TestOracle(t *testing.T) {
 // FuzzOracle holds analyze to libpg_query on whatever parses: a statement
 // the oracle sees writing a table must write it here too (or be an unknown
 // write, which invalidates everything), and only what the oracle calls a
-// read, writing nothing, may be cacheable. Missing a written table would
-// serve stale rows; the reverse direction only costs invalidations.
+// read, writing nothing, may be cacheable; a cacheable read must read
+// every table the oracle sees it name, and mean what its normal form
+// means. Missing a written or read table would serve stale rows; the
+// reverse direction only costs invalidations.
 func FuzzOracle(f *testing.F) {
 	for _, q := range readCorpus(f) {
 		f.Add(q)
@@ -68,7 +70,60 @@ func checkWithOracle(t *testing.T, q string) {
 	}
 	if a.notCacheable == "" {
 		sameMeaning(t, q, a.normalized)
+		for _, r := range oracleReads(t, q) {
+			if !slices.Contains(a.reads, r) {
+				t.Fatalf("%q: reads %q, oracle says %q too", q, a.reads, r)
+			}
+		}
 	}
+}
+
+// oracleReads returns the relations q names, but for those a WITH of q may
+// name (anywhere in q: the check is blind to a table whose name a CTE
+// shadows elsewhere). A cached read that missed one would not depend on
+// its stamp, and would outlive writes to it.
+func oracleReads(t *testing.T, q string) []string {
+	raw, err := pgquery.ParseToJSON(q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tree any
+	if err := json.Unmarshal([]byte(raw), &tree); err != nil {
+		t.Fatal(err)
+	}
+	type rel struct {
+		name      string
+		qualified bool // never a CTE
+	}
+	var rels []rel
+	var ctes []string
+	var walk func(any)
+	walk = func(v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			if rv, ok := v["RangeVar"].(map[string]any); ok {
+				rels = append(rels, rel{str(rv["relname"]), rv["schemaname"] != nil})
+			}
+			if c, ok := v["CommonTableExpr"].(map[string]any); ok {
+				ctes = append(ctes, str(c["ctename"]))
+			}
+			for _, c := range v {
+				walk(c)
+			}
+		case []any:
+			for _, c := range v {
+				walk(c)
+			}
+		}
+	}
+	walk(tree)
+	var out []string
+	for _, r := range rels {
+		if r.qualified || !slices.Contains(ctes, r.name) {
+			out = append(out, r.name)
+		}
+	}
+	return out
 }
 
 // sameMeaning fails unless the oracle parses q and its normal form n to
