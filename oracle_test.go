@@ -78,10 +78,11 @@ func checkWithOracle(t *testing.T, q string) {
 	}
 }
 
-// oracleReads returns the relations q names, but for those a WITH of q may
-// name (anywhere in q: the check is blind to a table whose name a CTE
-// shadows elsewhere). A cached read that missed one would not depend on
-// its stamp, and would outlive writes to it.
+// oracleReads returns the relations q names, but for names of CTEs in
+// scope where they stand (a WITH's statement and, in order, the later
+// CTEs of the list, or all of them with RECURSIVE; an inner WITH shadows
+// an outer one). A cached read that missed one would not depend on its
+// stamp, and would outlive writes to it.
 func oracleReads(t *testing.T, q string) []string {
 	raw, err := pgquery.ParseToJSON(q)
 	if err != nil {
@@ -91,38 +92,42 @@ func oracleReads(t *testing.T, q string) []string {
 	if err := json.Unmarshal([]byte(raw), &tree); err != nil {
 		t.Fatal(err)
 	}
-	type rel struct {
-		name      string
-		qualified bool // never a CTE
-	}
-	var rels []rel
-	var ctes []string
-	var walk func(any)
-	walk = func(v any) {
+	var out []string
+	var walk func(v any, scope []string)
+	walk = func(v any, scope []string) {
 		switch v := v.(type) {
 		case map[string]any:
 			if rv, ok := v["RangeVar"].(map[string]any); ok {
-				rels = append(rels, rel{str(rv["relname"]), rv["schemaname"] != nil})
+				if name := str(rv["relname"]); rv["schemaname"] != nil || !slices.Contains(scope, name) {
+					out = append(out, name)
+				}
 			}
-			if c, ok := v["CommonTableExpr"].(map[string]any); ok {
-				ctes = append(ctes, str(c["ctename"]))
+			if with, ok := v["withClause"].(map[string]any); ok {
+				var names []string
+				for _, c := range asList(with["ctes"]) {
+					names = append(names, str(field(c, "CommonTableExpr", "ctename")))
+				}
+				for i, c := range asList(with["ctes"]) {
+					seen := names[:i]
+					if with["recursive"] == true {
+						seen = names
+					}
+					walk(field(c, "CommonTableExpr", "ctequery"), append(slices.Clip(scope), seen...))
+				}
+				scope = append(slices.Clip(scope), names...)
 			}
-			for _, c := range v {
-				walk(c)
+			for k, c := range v {
+				if k != "withClause" {
+					walk(c, scope)
+				}
 			}
 		case []any:
 			for _, c := range v {
-				walk(c)
+				walk(c, scope)
 			}
 		}
 	}
-	walk(tree)
-	var out []string
-	for _, r := range rels {
-		if r.qualified || !slices.Contains(ctes, r.name) {
-			out = append(out, r.name)
-		}
-	}
+	walk(tree, nil)
 	return out
 }
 
