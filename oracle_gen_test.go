@@ -9,9 +9,9 @@ import (
 
 // FuzzOracleGrammar is FuzzOracle on statements built from a small SQL
 // grammar, the fuzzer's bytes choosing each production: writable CTEs,
-// subqueries, joins, MERGE, RETURNING, quoted and qualified names, every
-// kind of literal and comments between tokens, nested as deep as the bytes
-// go. Byte mutations of text rarely reach such shapes; choices do.
+// subqueries, joins, TABLE, TABLESAMPLE, window and filtered aggregates,
+// MERGE, RETURNING, quoted and qualified names, every kind of literal and
+// comments between tokens, nested as deep as the bytes go. Byte mutations of text rarely reach such shapes; choices do.
 func FuzzOracleGrammar(f *testing.F) {
 	for _, seed := range []string{"", "\x00", "\x01\x02\x03", "\x02\x01\x05\x07\x03", "\x05\x05\x05\x05",
 		"\x03\x01\x02\x03\x04\x05\x06", "\xff\xfe\xfd\xfc\xfb\xfa", "\x04\x02\x06\x01\x00\x03\x07\x02"} {
@@ -139,6 +139,18 @@ func (g *sqlGen) expr(depth int) {
 		g.word(")")
 	case 11:
 		g.words("count", "(", "*", ")")
+		switch g.pick(4) {
+		case 1:
+			g.words("filter", "(", "where")
+			g.expr(depth + 1)
+			g.word(")")
+		case 2:
+			g.words("over", "(", "partition", "by", "c", "order", "by", "c", ")")
+		case 3:
+			g.words("array", "(")
+			g.query(depth + 1)
+			g.word(")")
+		}
 	case 12:
 		g.words("cast", "(")
 		g.expr(depth + 1)
@@ -154,7 +166,11 @@ func (g *sqlGen) expr(depth int) {
 
 // from writes one from item.
 func (g *sqlGen) from(depth int) {
-	switch g.pick(6) {
+	if depth > 6 {
+		g.table()
+		return
+	}
+	switch g.pick(7) {
 	case 0, 1:
 		if g.one(5) {
 			g.word("only")
@@ -175,7 +191,26 @@ func (g *sqlGen) from(depth int) {
 		g.word("on")
 		g.expr(depth + 1)
 	case 4:
-		g.words("generate_series", "(", "1", ",", "2", ")", "g")
+		switch g.pick(4) {
+		case 0:
+			g.words("generate_series", "(", "1", ",", "2", ")", "g")
+		case 1:
+			g.words("rows", "from", "(", "generate_series", "(", "1", ",", "2", ")", ")", "g")
+		case 2:
+			g.table()
+			g.words("tablesample", "system", "(", "10", ")")
+		default:
+			g.words("(", "values", "(", "1", ")", ")", "as", "v", "(", "c", ")")
+		}
+	case 5:
+		g.from(depth + 1)
+		g.word([]string{"join", "left join", "natural join", "join"}[g.pick(4)])
+		g.from(depth + 1)
+		if g.one(2) {
+			g.words("using", "(", "c", ")")
+		} else {
+			g.words("on", "true")
+		}
 	default:
 		g.from(depth + 1)
 		g.word(",")
@@ -224,10 +259,21 @@ func (g *sqlGen) query(depth int) {
 		if g.one(4) {
 			g.words("group", "by", "1")
 		}
+		switch g.pick(4) {
+		case 1:
+			g.words("order", "by", "1", "limit", "$1", "offset", "2")
+		case 2:
+			g.words("order", "by", "c", "desc", "nulls", "last", "fetch", "first", "3", "rows", "only")
+		}
 		if g.one(5) {
 			g.words("for", []string{"update", "share", "no key update"}[g.pick(3)])
 		}
 	case 2:
+		if g.one(2) {
+			g.word("table")
+			g.table()
+			break
+		}
 		g.words("values", "(")
 		g.expr(depth + 1)
 		g.word(")")
