@@ -82,6 +82,18 @@ func (g *sqlGen) table() {
 	g.word(genNames[g.pick(len(genNames))])
 }
 
+// tablesCascade writes one or two relation names, maybe with CASCADE.
+func (g *sqlGen) tablesCascade() {
+	g.table()
+	if g.one(2) {
+		g.word(",")
+		g.table()
+	}
+	if g.one(3) {
+		g.word("cascade")
+	}
+}
+
 // alias writes nothing or an alias.
 func (g *sqlGen) alias() {
 	switch g.pick(4) {
@@ -90,6 +102,14 @@ func (g *sqlGen) alias() {
 	case 2:
 		g.words("as", `"al"`)
 	}
+}
+
+// subquery writes words, then a query in parentheses.
+func (g *sqlGen) subquery(depth int, words ...string) {
+	g.words(words...)
+	g.word("(")
+	g.query(depth + 1)
+	g.word(")")
 }
 
 // expr writes a value expression.
@@ -108,13 +128,9 @@ func (g *sqlGen) expr(depth int) {
 	case 3:
 		g.word([]string{`'s'`, `E'\''`, `$$d$$`, `$q$x$q$`, `B'1'`, `X'ff'`, `1.5e3`, `'a'::text`, `array[1,2]`, `U&'\0061'`}[g.pick(10)])
 	case 4:
-		g.word("(")
-		g.query(depth + 1)
-		g.word(")")
+		g.subquery(depth)
 	case 5:
-		g.words("exists", "(")
-		g.query(depth + 1)
-		g.word(")")
+		g.subquery(depth, "exists")
 	case 6:
 		g.expr(depth + 1)
 		g.word([]string{"+", "=", "<>", "and", "or", "||", "is distinct from"}[g.pick(7)])
@@ -133,10 +149,7 @@ func (g *sqlGen) expr(depth int) {
 		g.words("a", ".", "c")
 	case 10:
 		g.expr(depth + 1)
-		g.word("in")
-		g.word("(")
-		g.query(depth + 1)
-		g.word(")")
+		g.subquery(depth, "in")
 	case 11:
 		g.words("count", "(", "*", ")")
 		switch g.pick(4) {
@@ -147,8 +160,8 @@ func (g *sqlGen) expr(depth int) {
 		case 2:
 			g.words("over", "(", "partition", "by", "c", "order", "by", "c", ")")
 		case 3:
-			g.words("array", "(")
-			g.query(depth + 1)
+			g.word("+")
+			g.subquery(depth, "cardinality", "(", "array")
 			g.word(")")
 		}
 	case 12:
@@ -391,14 +404,7 @@ func (g *sqlGen) stmt(depth int) {
 		if g.one(3) {
 			g.word("table")
 		}
-		g.table()
-		if g.one(2) {
-			g.word(",")
-			g.table()
-		}
-		if g.one(3) {
-			g.word("cascade")
-		}
+		g.tablesCascade()
 	case 5:
 		g.words("explain", []string{"", "analyze", "( analyze )", "( analyze false )", "( costs off )"}[g.pick(5)])
 		g.stmt(depth + 1)
@@ -440,14 +446,7 @@ func (g *sqlGen) ddl(depth int) {
 			"set schema s", "alter column c type text"}[g.pick(6)])
 	case 3:
 		g.words("drop", []string{"table", "view", "materialized view"}[g.pick(3)])
-		g.table()
-		if g.one(2) {
-			g.word(",")
-			g.table()
-		}
-		if g.one(3) {
-			g.word("cascade")
-		}
+		g.tablesCascade()
 	case 4:
 		g.words("create", "view")
 		g.table()
