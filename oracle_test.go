@@ -50,7 +50,7 @@ func checkWithOracle(t *testing.T, q string) {
 	if strings.IndexByte(q, 0) >= 0 || !utf8.ValidString(q) {
 		return // the server refuses both (lib/pq's client_encoding is UTF8); libpg_query stops at a NUL
 	}
-	wantKind, wantWrites, err := oracleAnalysis(q)
+	wantKind, wantWrites, tree, err := oracleAnalysis(q)
 	if err != nil {
 		return
 	}
@@ -69,8 +69,8 @@ func checkWithOracle(t *testing.T, q string) {
 		t.Fatalf("%q: kind %v, oracle says %v", q, a.kind, wantKind)
 	}
 	if a.notCacheable == "" {
-		sameMeaning(t, q, a.normalized)
-		for _, r := range oracleReads(t, q) {
+		sameMeaning(t, q, tree, a.normalized)
+		for _, r := range oracleReads(tree) {
 			if !slices.Contains(a.reads, r) {
 				t.Fatalf("%q: reads %q, oracle says %q too", q, a.reads, r)
 			}
@@ -83,15 +83,7 @@ func checkWithOracle(t *testing.T, q string) {
 // CTEs of the list, or all of them with RECURSIVE; an inner WITH shadows
 // an outer one). A cached read that missed one would not depend on its
 // stamp, and would outlive writes to it.
-func oracleReads(t *testing.T, q string) []string {
-	raw, err := pgquery.ParseToJSON(q)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var tree any
-	if err := json.Unmarshal([]byte(raw), &tree); err != nil {
-		t.Fatal(err)
-	}
+func oracleReads(tree any) []string {
 	var out []string
 	var walk func(v any, scope []string)
 	walk = func(v any, scope []string) {
@@ -131,30 +123,30 @@ func oracleReads(t *testing.T, q string) []string {
 	return out
 }
 
-// sameMeaning fails unless the oracle parses q and its normal form n to
-// the same tree, token positions aside. A cached read's key is built from
-// its normal form: were two reads of different meaning to share one, a
-// hit would answer one with the other's rows.
-func sameMeaning(t *testing.T, q, n string) {
+// sameMeaning fails unless the oracle parses the normal form n of q to
+// q's tree, token positions aside. A cached read's key is built from its
+// normal form: were two reads of different meaning to share one, a hit
+// would answer one with the other's rows.
+func sameMeaning(t *testing.T, q string, tree any, n string) {
 	t.Helper()
-	want, err := pgquery.ParseToJSON(q)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := pgquery.ParseToJSON(n)
+	got, err := parseTree(n)
 	if err != nil {
 		t.Fatalf("%q normalizes to %q, which the oracle cannot parse: %v", q, n, err)
 	}
-	if w, g := treeWithoutPositions(t, want), treeWithoutPositions(t, got); w != g {
+	if w, g := withoutPositions(t, tree), withoutPositions(t, got); w != g {
 		t.Fatalf("%q normalizes to %q, of another meaning:\n%s\n%s", q, n, w, g)
 	}
 }
 
-// treeWithoutPositions re-encodes a parse tree without the fields that
+// withoutPositions encodes a copy of a parse tree without the fields that
 // only say where a token was.
-func treeWithoutPositions(t *testing.T, tree string) string {
+func withoutPositions(t *testing.T, tree any) string {
+	b, err := json.Marshal(tree)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var v any
-	if err := json.Unmarshal([]byte(tree), &v); err != nil {
+	if err := json.Unmarshal(b, &v); err != nil {
 		t.Fatal(err)
 	}
 	var strip func(any)
@@ -193,7 +185,7 @@ func readKind(k stmtKind) stmtKind {
 // compareWithOracle checks one SQL string.
 func compareWithOracle(t *testing.T, q string) {
 	t.Helper()
-	wantKind, wantWrites, err := oracleAnalysis(q)
+	wantKind, wantWrites, _, err := oracleAnalysis(q)
 	if err != nil && !strings.HasPrefix(t.Name(), "TestOracle/plain/") {
 		t.Skipf("oracle cannot parse this respelling of %q: %v", q, err)
 	}
@@ -210,31 +202,34 @@ func compareWithOracle(t *testing.T, q string) {
 	}
 }
 
-// oracleAnalysis returns the kind of q's first statement and the sorted,
-// distinct relations q writes, as libpg_query parses it.
-func oracleAnalysis(q string) (stmtKind, []string, error) {
+// oracleAnalysis returns the kind of q's first statement, the sorted,
+// distinct relations q writes and its parse tree, as libpg_query parses
+// it.
+func oracleAnalysis(q string) (kind stmtKind, writes []string, tree any, err error) {
+	tree, err = parseTree(q)
+	if err != nil {
+		return kindEmpty, nil, nil, err
+	}
+	kind = kindEmpty
+	for i, s := range asList(field(tree, "stmts")) {
+		stmt, _ := field(s, "stmt").(map[string]any)
+		if i == 0 {
+			kind = oracleKind(stmt)
+		}
+		addSelectInto(stmt, &writes)
+		oracleWrites(stmt, &writes)
+	}
+	return kind, slices.Compact(slices.Sorted(slices.Values(writes))), tree, nil
+}
+
+// parseTree is libpg_query's parse tree of q, decoded from JSON.
+func parseTree(q string) (any, error) {
 	raw, err := pgquery.ParseToJSON(q)
 	if err != nil {
-		return kindEmpty, nil, err
+		return nil, err
 	}
-	var tree struct {
-		Stmts []struct {
-			Stmt map[string]any `json:"stmt"`
-		} `json:"stmts"`
-	}
-	if err := json.Unmarshal([]byte(raw), &tree); err != nil {
-		return kindEmpty, nil, err
-	}
-	kind := kindEmpty
-	var writes []string
-	for i, s := range tree.Stmts {
-		if i == 0 {
-			kind = oracleKind(s.Stmt)
-		}
-		addSelectInto(s.Stmt, &writes)
-		oracleWrites(s.Stmt, &writes)
-	}
-	return kind, slices.Compact(slices.Sorted(slices.Values(writes))), nil
+	var tree any
+	return tree, json.Unmarshal([]byte(raw), &tree)
 }
 
 // readCorpus reads testdata/oracle_corpus.txt, one statement per line.
