@@ -204,6 +204,7 @@ type parser struct {
 	opaque  bool   // a U&"" name has an escape character the analysis cannot read
 	unseen  string // the first built-in seen that reads what no tag covers (see unseenBuiltins)
 	selInto bool   // SELECT ... INTO creates a table
+	junk    bool   // a number or parameter glued to a name: see lexer.junk
 }
 
 // newParser lexes query into tokens.
@@ -214,6 +215,7 @@ func newParser(query string) *parser {
 	for t := l.next(); t.kind != tokEOF; t = l.next() {
 		p.toks = append(p.toks, t)
 	}
+	p.junk = l.junk
 	p.matchGroups()
 	return p
 }
@@ -245,10 +247,10 @@ func (p *parser) normalize() string {
 	var b strings.Builder
 	b.Grow(len(p.src))
 	for i := 0; i < n; i++ {
-		if i > 0 {
+		t := p.toks[i]
+		if i > 0 && !p.glued(i) {
 			b.WriteByte(' ')
 		}
-		t := p.toks[i]
 		if t.kind != tokIdent {
 			b.WriteString(p.src[t.start:t.end])
 			continue
@@ -258,6 +260,15 @@ func (p *parser) normalize() string {
 		}
 	}
 	return b.String()
+}
+
+// glued reports whether token i is a name that follows a number or a
+// parameter without a break ("$1limit"), which normalization keeps: the
+// junk is an error on Postgres 15 and later, "$1 limit" is not.
+func (p *parser) glued(i int) bool {
+	prev := p.toks[i-1]
+	return p.junk && p.toks[i].kind == tokIdent && prev.end == p.toks[i].start &&
+		(prev.kind == tokNumber || prev.kind == tokParam)
 }
 
 // text returns the raw text of token i.
@@ -1890,6 +1901,8 @@ func (p *parser) cacheability() (reason string, nondet bool) {
 		return "reads a system catalog", false
 	case p.opaque:
 		return "a U&\"\" name the analysis cannot decode", false
+	case p.junk:
+		return "a number or parameter glued to a name (1from, $1limit): Postgres 15 and later refuse it, earlier ones read two tokens", false
 	case p.unseen != "":
 		return "calls " + p.unseen + ", which reads what writes do not invalidate (" +
 			unseenWhat[unseenBuiltins[p.unseen]] + ")", false

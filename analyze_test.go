@@ -145,6 +145,13 @@ func TestTables(t *testing.T) {
 		{`update "` + long + `_Q" set a = 1`, nil, []string{long}},
 		{`delete from "` + long[:62] + `é"`, nil, []string{long[:62]}},
 		{`insert into U&"` + long[:61] + `\00e9x" values (1)`, nil, []string{long[:61] + "é"}},
+		// A number or parameter glued to a name: two tokens, as Postgres
+		// 12 to 14 read them (15 and later refuse the statement).
+		{"select 1from t", []string{"t"}, nil},
+		{"select * from t where id = $1or id in (select id from u)", []string{"t", "u"}, nil},
+		{"select 1.5e3from t", []string{"t"}, nil},
+		{"select 1into n", nil, []string{"n"}},
+		{"select 0x1f from t", []string{"t"}, nil},
 	}
 	checkTables(t, tests)
 }
@@ -339,6 +346,10 @@ func TestCacheability(t *testing.T) {
 		{"select * from pg_catalog.pg_class", "catalog", false},
 		{"select * from information_schema.tables", "catalog", false},
 		{"select * from pg_stat_activity", "catalog", false},
+		{"select 1from t", "glued", false},
+		{"select * from t where id = $1limit 1", "glued", false},
+		{"select * from t where id = 1e5x", "glued", false},
+		{"select 0x1f, 1_000, 1.5e-3, $1 from t", "", false},
 		{"", "empty", false},
 		{"select set_config('a.b', '1', false)", "session", false},
 		{"select now()", "now", true},

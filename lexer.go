@@ -33,6 +33,11 @@ type lexer struct {
 	src string
 	pos int
 	run opRun // the last operator run scanned, split into several tokens
+	// junk is set once a decimal number or a $n parameter has been
+	// followed at once by identifier bytes ("1from", "$1limit"): Postgres
+	// 15 and later refuse the statement ("trailing junk"), 12 to 14 read
+	// two tokens, as this lexer does.
+	junk bool
 }
 
 // opRun is a run of operator characters without any that let an operator
@@ -236,12 +241,8 @@ func (l *lexer) continuation(i int) int {
 func (l *lexer) dollar() tokKind {
 	if isDigit(l.peek(1)) {
 		l.pos++
-		// Trailing identifier bytes are swallowed, as after a number:
-		// Postgres 15+ rejects "$1limit", which must not share the
-		// fingerprint of "$1 limit".
-		for l.pos < len(l.src) && isIdentCont(l.src[l.pos]) {
-			l.pos++
-		}
+		l.skipWhile(isDigit)
+		l.junk = l.junk || l.pos < len(l.src) && isIdentStart(l.src[l.pos])
 		return tokParam
 	}
 	end := l.pos + 1
@@ -263,8 +264,10 @@ func (l *lexer) dollar() tokKind {
 }
 
 // number scans a numeric literal: decimal with optional fraction and
-// exponent, 0x/0o/0b integers and _ separators. Trailing identifier bytes
-// are swallowed, as Postgres 15+ rejects them as junk anyway.
+// exponent, 0x/0o/0b integers and _ separators. Identifier bytes after a
+// decimal number start the next token and set junk; after 0x, 0o or 0b
+// they are swallowed (Postgres before 16 reads "0x1f" as 0 AS x1f, which
+// names no table either way).
 func (l *lexer) number() {
 	if l.src[l.pos] == '0' && isRadix(lower(l.peek(1))) {
 		l.pos += 2
@@ -286,7 +289,7 @@ func (l *lexer) number() {
 			l.skipWhile(isDigitOrUnderscore)
 		}
 	}
-	l.skipWhile(isIdentCont)
+	l.junk = l.junk || l.pos < len(l.src) && isIdentStart(l.src[l.pos])
 }
 
 // skipWhile advances over bytes for which f holds.
