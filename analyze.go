@@ -262,6 +262,15 @@ func (p *parser) normalize() string {
 	return b.String()
 }
 
+// intoNameAfter reports whether a name follows the word at i in SELECT
+// INTO, so that the word is a modifier (INTO TEMP t) rather than the new
+// table's name (INTO temp, which creates "temp"): the words that may follow
+// the name are reserved.
+func (p *parser) intoNameAfter(i int) bool {
+	return p.isName(i+1) && !p.isAny(i+1, "from", "where", "group", "having", "window",
+		"union", "intersect", "except", "order", "limit", "offset", "fetch", "for")
+}
+
 // glued reports whether token i is a name that follows a number or a
 // parameter without a break ("$1limit"), which normalization keeps: the
 // junk is an error on Postgres 15 and later, "$1 limit" is not.
@@ -742,7 +751,7 @@ func (p *parser) selectInto(main, e int) stmtKind {
 			return kindSelect
 		case p.is(i, "into"):
 			j, temp := i+1, false
-			for p.isAny(j, "temp", "temporary", "unlogged", "table", "local", "global") {
+			for p.isAny(j, "temp", "temporary", "unlogged", "table", "local", "global") && p.intoNameAfter(j) {
 				temp = temp || p.isAny(j, "temp", "temporary")
 				j++
 			}

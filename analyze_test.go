@@ -152,6 +152,11 @@ func TestTables(t *testing.T) {
 		{"select 1.5e3from t", []string{"t"}, nil},
 		{"select 1into n", nil, []string{"n"}},
 		{"select 0x1f from t", []string{"t"}, nil},
+		// INTO's modifiers may be the new table's name.
+		{"select into temp", nil, []string{"temp"}},
+		{"select 1 as a into unlogged from t", []string{"t"}, []string{"unlogged"}},
+		{"select * into temp unlogged from t", []string{"t"}, []string{"unlogged"}},
+		{"select * into local temporary temp from t", []string{"t"}, []string{"temp"}},
 	}
 	checkTables(t, tests)
 }
