@@ -432,7 +432,7 @@ func (g *sqlGen) ddl(depth int) {
 			g.from(depth + 1)
 		}
 	case 1:
-		g.words("create", "table")
+		g.words("create", []string{"table", "view", "materialized view"}[g.pick(3)])
 		g.table()
 		g.word("as")
 		g.query(depth + 1)
@@ -448,10 +448,9 @@ func (g *sqlGen) ddl(depth int) {
 		g.words("drop", []string{"table", "view", "materialized view"}[g.pick(3)])
 		g.tablesCascade()
 	case 4:
-		g.words("create", "view")
+		g.words("create", "table")
 		g.table()
-		g.word("as")
-		g.query(depth + 1)
+		g.words("(", "c", "int", ")")
 	case 5:
 		g.words("refresh", "materialized", "view")
 		g.table()
