@@ -1,10 +1,12 @@
 package cachedpq
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"database/sql/driver"
 	"fmt"
+	"io"
 	"os"
 	"slices"
 	"sync"
@@ -153,15 +155,21 @@ var benchReads = []struct {
 
 func BenchmarkEngineRead(b *testing.B) {
 	for _, r := range benchReads {
-		for _, variant := range []string{"raw", "unregistered", "memory", "redis"} {
+		for _, variant := range []string{"raw", "unregistered", "floor", "memory", "redis"} {
 			if r.name == "aggregate" && variant == "unregistered" {
 				continue
 			}
 			b.Run(r.name+"/"+variant, func(b *testing.B) {
-				db, c := benchDB(b, variant)
 				var args []any
 				if r.arg != nil {
 					args = []any{r.arg}
+				}
+				var db *sql.DB
+				var c *Connector
+				if variant == "floor" {
+					db = floorDB(b, r.query, args)
+				} else {
+					db, c = benchDB(b, variant)
 				}
 				benchScan(b, db, r.query, args...) // warm: fill the cache
 				if c != nil && c.eng.shared {
@@ -179,6 +187,75 @@ func BenchmarkEngineRead(b *testing.B) {
 			})
 		}
 	}
+}
+
+// floorDB returns a DB whose every query hands out the result of query
+// on the benchmark table, read once through lib/pq, and does nothing else:
+// its reads cost what database/sql itself costs, its pool, its locks and
+// Scan, the floor of an in-process hit. BenchmarkEngineRead's floor
+// variant measures it in the same run, to tell how much of a hit is the
+// driver's.
+func floorDB(b *testing.B, query string, args []any) *sql.DB {
+	raw, _ := benchDB(b, "raw")
+	conn, err := raw.Conn(context.Background())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	named := make([]driver.NamedValue, len(args))
+	for i, a := range args {
+		named[i] = driver.NamedValue{Ordinal: i + 1, Value: a}
+	}
+	var res floorRows
+	err = conn.Raw(func(dc any) error {
+		rows, err := dc.(driver.QueryerContext).QueryContext(context.Background(), query, named)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		res.cols = rows.Columns()
+		for {
+			row := make([]driver.Value, len(res.cols))
+			if err := rows.Next(row); err == io.EOF {
+				return nil
+			} else if err != nil {
+				return err
+			}
+			for i, v := range row { // lib/pq's are in its read buffer
+				if v, ok := v.([]byte); ok {
+					row[i] = bytes.Clone(v)
+				}
+			}
+			res.rows = append(res.rows, row)
+		}
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	db := sql.OpenDB(snapConnector{func() driver.Rows {
+		r := res
+		return &r
+	}})
+	b.Cleanup(func() { db.Close() })
+	return db
+}
+
+// floorRows hands out a captured result, row by row.
+type floorRows struct {
+	cols []string
+	rows [][]driver.Value
+}
+
+func (r *floorRows) Columns() []string { return r.cols }
+func (r *floorRows) Close() error      { return nil }
+
+func (r *floorRows) Next(dest []driver.Value) error {
+	if len(r.rows) == 0 {
+		return io.EOF
+	}
+	copy(dest, r.rows[0])
+	r.rows = r.rows[1:]
+	return nil
 }
 
 // BenchmarkEngineHitDriver is BenchmarkEngineRead's in-process hit on the
