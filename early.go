@@ -55,12 +55,13 @@ func (e *engine) early(ctx context.Context, r *read, key []byte) (driver.Rows, b
 	if f == nil {
 		return nil, false, nil
 	}
-	lr := *r // the background lookup keeps it; r stays on the caller's stack
-	r = &lr
+	// The background lookup keeps a copy; r stays on the caller's stack.
+	lr := new(read)
+	*lr = *r
 	// The rows, once recorded, meet the lookup here: the entry, or nil if
 	// there is none; sent once.
 	recorded := make(chan *entry, 1)
-	if !e.goBackground(func() { e.earlyLookup(r, stamps, f, id, recorded) }) {
+	if !e.goBackground(func() { e.earlyLookup(lr, stamps, f, id, recorded) }) {
 		e.flights.forget(id, f)
 		f.finish(nil)
 		return nil, false, nil // closed: the usual path stores nothing either
@@ -70,16 +71,16 @@ func (e *engine) early(ctx context.Context, r *read, key []byte) (driver.Rows, b
 		stop = context.AfterFunc(ctx, f.leave)
 	}
 	start := time.Now()
-	rows, err := r.run(f.ctx)
+	rows, err := lr.run(f.ctx)
 	if err != nil {
 		stop()
 		f.finish(nil)
 		recorded <- nil
 		return nil, true, err
 	}
-	e.note(r.rs, missesF)
-	e.note(r.rs, earlyQueriesF)
-	rec := e.record(r, rows, stamps, start, stop, func(ent *entry) {
+	e.note(lr.rs, missesF)
+	e.note(lr.rs, earlyQueriesF)
+	rec := e.record(lr, rows, stamps, start, stop, func(ent *entry) {
 		f.finish(ent) // readers who joined get it now, stored or not
 		recorded <- ent
 	})

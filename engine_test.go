@@ -771,3 +771,45 @@ func TestRegisterAfterUse(t *testing.T) {
 		t.Fatalf("after registering: %d misses, %d hits; want 1 and 1", s.Misses, s.Hits)
 	}
 }
+
+// TestInProcessHitAllocations pins the allocations of an in-process hit on
+// the driver itself, without database/sql: one, the column names, which
+// are the caller's to keep. The read's state stays on the caller's stack;
+// a path that lets it escape (an early query's copy, say, taken as r
+// itself) costs every hit an allocation of its own.
+func TestInProcessHitAllocations(t *testing.T) {
+	db, c, _ := engineDB(t, nil)
+	q := `select k, v from kv where k = $1`
+	must(t, c.opts.Registry.Register(q, Policy{TTL: time.Hour}))
+	getV(t, db, 7)
+	ctx := testCtx(t)
+	sc, err := db.Conn(ctx)
+	must(t, err)
+	defer sc.Close()
+	args := []driver.NamedValue{{Ordinal: 1, Value: int64(7)}}
+	hits := c.Stats().Hits
+	var allocs float64
+	err = sc.Raw(func(dc any) error {
+		qc := dc.(driver.QueryerContext)
+		dest := make([]driver.Value, 2)
+		var err error
+		allocs = testing.AllocsPerRun(200, func() {
+			var rows driver.Rows
+			if rows, err = qc.QueryContext(ctx, q, args); err != nil {
+				return
+			}
+			rows.Columns()
+			for rows.Next(dest) == nil {
+			}
+			err = rows.Close()
+		})
+		return err
+	})
+	must(t, err)
+	if got := c.Stats().Hits - hits; got < 200 {
+		t.Fatalf("%d hits in 201 reads", got)
+	}
+	if allocs > 1 {
+		t.Fatalf("an in-process hit allocates %.1f times, want 1", allocs)
+	}
+}
