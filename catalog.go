@@ -525,6 +525,9 @@ type regState struct {
 	c        counters
 	resolved atomic.Pointer[regTags]
 	warned   atomic.Bool // the log has said why reg is not cached (bypassView)
+	// load is how long reg's last load took, in nanoseconds (0: none yet);
+	// see earlyLookupWait.
+	load atomic.Int64
 }
 
 // regTags is a registration's tags resolved against one catalog.

@@ -4,15 +4,17 @@ import (
 	"context"
 	"database/sql/driver"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/zeebo/xxh3"
 )
 
 // Early queries. A miss in a shared cache costs a round trip, then the
-// query. Where a miss is the likely outcome, the two can overlap: the
-// query is sent at once, and the lookup, which still takes the fill
-// lease, runs beside it in the background. The entry then records the
+// query. Where a miss is the likely outcome, the caller need not wait for
+// the round trip: the query is sent at once, and the lookup, which still
+// takes the fill lease, follows in the background (see earlyLookupWait
+// for when). The entry then records the
 // stamps this process last saw under its tags (stampSlot), not those the
 // lookup reads: each was current at some time before the query began, as
 // the stamp protocol asks, so an entry of a load that raced a write is
@@ -26,6 +28,17 @@ import (
 // keys, and keys read again, keep the usual path, whose lease makes
 // concurrent readers in every process wait for one load: early queries do
 // not multiply the loads of a key that many readers want.
+
+// earlyLookupWait is how long after its query an early query's lookup
+// starts if the query is not known to be fast (its last load took less).
+// A fast query's lookup starts once the query is answered: beside it, the
+// lookup would take CPU the query needs on a host that runs Postgres or
+// Redis as well: on a 2-vCPU VM (November 2026) such a miss cost more than
+// the query and a round trip (BenchmarkEnginePairedMiss, redis/raw+rt
+// 1.069 ± 8%; 0.911 ± 9% after, runs alternating). A slow query's lookup
+// still takes the lease soon, so that readers in other processes wait for
+// its entry instead of querying too.
+const earlyLookupWait = time.Millisecond
 
 // early runs r's query at once if a miss is likely and this process knows
 // the stamps of r's tags, and reports whether it did. key is r's key.
@@ -55,16 +68,37 @@ func (e *engine) early(ctx context.Context, r *read, key []byte) (driver.Rows, b
 	if f == nil {
 		return nil, false, nil
 	}
+	if e.closed() {
+		e.flights.forget(id, f)
+		f.finish(nil)
+		return nil, false, nil // the usual path stores nothing either
+	}
 	// The background lookup keeps a copy; r stays on the caller's stack.
 	lr := new(read)
 	*lr = *r
 	// The rows, once recorded, meet the lookup here: the entry, or nil if
 	// there is none; sent once.
 	recorded := make(chan *entry, 1)
-	if !e.goBackground(func() { e.earlyLookup(lr, stamps, f, id, recorded) }) {
-		e.flights.forget(id, f)
-		f.finish(nil)
-		return nil, false, nil // closed: the usual path stores nothing either
+	// The lookup starts once the query is answered (see earlyLookupWait),
+	// unless the query failed (lookUp(false)). The caller's call comes
+	// after the timer's, if it fired, under mu: its rows are returned after
+	// the lookup has joined the background work.
+	var mu sync.Mutex
+	started := false
+	lookUp := func(run bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if started {
+			return
+		}
+		started = true
+		if !run || !e.goBackground(func() { e.earlyLookup(lr, stamps, f, id, recorded) }) {
+			e.flights.forget(id, f) // no lookup took a lease: nothing is stored
+		}
+	}
+	var slow *time.Timer
+	if d := lr.rs.load.Load(); d == 0 || d >= int64(earlyLookupWait) {
+		slow = time.AfterFunc(earlyLookupWait, func() { lookUp(true) })
 	}
 	stop := func() bool { return false }
 	if ctx.Done() != nil {
@@ -72,12 +106,17 @@ func (e *engine) early(ctx context.Context, r *read, key []byte) (driver.Rows, b
 	}
 	start := time.Now()
 	rows, err := lr.run(f.ctx)
+	if slow != nil {
+		slow.Stop()
+	}
 	if err != nil {
 		stop()
+		lookUp(false)
 		f.finish(nil)
 		recorded <- nil
 		return nil, true, err
 	}
+	lookUp(true)
 	e.note(lr.rs, missesF)
 	e.note(lr.rs, earlyQueriesF)
 	rec := e.record(lr, rows, stamps, start, stop, func(ent *entry) {

@@ -3,8 +3,11 @@ package cachedpq
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"testing"
 	"time"
+
+	"github.com/lib/pq"
 )
 
 const kvQuery = `select v from kv where k = $1`
@@ -165,6 +168,108 @@ func TestEarlyQueryLease(t *testing.T) {
 	}
 	if s := oc.Stats(); s.Misses != 0 || s.Hits != 1 {
 		t.Errorf("the other process did not wait for the early query's entry: %+v", s.Counters)
+	}
+}
+
+// lockKV holds an exclusive lock on kv, which makes the queries of kv
+// wait, until the returned function rolls it back.
+func lockKV(t *testing.T, c *Connector) func() {
+	t.Helper()
+	raw, err := sql.Open("postgres", pqDSN(t)+" search_path="+c.opts.Prefix)
+	must(t, err)
+	t.Cleanup(func() { raw.Close() })
+	tx, err := raw.Begin()
+	must(t, err)
+	_, err = tx.Exec(`lock table kv in access exclusive mode`)
+	must(t, err)
+	return func() { tx.Rollback() }
+}
+
+// TestEarlyQuerySlowTakesLease: the lookup of a fast query waits until the
+// query is answered (see earlyLookupWait), but that of a query not known
+// to be fast takes the lease while the query runs, so that a reader in
+// another process who comes meanwhile waits for its entry rather than
+// query too.
+func TestEarlyQuerySlowTakesLease(t *testing.T) {
+	_, db, c, _ := earlyKV(t)
+	const slowQuery = `select v from kv where k = $1 and k > 0` // never loaded here
+	must(t, c.opts.Registry.Register(slowQuery, Policy{TTL: time.Hour}))
+	other := otherProcess(t, c, testRedis(t), slowQuery)
+	oc, err := ConnectorOf(other)
+	must(t, err)
+	unlock := lockKV(t, c)
+	read := func(db *sql.DB) <-chan string {
+		got := make(chan string, 1)
+		go func() {
+			var v string
+			if err := db.QueryRow(slowQuery, 9).Scan(&v); err != nil {
+				v = err.Error()
+			}
+			got <- v
+		}()
+		return got
+	}
+	first := read(db)
+	time.Sleep(100 * time.Millisecond) // the early query waits for the lock
+	second := read(other)
+	time.Sleep(100 * time.Millisecond) // the other reader meets the lease
+	unlock()
+	if v1, v2 := <-first, <-second; v1 != "v9" || v2 != "v9" {
+		t.Fatalf("read %q and %q", v1, v2)
+	}
+	settled(t, c)
+	if s := c.Stats(); s.EarlyQueries != 1 || s.Fills != 2 {
+		t.Fatalf("the early query: %+v", s.Counters)
+	}
+	if s := oc.Stats(); s.Misses != 0 || s.Hits != 1 {
+		t.Errorf("the other process did not wait for the slow early query's entry: %+v", s.Counters)
+	}
+}
+
+// TestEarlyQueryFailsAfterLookup: an early query that fails once its
+// lookup has taken the lease gives the lease back, and leaves no load
+// behind; one that fails before leaves no lookup.
+func TestEarlyQueryFailsAfterLookup(t *testing.T) {
+	_, db, c, _ := earlyKV(t)
+	const q = `select v from kv where k = $1 and k > 0`
+	must(t, c.opts.Registry.Register(q, Policy{TTL: time.Hour}))
+	looked := make(chan string, 1)
+	c.eng.beforeEarlyLookup = func(key string) { looked <- key }
+	unlock := lockKV(t, c)
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	var v string
+	err := db.QueryRowContext(ctx, q, 10).Scan(&v)
+	unlock()
+	if err == nil {
+		t.Fatalf("a query cancelled while it waited for a lock read %q", v)
+	}
+	select {
+	case <-looked:
+	default:
+		t.Fatal("the early query's lookup did not start while the query waited")
+	}
+	c.eng.beforeEarlyLookup = nil
+	waitFor(t, func() bool { return flightsLeft(c.eng) == 0 })
+	settled(t, c)
+	if s := c.Stats(); s.EarlyQueries != 0 || s.Fills != 1 {
+		t.Errorf("the failed early query: %+v", s.Counters)
+	}
+	if leases := c.opts.Redis.Keys(context.Background(), c.opts.Prefix+"*:lease").Val(); len(leases) != 0 {
+		t.Errorf("leases left behind: %v", leases)
+	}
+
+	// A query that fails at once.
+	const fails = `select v from kv where k = $1 and 1 / ($1 - 11) > 0`
+	must(t, c.opts.Registry.Register(fails, Policy{TTL: time.Hour}))
+	err = db.QueryRow(fails, 11).Scan(&v)
+	var pqErr *pq.Error
+	if !errors.As(err, &pqErr) || pqErr.Code != "22012" {
+		t.Fatalf("got %v, want division by zero", err)
+	}
+	settled(t, c)
+	if n := flightsLeft(c.eng); n != 0 {
+		t.Errorf("%d loads left behind", n)
 	}
 }
 

@@ -799,6 +799,7 @@ func (e *engine) record(r *read, rows driver.Rows, stamps []uint64, start time.T
 	ran := time.Since(start)
 	return newRecordingRows(rows, lim, func(s *snapshot, complete bool, spent time.Duration) {
 		stop()
+		r.rs.load.Store(int64(ran + spent))
 		if !complete {
 			e.bypassed(r.rs, bypassTooLarge)
 			done(nil)
