@@ -13,15 +13,14 @@ import (
 // Early queries. A miss in a shared cache costs a round trip, then the
 // query. Where a miss is the likely outcome, the caller need not wait for
 // the round trip: the query is sent at once, and the lookup, which still
-// takes the fill lease, follows in the background (see earlyLookupWait
-// for when). The entry then records the
-// stamps this process last saw under its tags (stampSlot), not those the
-// lookup reads: each was current at some time before the query began, as
-// the stamp protocol asks, so an entry of a load that raced a write is
-// never served. The lookup tells whether the entry may be stored: only
-// if it holds the lease and the stamps it read are those the entry
-// records (if another process wrote since this one last saw the stamps,
-// the entry would be void anyway).
+// takes the fill lease, follows in the background (see earlyLookupWait for
+// when). The entry then records the stamps this process last saw under its
+// tags (stampSlot), not those the lookup reads: each was current at some
+// time before the query began, as the stamp protocol asks, so an entry of
+// a load that raced a write is never served. The lookup tells whether the
+// entry may be stored: only if it holds the lease and the stamps it read
+// are those the entry records (if another process wrote since this one
+// last saw the stamps, the entry would be void anyway).
 //
 // A miss is likely for a key this process has not looked up lately while
 // at least three in four lookups of such keys miss (see coldOutcomes). Hot
