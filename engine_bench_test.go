@@ -206,7 +206,7 @@ func floorDB(b *testing.B, query string, args []any) *sql.DB {
 	for i, a := range args {
 		named[i] = driver.NamedValue{Ordinal: i + 1, Value: a}
 	}
-	var res floorRows
+	var res readRows
 	err = conn.Raw(func(dc any) error {
 		rows, err := dc.(driver.QueryerContext).QueryContext(context.Background(), query, named)
 		if err != nil {
@@ -238,24 +238,6 @@ func floorDB(b *testing.B, query string, args []any) *sql.DB {
 	}})
 	b.Cleanup(func() { db.Close() })
 	return db
-}
-
-// floorRows hands out a captured result, row by row.
-type floorRows struct {
-	cols []string
-	rows [][]driver.Value
-}
-
-func (r *floorRows) Columns() []string { return r.cols }
-func (r *floorRows) Close() error      { return nil }
-
-func (r *floorRows) Next(dest []driver.Value) error {
-	if len(r.rows) == 0 {
-		return io.EOF
-	}
-	copy(dest, r.rows[0])
-	r.rows = r.rows[1:]
-	return nil
 }
 
 // BenchmarkEngineHitDriver is BenchmarkEngineRead's in-process hit on the
