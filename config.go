@@ -59,11 +59,13 @@ type Options struct {
 	// its cache lookup. Otherwise, with Redis, while at least three in
 	// four lookups of keys this process has not looked up lately miss (a
 	// cold cache, a keyspace larger than the cache), a read of such a key
-	// sends its query while its lookup is on its way: its miss costs the
-	// query, not a round trip and then the query. The lookup still takes
-	// the fill lease, so other processes wait for this one's entry. When it
-	// finds a current entry after all (another process stored it), the
-	// query was spent for nothing; Stats.EarlyFound counts those.
+	// sends its query at once and looks up in the background, once the
+	// query is answered (or 1 ms after it was sent, for a query whose last
+	// load took longer): its miss costs the query, not a round trip and
+	// then the query. The lookup still takes the fill lease, so other
+	// processes wait for this one's entry. When it finds a current entry
+	// after all (another process stored it), the query was spent for
+	// nothing; Stats.EarlyFound counts those.
 	NoEarlyQueries bool
 
 	// Prepare runs the Postgres query of a registered read's miss as a
