@@ -365,24 +365,33 @@ func readCatalog(ctx context.Context, ci driver.Conn) (driver.Conn, error) {
 		if len(rows.Columns()) != cq.ncols {
 			return nil, errCatalogShape
 		}
-		var all [][]driver.Value
-		for {
-			r := make([]driver.Value, cq.ncols)
-			if err := rows.Next(r); err == io.EOF {
-				break
-			} else if err != nil {
-				return nil, err
-			}
-			for j, v := range r {
-				if b, ok := v.([]byte); ok {
-					r[j] = bytes.Clone(b) // the driver may reuse its buffer
-				}
-			}
-			all = append(all, r)
+		all, err := readResult(rows, cq.ncols)
+		if err != nil {
+			return nil, err
 		}
 		read.results[cq.query] = all
 	}
 	return read, nil
+}
+
+// readResult reads the rows of rows' current result set, of ncols values
+// each, to its end, as readRows replays them.
+func readResult(rows driver.Rows, ncols int) ([][]driver.Value, error) {
+	var all [][]driver.Value
+	for {
+		r := make([]driver.Value, ncols)
+		if err := rows.Next(r); err == io.EOF {
+			return all, nil
+		} else if err != nil {
+			return nil, err
+		}
+		for j, v := range r {
+			if b, ok := v.([]byte); ok {
+				r[j] = bytes.Clone(b) // the driver may reuse its buffer
+			}
+		}
+		all = append(all, r)
+	}
 }
 
 // readCatalogConn answers the catalog queries from what readCatalog read.

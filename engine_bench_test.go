@@ -1,12 +1,10 @@
 package cachedpq
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
 	"database/sql/driver"
 	"fmt"
-	"io"
 	"os"
 	"slices"
 	"sync"
@@ -214,20 +212,8 @@ func floorDB(b *testing.B, query string, args []any) *sql.DB {
 		}
 		defer rows.Close()
 		res.cols = rows.Columns()
-		for {
-			row := make([]driver.Value, len(res.cols))
-			if err := rows.Next(row); err == io.EOF {
-				return nil
-			} else if err != nil {
-				return err
-			}
-			for i, v := range row { // lib/pq's are in its read buffer
-				if v, ok := v.([]byte); ok {
-					row[i] = bytes.Clone(v)
-				}
-			}
-			res.rows = append(res.rows, row)
-		}
+		res.rows, err = readResult(rows, len(res.cols))
+		return err
 	})
 	if err != nil {
 		b.Fatal(err)
